@@ -1,0 +1,85 @@
+"""What runs inside one trial: data, models, augmentation and the trainable.
+
+This package imports nothing from ``tuner``; plain Ray Tune code can use it
+directly (see :func:`train_classifier`).
+"""
+
+from trainables._augment import apply_batch, build_transform, eval_transform, normalize
+from trainables._checkpoint import CHECKPOINT_FILE, CheckpointError, load_state, save_state
+from trainables._config import (
+    MAX_FREEZE_DEPTH,
+    MODELS,
+    OPTIMIZERS,
+    ConfigError,
+    TrialConfig,
+)
+from trainables._data import (
+    SPLIT_FILE,
+    DataError,
+    FolderScan,
+    ImageCache,
+    Skipped,
+    Split,
+    cache_size_for,
+    decode_split,
+    load_image_cache,
+    load_photo,
+    make_split,
+    prepare_data,
+    resize_center_crop,
+    scan_folder,
+)
+from trainables._models import (
+    WeightsUnavailableError,
+    build_model,
+    ensure_pretrained_weights,
+    freeze,
+    head,
+    normalization,
+    pretrained_weights_file,
+    set_train_mode,
+    stages,
+)
+from trainables._train import choose_precision, cpu_has_native_bf16, fit, train_classifier
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "MAX_FREEZE_DEPTH",
+    "MODELS",
+    "OPTIMIZERS",
+    "SPLIT_FILE",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "FolderScan",
+    "ImageCache",
+    "Skipped",
+    "Split",
+    "TrialConfig",
+    "WeightsUnavailableError",
+    "apply_batch",
+    "build_model",
+    "build_transform",
+    "cache_size_for",
+    "choose_precision",
+    "cpu_has_native_bf16",
+    "decode_split",
+    "ensure_pretrained_weights",
+    "eval_transform",
+    "fit",
+    "freeze",
+    "head",
+    "load_image_cache",
+    "load_photo",
+    "load_state",
+    "make_split",
+    "normalization",
+    "prepare_data",
+    "pretrained_weights_file",
+    "resize_center_crop",
+    "save_state",
+    "scan_folder",
+    "set_train_mode",
+    "stages",
+    "train_classifier",
+]

@@ -1,0 +1,312 @@
+"""Photo folders: listing, the stratified split, and the decoded in-memory cache.
+
+A folder in ImageFolder layout (``ROOT/CLASS/.../photo.jpg``) is listed once,
+split once (:func:`make_split`, saved as ``split.json``) and decoded once
+(:func:`decode_split`) into uint8 arrays that every trial on a node reads
+through Ray's object store, so no trial decodes a JPEG after start-up.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from PIL import Image
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for cls in ("a", "b"):
+    ...     (root / cls).mkdir()
+    ...     for i in range(5):
+    ...         Image.new("RGB", (40, 30), (i * 40, 0, 0)).save(root / cls / f"{i}.jpg")
+    >>> split, cache = prepare_data(scan_folder(root), size=16, val_fraction=0.2, seed=0)
+    >>> split.classes, len(split.train), len(split.val)
+    (['a', 'b'], 8, 2)
+    >>> cache.train_x.shape, cache.train_x.dtype.name
+    ((8, 3, 16, 16), 'uint8')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+# Decoded photos are kept a little larger than the training size so that
+# evaluation can resize + centre-crop (the classic 256 -> 224 ratio) and
+# augmentation has border to crop from.
+CROP_RATIO = 0.875
+SPLIT_FILE = "split.json"
+
+
+class DataError(ValueError):
+    """The photo folder cannot be used as it is (message says what and where)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file a search does not use, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class FolderScan:
+    """Candidate photos per class found under ``root`` (not yet decoded)."""
+
+    root: Path
+    classes: list[str]
+    files: list[tuple[str, int]]  # (path relative to root, class index)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+@dataclass
+class Split:
+    """The train/val file lists and class names every trial of an experiment uses."""
+
+    root: Path
+    classes: list[str]
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    seed: int
+    val_fraction: float
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "classes": self.classes,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "train": [[p, y] for p, y in self.train],
+            "val": [[p, y] for p, y in self.val],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Split:
+        return cls(
+            root=Path(data["root"]),
+            classes=list(data["classes"]),
+            train=[(str(p), int(y)) for p, y in data["train"]],
+            val=[(str(p), int(y)) for p, y in data["val"]],
+            seed=int(data["seed"]),
+            val_fraction=float(data["val_fraction"]),
+            skipped=[Skipped(s["path"], s["reason"]) for s in data.get("skipped", [])],
+        )
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Split:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class ImageCache:
+    """Decoded photos as uint8 NCHW arrays (square, ``size`` px) plus labels.
+
+    Plain numpy arrays, so ``ray.put`` stores them once per node in shared
+    memory and every trial maps them read-only without a copy.
+    """
+
+    classes: list[str]
+    size: int
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.train_x.nbytes + self.val_x.nbytes)
+
+
+def cache_size_for(image_size: int) -> int:
+    """Side of the decoded square needed to train and evaluate at ``image_size``."""
+    return int(round(image_size / CROP_RATIO))
+
+
+def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
+    """List class folders and candidate image files (by extension) under ``root``."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is a file, not a folder of class folders")
+    classes = sorted(
+        d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))
+    )
+    if not classes:
+        raise DataError(
+            f"{root} has no class folders; expected ImageFolder layout ROOT/CLASS/photo.jpg"
+        )
+    files: list[tuple[str, int]] = []
+    skipped: list[Skipped] = []
+    for label, name in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                rel = os.path.relpath(os.path.join(dirpath, fname), root)
+                if fname.startswith("."):
+                    skipped.append(Skipped(rel, "hidden file"))
+                elif Path(fname).suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped.append(Skipped(rel, "not an image file extension"))
+                else:
+                    files.append((rel, label))
+    return FolderScan(root=root, classes=classes, files=files, skipped=skipped)
+
+
+def make_split(scan: FolderScan, val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Stratified, seeded train/val split: each class keeps the same val share.
+
+    Every class contributes ``round(n * val_fraction)`` files to val (at least
+    one, and at least one left for train). The result depends only on the file
+    list, ``val_fraction`` and ``seed``.
+    """
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = random.Random(seed)
+    train: list[tuple[str, int]] = []
+    val: list[tuple[str, int]] = []
+    for label, name in enumerate(scan.classes):
+        members = sorted(p for p, y in scan.files if y == label)
+        if len(members) < 2:
+            raise DataError(
+                f"class {name!r} has {len(members)} usable photo(s); "
+                "at least 2 are needed to split it into train and val"
+            )
+        rng.shuffle(members)
+        n_val = min(max(1, round(len(members) * val_fraction)), len(members) - 1)
+        val += [(p, label) for p in sorted(members[:n_val])]
+        train += [(p, label) for p in sorted(members[n_val:])]
+    return Split(
+        root=scan.root,
+        classes=scan.classes,
+        train=train,
+        val=val,
+        seed=seed,
+        val_fraction=val_fraction,
+        skipped=list(scan.skipped),
+    )
+
+
+def load_photo(path: str | os.PathLike[str], size: int | None = None) -> Image.Image:
+    """Open a photo as RGB with its EXIF orientation applied.
+
+    With ``size``, JPEG decoding is allowed to downscale (DCT scaling) to no
+    less than ``size`` on the shorter side, which is several times faster.
+    """
+    with Image.open(path) as img:
+        if size is not None:
+            img.draft("RGB", (size, size))
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba)
+        return img.convert("RGB")
+
+
+def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
+    """Shorter side to ``size``, centre crop to a square, as a CHW uint8 array."""
+    img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR, centering=(0.5, 0.5))
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _decode_one(args: tuple[str, int]) -> np.ndarray | str:
+    path, size = args
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return resize_center_crop(load_photo(path, size), size)
+    except Exception as exc:  # any decoder failure makes the file unusable, not the run
+        return f"{type(exc).__name__}: {exc}".strip()
+
+
+def decode_files(
+    paths: Sequence[str | os.PathLike[str]], size: int, workers: int | None = None
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode photos to an ``(N, 3, size, size)`` uint8 array, in parallel.
+
+    Returns the array (rows of unreadable files are zero) and a map from the
+    index of each unreadable file to the reason.
+    """
+    out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
+    failures: dict[int, str] = {}
+    jobs = [(os.fspath(p), size) for p in paths]
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    if workers > 1 and len(jobs) > 64:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_decode_one, jobs, chunksize=32))
+    else:
+        results = [_decode_one(job) for job in jobs]
+    for i, res in enumerate(results):
+        if isinstance(res, str):
+            failures[i] = res
+        else:
+            out[i] = res
+    return out, failures
+
+
+def decode_split(split: Split, size: int, workers: int | None = None) -> ImageCache:
+    """Decode every file of an existing ``split`` into an :class:`ImageCache`.
+
+    Used when an experiment is resumed from its ``split.json``; a file that
+    can no longer be decoded raises :class:`DataError` naming it.
+    """
+    paths = [p for p, _ in split.train + split.val]
+    x, failures = decode_files([split.root / p for p in paths], size, workers)
+    if failures:
+        i, reason = next(iter(failures.items()))
+        raise DataError(f"{split.root / paths[i]} can no longer be decoded: {reason}")
+    return _cache_from(split, x, {p: i for i, p in enumerate(paths)}, size)
+
+
+def prepare_data(
+    scan: FolderScan,
+    size: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    workers: int | None = None,
+) -> tuple[Split, ImageCache]:
+    """Decode every candidate photo once, drop the unreadable ones, split the rest.
+
+    Returns the split (its ``skipped`` lists every unusable file with the
+    reason) and the decoded cache of exactly the split's files.
+    """
+    x, failures = decode_files([scan.root / p for p, _ in scan.files], size, workers)
+    kept = [f for i, f in enumerate(scan.files) if i not in failures]
+    skipped = scan.skipped + [Skipped(scan.files[i][0], r) for i, r in sorted(failures.items())]
+    usable = FolderScan(root=scan.root, classes=scan.classes, files=kept, skipped=skipped)
+    split = make_split(usable, val_fraction=val_fraction, seed=seed)
+    index = {p: i for i, (p, _) in enumerate(scan.files)}
+    return split, _cache_from(split, x, index, size)
+
+
+def load_image_cache(
+    root: str | os.PathLike[str], image_size: int, val_fraction: float = 0.2, seed: int = 0
+) -> ImageCache:
+    """Scan, split and decode ``root`` for training at ``image_size`` in one call."""
+    _, cache = prepare_data(
+        scan_folder(root), cache_size_for(image_size), val_fraction=val_fraction, seed=seed
+    )
+    return cache
+
+
+def _cache_from(split: Split, x: np.ndarray, index: dict[str, int], size: int) -> ImageCache:
+    def gather(part: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.array([index[p] for p, _ in part], dtype=np.int64)
+        return np.ascontiguousarray(x[rows]), np.array([y for _, y in part], dtype=np.int64)
+
+    train_x, train_y = gather(split.train)
+    val_x, val_y = gather(split.val)
+    return ImageCache(list(split.classes), size, train_x, train_y, val_x, val_y)

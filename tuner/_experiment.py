@@ -1,0 +1,358 @@
+"""Assemble and run a search (or resume one): data, Ray, Optuna, ASHA, results.
+
+The order matters for users: everything that can be wrong with the input
+(name, storage, space, data, pretrained weights) is checked before Ray
+starts, and every file needed to resume is written before the first trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainables import (
+    SPLIT_FILE,
+    DataError,
+    ImageCache,
+    Split,
+    WeightsUnavailableError,
+    cache_size_for,
+    decode_split,
+    ensure_pretrained_weights,
+    prepare_data,
+    scan_folder,
+    train_classifier,
+)
+from tuner._errors import UsageError
+from tuner._leaderboard import best_config, build_leaderboard, write_leaderboard
+from tuner._spaces import SearchSpace, parse_space
+
+TUNER_FILE = "tuner.json"
+METRIC = "val_acc"
+SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+Print = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Everything ``search`` needs, resolved and validated by the CLI layer."""
+
+    space: SearchSpace
+    name: str
+    storage: str
+    data_dir: Path
+    address: str | None = None
+
+
+def default_storage(storage: str | None) -> str:
+    """``--storage``, else ``$TUNER_STORAGE``, else ``./results`` (absolute)."""
+    chosen = storage or os.environ.get("TUNER_STORAGE") or "results"
+    return chosen if "://" in chosen else str(Path(chosen).expanduser().resolve())
+
+
+def validate_name(name: str) -> str:
+    if not _NAME_RE.match(name) or ".." in name:
+        raise UsageError(
+            f"invalid experiment name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(no path separators, no '..')"
+        )
+    return name
+
+
+def experiment_dir(storage: str, name: str) -> Path:
+    if "://" in storage:
+        raise UsageError("URI storage is not supported for reading results on this machine yet")
+    return Path(storage) / name
+
+
+def ensure_writable(storage: str) -> None:
+    if "://" in storage:
+        return
+    root = Path(storage)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"storage {root} is not writable: {exc.strerror or exc}") from None
+
+
+def is_experiment(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("experiment_state-*.json"))
+
+
+def default_name(space: SearchSpace) -> str:
+    return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resume_command(name: str, storage: str) -> str:
+    return f"python -m tuner resume {name} --storage {storage}"
+
+
+def check_weights(space: SearchSpace) -> None:
+    """Fail before Ray starts if a pretrained model's weights cannot be had."""
+    if True not in space.possible_values("pretrained"):
+        return
+    for model in space.possible_values("model"):
+        try:
+            ensure_pretrained_weights(model)
+        except WeightsUnavailableError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
+    """Scan, decode once and split (in memory; nothing written yet)."""
+    size = cache_size_for(max(req.space.possible_values("image_size")))
+    t0 = time.perf_counter()
+    try:
+        scan = scan_folder(req.data_dir)
+        split, cache = prepare_data(
+            scan, size, val_fraction=req.space.budget.val_fraction, seed=req.space.budget.seed
+        )
+    except DataError as exc:
+        raise UsageError(f"data: {exc}") from None
+    say(
+        f"Data: {req.data_dir}: {len(split.classes)} classes, {len(split.train)} train / "
+        f"{len(split.val)} val photos, decoded at {size}px in {time.perf_counter() - t0:.1f}s "
+        f"({cache.nbytes / 2**20:.0f} MiB, shared by all trials)"
+    )
+    for label, name in enumerate(split.classes):
+        n_train = sum(1 for _, y in split.train if y == label)
+        n_val = sum(1 for _, y in split.val if y == label)
+        say(f"  {name}: {n_train} train, {n_val} val")
+    if split.skipped:
+        say(f"Skipped {len(split.skipped)} file(s):")
+        for s in split.skipped:
+            say(f"  {s.path}: {s.reason}")
+    return split, cache
+
+
+def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float]:
+    budget = space.budget
+    cpus_available = cluster.get("CPU", 0.0)
+    if budget.cpus_per_trial > cpus_available:
+        raise UsageError(
+            f"cpus-per-trial {budget.cpus_per_trial:g} exceeds the {cpus_available:g} CPUs "
+            "of the Ray cluster"
+        )
+    gpus = budget.gpus_per_trial
+    gpus_available = cluster.get("GPU", 0.0)
+    if gpus is None:
+        # Several trials share a GPU: small models four to a GPU, ResNet-50 two.
+        gpus = 0.0 if not gpus_available else (
+            0.5 if "resnet50" in space.possible_values("model") else 0.25
+        )
+    elif gpus > gpus_available:
+        raise UsageError(f"gpus-per-trial {gpus:g} exceeds the {gpus_available:g} GPUs available")
+    return {"cpu": budget.cpus_per_trial, "gpu": gpus}
+
+
+def _start_ray(address: str | None, say: Print) -> dict[str, float]:
+    import logging
+
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # compact CLIReporter table
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Workers use this interpreter as it is; Ray must not re-create it with `uv run`.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        say(f"Connected to Ray cluster at {address}")
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def _trainable(cache: ImageCache, resources: dict[str, float]) -> Any:
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(train_classifier, data=cache), resources)
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _reporter(space: SearchSpace) -> Any:
+    from ray import tune
+
+    return tune.CLIReporter(
+        metric_columns={
+            "epoch": "ep",
+            "val_acc": "val_acc",
+            "best_val_acc": "best",
+            "train_loss": "loss",
+            "images_per_s": "img/s",
+        },
+        parameter_columns=space.searched,
+        max_report_frequency=30,
+        sort_by_metric=True,
+        metric=SEARCH_METRIC,
+        mode="max",
+        max_column_length=12,
+    )
+
+
+def _run_config(req_name: str, storage: str, space: SearchSpace) -> Any:
+    from ray import tune
+
+    return tune.RunConfig(
+        name=req_name,
+        storage_path=storage,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
+        ),
+        failure_config=tune.FailureConfig(max_failures=2),
+        progress_reporter=_reporter(space),
+        verbose=1,
+    )
+
+
+def run_search(req: SearchRequest, say: Print = print) -> int:
+    """Run a new search to the end; return the exit code."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    exp_dir = experiment_dir(req.storage, req.name)
+    if (exp_dir / TUNER_FILE).exists() or is_experiment(exp_dir):
+        raise UsageError(
+            f"experiment {req.name!r} already exists in {req.storage}; continue it with: "
+            f"{resume_command(req.name, req.storage)} (or choose another --name)"
+        )
+    check_weights(req.space)
+    split, cache = prepare_split(req, say)
+    cluster = _start_ray(req.address, say)
+    resources = _resources(req.space, cluster)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    split.save(exp_dir / SPLIT_FILE)
+    _write_tuner_file(req, exp_dir, cache.size)
+    budget = req.space.budget
+    say(
+        f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
+        f"{budget.max_epochs} epochs, ASHA grace {budget.grace_period} / reduction "
+        f"{budget.reduction_factor}, {resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial"
+    )
+    say(f"Results: {exp_dir}")
+    searcher = OptunaSearch(
+        metric=SEARCH_METRIC,
+        mode="max",
+        seed=budget.seed,
+        points_to_evaluate=req.space.points_to_evaluate or None,
+    )
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        metric=METRIC,
+        mode="max",
+        max_t=budget.max_epochs,
+        grace_period=min(budget.grace_period, budget.max_epochs),
+        reduction_factor=budget.reduction_factor,
+    )
+    tuner = tune.Tuner(
+        _trainable(cache, resources),
+        param_space=req.space.param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=budget.num_samples,
+            max_concurrent_trials=budget.max_concurrent,
+            time_budget_s=budget.time_budget_s,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=_run_config(req.name, req.storage, req.space),
+    )
+    tuner.fit()
+    return finish(exp_dir, req.name, req.storage, budget.num_samples, say)
+
+
+def resume(name: str, storage: str, restart_errored: bool = False, say: Print = print) -> int:
+    """Continue an interrupted experiment exactly as it was set up."""
+    from ray import tune
+
+    exp_dir = experiment_dir(storage, validate_name(name))
+    if not is_experiment(exp_dir) or not (exp_dir / TUNER_FILE).is_file():
+        root = Path(storage)
+        known = sorted(p.name for p in root.iterdir() if is_experiment(p)) if root.is_dir() else []
+        raise UsageError(
+            f"no experiment {name!r} in {storage}; experiments there: "
+            f"{', '.join(known) if known else '(none)'}"
+        )
+    saved = json.loads((exp_dir / TUNER_FILE).read_text())
+    space = parse_space(saved["space"], name=saved["space_name"], source=saved["space_source"])
+    split = Split.load(exp_dir / SPLIT_FILE)
+    try:
+        cache = decode_split(split, int(saved["cache_size"]))
+    except DataError as exc:
+        raise UsageError(f"data: {exc}") from None
+    say(f"Resuming {name} from {exp_dir} ({len(split.train)} train / {len(split.val)} val)")
+    cluster = _start_ray(saved.get("address"), say)
+    resources = _resources(space, cluster)
+    tuner = tune.Tuner.restore(
+        str(exp_dir),
+        trainable=_trainable(cache, resources),
+        resume_unfinished=True,
+        resume_errored=not restart_errored,
+        restart_errored=restart_errored,
+    )
+    tuner.fit()
+    return finish(exp_dir, name, storage, space.budget.num_samples, say)
+
+
+def finish(exp_dir: Path, name: str, storage: str, num_samples: int, say: Print) -> int:
+    """Write the leaderboard files and print the summary; 0 if the search completed."""
+    board = build_leaderboard(exp_dir)
+    written = write_leaderboard(exp_dir, board)
+    unfinished = board["status"].isin(["running", "pending", "paused"]).sum()
+    counts = board["status"].value_counts().to_dict()
+    say("")
+    say(f"Trials: {len(board)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    best = best_config(board)
+    if best:
+        say(f"Best trial {best['trial_id']}: val_acc {best['val_acc']:.4f} at epoch "
+            f"{best['best_epoch']}")
+        say("  " + json.dumps(best["config"]))
+        say(f"  checkpoint: {best['checkpoint']}")
+    say("Wrote " + ", ".join(str(p) for p in written))
+    if unfinished:
+        say(f"The search was interrupted. Continue it with:\n  {resume_command(name, storage)}")
+        return 1
+    return 0
+
+
+def _write_tuner_file(req: SearchRequest, exp_dir: Path, cache_size: int) -> None:
+    """The resolved configuration of the run, enough to reproduce or resume it."""
+    import ray
+
+    resolved = req.space.to_dict()
+    record = {
+        "name": req.name,
+        "space_name": req.space.name,
+        "space_source": req.space.source,
+        "space": {
+            "description": resolved["description"],
+            "params": resolved["params"],
+            "budget": resolved["budget"],
+            "points_to_evaluate": resolved["points_to_evaluate"],
+        },
+        "data_dir": str(req.data_dir),
+        "storage": req.storage,
+        "address": req.address,
+        "cache_size": cache_size,
+        "command": " ".join(sys.argv),
+        "ray_version": ray.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (exp_dir / TUNER_FILE).write_text(json.dumps(record, indent=2))

@@ -1,0 +1,309 @@
+"""Search spaces: YAML files in ``search_spaces/`` -> Ray Tune distributions + a budget.
+
+A space file has three sections::
+
+    params:                       # trial keys (see trainables.TrialConfig)
+      model: efficientnet_lite0   # a constant
+      lr: {loguniform: [1.0e-4, 3.0e-3]}
+      batch_size: {choice: [16, 32, 64]}
+      step_size: {randint: [3, 9]}        # Ray semantics: 3..8, high excluded
+      aug_strength: {uniform: [0.0, 1.0]}
+    budget:                       # see Budget; command-line flags override it
+      num_samples: 8
+      max_epochs: 8
+    points_to_evaluate:           # optional: configurations tried first
+      - {lr: 1.0e-3, batch_size: 32}
+
+Everything is validated when the file is loaded: every edge of every
+distribution (low, high, each choice) must make a valid
+:class:`trainables.TrialConfig`, so a bad space fails before Ray starts.
+
+Example:
+    >>> space = load_space("smoke")
+    >>> space.name, space.budget.num_samples >= 4
+    ('smoke', True)
+    >>> sorted(space.searched)[:2]
+    ['aug_strength', 'freeze_depth']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+from trainables import ConfigError, TrialConfig
+from tuner._errors import UsageError
+
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much searching to do, and with what resources per trial."""
+
+    num_samples: int = 8
+    max_epochs: int = 10
+    grace_period: int = 1
+    reduction_factor: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: a share of a GPU when GPUs exist, else 0
+    max_concurrent: int | None = None
+    time_budget_s: float | None = None
+    seed: int = 0
+    val_fraction: float = 0.2
+
+    def validate(self) -> None:
+        checks = [
+            (self.num_samples >= 1, "num_samples must be >= 1"),
+            (self.max_epochs >= 1, "max_epochs must be >= 1"),
+            (self.grace_period >= 1, "grace_period must be >= 1"),
+            (self.reduction_factor >= 2, "reduction_factor must be >= 2"),
+            (self.cpus_per_trial > 0, "cpus_per_trial must be > 0"),
+            (self.gpus_per_trial is None or self.gpus_per_trial >= 0, "gpus_per_trial must be >= 0"),
+            (
+                self.gpus_per_trial is None
+                or self.gpus_per_trial <= 1
+                or float(self.gpus_per_trial).is_integer(),
+                "gpus_per_trial above 1 must be a whole number",
+            ),
+            (self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent must be >= 1"),
+            (self.time_budget_s is None or self.time_budget_s > 0, "time budget must be > 0"),
+            (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(f"budget: {message}")
+
+    def override(self, **changes: Any) -> Budget:
+        """A copy with the given (non-None) fields replaced, validated."""
+        out = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        out.validate()
+        return out
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A parsed, validated space: constants, distributions, budget, seed points."""
+
+    name: str
+    source: str
+    constants: dict[str, Any]
+    distributions: dict[str, dict[str, list[Any]]]
+    budget: Budget
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def searched(self) -> list[str]:
+        return list(self.distributions)
+
+    def param_space(self) -> dict[str, Any]:
+        """Ray Tune ``param_space``: constants plus ``tune.*`` domains, max_epochs and seed."""
+        space: dict[str, Any] = dict(self.constants)
+        for key, spec in self.distributions.items():
+            (kind, args), = spec.items()
+            if kind == "choice":
+                space[key] = tune.choice(list(args))
+            else:
+                space[key] = getattr(tune, kind)(*args)
+        space["max_epochs"] = self.budget.max_epochs
+        space["seed"] = self.budget.seed
+        return space
+
+    def possible_values(self, key: str) -> list[Any]:
+        """Every value ``key`` can take, or the edges of its range."""
+        if key in self.distributions:
+            (kind, args), = self.distributions[key].items()
+            if kind == "choice":
+                return list(args)
+            if kind == "randint":
+                return [args[0], args[1] - 1]
+            return list(args)
+        if key in self.constants:
+            return [self.constants[key]]
+        return [getattr(TrialConfig(), key)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved space, as it would be written back to YAML."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "params": {**self.constants, **self.distributions},
+            "budget": dataclasses.asdict(self.budget),
+            "points_to_evaluate": self.points_to_evaluate,
+        }
+
+    def with_budget(self, budget: Budget) -> SearchSpace:
+        space = dataclasses.replace(self, budget=budget)
+        _validate_edges(space)
+        return space
+
+
+def spaces_dir() -> Path:
+    """The folder of built-in space files."""
+    return Path(str(resources.files("search_spaces")))
+
+
+def available_spaces() -> list[str]:
+    return sorted(p.stem for p in spaces_dir().glob("*.yaml"))
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """Load a built-in space by name, or a YAML file by path; validate it fully."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml") or not path.exists():
+        builtin = spaces_dir() / f"{name_or_path}.yaml"
+        if not builtin.is_file():
+            if path.suffix in (".yaml", ".yml"):
+                raise UsageError(f"space file {path} does not exist")
+            raise UsageError(
+                f"unknown space {name_or_path!r}; known spaces: {', '.join(available_spaces())} "
+                "(or give the path of a .yaml file)"
+            )
+        path = builtin
+    if path.is_dir():
+        raise UsageError(f"space file {path} is a folder")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UsageError(f"{where}: YAML syntax error: {problem}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read space file {path}: {exc.strerror}") from None
+    return parse_space(raw, name=path.stem, source=str(path))
+
+
+def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
+    """Validate a space's parsed YAML and build a :class:`SearchSpace`."""
+
+    def fail(message: str) -> UsageError:
+        return UsageError(f"space {name!r} ({source}): {message}")
+
+    if not isinstance(raw, dict):
+        raise fail("expected a mapping with 'params' and 'budget'")
+    unknown_sections = set(raw) - {"params", "budget", "points_to_evaluate", "description"}
+    if unknown_sections:
+        raise fail(f"unknown section(s): {', '.join(sorted(unknown_sections))}")
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise fail("'params' must be a mapping of trial keys")
+    trial_keys = set(TrialConfig.keys()) - {"max_epochs", "seed"}
+    constants: dict[str, Any] = {}
+    distributions: dict[str, dict[str, list[Any]]] = {}
+    for key, value in params.items():
+        if key not in trial_keys:
+            hint = " (set it under 'budget')" if key in ("max_epochs", "seed") else ""
+            raise fail(
+                f"unknown key {key!r}{hint}; trial keys are: {', '.join(sorted(trial_keys))}"
+            )
+        if isinstance(value, dict):
+            distributions[key] = _parse_distribution(key, value, fail)
+        else:
+            constants[key] = value
+
+    budget_raw = raw.get("budget") or {}
+    if not isinstance(budget_raw, dict):
+        raise fail("'budget' must be a mapping")
+    budget_fields = {f.name for f in fields(Budget)}
+    unknown_budget = set(budget_raw) - budget_fields
+    if unknown_budget:
+        raise fail(
+            f"unknown budget key(s): {', '.join(sorted(unknown_budget))}; "
+            f"known: {', '.join(sorted(budget_fields))}"
+        )
+    try:
+        budget = Budget(**budget_raw)
+        budget.validate()
+    except (TypeError, UsageError) as exc:
+        raise fail(str(exc)) from None
+
+    points = raw.get("points_to_evaluate") or []
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise fail("'points_to_evaluate' must be a list of mappings")
+    for i, point in enumerate(points):
+        extra = set(point) - set(distributions)
+        if extra:
+            raise fail(
+                f"points_to_evaluate[{i}] sets {', '.join(sorted(extra))}, "
+                "which the space does not search (only searched keys may be given)"
+            )
+        for key, value in point.items():
+            _check_in_domain(key, value, distributions[key], lambda m, i=i: fail(
+                f"points_to_evaluate[{i}]: {m}"
+            ))
+        try:
+            TrialConfig.from_dict({**constants, **point})
+        except ConfigError as exc:
+            raise fail(f"points_to_evaluate[{i}]: {exc}") from None
+
+    space = SearchSpace(
+        name=name,
+        source=source,
+        constants=constants,
+        distributions=distributions,
+        budget=budget,
+        points_to_evaluate=[dict(p) for p in points],
+        description=str(raw.get("description", "")).strip(),
+    )
+    try:
+        _validate_edges(space)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    return space
+
+
+def _parse_distribution(key: str, spec: dict[str, Any], fail: Any) -> dict[str, list[Any]]:
+    if len(spec) != 1:
+        raise fail(f"{key}: give exactly one of {', '.join(DISTRIBUTIONS)}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise fail(f"{key}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(args, list) or not args:
+        raise fail(f"{key}: {kind} needs a list, e.g. {kind}: [low, high]")
+    if kind == "choice":
+        return {kind: list(args)}
+    if len(args) != 2 or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
+        raise fail(f"{key}: {kind} needs two numbers [low, high], got {args!r}")
+    low, high = args
+    if low >= high:
+        raise fail(f"{key}: {kind} low must be < high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        raise fail(f"{key}: loguniform needs low > 0, got {low}")
+    if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
+        raise fail(f"{key}: randint bounds must be integers, got [{low}, {high}]")
+    if kind == "randint":
+        return {kind: [int(low), int(high)]}
+    return {kind: [float(low), float(high)]}
+
+
+def _check_in_domain(key: str, value: Any, spec: dict[str, list[Any]], fail: Any) -> None:
+    (kind, args), = spec.items()
+    if kind == "choice":
+        ok = value in args
+    elif kind == "randint":
+        ok = isinstance(value, int) and args[0] <= value < args[1]
+    else:
+        ok = isinstance(value, int | float) and args[0] <= value <= args[1]
+    if not ok:
+        raise fail(f"{key}={value!r} is outside its distribution {kind} {args}")
+
+
+def _validate_edges(space: SearchSpace) -> None:
+    """Every extreme value of every key, alone, must make a valid TrialConfig."""
+    base = {**space.constants, "max_epochs": space.budget.max_epochs, "seed": space.budget.seed}
+    TrialConfig.from_dict(base)
+    for key in space.distributions:
+        for value in space.possible_values(key):
+            try:
+                TrialConfig.from_dict({**base, key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from None

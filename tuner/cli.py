@@ -1,0 +1,201 @@
+"""Command line: parse, call, print. Every decision lives in the modules it calls.
+
+``python -m tuner --help`` (or the ``tuner`` script) lists the subcommands.
+Exit codes: 0 success, 2 bad usage or input (one message on stderr), 1 other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tuner._errors import UsageError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuner",
+        description="Hyperparameter search for fine-tuning image classifiers (Ray Tune + Optuna).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    search = sub.add_parser(
+        "search",
+        help="run a new search",
+        description="Run an Optuna-guided, ASHA-pruned search and write a ranked leaderboard.",
+    )
+    exp = search.add_argument_group("experiment")
+    exp.add_argument("--space", required=True, help="built-in space name or a YAML file")
+    exp.add_argument("--name", help="experiment name (default: SPACE-DATE-TIME)")
+    exp.add_argument("--data", help="photo folder, ImageFolder layout (default: $TUNER_DATA)")
+    exp.add_argument("--storage", help="results root (default: $TUNER_STORAGE or ./results)")
+    exp.add_argument("--address", help="existing Ray cluster to use (default: $RAY_ADDRESS)")
+    budget = search.add_argument_group("budget (overrides the space's)")
+    budget.add_argument("--num-samples", type=_positive_int, help="number of trials")
+    budget.add_argument("--max-epochs", type=_positive_int, help="epochs per trial at most")
+    budget.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
+                        help="stop starting/continuing trials after this long")
+    budget.add_argument("--seed", type=int, help="seed of the split, Optuna and the trials")
+    res = search.add_argument_group("resources (override the space's)")
+    res.add_argument("--cpus-per-trial", type=_positive_float, metavar="C")
+    res.add_argument("--gpus-per-trial", type=_non_negative_float, metavar="G",
+                     help="fractions share a GPU, e.g. 0.25 runs four trials per GPU")
+    res.add_argument("--max-concurrent", type=_positive_int, metavar="M")
+
+    resume = sub.add_parser("resume", help="continue an interrupted search",
+                            description="Continue an interrupted search where it stopped.")
+    resume.add_argument("name")
+    resume.add_argument("--storage")
+    resume.add_argument("--restart-errored", action="store_true",
+                        help="start errored trials over instead of from their checkpoints")
+
+    board = sub.add_parser("leaderboard", help="show or export the ranked trials",
+                           description="Ranked trials of an experiment (best first).")
+    board.add_argument("name")
+    board.add_argument("--storage")
+    board.add_argument("--top", type=_positive_int, metavar="K")
+    board.add_argument("--format", default="table",
+                       choices=["table", "csv", "parquet", "json", "markdown"])
+    board.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    spaces = sub.add_parser("spaces", help="list the search spaces, or show one resolved",
+                            description="List the built-in spaces, or show one resolved.")
+    spaces.add_argument("name", nargs="?")
+    return parser
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from tuner._datasets import resolve_data_dir
+    from tuner._experiment import (
+        SearchRequest,
+        default_name,
+        default_storage,
+        ensure_writable,
+        run_search,
+        validate_name,
+    )
+    from tuner._spaces import load_space
+
+    space = load_space(args.space)
+    space = space.with_budget(
+        space.budget.override(
+            num_samples=args.num_samples,
+            max_epochs=args.max_epochs,
+            time_budget_s=args.time_budget,
+            seed=args.seed,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            max_concurrent=args.max_concurrent,
+        )
+    )
+    name = validate_name(args.name or default_name(space))
+    storage = default_storage(args.storage)
+    ensure_writable(storage)
+    request = SearchRequest(
+        space=space,
+        name=name,
+        storage=storage,
+        data_dir=resolve_data_dir(args.data),
+        address=args.address,
+    )
+    return run_search(request)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from tuner._experiment import default_storage, resume
+
+    return resume(args.name, default_storage(args.storage), args.restart_errored)
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from tuner._experiment import default_storage, experiment_dir, validate_name
+    from tuner._leaderboard import build_leaderboard, render
+
+    exp_dir = experiment_dir(default_storage(args.storage), validate_name(args.name))
+    if not exp_dir.is_dir():
+        raise UsageError(f"no experiment {args.name!r} at {exp_dir}")
+    out = render(build_leaderboard(exp_dir), args.format, args.top)
+    if args.output:
+        path = Path(args.output)
+        try:
+            path.write_bytes(out) if isinstance(out, bytes) else path.write_text(out)
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    elif isinstance(out, bytes):
+        raise UsageError("parquet is binary: give --output FILE")
+    else:
+        print(out)
+    return 0
+
+
+def _cmd_spaces(args: argparse.Namespace) -> int:
+    from tuner._spaces import available_spaces, load_space
+
+    if args.name:
+        print(json.dumps(load_space(args.name).to_dict(), indent=2))
+        return 0
+    for name in available_spaces():
+        space = load_space(name)
+        b = space.budget
+        print(f"{name:10s} {b.num_samples:3d} trials x <= {b.max_epochs:2d} epochs  "
+              f"searches: {', '.join(space.searched)}")
+        if space.description:
+            print(f"{'':10s} {space.description}")
+    return 0
+
+
+_COMMANDS = {
+    "search": _cmd_search,
+    "resume": _cmd_resume,
+    "leaderboard": _cmd_leaderboard,
+    "spaces": _cmd_spaces,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"tuner {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tuner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

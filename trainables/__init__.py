@@ -74,6 +74,7 @@ __all__ = [
     "load_state",
     "make_split",
     "normalization",
+    "normalize",
     "prepare_data",
     "pretrained_weights_file",
     "resize_center_crop",

@@ -65,7 +65,7 @@ class TrialConfig:
     seed: int = 0
 
     @classmethod
-    def keys(cls) -> tuple[str, ...]:
+    def field_names(cls) -> tuple[str, ...]:
         """Names of every configurable key, in declaration order."""
         return tuple(f.name for f in fields(cls))
 
@@ -77,11 +77,12 @@ class TrialConfig:
         field's type (YAML and Optuna may give ``32.0`` for an int, numpy
         scalars, ...) and range-checked.
         """
-        known = set(cls.keys())
+        known = set(cls.field_names())
         unknown = sorted(k for k in config if k not in known and k not in _PASSTHROUGH_KEYS)
         if unknown:
             raise ConfigError(
-                f"unknown trial key(s): {', '.join(unknown)}; known keys: {', '.join(cls.keys())}"
+                f"unknown trial key(s): {', '.join(unknown)}; "
+                f"known keys: {', '.join(cls.field_names())}"
             )
         values: dict[str, Any] = {}
         for f in fields(cls):

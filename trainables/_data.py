@@ -132,7 +132,7 @@ class ImageCache:
 
 def cache_size_for(image_size: int) -> int:
     """Side of the decoded square needed to train and evaluate at ``image_size``."""
-    return int(round(image_size / CROP_RATIO))
+    return round(image_size / CROP_RATIO)
 
 
 def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
@@ -205,10 +205,10 @@ def load_photo(path: str | os.PathLike[str], size: int | None = None) -> Image.I
     With ``size``, JPEG decoding is allowed to downscale (DCT scaling) to no
     less than ``size`` on the shorter side, which is several times faster.
     """
-    with Image.open(path) as img:
+    with Image.open(path) as opened:
         if size is not None:
-            img.draft("RGB", (size, size))
-        img = ImageOps.exif_transpose(img)
+            opened.draft("RGB", (size, size))
+        img: Image.Image = ImageOps.exif_transpose(opened)
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

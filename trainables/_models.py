@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -117,7 +118,7 @@ def build_model(
     weights = getattr(tvm, _RESNET_WEIGHTS[model]).IMAGENET1K_V1 if pretrained else None
     if weights is not None:
         ensure_pretrained_weights(model, download=False)
-    net: nn.Module = getattr(tvm, model)(weights=weights)
+    net: Any = getattr(tvm, model)(weights=weights)
     net.fc = nn.Linear(net.fc.in_features, num_classes)
     return net
 
@@ -125,7 +126,7 @@ def build_model(
 def _build_lite0(num_classes: int, pretrained: bool, image_size: int | None) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
-    net: nn.Module = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    net: Any = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
     if pretrained:
         state = torch.load(ensure_pretrained_weights("efficientnet_lite0"), weights_only=True)
         net.load_state_dict(state)
@@ -133,14 +134,14 @@ def _build_lite0(num_classes: int, pretrained: bool, image_size: int | None) -> 
     return net
 
 
-def head(net: nn.Module) -> nn.Linear:
+def head(net: Any) -> nn.Linear:
     """The classification layer (replaced for the task's classes)."""
     layer = net._fc if hasattr(net, "_fc") else net.fc
     assert isinstance(layer, nn.Linear)
     return layer
 
 
-def stages(net: nn.Module, model: ModelName) -> list[list[nn.Module]]:
+def stages(net: Any, model: ModelName) -> list[list[nn.Module]]:
     """[stem, stage1, stage2, stage3, stage4]: the backbone in freezing order."""
     if model == "efficientnet_lite0":
         blocks = net._blocks

@@ -136,7 +136,7 @@ def fit(
 
     model = build_model(cfg.model, len(data.classes), cfg.pretrained, cfg.image_size)
     frozen = freeze(model, cfg.model, cfg.freeze_depth)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(cfg, trainable_params)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma)
@@ -219,7 +219,9 @@ def fit(
         val_loss, val_acc = evaluate(forward, val_x, val_y)
         scheduler.step()
         best_acc = max(best_acc, val_acc)
-        metrics = _metrics(epoch, lr, t0, seen, train_time, train_loss, train_acc, val_acc, val_loss)
+        metrics = _metrics(
+            epoch, lr, t0, seen, train_time, train_loss, train_acc, val_acc, val_loss
+        )
         report(
             metrics | {"diverged": False, "best_val_acc": best_acc},
             _save(model, optimizer, scheduler, scaler, epoch, best_acc, cfg, data),

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from tuner._errors import UsageError
 
-FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+FLOWERS_URL = (
+    "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+)
 FLOWERS_BYTES = 228_813_984  # the published size of flower_photos.tgz
 _HOW_TO = (
     "Pass a local folder of class sub-folders with --data DIR (or set $TUNER_DATA), "

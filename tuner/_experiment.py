@@ -32,7 +32,7 @@ from trainables import (
 )
 from tuner._errors import UsageError
 from tuner._leaderboard import best_config, build_leaderboard, write_leaderboard
-from tuner._spaces import SearchSpace, parse_space
+from tuner._spaces import Budget, SearchSpace, parse_space
 
 TUNER_FILE = "tuner.json"
 METRIC = "val_acc"
@@ -149,8 +149,10 @@ def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float
     gpus_available = cluster.get("GPU", 0.0)
     if gpus is None:
         # Several trials share a GPU: small models four to a GPU, ResNet-50 two.
-        gpus = 0.0 if not gpus_available else (
-            0.5 if "resnet50" in space.possible_values("model") else 0.25
+        gpus = (
+            0.0
+            if not gpus_available
+            else (0.5 if "resnet50" in space.possible_values("model") else 0.25)
         )
     elif gpus > gpus_available:
         raise UsageError(f"gpus-per-trial {gpus:g} exceeds the {gpus_available:g} GPUs available")
@@ -164,6 +166,9 @@ def _start_ray(address: str | None, say: Print) -> dict[str, float]:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # compact CLIReporter table
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Save the experiment state (trials, checkpoints, Optuna study) at most 2 s
+    # after each result, so a killed driver loses at most the epochs in flight.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     # Workers use this interpreter as it is; Ray must not re-create it with `uv run`.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     address = address or os.environ.get("RAY_ADDRESS")
@@ -274,8 +279,8 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         ),
         run_config=_run_config(req.name, req.storage, req.space),
     )
-    tuner.fit()
-    return finish(exp_dir, req.name, req.storage, budget.num_samples, say)
+    _fit(tuner)
+    return finish(exp_dir, req.name, req.storage, budget, say)
 
 
 def resume(name: str, storage: str, restart_errored: bool = False, say: Print = print) -> int:
@@ -307,22 +312,45 @@ def resume(name: str, storage: str, restart_errored: bool = False, say: Print = 
         resume_errored=not restart_errored,
         restart_errored=restart_errored,
     )
-    tuner.fit()
-    return finish(exp_dir, name, storage, space.budget.num_samples, say)
+    _fit(tuner)
+    return finish(exp_dir, name, storage, space.budget, say)
 
 
-def finish(exp_dir: Path, name: str, storage: str, num_samples: int, say: Print) -> int:
-    """Write the leaderboard files and print the summary; 0 if the search completed."""
+def _fit(tuner: Any) -> None:
+    """``tuner.fit()``, with SIGTERM handled like Ctrl-C: Ray saves the state and returns."""
+    import signal
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def finish(exp_dir: Path, name: str, storage: str, budget: Budget, say: Print) -> int:
+    """Write the leaderboard files and print the summary; 0 if the search completed.
+
+    A search is unfinished when a trial is still running, pending or paused,
+    or when fewer than ``num_samples`` trials exist without a time budget
+    that could explain it.
+    """
     board = build_leaderboard(exp_dir)
     written = write_leaderboard(exp_dir, board)
-    unfinished = board["status"].isin(["running", "pending", "paused"]).sum()
+    unfinished = bool(board["status"].isin(["running", "pending", "paused"]).any()) or (
+        budget.time_budget_s is None and len(board) < budget.num_samples
+    )
     counts = board["status"].value_counts().to_dict()
     say("")
     say(f"Trials: {len(board)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
     best = best_config(board)
     if best:
-        say(f"Best trial {best['trial_id']}: val_acc {best['val_acc']:.4f} at epoch "
-            f"{best['best_epoch']}")
+        say(
+            f"Best trial {best['trial_id']}: val_acc {best['val_acc']:.4f} at epoch "
+            f"{best['best_epoch']}"
+        )
         say("  " + json.dumps(best["config"]))
         say(f"  checkpoint: {best['checkpoint']}")
     say("Wrote " + ", ".join(str(p) for p in written))

@@ -54,15 +54,17 @@ def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
         analysis = ExperimentAnalysis(str(experiment_dir))
     except ValueError:
         raise UsageError(
-            f"{experiment_dir} holds no Ray Tune experiment state (yet); "
-            "was the search started?"
+            f"{experiment_dir} holds no Ray Tune experiment state (yet); was the search started?"
         ) from None
     rows = []
     for trial in analysis.trials:
         df = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
-        cfg = {k: trial.config.get(k, getattr(TrialConfig(), k)) for k in TrialConfig.keys()}
+        if "epoch" in df:
+            # An epoch re-run after a restore from an older checkpoint counts once.
+            df = df.drop_duplicates(subset="epoch", keep="last")
+        cfg = {k: trial.config.get(k, getattr(TrialConfig(), k)) for k in TrialConfig.field_names()}
         rows.append(_trial_row(trial, df, cfg, analysis))
-    columns = _BASE_COLUMNS + list(TrialConfig.keys()) + ["checkpoint"]
+    columns = _BASE_COLUMNS + list(TrialConfig.field_names()) + ["checkpoint"]
     board = pd.DataFrame(rows, columns=columns[1:])
     if board.empty:
         return pd.DataFrame(columns=columns)
@@ -77,7 +79,9 @@ def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
 def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any], analysis: Any) -> dict[str, Any]:
     ray_status = str(trial.status).lower()
     has_results = not df.empty and "val_acc" in df
-    diverged = bool(has_results and "diverged" in df and df["diverged"].fillna(False).astype(bool).any())
+    diverged = bool(
+        has_results and "diverged" in df and df["diverged"].fillna(False).astype(bool).any()
+    )
     epochs = int(df["epoch"].max()) if has_results else 0
     if diverged:
         status = "diverged"
@@ -127,7 +131,7 @@ def _typed(board: pd.DataFrame) -> pd.DataFrame:
         "wall_time_s": "float64",
         "checkpoint": "string",
     }
-    for key in TrialConfig.keys():
+    for key in TrialConfig.field_names():
         default = getattr(defaults, key)
         dtypes[key] = (
             "bool"
@@ -151,7 +155,7 @@ def best_config(board: pd.DataFrame) -> dict[str, Any]:
         "val_acc": float(top["val_acc"]),
         "best_epoch": int(top["best_epoch"]),
         "checkpoint": str(top["checkpoint"]),
-        "config": {k: _plain(top[k]) for k in TrialConfig.keys()},
+        "config": {k: _plain(top[k]) for k in TrialConfig.field_names()},
     }
 
 

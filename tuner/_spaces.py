@@ -65,14 +65,20 @@ class Budget:
             (self.grace_period >= 1, "grace_period must be >= 1"),
             (self.reduction_factor >= 2, "reduction_factor must be >= 2"),
             (self.cpus_per_trial > 0, "cpus_per_trial must be > 0"),
-            (self.gpus_per_trial is None or self.gpus_per_trial >= 0, "gpus_per_trial must be >= 0"),
+            (
+                self.gpus_per_trial is None or self.gpus_per_trial >= 0,
+                "gpus_per_trial must be >= 0",
+            ),
             (
                 self.gpus_per_trial is None
                 or self.gpus_per_trial <= 1
                 or float(self.gpus_per_trial).is_integer(),
                 "gpus_per_trial above 1 must be a whole number",
             ),
-            (self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent must be >= 1"),
+            (
+                self.max_concurrent is None or self.max_concurrent >= 1,
+                "max_concurrent must be >= 1",
+            ),
             (self.time_budget_s is None or self.time_budget_s > 0, "time budget must be > 0"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
         ]
@@ -107,7 +113,7 @@ class SearchSpace:
         """Ray Tune ``param_space``: constants plus ``tune.*`` domains, max_epochs and seed."""
         space: dict[str, Any] = dict(self.constants)
         for key, spec in self.distributions.items():
-            (kind, args), = spec.items()
+            ((kind, args),) = spec.items()
             if kind == "choice":
                 space[key] = tune.choice(list(args))
             else:
@@ -119,7 +125,7 @@ class SearchSpace:
     def possible_values(self, key: str) -> list[Any]:
         """Every value ``key`` can take, or the edges of its range."""
         if key in self.distributions:
-            (kind, args), = self.distributions[key].items()
+            ((kind, args),) = self.distributions[key].items()
             if kind == "choice":
                 return list(args)
             if kind == "randint":
@@ -196,7 +202,7 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
     params = raw.get("params") or {}
     if not isinstance(params, dict):
         raise fail("'params' must be a mapping of trial keys")
-    trial_keys = set(TrialConfig.keys()) - {"max_epochs", "seed"}
+    trial_keys = set(TrialConfig.field_names()) - {"max_epochs", "seed"}
     constants: dict[str, Any] = {}
     distributions: dict[str, dict[str, list[Any]]] = {}
     for key, value in params.items():
@@ -237,9 +243,9 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
                 "which the space does not search (only searched keys may be given)"
             )
         for key, value in point.items():
-            _check_in_domain(key, value, distributions[key], lambda m, i=i: fail(
-                f"points_to_evaluate[{i}]: {m}"
-            ))
+            _check_in_domain(
+                key, value, distributions[key], lambda m, i=i: fail(f"points_to_evaluate[{i}]: {m}")
+            )
         try:
             TrialConfig.from_dict({**constants, **point})
         except ConfigError as exc:
@@ -264,14 +270,16 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
 def _parse_distribution(key: str, spec: dict[str, Any], fail: Any) -> dict[str, list[Any]]:
     if len(spec) != 1:
         raise fail(f"{key}: give exactly one of {', '.join(DISTRIBUTIONS)}")
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     if kind not in DISTRIBUTIONS:
         raise fail(f"{key}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}")
     if not isinstance(args, list) or not args:
         raise fail(f"{key}: {kind} needs a list, e.g. {kind}: [low, high]")
     if kind == "choice":
         return {kind: list(args)}
-    if len(args) != 2 or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
+    if len(args) != 2 or not all(
+        isinstance(a, int | float) and not isinstance(a, bool) for a in args
+    ):
         raise fail(f"{key}: {kind} needs two numbers [low, high], got {args!r}")
     low, high = args
     if low >= high:
@@ -286,7 +294,7 @@ def _parse_distribution(key: str, spec: dict[str, Any], fail: Any) -> dict[str, 
 
 
 def _check_in_domain(key: str, value: Any, spec: dict[str, list[Any]], fail: Any) -> None:
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     if kind == "choice":
         ok = value in args
     elif kind == "randint":

@@ -11,38 +11,31 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tuner._errors import UsageError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _number(kind: type[int] | type[float], minimum: float, inclusive: bool) -> Any:
+    """An argparse ``type=`` that parses ``kind`` and enforces a lower bound."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value < minimum or (value == minimum and not inclusive):
+            bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+_positive_int = _number(int, 1, inclusive=True)
+_positive_float = _number(float, 0, inclusive=False)
+_non_negative_float = _number(float, 0, inclusive=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,33 +59,54 @@ def build_parser() -> argparse.ArgumentParser:
     budget = search.add_argument_group("budget (overrides the space's)")
     budget.add_argument("--num-samples", type=_positive_int, help="number of trials")
     budget.add_argument("--max-epochs", type=_positive_int, help="epochs per trial at most")
-    budget.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
-                        help="stop starting/continuing trials after this long")
+    budget.add_argument(
+        "--time-budget",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop starting/continuing trials after this long",
+    )
     budget.add_argument("--seed", type=int, help="seed of the split, Optuna and the trials")
     res = search.add_argument_group("resources (override the space's)")
     res.add_argument("--cpus-per-trial", type=_positive_float, metavar="C")
-    res.add_argument("--gpus-per-trial", type=_non_negative_float, metavar="G",
-                     help="fractions share a GPU, e.g. 0.25 runs four trials per GPU")
+    res.add_argument(
+        "--gpus-per-trial",
+        type=_non_negative_float,
+        metavar="G",
+        help="fractions share a GPU, e.g. 0.25 runs four trials per GPU",
+    )
     res.add_argument("--max-concurrent", type=_positive_int, metavar="M")
 
-    resume = sub.add_parser("resume", help="continue an interrupted search",
-                            description="Continue an interrupted search where it stopped.")
+    resume = sub.add_parser(
+        "resume",
+        help="continue an interrupted search",
+        description="Continue an interrupted search where it stopped.",
+    )
     resume.add_argument("name")
     resume.add_argument("--storage")
-    resume.add_argument("--restart-errored", action="store_true",
-                        help="start errored trials over instead of from their checkpoints")
+    resume.add_argument(
+        "--restart-errored",
+        action="store_true",
+        help="start errored trials over instead of from their checkpoints",
+    )
 
-    board = sub.add_parser("leaderboard", help="show or export the ranked trials",
-                           description="Ranked trials of an experiment (best first).")
+    board = sub.add_parser(
+        "leaderboard",
+        help="show or export the ranked trials",
+        description="Ranked trials of an experiment (best first).",
+    )
     board.add_argument("name")
     board.add_argument("--storage")
     board.add_argument("--top", type=_positive_int, metavar="K")
-    board.add_argument("--format", default="table",
-                       choices=["table", "csv", "parquet", "json", "markdown"])
+    board.add_argument(
+        "--format", default="table", choices=["table", "csv", "parquet", "json", "markdown"]
+    )
     board.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
 
-    spaces = sub.add_parser("spaces", help="list the search spaces, or show one resolved",
-                            description="List the built-in spaces, or show one resolved.")
+    spaces = sub.add_parser(
+        "spaces",
+        help="list the search spaces, or show one resolved",
+        description="List the built-in spaces, or show one resolved.",
+    )
     spaces.add_argument("name", nargs="?")
     return parser
 
@@ -170,8 +184,10 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     for name in available_spaces():
         space = load_space(name)
         b = space.budget
-        print(f"{name:10s} {b.num_samples:3d} trials x <= {b.max_epochs:2d} epochs  "
-              f"searches: {', '.join(space.searched)}")
+        print(
+            f"{name:10s} {b.num_samples:3d} trials x <= {b.max_epochs:2d} epochs  "
+            f"searches: {', '.join(space.searched)}"
+        )
         if space.description:
             print(f"{'':10s} {space.description}")
     return 0

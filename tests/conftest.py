@@ -1,0 +1,85 @@
+"""Shared fixtures: the real flower photos, small real subsets, synthetic folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOWERS = Path(os.environ.get("TUNER_TEST_FLOWERS", ROOT.parent / "shared" / "data" / "flowers"))
+
+
+@pytest.fixture(scope="session")
+def flowers() -> Path:
+    if not FLOWERS.is_dir():
+        pytest.fail(f"real photos expected at {FLOWERS} (set TUNER_TEST_FLOWERS)")
+    return FLOWERS
+
+
+def make_subset(flowers: Path, dest: Path, per_class: int) -> Path:
+    """A folder of symlinks to the first ``per_class`` real photos of each class."""
+    for cls in sorted(p for p in flowers.iterdir() if p.is_dir()):
+        (dest / cls.name).mkdir(parents=True)
+        for photo in sorted(cls.glob("*.jpg"))[:per_class]:
+            (dest / cls.name / photo.name).symlink_to(photo)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def small_flowers(flowers: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 real photos per class: enough for a real search in seconds."""
+    return make_subset(flowers, tmp_path_factory.mktemp("small") / "flowers", 12)
+
+
+@pytest.fixture
+def synthetic(tmp_path: Path) -> Path:
+    """Three classes of 10 small generated photos, distinguishable by colour."""
+    root = tmp_path / "synthetic"
+    for label, colour in enumerate([(220, 30, 30), (30, 220, 30), (30, 30, 220)]):
+        (root / f"class{label}").mkdir(parents=True)
+        for i in range(10):
+            shade = tuple(max(0, c - 8 * i) for c in colour)
+            Image.new("RGB", (48 + i, 40), shade).save(root / f"class{label}" / f"{i}.jpg")
+    return root
+
+
+def run_tuner(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tuner ARGS`` as a user would; capture everything."""
+    full_env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+METRIC_KEYS = frozenset(
+    {
+        "val_acc",
+        "val_loss",
+        "train_acc",
+        "train_loss",
+        "epoch",
+        "lr",
+        "epoch_time_s",
+        "images_per_s",
+    }
+)
+
+
+def run_search(
+    space: str | Path, data: Path, storage: Path, name: str, *extra: str, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """``tuner search`` with the four arguments every test gives."""
+    args = ("search", "--space", str(space), "--data", str(data), "--storage", str(storage))
+    return run_tuner(*args, "--name", name, *extra, **kwargs)  # type: ignore[arg-type]

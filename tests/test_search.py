@@ -1,0 +1,184 @@
+"""End to end, as a user runs it: `python -m tuner ...` over real photos with real Ray Tune."""
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torchvision
+from conftest import METRIC_KEYS, run_search, run_tuner
+
+from tuner._leaderboard import _BASE_COLUMNS
+
+TINY_SPACE = """
+params:
+  model: efficientnet_lite0
+  pretrained: true
+  image_size: 32
+  optimizer: {choice: [adam, sgd]}
+  lr: {loguniform: [1.0e-4, 1.0e-1]}
+  batch_size: {choice: [16, 32]}
+  freeze_depth: {randint: [2, 5]}
+  aug_strength: {uniform: [0.0, 0.5]}
+budget:
+  num_samples: 5
+  max_epochs: 3
+  grace_period: 1
+  reduction_factor: 2
+  cpus_per_trial: 1
+points_to_evaluate:
+  - {optimizer: adam, lr: 1.0e-2, batch_size: 16, freeze_depth: 3, aug_strength: 0.0}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(small_flowers, tmp_path_factory):
+    """One real search (OptunaSearch + ASHA, 5 trials) shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("search")
+    space = tmp / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    storage = tmp / "results"
+    proc = run_search(space, small_flowers, storage, "e2e")
+    return proc, storage, storage / "e2e"
+
+
+def test_search_writes_the_results_layout(finished):
+    proc, _, exp = finished
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in (
+        "split.json",
+        "tuner.json",
+        "leaderboard.csv",
+        "leaderboard.parquet",
+        "best_config.json",
+    ):
+        assert (exp / name).is_file(), name
+    split = json.loads((exp / "split.json").read_text())
+    assert split["classes"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert len(split["train"]) + len(split["val"]) == 60
+    assert "Best trial" in proc.stdout and "leaderboard.csv" in proc.stdout
+
+
+def test_leaderboard_ranks_every_trial_and_asha_stopped_some(finished):
+    _, _, exp = finished
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert list(board.columns[: len(_BASE_COLUMNS)]) == _BASE_COLUMNS
+    assert {"lr", "batch_size", "freeze_depth", "aug_strength", "checkpoint"} <= set(board.columns)
+    assert len(board) == 5 and board["trial_id"].is_unique
+    assert list(board["rank"]) == [1, 2, 3, 4, 5]
+    assert board["val_acc"].is_monotonic_decreasing
+    assert board["stopped_early"].any(), board[["status", "epochs"]]
+    stopped = board[board["stopped_early"]]
+    assert (stopped["epochs"] < 3).all() and (stopped["status"] == "stopped_early").all()
+    assert (board.loc[board["status"] == "completed", "epochs"] == 3).all()
+    best = json.loads((exp / "best_config.json").read_text())
+    assert best["trial_id"] == board.loc[0, "trial_id"]
+    assert best["val_acc"] == pytest.approx(board.loc[0, "val_acc"])
+    # The best checkpoint exists and holds the epoch the leaderboard names.
+    state = torch.load(f"{best['checkpoint']}/checkpoint.pt", weights_only=True)
+    assert state["epoch"] == board.loc[0, "best_epoch"]
+    # The seeded classic point was tried first, as given.
+    first = pd.read_csv(exp / "leaderboard.csv").sort_values("trial_id")
+    assert ((first["lr"] == 1e-2) & (first["freeze_depth"] == 3)).any()
+
+
+def test_results_are_a_ray_tune_experiment(finished):
+    from ray.tune import ExperimentAnalysis
+
+    _, _, exp = finished
+    analysis = ExperimentAnalysis(str(exp))
+    assert len(analysis.trials) == 5
+    df = next(iter(analysis.trial_dataframes.values()))
+    assert set(df.columns) >= METRIC_KEYS
+
+
+def test_leaderboard_command_formats(finished, tmp_path):
+    _, storage, _ = finished
+    base = ("leaderboard", "e2e", "--storage", str(storage))
+    as_json = run_tuner(*base, "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    rows = json.loads(as_json.stdout)
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    top = run_tuner(*base, "--top", "2")
+    assert top.returncode == 0 and len(top.stdout.strip().splitlines()) == 3  # header + 2
+    md = run_tuner(*base, "--format", "markdown", "--top", "1")
+    assert md.stdout.startswith("| rank | trial_id | status |")
+    out = tmp_path / "board.parquet"
+    pq_run = run_tuner(*base, "--format", "parquet", "--output", str(out))
+    assert pq_run.returncode == 0, pq_run.stderr
+    table = pq.read_table(out)
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types["val_acc"] == "double" and types["batch_size"] == "int64"
+    assert types["stopped_early"] == "bool" and types["trial_id"] == "string"
+    assert pd.read_parquet(out)["rank"].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_search_refuses_an_existing_name_and_suggests_resume(finished, small_flowers):
+    _, storage, _ = finished
+    proc = run_search("smoke", small_flowers, storage, "e2e")
+    assert proc.returncode == 2
+    assert "already exists" in proc.stderr and "tuner resume e2e" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_default_space_without_cached_weights_exits_2_before_ray(tmp_path, small_flowers):
+    proc = run_search(
+        "default",
+        small_flowers,
+        tmp_path / "r",
+        "now",
+        env={"TORCH_HOME": str(tmp_path / "torch")},
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "resnet18-f37072fd.pth" in proc.stderr
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in proc.stderr
+    assert "--space lite" in proc.stderr and "pretrained: false" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "now").exists()
+
+
+def test_default_space_runs_with_weights_in_torch_home(tmp_path, small_flowers):
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), checkpoints / "resnet18-f37072fd.pth")
+    proc = run_search(
+        "default",
+        small_flowers,
+        tmp_path / "r",
+        "d1",
+        "--num-samples",
+        "1",
+        "--max-epochs",
+        "1",
+        env={"TORCH_HOME": str(tmp_path / "torch")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    board = pd.read_csv(tmp_path / "r" / "d1" / "leaderboard.csv")
+    assert len(board) == 1 and board.loc[0, "model"] == "resnet18"
+    assert board.loc[0, "status"] == "completed" and board.loc[0, "lr"] == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--space", "nope"], "unknown space 'nope'"),
+        (["--space", "smoke", "--num-samples", "0"], "must be >= 1"),
+        (["--space", "smoke", "--name", "../x"], "invalid experiment name"),
+        (["--space", "smoke", "--gpus-per-trial", "1.5"], "whole number"),
+        (["--space", "smoke", "--data", "/nonexistent/photos"], "does not exist"),
+    ],
+)
+def test_bad_search_input_exits_2_with_one_message(tmp_path, args, message):
+    proc = run_tuner("search", "--storage", str(tmp_path), *args, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_spaces_command_lists_and_shows():
+    listing = run_tuner("spaces")
+    assert listing.returncode == 0
+    assert all(name in listing.stdout for name in ("default", "resnet", "lite", "smoke"))
+    shown = run_tuner("spaces", "lite")
+    assert json.loads(shown.stdout)["params"]["model"] == "efficientnet_lite0"

@@ -83,3 +83,39 @@ def run_search(
     """``tuner search`` with the four arguments every test gives."""
     args = ("search", "--space", str(space), "--data", str(data), "--storage", str(storage))
     return run_tuner(*args, "--name", name, *extra, **kwargs)  # type: ignore[arg-type]
+
+
+TINY_SPACE = """
+params:
+  model: efficientnet_lite0
+  pretrained: true
+  image_size: 32
+  optimizer: {choice: [adam, sgd]}
+  lr: {loguniform: [1.0e-4, 1.0e-1]}
+  batch_size: {choice: [16, 32]}
+  freeze_depth: {randint: [2, 5]}
+  aug_strength: {uniform: [0.0, 0.5]}
+budget:
+  num_samples: 5
+  max_epochs: 3
+  grace_period: 1
+  reduction_factor: 2
+  cpus_per_trial: 1
+points_to_evaluate:
+  - {optimizer: adam, lr: 1.0e-2, batch_size: 16, freeze_depth: 3, aug_strength: 0.0}
+"""
+
+
+@pytest.fixture(scope="session")
+def finished(small_flowers: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """One real `tuner search` (OptunaSearch + ASHA, 5 trials, 32 px) shared by every test.
+
+    Returns (completed process, storage folder, experiment folder); the experiment is
+    named "e2e". Tests must not modify it.
+    """
+    tmp = tmp_path_factory.mktemp("search")
+    space = tmp / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    storage = tmp / "results"
+    proc = run_search(space, small_flowers, storage, "e2e")
+    return proc, storage, storage / "e2e"

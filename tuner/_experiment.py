@@ -243,7 +243,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     resources = _resources(req.space, cluster)
     exp_dir.mkdir(parents=True, exist_ok=True)
     split.save(exp_dir / SPLIT_FILE)
-    _write_tuner_file(req, exp_dir, cache.size)
+    _write_tuner_file(req, exp_dir, cache.size, resources)
     budget = req.space.budget
     say(
         f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
@@ -303,8 +303,8 @@ def resume(name: str, storage: str, restart_errored: bool = False, say: Print = 
     except DataError as exc:
         raise UsageError(f"data: {exc}") from None
     say(f"Resuming {name} from {exp_dir} ({len(split.train)} train / {len(split.val)} val)")
-    cluster = _start_ray(saved.get("address"), say)
-    resources = _resources(space, cluster)
+    _start_ray(saved.get("address"), say)
+    resources = {k: float(v) for k, v in saved["resources"].items()}
     tuner = tune.Tuner.restore(
         str(exp_dir),
         trainable=_trainable(cache, resources),
@@ -360,7 +360,9 @@ def finish(exp_dir: Path, name: str, storage: str, budget: Budget, say: Print) -
     return 0
 
 
-def _write_tuner_file(req: SearchRequest, exp_dir: Path, cache_size: int) -> None:
+def _write_tuner_file(
+    req: SearchRequest, exp_dir: Path, cache_size: int, resources: dict[str, float]
+) -> None:
     """The resolved configuration of the run, enough to reproduce or resume it."""
     import ray
 
@@ -379,6 +381,7 @@ def _write_tuner_file(req: SearchRequest, exp_dir: Path, cache_size: int) -> Non
         "storage": req.storage,
         "address": req.address,
         "cache_size": cache_size,
+        "resources": resources,
         "command": " ".join(sys.argv),
         "ray_version": ray.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

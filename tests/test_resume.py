@@ -1,0 +1,219 @@
+"""Interruptions and faults, run for real in subprocesses: kill -9, Ctrl-C, dead workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, run_tuner
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+params:
+  model: efficientnet_lite0
+  pretrained: true
+  image_size: 64
+  optimizer: adam
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+  batch_size: 16
+  freeze_depth: {randint: [0, 3]}
+  aug_strength: {uniform: [0.0, 0.5]}
+budget:
+  num_samples: NUM
+  max_epochs: EPOCHS
+  grace_period: EPOCHS
+  cpus_per_trial: 1
+"""
+
+
+def write_space(tmp: Path, num: int, epochs: int) -> Path:
+    path = tmp / "space.yaml"
+    path.write_text(SPACE.replace("NUM", str(num)).replace("EPOCHS", str(epochs)))
+    return path
+
+
+def start_search(space: Path, data: Path, storage: Path, name: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tuner",
+            "search",
+            "--space",
+            str(space),
+            "--data",
+            str(data),
+            "--storage",
+            str(storage),
+            "--name",
+            name,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def epochs_by_trial(exp: Path) -> dict[str, list[int]]:
+    """Every reported epoch of every trial folder, in report order."""
+    out = {}
+    for result in exp.glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        out[result.parent.name.removeprefix("trial_")] = [r["epoch"] for r in rows]
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (this test's own driver; never anyone else's)."""
+    found, frontier = [], [pid]
+    while frontier:
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", ",".join(map(str, frontier))],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        frontier = [int(c) for c in children]
+        found += frontier
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def checkpointed(exp: Path, n: int = 1) -> bool:
+    return len(list(exp.glob("trial_*/checkpoint_*"))) >= n
+
+
+def test_kill_9_then_resume_continues_from_checkpoints(small_flowers, tmp_path):
+    space, storage = write_space(tmp_path, 3, 4), tmp_path / "r"
+    exp = storage / "k9"
+    proc = start_search(space, small_flowers, storage, "k9")
+    try:
+        wait_for(lambda: checkpointed(exp, 2), 240, "two checkpoints")
+        time.sleep(3)  # past the experiment-state save period
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = epochs_by_trial(exp)
+    had_checkpoint = {t for t in before if list(exp.glob(f"trial_{t}/checkpoint_*"))}
+    assert had_checkpoint
+
+    resumed = run_tuner("resume", "k9", "--storage", str(storage), timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 3 and board["trial_id"].is_unique
+    assert (board["status"] == "completed").all()
+    after = epochs_by_trial(exp)
+    for trial in had_checkpoint & set(board["trial_id"]):
+        assert after[trial].count(1) == 1, (trial, after[trial])  # never restarted from 0
+        assert max(after[trial]) == 4
+
+
+def test_ctrl_c_prints_the_resume_command_and_resume_finishes(small_flowers, tmp_path):
+    space, storage = write_space(tmp_path, 3, 4), tmp_path / "r"
+    exp = storage / "cc"
+    proc = start_search(space, small_flowers, storage, "cc")
+    wait_for(lambda: checkpointed(exp, 1), 240, "a checkpoint")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert f"python -m tuner resume cc --storage {storage}" in out
+    resumed = run_tuner("resume", "cc", "--storage", str(storage), timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 3 and (board["epochs"] == 4).all()
+
+
+def test_a_killed_trial_worker_is_retried_from_its_checkpoint(small_flowers, tmp_path):
+    space, storage = write_space(tmp_path, 1, 6), tmp_path / "r"
+    exp = storage / "w"
+    proc = start_search(space, small_flowers, storage, "w")
+    wait_for(lambda: checkpointed(exp, 1), 240, "a checkpoint")
+    pids = [p for p in descendants(proc.pid) if "ImplicitFunc" in command_line(p)]
+    assert pids, "no trial worker process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    (epochs,) = epochs_by_trial(exp).values()
+    assert epochs.count(1) == 1 and max(epochs) == 6, epochs
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert board.loc[0, "status"] == "completed"
+
+
+def test_diverging_trials_end_as_diverged_and_the_search_goes_on(small_flowers, tmp_path):
+    space = tmp_path / "div.yaml"
+    space.write_text(
+        "params:\n  model: efficientnet_lite0\n  image_size: 32\n  optimizer: sgd\n"
+        "  freeze_depth: 3\n  aug_strength: 0.0\n  lr: {loguniform: [1.0e-3, 1.0e+31]}\n"
+        "budget:\n  num_samples: 3\n  max_epochs: 2\n  grace_period: 2\n"
+        "points_to_evaluate:\n  - {lr: 1.0e+30}\n  - {lr: 1.0e-2}\n  - {lr: 1.0e+20}\n"
+    )
+    proc = run_tuner(
+        "search",
+        "--space",
+        str(space),
+        "--data",
+        str(small_flowers),
+        "--storage",
+        str(tmp_path / "r"),
+        "--name",
+        "div",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    board = pd.read_csv(tmp_path / "r" / "div" / "leaderboard.csv")
+    assert list(board["status"]) == ["completed", "diverged", "diverged"]
+    assert board.loc[0, "lr"] == pytest.approx(1e-2)
+
+
+def test_optuna_state_survives_resume(small_flowers, tmp_path):
+    space, storage = write_space(tmp_path, 6, 1), tmp_path / "r"
+    exp = storage / "opt"
+    proc = start_search(space, small_flowers, storage, "opt")
+    try:
+        wait_for(lambda: len(list(exp.glob("trial_*/checkpoint_*"))) >= 3, 300, "three trials")
+        time.sleep(3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first_done = set(epochs_by_trial(exp))
+    resumed = run_tuner("resume", "opt", "--storage", str(storage), timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 6
+    # A fresh sampler with the same seed would propose the same values again.
+    assert board["lr"].round(12).is_unique, board[["trial_id", "lr"]]
+    assert first_done <= set(board["trial_id"])  # finished trials are kept, not redone
+
+
+def test_resume_of_an_unknown_experiment_lists_what_is_there(tmp_path, finished):
+    _, storage, _ = finished
+    proc = run_tuner("resume", "nope", "--storage", str(storage))
+    assert proc.returncode == 2
+    assert "no experiment 'nope'" in proc.stderr and "e2e" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -52,7 +52,7 @@ def run_tuner(
     *args: str, env: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m tuner ARGS`` as a user would; capture everything."""
-    full_env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tuner", *args],
         cwd=ROOT,

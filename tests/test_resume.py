@@ -41,7 +41,7 @@ def write_space(tmp: Path, num: int, epochs: int) -> Path:
 
 
 def start_search(space: Path, data: Path, storage: Path, name: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    env = dict(os.environ)
     return subprocess.Popen(
         [
             sys.executable,

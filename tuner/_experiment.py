@@ -164,13 +164,6 @@ def _start_ray(address: str | None, say: Print) -> dict[str, float]:
 
     import ray
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # compact CLIReporter table
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Save the experiment state (trials, checkpoints, Optuna study) at most 2 s
-    # after each result, so a killed driver loses at most the epochs in flight.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    # Workers use this interpreter as it is; Ray must not re-create it with `uv run`.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
@@ -279,7 +272,8 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         ),
         run_config=_run_config(req.name, req.storage, req.space),
     )
-    _fit(tuner)
+    if not _fit(tuner, req.name, req.storage, say):
+        return 130
     return finish(exp_dir, req.name, req.storage, budget, say)
 
 
@@ -312,12 +306,17 @@ def resume(name: str, storage: str, restart_errored: bool = False, say: Print = 
         resume_errored=not restart_errored,
         restart_errored=restart_errored,
     )
-    _fit(tuner)
+    if not _fit(tuner, name, storage, say):
+        return 130
     return finish(exp_dir, name, storage, space.budget, say)
 
 
-def _fit(tuner: Any) -> None:
-    """``tuner.fit()``, with SIGTERM handled like Ctrl-C: Ray saves the state and returns."""
+def _fit(tuner: Any, name: str, storage: str, say: Print) -> bool:
+    """``tuner.fit()``; False if a second Ctrl-C cut Ray's own graceful stop short.
+
+    SIGTERM is handled like a first Ctrl-C: Ray saves the experiment state,
+    stops the trials and returns.
+    """
     import signal
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -326,8 +325,12 @@ def _fit(tuner: Any) -> None:
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         tuner.fit()
+    except KeyboardInterrupt:
+        say(f"\nInterrupted. Continue the search with:\n  {resume_command(name, storage)}")
+        return False
     finally:
         signal.signal(signal.SIGTERM, previous)
+    return True
 
 
 def finish(exp_dir: Path, name: str, storage: str, budget: Budget, say: Print) -> int:

@@ -23,11 +23,11 @@ from trainables._data import (
     cache_size_for,
     decode_split,
     load_image_cache,
-    load_photo,
     make_split,
     prepare_data,
-    resize_center_crop,
     scan_folder,
+    screen,
+    split_screened,
 )
 from trainables._models import (
     WeightsUnavailableError,
@@ -40,10 +40,18 @@ from trainables._models import (
     set_train_mode,
     stages,
 )
+from trainables._photos import (
+    IMAGE_EXTENSIONS,
+    decode_files,
+    decode_one,
+    load_photo,
+    resize_center_crop,
+)
 from trainables._train import choose_precision, cpu_has_native_bf16, fit, train_classifier
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "IMAGE_EXTENSIONS",
     "MAX_FREEZE_DEPTH",
     "MODELS",
     "OPTIMIZERS",
@@ -63,6 +71,8 @@ __all__ = [
     "cache_size_for",
     "choose_precision",
     "cpu_has_native_bf16",
+    "decode_files",
+    "decode_one",
     "decode_split",
     "ensure_pretrained_weights",
     "eval_transform",
@@ -80,7 +90,9 @@ __all__ = [
     "resize_center_crop",
     "save_state",
     "scan_folder",
+    "screen",
     "set_train_mode",
+    "split_screened",
     "stages",
     "train_classifier",
 ]

@@ -25,22 +25,24 @@ from __future__ import annotations
 import json
 import os
 import random
-import warnings
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+from trainables._photos import IMAGE_EXTENSIONS, decode_files
+
 # Decoded photos are kept a little larger than the training size so that
 # evaluation can resize + centre-crop (the classic 256 -> 224 ratio) and
 # augmentation has border to crop from.
 CROP_RATIO = 0.875
 SPLIT_FILE = "split.json"
+MIN_PER_CLASS = 2
+
+
+def _describe(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name}: {n}" for name, n in counts.items())
 
 
 class DataError(ValueError):
@@ -57,12 +59,41 @@ class Skipped:
 
 @dataclass
 class FolderScan:
-    """Candidate photos per class found under ``root`` (not yet decoded)."""
+    """Photos per class found under ``root``: candidates, or after :func:`screen` usable ones."""
 
     root: Path
     classes: list[str]
     files: list[tuple[str, int]]  # (path relative to root, class index)
     skipped: list[Skipped] = field(default_factory=list)
+    # Groups of byte-identical files filed under different classes.
+    ambiguous: list[list[str]] = field(default_factory=list)
+    # After screen(): row of each file in the decoded array.
+    row_of: dict[str, int] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """Files per class name."""
+        totals = dict.fromkeys(self.classes, 0)
+        for _, label in self.files:
+            totals[self.classes[label]] += 1
+        return totals
+
+    def problem(self) -> str | None:
+        """Why a search cannot use these files, or None if it can."""
+        counts = self.counts()
+        with_photos = [name for name, n in counts.items() if n]
+        if len(with_photos) < 2:
+            return (
+                f"{self.root} has {len(with_photos)} class(es) with usable photos "
+                f"({_describe(counts)}); a classifier needs at least 2"
+            )
+        short = [name for name, n in counts.items() if n < MIN_PER_CLASS]
+        if short:
+            return (
+                f"class(es) {', '.join(repr(c) for c in short)} in {self.root} have fewer than "
+                f"{MIN_PER_CLASS} usable photos ({_describe(counts)}); each class needs at least "
+                f"{MIN_PER_CLASS} to be split into train and val"
+            )
+        return None
 
 
 @dataclass
@@ -76,6 +107,7 @@ class Split:
     seed: int
     val_fraction: float
     skipped: list[Skipped] = field(default_factory=list)
+    ambiguous: list[list[str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +118,7 @@ class Split:
             "train": [[p, y] for p, y in self.train],
             "val": [[p, y] for p, y in self.val],
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "ambiguous": self.ambiguous,
         }
 
     @classmethod
@@ -98,6 +131,7 @@ class Split:
             seed=int(data["seed"]),
             val_fraction=float(data["val_fraction"]),
             skipped=[Skipped(s["path"], s["reason"]) for s in data.get("skipped", [])],
+            ambiguous=[list(group) for group in data.get("ambiguous", [])],
         )
 
     def save(self, path: Path) -> None:
@@ -174,16 +208,14 @@ def make_split(scan: FolderScan, val_fraction: float = 0.2, seed: int = 0) -> Sp
     """
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    problem = scan.problem()
+    if problem:
+        raise DataError(problem)
     rng = random.Random(seed)
     train: list[tuple[str, int]] = []
     val: list[tuple[str, int]] = []
-    for label, name in enumerate(scan.classes):
+    for label in range(len(scan.classes)):
         members = sorted(p for p, y in scan.files if y == label)
-        if len(members) < 2:
-            raise DataError(
-                f"class {name!r} has {len(members)} usable photo(s); "
-                "at least 2 are needed to split it into train and val"
-            )
         rng.shuffle(members)
         n_val = min(max(1, round(len(members) * val_fraction)), len(members) - 1)
         val += [(p, label) for p in sorted(members[:n_val])]
@@ -196,65 +228,8 @@ def make_split(scan: FolderScan, val_fraction: float = 0.2, seed: int = 0) -> Sp
         seed=seed,
         val_fraction=val_fraction,
         skipped=list(scan.skipped),
+        ambiguous=list(scan.ambiguous),
     )
-
-
-def load_photo(path: str | os.PathLike[str], size: int | None = None) -> Image.Image:
-    """Open a photo as RGB with its EXIF orientation applied.
-
-    With ``size``, JPEG decoding is allowed to downscale (DCT scaling) to no
-    less than ``size`` on the shorter side, which is several times faster.
-    """
-    with Image.open(path) as opened:
-        if size is not None:
-            opened.draft("RGB", (size, size))
-        img: Image.Image = ImageOps.exif_transpose(opened)
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, rgba)
-        return img.convert("RGB")
-
-
-def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
-    """Shorter side to ``size``, centre crop to a square, as a CHW uint8 array."""
-    img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR, centering=(0.5, 0.5))
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def _decode_one(args: tuple[str, int]) -> np.ndarray | str:
-    path, size = args
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return resize_center_crop(load_photo(path, size), size)
-    except Exception as exc:  # any decoder failure makes the file unusable, not the run
-        return f"{type(exc).__name__}: {exc}".strip()
-
-
-def decode_files(
-    paths: Sequence[str | os.PathLike[str]], size: int, workers: int | None = None
-) -> tuple[np.ndarray, dict[int, str]]:
-    """Decode photos to an ``(N, 3, size, size)`` uint8 array, in parallel.
-
-    Returns the array (rows of unreadable files are zero) and a map from the
-    index of each unreadable file to the reason.
-    """
-    out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
-    failures: dict[int, str] = {}
-    jobs = [(os.fspath(p), size) for p in paths]
-    workers = workers or min(len(os.sched_getaffinity(0)), 8)
-    if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_decode_one, jobs, chunksize=32))
-    else:
-        results = [_decode_one(job) for job in jobs]
-    for i, res in enumerate(results):
-        if isinstance(res, str):
-            failures[i] = res
-        else:
-            out[i] = res
-    return out, failures
 
 
 def decode_split(split: Split, size: int, workers: int | None = None) -> ImageCache:
@@ -264,7 +239,7 @@ def decode_split(split: Split, size: int, workers: int | None = None) -> ImageCa
     can no longer be decoded raises :class:`DataError` naming it.
     """
     paths = [p for p, _ in split.train + split.val]
-    x, failures = decode_files([split.root / p for p in paths], size, workers)
+    x, failures, _ = decode_files([split.root / p for p in paths], size, workers)
     if failures:
         i, reason = next(iter(failures.items()))
         raise DataError(f"{split.root / paths[i]} can no longer be decoded: {reason}")
@@ -283,13 +258,43 @@ def prepare_data(
     Returns the split (its ``skipped`` lists every unusable file with the
     reason) and the decoded cache of exactly the split's files.
     """
-    x, failures = decode_files([scan.root / p for p, _ in scan.files], size, workers)
+    usable, decoded = screen(scan, size, workers)
+    return split_screened(usable, decoded, size, val_fraction=val_fraction, seed=seed)
+
+
+def split_screened(
+    usable: FolderScan, decoded: np.ndarray, size: int, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[Split, ImageCache]:
+    """Split the output of :func:`screen` and gather the split's rows of ``decoded``."""
+    split = make_split(usable, val_fraction=val_fraction, seed=seed)
+    return split, _cache_from(split, decoded, usable.row_of, size)
+
+
+def screen(
+    scan: FolderScan, size: int, workers: int | None = None
+) -> tuple[FolderScan, np.ndarray]:
+    """Decode every candidate once; return the usable files and the decoded array.
+
+    The returned scan lists only decodable files; every other file is in its
+    ``skipped`` with the reason, and byte-identical files under different
+    classes are grouped in ``ambiguous`` (kept, but worth a warning). Rows of
+    the array follow the *input* scan's file order.
+    """
+    x, failures, digests = decode_files([scan.root / p for p, _ in scan.files], size, workers)
     kept = [f for i, f in enumerate(scan.files) if i not in failures]
     skipped = scan.skipped + [Skipped(scan.files[i][0], r) for i, r in sorted(failures.items())]
-    usable = FolderScan(root=scan.root, classes=scan.classes, files=kept, skipped=skipped)
-    split = make_split(usable, val_fraction=val_fraction, seed=seed)
-    index = {p: i for i, (p, _) in enumerate(scan.files)}
-    return split, _cache_from(split, x, index, size)
+    by_digest: dict[str, list[tuple[str, int]]] = {}
+    for (path, label), digest in zip(scan.files, digests, strict=True):
+        if digest is not None:
+            by_digest.setdefault(digest, []).append((path, label))
+    ambiguous = sorted(
+        sorted(p for p, _ in group)
+        for group in by_digest.values()
+        if len({label for _, label in group}) > 1
+    )
+    usable = FolderScan(scan.root, scan.classes, kept, skipped, ambiguous)
+    usable.row_of = {p: i for i, (p, _) in enumerate(scan.files)}
+    return usable, x
 
 
 def load_image_cache(

@@ -26,10 +26,12 @@ from trainables import (
     cache_size_for,
     decode_split,
     ensure_pretrained_weights,
-    prepare_data,
     scan_folder,
+    screen,
+    split_screened,
     train_classifier,
 )
+from tuner._datacheck import describe
 from tuner._errors import UsageError
 from tuner._leaderboard import best_config, build_leaderboard, write_leaderboard
 from tuner._spaces import Budget, SearchSpace, parse_space
@@ -115,25 +117,23 @@ def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
     size = cache_size_for(max(req.space.possible_values("image_size")))
     t0 = time.perf_counter()
     try:
-        scan = scan_folder(req.data_dir)
-        split, cache = prepare_data(
-            scan, size, val_fraction=req.space.budget.val_fraction, seed=req.space.budget.seed
+        usable, decoded = screen(scan_folder(req.data_dir), size)
+        for line in describe(usable):
+            say(line)
+        split, cache = split_screened(
+            usable,
+            decoded,
+            size,
+            val_fraction=req.space.budget.val_fraction,
+            seed=req.space.budget.seed,
         )
     except DataError as exc:
         raise UsageError(f"data: {exc}") from None
     say(
-        f"Data: {req.data_dir}: {len(split.classes)} classes, {len(split.train)} train / "
-        f"{len(split.val)} val photos, decoded at {size}px in {time.perf_counter() - t0:.1f}s "
-        f"({cache.nbytes / 2**20:.0f} MiB, shared by all trials)"
+        f"Split: {len(split.train)} train / {len(split.val)} val photos, decoded at {size}px "
+        f"in {time.perf_counter() - t0:.1f}s ({cache.nbytes / 2**20:.0f} MiB, one copy "
+        "shared by all trials)"
     )
-    for label, name in enumerate(split.classes):
-        n_train = sum(1 for _, y in split.train if y == label)
-        n_val = sum(1 for _, y in split.val if y == label)
-        say(f"  {name}: {n_train} train, {n_val} val")
-    if split.skipped:
-        say(f"Skipped {len(split.skipped)} file(s):")
-        for s in split.skipped:
-            say(f"  {s.path}: {s.reason}")
     return split, cache
 
 
@@ -143,7 +143,7 @@ def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float
     if budget.cpus_per_trial > cpus_available:
         raise UsageError(
             f"cpus-per-trial {budget.cpus_per_trial:g} exceeds the {cpus_available:g} CPUs "
-            "of the Ray cluster"
+            "available to Ray"
         )
     gpus = budget.gpus_per_trial
     gpus_available = cluster.get("GPU", 0.0)
@@ -157,6 +157,16 @@ def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float
     elif gpus > gpus_available:
         raise UsageError(f"gpus-per-trial {gpus:g} exceeds the {gpus_available:g} GPUs available")
     return {"cpu": budget.cpus_per_trial, "gpu": gpus}
+
+
+def _local_resources() -> dict[str, float]:
+    """What a local Ray would find on this machine."""
+    import torch
+
+    return {
+        "CPU": float(len(os.sched_getaffinity(0))),
+        "GPU": float(torch.cuda.device_count()),
+    }
 
 
 def _start_ray(address: str | None, say: Print) -> dict[str, float]:
@@ -230,6 +240,8 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             f"experiment {req.name!r} already exists in {req.storage}; continue it with: "
             f"{resume_command(req.name, req.storage)} (or choose another --name)"
         )
+    if not (req.address or os.environ.get("RAY_ADDRESS")):
+        _resources(req.space, _local_resources())  # fail before decoding or starting Ray
     check_weights(req.space)
     split, cache = prepare_split(req, say)
     cluster = _start_ray(req.address, say)

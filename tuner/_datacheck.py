@@ -1,0 +1,40 @@
+"""What a search would use from a photo folder, what it would skip, and why.
+
+Shared by ``tuner data check DIR`` and the start of ``tuner search``, so both
+say the same thing about the same folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainables import FolderScan
+
+
+def summary(usable: FolderScan) -> dict[str, Any]:
+    """Machine-readable view of a screened folder (see :func:`trainables.screen`)."""
+    return {
+        "root": str(usable.root),
+        "classes": usable.counts(),
+        "usable": len(usable.files),
+        "skipped": [{"path": s.path, "reason": s.reason} for s in usable.skipped],
+        "ambiguous": usable.ambiguous,
+        "problem": usable.problem(),
+    }
+
+
+def describe(usable: FolderScan) -> list[str]:
+    """Human-readable lines: counts per class, skipped files, ambiguous labels."""
+    counts = usable.counts()
+    lines = [f"{usable.root}: {len(usable.files)} usable photos in {len(counts)} classes"]
+    lines += [f"  {name}: {n}" for name, n in counts.items()]
+    if usable.skipped:
+        lines.append(f"Skipped {len(usable.skipped)} file(s):")
+        lines += [f"  {s.path}: {s.reason}" for s in usable.skipped]
+    if usable.ambiguous:
+        lines.append(
+            f"Warning: {len(usable.ambiguous)} photo(s) are filed under more than one class "
+            "(ambiguous label; both copies are kept):"
+        )
+        lines += ["  " + " = ".join(group) for group in usable.ambiguous]
+    return lines

@@ -11,9 +11,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuner._errors import UsageError
+
+if TYPE_CHECKING:
+    from tuner._inference import RankedTrial
 
 
 def _number(kind: type[int] | type[float], minimum: float, inclusive: bool) -> Any:
@@ -108,7 +111,58 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the built-in spaces, or show one resolved.",
     )
     spaces.add_argument("name", nargs="?")
+
+    report = sub.add_parser(
+        "report",
+        help="figures and a summary of an experiment",
+        description="Draw learning curves, best val_acc over time, val_acc against each "
+        "searched hyperparameter and hyperparameter importance, and write report.md "
+        "showing them, under STORAGE/NAME/report/.",
+    )
+    report.add_argument("name")
+    report.add_argument("--storage", help="results root (default: $TUNER_STORAGE or ./results)")
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="test-set metrics of a ranked trial, as JSON",
+        description="Evaluate the best checkpoint of a ranked trial on a labelled photo folder "
+        "(ImageFolder layout, the experiment's classes) and print one JSON object: accuracy, "
+        "per-class precision/recall/support, confusion matrix, skipped files.",
+    )
+    _add_ranked_trial_args(evaluate)
+    evaluate.add_argument("--data", required=True, metavar="DIR", help="labelled photo folder")
+
+    export = sub.add_parser(
+        "export",
+        help="export a ranked trial as a standalone model folder",
+        description="Write model.pt (state_dict of the stock architecture), model.ts "
+        "(TorchScript), labels.json and config.json (trial config and preprocessing) "
+        "for the best checkpoint of a ranked trial.",
+    )
+    _add_ranked_trial_args(export)
+    export.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+
+    predict = sub.add_parser(
+        "predict",
+        help="classify photos with an exported model",
+        description="Print the top classes with probabilities for each image, using an "
+        "exported model folder (from `export`). Exit 1 if any image could not be read.",
+    )
+    predict.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by `export`")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument(
+        "--top", type=_positive_int, default=3, metavar="K", help="classes per image (default: 3)"
+    )
+    predict.add_argument("--json", action="store_true", help="print one JSON object")
+
     return parser
+
+
+def _add_ranked_trial_args(parser: argparse.ArgumentParser) -> None:
+    """NAME, --rank and --storage: which experiment's which ranked trial."""
+    parser.add_argument("name")
+    parser.add_argument("--rank", type=_positive_int, default=1, help="trial rank (default: 1)")
+    parser.add_argument("--storage", help="results root (default: $TUNER_STORAGE or ./results)")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -193,11 +247,71 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tuner._experiment import default_storage
+    from tuner._inference import resolve_experiment
+    from tuner._report import write_report
+
+    report = write_report(resolve_experiment(default_storage(args.storage), args.name))
+    for path in report.figures:
+        print(f"Wrote {path}")
+    for figure, reason in report.skipped.items():
+        print(f"Skipped {figure}: {reason}")
+    print(f"Report: {report.markdown}")
+    return 0
+
+
+def _ranked_trial(args: argparse.Namespace) -> RankedTrial:
+    """The ranked trial that NAME, --rank and --storage name, loaded."""
+    from tuner._experiment import default_storage
+    from tuner._inference import load_ranked_trial, resolve_experiment
+
+    return load_ranked_trial(
+        resolve_experiment(default_storage(args.storage), args.name), args.rank
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tuner._inference import evaluate_folder
+
+    print(json.dumps(evaluate_folder(_ranked_trial(args), Path(args.data)), indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tuner._export import export_trial
+
+    trial = _ranked_trial(args)
+    for path in export_trial(trial, Path(args.output)):
+        print(f"Wrote {path}")
+    print(f"Exported trial {trial.trial_id} (rank {trial.rank}, val_acc {trial.val_acc})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tuner._export import format_predictions, load_export, predict_images
+
+    results = predict_images(load_export(Path(args.model_dir)), args.images, args.top)
+    if args.json:
+        print(json.dumps({"model_dir": args.model_dir, "results": results}, indent=2))
+    else:
+        text, errors = format_predictions(results)
+        if text:
+            print(text)
+        for line in errors:
+            print(line, file=sys.stderr)
+    return 1 if any("error" in r for r in results) else 0
+
+
 _COMMANDS = {
     "search": _cmd_search,
     "resume": _cmd_resume,
     "leaderboard": _cmd_leaderboard,
     "spaces": _cmd_spaces,
+    "report": _cmd_report,
+    "evaluate": _cmd_evaluate,
+    "export": _cmd_export,
+    "predict": _cmd_predict,
 }
 
 

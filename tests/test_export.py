@@ -1,0 +1,239 @@
+"""`evaluate`, `export` and `predict` on the shared finished search, as a user runs them.
+
+The reference predictions here are computed independently of ``tuner``: the
+checkpoint is read with ``torch.load`` and each photo goes through the same
+``trainables`` steps a trial's validation photos go through.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import run_tuner
+
+import trainables
+from tuner.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
+
+PHOTOS = slice(100, 103)  # photos of each class the 12-per-class search never saw
+CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+
+
+def unseen_photos(flowers: Path) -> list[tuple[Path, int]]:
+    return [
+        (photo, label)
+        for label, name in enumerate(CLASSES)
+        for photo in sorted((flowers / name).glob("*.jpg"))[PHOTOS]
+    ]
+
+
+def labelled_folder(dest: Path, photos: list[tuple[Path, int]], classes: list[str]) -> Path:
+    for name in classes:
+        (dest / name).mkdir(parents=True)
+    for photo, label in photos:
+        if CLASSES[label] in classes:
+            (dest / CLASSES[label] / photo.name).symlink_to(photo)
+    return dest
+
+
+def reference_inputs(
+    paths: list[Path], size: int, mean: list[float], std: list[float]
+) -> torch.Tensor:
+    """Photos as a trial's validation photos are prepared, step by step with trainables."""
+    resize = trainables.cache_size_for(size)
+    crop = trainables.eval_transform(size)
+    images = [
+        crop(torch.tensor(trainables.resize_center_crop(trainables.load_photo(p, resize), resize)))
+        for p in paths
+    ]
+    return trainables.normalize(torch.stack(images), mean, std, torch.float32)
+
+
+@torch.no_grad()
+def checkpoint_logits(checkpoint: str, paths: list[Path]) -> torch.Tensor:
+    """The checkpoint's own logits for ``paths``, computed without tuner's code."""
+    state = torch.load(Path(checkpoint) / "checkpoint.pt", weights_only=True)
+    cfg = state["config"]
+    model = trainables.build_model(cfg["model"], len(state["classes"]), False, cfg["image_size"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    mean, std = trainables.normalization(cfg["model"])
+    return model(reference_inputs(paths, cfg["image_size"], list(mean), list(std)))
+
+
+@pytest.fixture(scope="module")
+def board(finished) -> pd.DataFrame:
+    _, _, exp = finished
+    return pd.read_csv(exp / "leaderboard.csv")
+
+
+@pytest.fixture(scope="module")
+def exported(finished, tmp_path_factory) -> Path:
+    _, storage, _ = finished
+    out = tmp_path_factory.mktemp("export") / "model"
+    proc = run_tuner("export", "e2e", "--storage", str(storage), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return out
+
+
+def test_evaluate_reports_metrics_consistent_with_the_checkpoint(
+    finished, flowers, board, tmp_path
+):
+    _, storage, _ = finished
+    photos = unseen_photos(flowers)
+    data = labelled_folder(tmp_path / "test", photos, CLASSES)
+    (data / "roses" / "notes.jpg").write_text("not a photo")
+    proc = run_tuner("evaluate", "e2e", "--storage", str(storage), "--data", str(data))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)  # exactly one JSON object on stdout
+
+    assert result["classes"] == CLASSES
+    assert result["trial_id"] == board.loc[0, "trial_id"]
+    assert result["checkpoint"] == board.loc[0, "checkpoint"]
+    assert [s["path"] for s in result["skipped"]] == ["roses/notes.jpg"]
+    assert result["skipped"][0]["reason"]
+    matrix = result["confusion_matrix"]
+    assert result["n_images"] == len(photos) == sum(map(sum, matrix))
+    correct = sum(matrix[i][i] for i in range(len(CLASSES)))
+    assert result["accuracy"] == pytest.approx(correct / len(photos))
+    for i, name in enumerate(CLASSES):
+        stats = result["per_class"][name]
+        assert stats["support"] == sum(matrix[i]) == len(photos) // len(CLASSES)
+        assert stats["recall"] == pytest.approx(matrix[i][i] / stats["support"])
+        predicted = sum(row[i] for row in matrix)
+        assert stats["precision"] == pytest.approx(matrix[i][i] / predicted if predicted else 0.0)
+
+    # The same confusion matrix from predictions computed here, independently.
+    ours = checkpoint_logits(result["checkpoint"], [p for p, _ in photos]).argmax(1).tolist()
+    expected = [[0] * len(CLASSES) for _ in CLASSES]
+    for (_, label), guess in zip(photos, ours, strict=True):
+        expected[label][guess] += 1
+    assert matrix == expected
+
+
+def test_evaluate_on_the_validation_split_reproduces_val_acc(finished, board, tmp_path, capsys):
+    _, storage, exp = finished
+    split = json.loads((exp / "split.json").read_text())
+    data = tmp_path / "val"
+    for name in split["classes"]:
+        (data / name).mkdir(parents=True)
+    for path, _ in split["val"]:
+        (data / path).symlink_to(Path(split["root"]) / path)
+    for rank in (1, 2):
+        code = main(
+            ["evaluate", "e2e", "--storage", str(storage), "--data", str(data), "--rank", str(rank)]
+        )
+        assert code == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["trial_id"] == board.loc[rank - 1, "trial_id"]
+        assert result["n_images"] == len(split["val"])
+        assert result["accuracy"] == pytest.approx(board.loc[rank - 1, "val_acc"])
+
+
+def test_evaluate_rejects_a_folder_with_other_classes(finished, flowers, tmp_path, capsys):
+    _, storage, _ = finished
+    data = labelled_folder(tmp_path / "other", unseen_photos(flowers), [*CLASSES[:-1], "orchids"])
+    code = main(["evaluate", "e2e", "--storage", str(storage), "--data", str(data)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "missing tulips" in err and "extra orchids" in err
+
+
+def test_export_writes_a_stock_state_dict_and_matching_torchscript(
+    finished, flowers, exported, board
+):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    labels = json.loads((exported / "labels.json").read_text())
+    config = json.loads((exported / "config.json").read_text())
+    assert labels == CLASSES
+    assert config["trial_id"] == board.loc[0, "trial_id"]
+    assert config["val_acc"] == pytest.approx(board.loc[0, "val_acc"])
+    assert config["source_checkpoint"] == board.loc[0, "checkpoint"]
+    assert config["model"] == "efficientnet_lite0" and config["image_size"] == 32
+    assert config["resize"] == trainables.cache_size_for(32)
+    mean, std = trainables.normalization(config["model"])
+    assert config["mean"] == list(mean) and config["std"] == list(std)
+
+    size = config["image_size"]
+    stock = EfficientNet.from_name("efficientnet-lite0", num_classes=len(labels), image_size=size)
+    stock.load_state_dict(torch.load(exported / "model.pt", weights_only=True), strict=True)
+    stock.eval()
+    scripted = torch.jit.load(str(exported / "model.ts"))
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), stock(x), atol=1e-4)
+        # ... and both are the checkpoint's model.
+        photos = [p for p, _ in unseen_photos(flowers)][:5]
+        reference = checkpoint_logits(config["source_checkpoint"], photos)
+        inputs = reference_inputs(photos, size, config["mean"], config["std"])
+        assert torch.allclose(scripted(inputs), reference, atol=1e-4)
+
+
+def test_predict_matches_the_checkpoint_and_reports_unreadable_images(
+    finished, flowers, exported, tmp_path
+):
+    config = json.loads((exported / "config.json").read_text())
+    photos = [p for p, _ in unseen_photos(flowers)][::3]
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a photo")
+    images = [str(photos[0]), str(broken), *map(str, photos[1:])]
+    proc = run_tuner("predict", str(exported), *images, "--top", "2", "--json")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    results = json.loads(proc.stdout)["results"]
+    assert [r["image"] for r in results] == images
+    assert "error" in results[1] and "predictions" not in results[1]
+    good = [r for r in results if "predictions" in r]
+    assert len(good) == len(photos)
+    expected = checkpoint_logits(config["source_checkpoint"], photos).softmax(1)
+    for result, probs in zip(good, expected, strict=True):
+        top = result["predictions"]
+        assert len(top) == 2 and top[0]["probability"] >= top[1]["probability"]
+        assert top[0]["class"] == CLASSES[int(probs.argmax())]
+        assert top[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-4)
+
+
+def test_predict_prints_readable_lines_and_errors_on_stderr(exported, flowers, tmp_path, capsys):
+    photo = sorted((flowers / "tulips").glob("*.jpg"))[100]
+    missing = tmp_path / "missing.jpg"
+    assert main(["predict", str(exported), str(photo)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(photo) and len(out) == 4 and out[1].strip().endswith(tuple(CLASSES))
+    assert main(["predict", str(exported), str(missing), str(photo), "--top", "1"]) == 1
+    captured = capsys.readouterr()
+    assert f"{missing}: error:" in captured.err
+    assert captured.out.splitlines()[0] == str(photo)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "nope", "--output", "{tmp}/out"], "no experiment 'nope'"),
+        (["export", "e2e", "--output", "{tmp}/out", "--rank", "99"], "rank 99 is out of range"),
+        (["evaluate", "e2e", "--data", "{tmp}/missing"], "does not exist"),
+        (["evaluate", "nope", "--data", "{tmp}"], "no experiment 'nope'"),
+        (["export", "e2e", "--output", "{tmp}/file.txt/out"], "cannot create"),
+        (["predict", "{tmp}", "photo.jpg"], "is not an exported model folder"),
+        (["predict", "{tmp}/corrupt", "photo.jpg"], "is not a readable export"),
+    ],
+)
+def test_bad_input_exits_2_with_one_message(finished, tmp_path, capsys, args, message):
+    _, storage, _ = finished
+    (tmp_path / "file.txt").write_text("")
+    (tmp_path / "corrupt").mkdir()
+    for name in ("model.ts", "labels.json", "config.json"):
+        (tmp_path / "corrupt" / name).write_text("{")
+    argv = [a.format(tmp=tmp_path) for a in args]
+    if argv[0] != "predict":
+        argv += ["--storage", str(storage)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,0 +1,242 @@
+"""A ranked trial's model, and photos preprocessed exactly as its validation photos were.
+
+``evaluate``, ``export`` and ``predict`` all go through this module, so a photo
+is decoded, resized, centre-cropped and normalised the same way everywhere,
+and the same way a trial's validation photos were (see
+:func:`trainables.decode_split` and :func:`trainables.eval_transform`):
+
+1. decode as RGB with the EXIF orientation applied,
+2. shorter side to ``resize = cache_size_for(image_size)``, centre crop to a square,
+3. centre crop to ``image_size``,
+4. scale to [0, 1] and standardise with the model's ``mean`` and ``std``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from trainables import (
+    CheckpointError,
+    build_model,
+    cache_size_for,
+    decode_files,
+    eval_transform,
+    load_state,
+    normalization,
+    normalize,
+)
+from tuner._errors import UsageError
+
+# Photos decoded at once, and run through the model at once: bound memory on large folders.
+CHUNK = 256
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo becomes a model input (the numbers written to an export's config.json)."""
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def resize(self) -> int:
+        """The shorter side is resized to this before the centre crop to ``image_size``."""
+        return cache_size_for(self.image_size)
+
+    @classmethod
+    def for_model(cls, model: Any, image_size: int) -> Preprocessing:
+        """The preprocessing a trial of ``model`` at ``image_size`` was validated with."""
+        mean, std = normalization(model)
+        return cls(int(image_size), tuple(mean), tuple(std))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "resize": self.resize,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A model's logits for the readable files of a list, and why the others failed."""
+
+    logits: torch.Tensor  # (len(ok), n_classes) float32, in the order of ``ok``
+    ok: list[int]  # index into the list of each row of ``logits``
+    failed: dict[int, str]  # index into the list -> reason
+
+
+@torch.no_grad()
+def classify(
+    model: Callable[[torch.Tensor], torch.Tensor], paths: Sequence[str | Path], prep: Preprocessing
+) -> Classified:
+    """fp32 logits of ``model`` (in eval mode) for each readable photo of ``paths``.
+
+    Photos are decoded ``CHUNK`` at a time (in parallel) and run ``BATCH`` at a
+    time, so memory stays bounded for any number of files. An unreadable file
+    is reported in ``failed``, never raised.
+    """
+    crop = eval_transform(prep.image_size)
+    logits: list[torch.Tensor] = []
+    ok: list[int] = []
+    failed: dict[int, str] = {}
+    for start in range(0, len(paths), CHUNK):
+        raw, bad, _ = decode_files(list(paths[start : start + CHUNK]), prep.resize)
+        failed.update({start + i: reason for i, reason in bad.items()})
+        rows = [i for i in range(len(raw)) if i not in bad]
+        ok += [start + i for i in rows]
+        for b in range(0, len(rows), BATCH):
+            images = crop(torch.from_numpy(raw[rows[b : b + BATCH]]))
+            logits.append(model(normalize(images, prep.mean, prep.std, torch.float32)).float())
+    return Classified(torch.cat(logits) if logits else torch.empty(0, 0), ok, failed)
+
+
+def resolve_experiment(storage: str, name: str) -> Path:
+    """The folder of experiment ``name`` under ``storage``; UsageError if there is none."""
+    from tuner._experiment import experiment_dir, is_experiment, validate_name
+
+    exp_dir = experiment_dir(storage, validate_name(name))
+    if not is_experiment(exp_dir):
+        root = Path(storage)
+        known = sorted(p.name for p in root.iterdir() if is_experiment(p)) if root.is_dir() else []
+        raise UsageError(
+            f"no experiment {name!r} in {storage}; experiments there: "
+            f"{', '.join(known) if known else '(none)'}"
+        )
+    return exp_dir
+
+
+@dataclass
+class RankedTrial:
+    """The best checkpoint of one ranked trial, loaded as an eval-mode fp32 model."""
+
+    experiment: Path
+    rank: int
+    trial_id: str
+    val_acc: float | None
+    checkpoint: Path
+    config: dict[str, Any]
+    classes: list[str]
+    model: nn.Module
+    preprocessing: Preprocessing
+
+
+def load_ranked_trial(exp_dir: Path, rank: int) -> RankedTrial:
+    """Load the best checkpoint of the ``rank``-th trial of the leaderboard (1 = best)."""
+    from tuner._leaderboard import build_leaderboard
+
+    board = build_leaderboard(exp_dir)
+    if not 1 <= rank <= len(board):
+        raise UsageError(
+            f"rank {rank} is out of range: experiment {exp_dir.name!r} has {len(board)} trial(s)"
+        )
+    row = board.iloc[rank - 1]
+    trial_id = str(row["trial_id"])
+    if pd.isna(row["checkpoint"]) or not str(row["checkpoint"]):
+        raise UsageError(
+            f"trial {trial_id} (rank {rank}, status {row['status']}) has no checkpoint to load"
+        )
+    folder = Path(str(row["checkpoint"]))
+    try:
+        state = load_state(folder)
+    except CheckpointError as exc:
+        raise UsageError(f"trial {trial_id} (rank {rank}): {exc}") from None
+    cfg = dict(state["config"])
+    classes = [str(c) for c in state["classes"]]
+    model = build_model(cfg["model"], len(classes), pretrained=False, image_size=cfg["image_size"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    val_acc = float(row["val_acc"])
+    return RankedTrial(
+        experiment=exp_dir,
+        rank=rank,
+        trial_id=trial_id,
+        val_acc=val_acc if math.isfinite(val_acc) else None,
+        checkpoint=folder,
+        config=cfg,
+        classes=classes,
+        model=model,
+        preprocessing=Preprocessing.for_model(cfg["model"], cfg["image_size"]),
+    )
+
+
+def classification_metrics(
+    labels: Sequence[int], predicted: Sequence[int], classes: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/support and the confusion matrix.
+
+    Rows of the confusion matrix are true classes, columns predicted ones,
+    both in ``classes`` order. A class never predicted has precision 0.
+    """
+    k = len(classes)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(
+        matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1
+    )
+    correct = np.diag(matrix)
+    support = matrix.sum(axis=1)
+    predicted_count = matrix.sum(axis=0)
+    per_class = {
+        name: {
+            "precision": float(correct[i] / predicted_count[i]) if predicted_count[i] else 0.0,
+            "recall": float(correct[i] / support[i]) if support[i] else 0.0,
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    n = int(matrix.sum())
+    return {
+        "accuracy": float(correct.sum() / n) if n else 0.0,
+        "n_images": n,
+        "classes": list(classes),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def evaluate_folder(trial: RankedTrial, data_dir: Path) -> dict[str, Any]:
+    """Metrics of ``trial`` on a labelled ImageFolder tree with the experiment's classes."""
+    from trainables import SPLIT_FILE, DataError, Split, scan_folder
+
+    expected = Split.load(trial.experiment / SPLIT_FILE).classes
+    try:
+        scan = scan_folder(data_dir)
+    except DataError as exc:
+        raise UsageError(f"data: {exc}") from None
+    if list(scan.classes) != list(expected):
+        missing = sorted(set(expected) - set(scan.classes))
+        extra = sorted(set(scan.classes) - set(expected))
+        raise UsageError(
+            f"the classes of {data_dir} differ from the experiment's: "
+            f"missing {', '.join(missing) or '(none)'}; extra {', '.join(extra) or '(none)'}"
+        )
+    if list(trial.classes) != list(expected):
+        raise UsageError(
+            f"checkpoint {trial.checkpoint} was trained on classes {trial.classes}, "
+            f"not the experiment's {list(expected)}"
+        )
+    result = classify(trial.model, [scan.root / p for p, _ in scan.files], trial.preprocessing)
+    skipped = [{"path": s.path, "reason": s.reason} for s in scan.skipped]
+    skipped += [{"path": scan.files[i][0], "reason": r} for i, r in sorted(result.failed.items())]
+    if not result.ok:
+        raise UsageError(f"{data_dir} holds no readable photos ({len(skipped)} file(s) skipped)")
+    predicted = result.logits.argmax(1).tolist()
+    labels = [scan.files[i][1] for i in result.ok]
+    return {
+        **classification_metrics(labels, predicted, trial.classes),
+        "skipped": skipped,
+        "trial_id": trial.trial_id,
+        "checkpoint": str(trial.checkpoint),
+    }

@@ -1,0 +1,413 @@
+"""``tuner report``: figures and a Markdown summary of an experiment, under ``NAME/report/``.
+
+Everything is read from the experiment as it is on disk (Ray Tune's state,
+``tuner.json``), so a report can be made of a finished, interrupted or
+running search. Figures are drawn with matplotlib's Agg canvas (no display).
+
+- ``learning_curves.png``: val_acc per epoch of every trial; trials ASHA
+  stopped end in an x; the best trial is the thick red line.
+- ``best_so_far.png``: the best val_acc found so far against wall-clock time.
+- ``hyperparameters.png``: each trial's best val_acc against each searched key.
+- ``importance.png``: hyperparameter importances by Optuna's evaluators, on an
+  Optuna study rebuilt from the trials (skipped, with the reason, when it
+  cannot be computed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from tuner._leaderboard import best_config, build_leaderboard, render
+from tuner._spaces import SearchSpace, parse_space
+
+REPORT_DIR = "report"
+REPORT_FILE = "report.md"
+_LOG_KEYS = ("lr", "weight_decay")
+_BEST_COLOUR = "tab:red"
+_MAX_LABELLED_TRIALS = 10
+_TABLE_ROWS = 10
+
+
+class _Skip(Exception):
+    """A figure that cannot be drawn from this experiment; the message says why."""
+
+
+@dataclass
+class Report:
+    """What ``write_report`` wrote: the Markdown file, the figures, and what it skipped."""
+
+    markdown: Path
+    figures: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Experiment:
+    name: str
+    board: pd.DataFrame
+    histories: dict[str, pd.DataFrame]
+    space: SearchSpace | None
+
+    @property
+    def searched(self) -> list[str]:
+        if self.space is not None:
+            return self.space.searched
+        config_keys = list(self.board.columns[self.board.columns.get_loc("wall_time_s") + 1 : -1])
+        return [k for k in config_keys if self.board[k].nunique() > 1]
+
+    def kind(self, key: str) -> str:
+        """The distribution of ``key`` in the space (``choice`` when unknown and not numeric)."""
+        if self.space is not None and key in self.space.distributions:
+            return next(iter(self.space.distributions[key]))
+        numeric = pd.api.types.is_numeric_dtype(self.board[key])
+        return (
+            "uniform" if numeric and not pd.api.types.is_bool_dtype(self.board[key]) else "choice"
+        )
+
+    @property
+    def scored(self) -> pd.DataFrame:
+        """Trials with a finite best val_acc."""
+        return self.board[np.isfinite(self.board["val_acc"].to_numpy(dtype=float))]
+
+
+def _load(exp_dir: Path) -> _Experiment:
+    from ray.tune import ExperimentAnalysis
+
+    board = build_leaderboard(exp_dir)
+    histories = {}
+    for trial_id, df in ExperimentAnalysis(str(exp_dir)).trial_dataframes.items():
+        if "epoch" in df and "val_acc" in df and not df.empty:
+            # An epoch re-run after a restore counts once, as in the leaderboard.
+            histories[trial_id] = (
+                df.drop_duplicates(subset="epoch", keep="last").sort_values("epoch").reset_index()
+            )
+    space = None
+    tuner_file = exp_dir / "tuner.json"
+    if tuner_file.is_file():
+        saved = json.loads(tuner_file.read_text())
+        space = parse_space(saved["space"], name=saved["space_name"], source=saved["space_source"])
+    return _Experiment(exp_dir.name, board, histories, space)
+
+
+def write_report(exp_dir: Path) -> Report:
+    """Draw every figure that the experiment's results allow and write ``report.md``."""
+    from tuner._errors import UsageError
+
+    exp = _load(exp_dir)
+    if exp.board.empty:
+        raise UsageError(f"experiment {exp.name!r} has no trials yet; nothing to report")
+    return draw_report(exp, exp_dir / REPORT_DIR)
+
+
+def draw_report(exp: _Experiment, folder: Path) -> Report:
+    """Draw ``exp``'s figures into ``folder`` and write the ``report.md`` that shows them."""
+    folder.mkdir(exist_ok=True)
+    report = Report(markdown=folder / REPORT_FILE)
+    drawers = {
+        "learning_curves": _learning_curves,
+        "best_so_far": _best_so_far,
+        "hyperparameters": _hyperparameters,
+        "importance": _importance,
+    }
+    for name, draw in drawers.items():
+        fig = Figure(figsize=(9, 5.5), layout="constrained")
+        FigureCanvasAgg(fig)
+        try:
+            draw(exp, fig)
+        except _Skip as reason:
+            report.skipped[name] = str(reason)
+            continue
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        report.figures.append(path)
+    report.markdown.write_text(_markdown(exp, report))
+    return report
+
+
+def _learning_curves(exp: _Experiment, fig: Figure) -> None:
+    rows = [r for _, r in exp.board.iterrows() if r["trial_id"] in exp.histories]
+    if not rows:
+        raise _Skip("no trial has reported an epoch yet")
+    ax = fig.add_subplot()
+    best_id = exp.board.iloc[0]["trial_id"] if len(exp.scored) else None
+    colours = _colours(len(rows))
+    labelled = len(rows) <= _MAX_LABELLED_TRIALS
+    for colour, row in reversed(list(zip(colours, rows, strict=True))):  # best drawn last
+        df = exp.histories[row["trial_id"]]
+        best = row["trial_id"] == best_id
+        label = f"#{row['rank']} {row['trial_id']}" if labelled or best else None
+        ax.plot(
+            df["epoch"],
+            df["val_acc"],
+            color=_BEST_COLOUR if best else colour,
+            lw=3.2 if best else 1.3,
+            alpha=1.0 if best else 0.75,
+            marker="o",
+            ms=3,
+            zorder=3 if best else 2,
+            label=f"{label} (best)" if best else label,
+        )
+        if row["stopped_early"]:
+            last = df.iloc[-1]
+            ax.plot(last["epoch"], last["val_acc"], "x", ms=10, mew=2.5, color="black", zorder=4)
+    if exp.space is not None:
+        budget = exp.space.budget
+        rung = min(budget.grace_period, budget.max_epochs)
+        while rung < budget.max_epochs:
+            ax.axvline(rung, color="grey", ls=":", lw=1)
+            rung *= budget.reduction_factor
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], ls="none", marker="x", ms=9, mew=2.5, color="black"))
+    labels.append("stopped early by ASHA")
+    ax.legend(handles, labels, fontsize="small", loc="best")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val_acc")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{exp.name}: validation accuracy per epoch ({len(rows)} trials)")
+    ax.grid(alpha=0.3)
+
+
+def _best_so_far(exp: _Experiment, fig: Figure) -> None:
+    events, starts = [], []
+    for trial_id, df in exp.histories.items():
+        if not {"timestamp", "time_total_s"} <= set(df.columns):
+            continue
+        # The trial's clock started at (its first report's time - the time it had spent by then).
+        starts.append(float(df["timestamp"].iloc[0] - df["time_total_s"].iloc[0]))
+        for t, acc in zip(df["time_total_s"], df["val_acc"], strict=True):
+            if math.isfinite(acc):
+                events.append((starts[-1] + float(t), float(acc), trial_id))
+    if not events:
+        raise _Skip("no trial reported a timestamp with a finite val_acc")
+    t0 = min(starts)
+    events.sort()
+    scale, unit = (60.0, "min") if events[-1][0] - t0 > 600 else (1.0, "s")
+    times = np.array([(t - t0) / scale for t, _, _ in events])
+    accs = np.array([a for _, a, _ in events])
+    ax = fig.add_subplot()
+    ax.scatter(times, accs, s=14, color="grey", alpha=0.6, label="an epoch of a trial")
+    best = np.maximum.accumulate(accs)
+    ax.step(times, best, where="post", color=_BEST_COLOUR, lw=2.2, label="best so far")
+    i = int(np.argmax(accs))
+    ax.annotate(
+        f"{accs[i]:.3f} ({events[i][2]})",
+        (times[i], accs[i]),
+        textcoords="offset points",
+        xytext=(6, -14),
+        fontsize="small",
+    )
+    ax.set_xlim(left=0)
+    ax.set_xlabel(f"wall-clock time since the experiment started ({unit})")
+    ax.set_ylabel("val_acc")
+    ax.set_title(f"{exp.name}: best val_acc found over time")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+
+
+def _hyperparameters(exp: _Experiment, fig: Figure) -> None:
+    keys = exp.searched
+    scored = exp.scored
+    if not keys:
+        raise _Skip("the space searches no hyperparameter (every key is a constant)")
+    if scored.empty:
+        raise _Skip("no trial has a finite val_acc yet")
+    ncols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig.set_size_inches(4.2 * ncols, 3.4 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    rng = np.random.default_rng(0)
+    best_id = exp.board.iloc[0]["trial_id"]
+    for ax, key in zip(axes.flat, keys, strict=False):
+        values = scored[key].tolist()
+        if exp.kind(key) == "choice":
+            categories = _categories(exp, key, values)
+            x = np.array([categories.index(v) for v in values], dtype=float)
+            x += rng.uniform(-0.08, 0.08, len(x))
+            ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+        else:
+            x = np.array(values, dtype=float)
+            if exp.kind(key) == "loguniform" or (key in _LOG_KEYS and (x > 0).all()):
+                ax.set_xscale("log")
+            elif exp.kind(key) == "randint":
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        early = scored["stopped_early"].to_numpy(dtype=bool)
+        best = (scored["trial_id"] == best_id).to_numpy()
+        y = scored["val_acc"].to_numpy(dtype=float)
+        groups: list[tuple[np.ndarray, dict[str, Any]]] = [
+            (~early & ~best, {"marker": "o", "label": "ran to the end"}),
+            (early & ~best, {"marker": "x", "color": "black", "label": "stopped early by ASHA"}),
+            (best, {"marker": "*", "s": 160, "color": _BEST_COLOUR, "label": "best trial"}),
+        ]
+        for mask, style in groups:
+            if mask.any():
+                ax.scatter(x[mask], y[mask], **style)
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("best val_acc")
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle(f"{exp.name}: each trial's best val_acc against the searched hyperparameters")
+
+
+def _categories(exp: _Experiment, key: str, values: list[Any]) -> list[Any]:
+    if exp.space is not None and key in exp.space.distributions:
+        choices = list(exp.space.distributions[key].get("choice", []))
+        if all(v in choices for v in values):
+            return choices
+    return sorted(set(values), key=str)
+
+
+def param_importances(exp: _Experiment) -> tuple[dict[str, float], str, int]:
+    """(importance per searched key, evaluator name, trials used), or raise ``_Skip``."""
+    import optuna
+    from optuna.distributions import (
+        BaseDistribution,
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    if exp.space is None:
+        raise _Skip("tuner.json (the experiment's search space) is missing")
+    dists: dict[str, BaseDistribution] = {}
+    for key, spec in exp.space.distributions.items():
+        ((kind, args),) = spec.items()
+        if kind == "choice":
+            dists[key] = CategoricalDistribution(args)
+        elif kind == "randint":
+            dists[key] = IntDistribution(int(args[0]), int(args[1]) - 1)  # high is exclusive
+        else:
+            dists[key] = FloatDistribution(args[0], args[1], log=kind == "loguniform")
+    if not dists:
+        raise _Skip("the space searches no hyperparameter")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for _, row in exp.scored.iterrows():
+        params = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in dists}
+        try:
+            trial = optuna.trial.create_trial(
+                params=params, distributions=dists, value=row["val_acc"]
+            )
+        except ValueError:  # a value outside the space (e.g. the space file was edited)
+            continue
+        study.add_trial(trial)
+    used = len(study.trials)
+    if used < 2:
+        raise _Skip(f"{used} trial(s) with a finite val_acc; importance needs at least 2")
+    failures = []
+    for make in (_fanova, optuna.importance.PedAnovaImportanceEvaluator):
+        try:
+            evaluator = make()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        except Exception as exc:  # optional dependency missing, degenerate data, ...
+            failures.append(f"{make.__name__}: {type(exc).__name__}: {exc}")
+            continue
+        finite = {k: float(v) for k, v in importances.items() if math.isfinite(v)}
+        if finite:
+            return finite, type(evaluator).__name__, used
+        failures.append(f"{make.__name__}: no finite importance")
+    raise _Skip("importance could not be computed (" + "; ".join(failures) + ")")
+
+
+def _fanova() -> Any:
+    import optuna
+
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+
+
+def _importance(exp: _Experiment, fig: Figure) -> None:
+    importances, evaluator, used = param_importances(exp)
+    keys = list(importances)[::-1]  # largest at the top
+    ax = fig.add_subplot()
+    ax.barh(keys, [importances[k] for k in keys], color="tab:blue")
+    for i, key in enumerate(keys):
+        ax.text(importances[key], i, f" {importances[key]:.2f}", va="center", fontsize="small")
+    ax.set_xlabel(f"importance for val_acc ({evaluator}, normalised to sum 1)")
+    ax.set_ylabel("hyperparameter")
+    ax.set_xlim(0, max(1.0, max(importances.values()) * 1.15))
+    ax.set_title(f"{exp.name}: hyperparameter importance ({used} trials)")
+    ax.grid(alpha=0.3, axis="x")
+
+
+def _colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(0.85 * i / max(n - 1, 1)) for i in range(n)]
+
+
+_CAPTIONS = {
+    "learning_curves": (
+        "Learning curves",
+        "Validation accuracy per epoch of every trial. The thick red line is the best trial; "
+        "an x marks the last epoch of a trial ASHA stopped early; dotted lines are ASHA's rungs.",
+    ),
+    "best_so_far": (
+        "Best val_acc over time",
+        "The best validation accuracy found so far against wall-clock time since the "
+        "experiment started; grey dots are single epochs of single trials.",
+    ),
+    "hyperparameters": (
+        "val_acc against each hyperparameter",
+        "Each trial's best validation accuracy against each searched hyperparameter.",
+    ),
+    "importance": (
+        "Hyperparameter importance",
+        "Importances computed by Optuna on a study rebuilt from the trials' best val_acc.",
+    ),
+}
+
+
+def _markdown(exp: _Experiment, report: Report) -> str:
+    board = exp.board
+    counts = board["status"].value_counts()
+    lines = [f"# Report: {exp.name}", ""]
+    if exp.space is not None:
+        lines.append(f"Search space `{exp.space.name}` ({exp.space.source}).")
+    lines.append(
+        f"{len(board)} trial(s): "
+        + ", ".join(f"{n} {status}" for status, n in counts.items())
+        + "."
+    )
+    best = best_config(board)
+    lines += ["", "## Best trial", ""]
+    if best:
+        epochs = int(board.iloc[0]["epochs"])
+        lines += [
+            f"- trial: `{best['trial_id']}` ({board.iloc[0]['status']})",
+            f"- val_acc: **{best['val_acc']:.4f}** at epoch {best['best_epoch']} of {epochs}",
+            f"- checkpoint: `{best['checkpoint']}`",
+            "",
+            "```json",
+            json.dumps(best["config"], indent=2),
+            "```",
+        ]
+    else:
+        lines.append("No trial has a finite val_acc yet.")
+    for path in report.figures:
+        title, caption = _CAPTIONS[path.stem]
+        lines += ["", f"## {title}", "", f"![{title}]({path.name})", "", caption]
+    columns = ["rank", "trial_id", "status", "val_acc", "best_epoch", "epochs", *exp.searched]
+    lines += ["", f"## Trials (top {min(len(board), _TABLE_ROWS)})", ""]
+    lines.append(str(render(board[columns], "markdown", _TABLE_ROWS)).rstrip())
+    if report.skipped:
+        lines += ["", "## Figures not drawn", ""]
+        lines += [f"- {_CAPTIONS[name][0]}: {why}" for name, why in report.skipped.items()]
+    return "\n".join(lines) + "\n"

@@ -154,3 +154,14 @@ def test_spaces_command_lists_and_shows():
     assert all(name in listing.stdout for name in ("default", "resnet", "lite", "smoke"))
     shown = run_tuner("spaces", "lite")
     assert json.loads(shown.stdout)["params"]["model"] == "efficientnet_lite0"
+
+
+def test_the_optuna_study_is_persisted_for_optuna_tools(finished):
+    from tuner._study import load_study
+
+    _, _, exp = finished
+    study = load_study(exp, "e2e")
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(study.trials) == len(board)
+    assert study.best_value == pytest.approx(board["val_acc"].max())
+    assert {"lr", "batch_size", "freeze_depth", "optimizer"} <= set(study.best_params)

@@ -318,9 +318,16 @@ def train_classifier(config: Mapping[str, Any], data: ImageCache | None = None) 
     resources = tune.get_context().get_trial_resources().required_resources
     threads = int(resources.get("CPU", 0)) or None
 
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict[str, Any], folder: Path) -> None:
         try:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            tune.report(
+                metrics | {"node_id": node_id},
+                checkpoint=tune.Checkpoint.from_directory(str(folder)),
+            )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -31,10 +31,12 @@ from trainables import (
     split_screened,
     train_classifier,
 )
+from tuner._cluster import check_storage_reachable, local_resources, start_ray
 from tuner._datacheck import describe
 from tuner._errors import UsageError
 from tuner._leaderboard import best_config, build_leaderboard, write_leaderboard
 from tuner._spaces import Budget, SearchSpace, parse_space
+from tuner._study import make_searcher
 
 TUNER_FILE = "tuner.json"
 METRIC = "val_acc"
@@ -159,30 +161,6 @@ def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float
     return {"cpu": budget.cpus_per_trial, "gpu": gpus}
 
 
-def _local_resources() -> dict[str, float]:
-    """What a local Ray would find on this machine."""
-    import torch
-
-    return {
-        "CPU": float(len(os.sched_getaffinity(0))),
-        "GPU": float(torch.cuda.device_count()),
-    }
-
-
-def _start_ray(address: str | None, say: Print) -> dict[str, float]:
-    import logging
-
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-        say(f"Connected to Ray cluster at {address}")
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    return {k: float(v) for k, v in ray.cluster_resources().items()}
-
-
 def _trainable(cache: ImageCache, resources: dict[str, float]) -> Any:
     from ray import tune
 
@@ -232,7 +210,6 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     """Run a new search to the end; return the exit code."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     exp_dir = experiment_dir(req.storage, req.name)
     if (exp_dir / TUNER_FILE).exists() or is_experiment(exp_dir):
@@ -241,11 +218,12 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             f"{resume_command(req.name, req.storage)} (or choose another --name)"
         )
     if not (req.address or os.environ.get("RAY_ADDRESS")):
-        _resources(req.space, _local_resources())  # fail before decoding or starting Ray
+        _resources(req.space, local_resources())  # fail before decoding or starting Ray
     check_weights(req.space)
     split, cache = prepare_split(req, say)
-    cluster = _start_ray(req.address, say)
+    cluster = start_ray(req.address, say)
     resources = _resources(req.space, cluster)
+    check_storage_reachable(req.storage)
     exp_dir.mkdir(parents=True, exist_ok=True)
     split.save(exp_dir / SPLIT_FILE)
     _write_tuner_file(req, exp_dir, cache.size, resources)
@@ -256,11 +234,12 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         f"{budget.reduction_factor}, {resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial"
     )
     say(f"Results: {exp_dir}")
-    searcher = OptunaSearch(
-        metric=SEARCH_METRIC,
-        mode="max",
-        seed=budget.seed,
-        points_to_evaluate=req.space.points_to_evaluate or None,
+    searcher = make_searcher(
+        req.name,
+        None if "://" in req.storage else exp_dir,
+        SEARCH_METRIC,
+        budget.seed,
+        req.space.points_to_evaluate,
     )
     scheduler = ASHAScheduler(
         time_attr="epoch",
@@ -309,7 +288,7 @@ def resume(name: str, storage: str, restart_errored: bool = False, say: Print = 
     except DataError as exc:
         raise UsageError(f"data: {exc}") from None
     say(f"Resuming {name} from {exp_dir} ({len(split.train)} train / {len(split.val)} val)")
-    _start_ray(saved.get("address"), say)
+    start_ray(saved.get("address"), say)
     resources = {k: float(v) for k, v in saved["resources"].items()}
     tuner = tune.Tuner.restore(
         str(exp_dir),

@@ -155,6 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--json", action="store_true", help="print one JSON object")
 
+    data = sub.add_parser(
+        "data",
+        help="inspect a photo folder",
+        description="Inspect a photo folder before searching it.",
+    )
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    check = data_sub.add_parser(
+        "check",
+        help="what a search would use and skip, and why",
+        description="List classes with photo counts, every file a search would skip and why, "
+        "and identical photos filed under different classes. Exit 2 if a search could not "
+        "use the folder.",
+    )
+    check.add_argument("dir", metavar="DIR")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -303,6 +318,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from trainables import DataError, scan_folder, screen
+    from tuner._datacheck import describe, summary
+
+    try:
+        usable, _ = screen(scan_folder(args.dir), size=64)
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(summary(usable), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(describe(usable)))
+    problem = usable.problem()
+    if problem:
+        raise UsageError(f"a search cannot use this folder: {problem}")
+    return 0
+
+
 _COMMANDS = {
     "search": _cmd_search,
     "resume": _cmd_resume,
@@ -312,14 +345,18 @@ _COMMANDS = {
     "evaluate": _cmd_evaluate,
     "export": _cmd_export,
     "predict": _cmd_predict,
+    "data": _cmd_data,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from trainables import CheckpointError, ConfigError, DataError, WeightsUnavailableError
+
+    bad_input = (UsageError, ConfigError, DataError, CheckpointError, WeightsUnavailableError)
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except UsageError as exc:
+    except bad_input as exc:
         print(f"tuner {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

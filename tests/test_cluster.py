@@ -1,0 +1,131 @@
+"""A real two-node Ray cluster on this machine: `ray start --head` plus a second `ray start`.
+
+The second node lives in its own mount namespace where one folder is a private
+tmpfs, so a path there is genuinely node-local: the driver sees one folder, the
+second node another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import run_search
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+# A throw-away cluster on loopback: no token authentication between its processes.
+AUTH = {"RAY_AUTH_MODE": "disabled"}
+SPACE = (
+    "params:\n  model: efficientnet_lite0\n  image_size: 32\n  freeze_depth: 3\n"
+    "  aug_strength: 0.0\n  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
+    "budget:\n  num_samples: 4\n  max_epochs: 2\n  grace_period: 2\n  cpus_per_trial: 1\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_node(*args: str, temp_dir: Path, wrap: list[str] | None = None) -> subprocess.Popen[str]:
+    command = [RAY, "start", "--block", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
+    return subprocess.Popen(
+        [*(wrap or []), *command, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **AUTH, "RAY_TMPDIR": str(temp_dir)},
+    )
+
+
+def stop(node: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(node.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(address, shadowed folder): two 1-CPU nodes; the second has a private tmpfs."""
+    shadow = tmp_path_factory.mktemp("cluster") / "shadow"
+    shadow.mkdir()
+    # Ray's unix socket paths must stay short: its temp dir cannot live under pytest's.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    nodes = [ray_node("--head", f"--port={port}", "--include-dashboard=false", temp_dir=ray_tmp)]
+    private = f'mount -t tmpfs none {shadow} && exec "$0" "$@"'
+    unshare = ["unshare", "-m", "--propagation", "private", "sh", "-c", private]
+    try:
+        time.sleep(5)
+        nodes.append(ray_node(f"--address={address}", temp_dir=ray_tmp, wrap=unshare))
+        deadline = time.monotonic() + 180
+        status = None
+        while time.monotonic() < deadline:
+            status = subprocess.run(
+                [RAY, "status", f"--address={address}"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **AUTH},
+            )
+            if "/2.0 CPU" in status.stdout:
+                break
+            time.sleep(3)
+        else:
+            pytest.fail(f"cluster did not come up: {status}")
+        yield address, shadow
+    finally:
+        for node in reversed(nodes):
+            stop(node)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_search_on_an_existing_cluster_uses_both_nodes(cluster, small_flowers, tmp_path):
+    address, _ = cluster
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    proc = run_search(
+        space, small_flowers, tmp_path / "shared", "c1", "--address", address, timeout=600, env=AUTH
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "2 node(s)" in proc.stdout
+    exp = tmp_path / "shared" / "c1"
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 4 and (board["status"] == "completed").all()
+    nodes = set()
+    for result in exp.glob("trial_*/result.json"):
+        nodes |= {json.loads(line)["node_id"] for line in result.read_text().splitlines()}
+    assert len(nodes) == 2, nodes
+
+
+def test_a_node_local_storage_path_is_refused(cluster, small_flowers, tmp_path):
+    address, shadow = cluster
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = shadow / "results"
+    proc = run_search(
+        space, small_flowers, storage, "c2", "--address", address, timeout=300, env=AUTH
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "node-local path" in proc.stderr and "1 of the cluster's 2 nodes" in proc.stderr
+    assert "s3://" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (storage / "c2").exists()
+    shutil.rmtree(storage, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""Ray: start a local one or join a cluster, and check what every node can reach."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from tuner._errors import UsageError
+
+
+def local_resources() -> dict[str, float]:
+    """What a local Ray would find on this machine."""
+    import torch
+
+    return {
+        "CPU": float(len(os.sched_getaffinity(0))),
+        "GPU": float(torch.cuda.device_count()),
+    }
+
+
+def start_ray(address: str | None, say: Callable[[str], None]) -> dict[str, float]:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a local Ray without dashboard.
+
+    Returns the cluster's total resources.
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UsageError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+        nodes = alive_nodes()
+        say(f"Ray cluster at {address}: {len(nodes)} node(s)")
+    else:
+        # "local": never attach to some other Ray instance running on this machine.
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def alive_nodes() -> list[dict[str, object]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_storage_reachable(storage: str) -> None:
+    """With several nodes, every node must see the same ``storage`` folder.
+
+    The driver writes a marker file there and a zero-CPU task on each node
+    looks for it; a node that cannot see it would write its checkpoints
+    where neither the driver nor `resume` can find them.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = alive_nodes()
+    if len(nodes) < 2 or "://" in storage:
+        return
+    token = uuid.uuid4().hex
+    marker = Path(storage) / f".tuner-probe-{token}"
+    marker.write_text(token)
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str, expected: str) -> bool:
+        try:
+            return Path(path).read_text() == expected
+        except OSError:
+            return False
+
+    try:
+        checks = [
+            sees.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(str(n["NodeID"]), soft=False)
+            ).remote(str(marker), token)
+            for n in nodes
+        ]
+        seen = ray.get(checks)
+        blind = [str(n["NodeManagerAddress"]) for n, ok in zip(nodes, seen, strict=True) if not ok]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UsageError(
+            f"storage {storage} is a node-local path: {len(blind)} of the cluster's "
+            f"{len(nodes)} nodes ({', '.join(blind)}) cannot see it. Trials on those nodes "
+            "would write checkpoints that the driver and `resume` cannot read. Use a "
+            "folder every node mounts (NFS, a shared volume) or a URI such as "
+            "s3://bucket/results or gs://bucket/results."
+        )

@@ -3,10 +3,12 @@
 import math
 
 import pytest
+import torch
 from conftest import METRIC_KEYS
 
 from trainables import TrialConfig, fit, load_state, prepare_data, scan_folder
 from trainables._data import cache_size_for
+from trainables._features import uses_feature_cache
 
 
 @pytest.fixture
@@ -86,3 +88,41 @@ def test_learns_something_on_separable_photos(cache):
     )
     reports = run(cfg, cache)
     assert max(m["val_acc"] for m, _ in reports) > 0.5  # chance is 1/3
+
+
+def test_head_only_without_augmentation_trains_on_features_computed_once(
+    cache, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
+    head_only = {
+        **CFG,
+        "model": "efficientnet_lite0",
+        "pretrained": True,
+        "freeze_depth": 4,
+        "aug_strength": 0.0,
+        "optimizer": "adam",
+        "lr": 0.01,
+        "max_epochs": 2,
+    }
+    cfg = TrialConfig.from_dict(head_only)
+    assert uses_feature_cache(cfg)
+    assert not uses_feature_cache(cfg.replace(aug_strength=0.1))
+    assert not uses_feature_cache(cfg.replace(freeze_depth=3))
+
+    cached = run(cfg, cache)
+    stored = list((tmp_path / "features").glob("*.pt"))
+    assert len(stored) == 1  # keyed by model, weights, image size and photos
+    again = run(cfg, cache)  # loads the stored features
+    monkeypatch.setenv("TUNER_FEATURE_CACHE", "off")
+    # The same training through the whole network every epoch gives the same result.
+    import trainables._train as train_module
+
+    monkeypatch.setattr(train_module, "uses_feature_cache", lambda cfg: False)
+    full = run(cfg, cache)
+    for a, b, c in zip(cached, again, full, strict=True):
+        assert a[0]["train_loss"] == pytest.approx(b[0]["train_loss"], rel=1e-6)
+        assert a[0]["train_loss"] == pytest.approx(c[0]["train_loss"], rel=1e-3)
+        assert a[0]["val_acc"] == c[0]["val_acc"]
+    # Only the head moved; the frozen backbone is byte-identical to its start.
+    first, last = cached[0][1]["model"], cached[-1][1]["model"]
+    assert torch.equal(first["_conv_stem.weight"], last["_conv_stem.weight"])

@@ -175,3 +175,21 @@ def set_train_mode(net: nn.Module, frozen: list[nn.Module]) -> None:
     net.train()
     for module in frozen:
         module.eval()
+
+
+def trunk_features(net: Any, model: ModelName, x: torch.Tensor) -> Any:
+    """Pooled features the head sees: everything but the final linear layer (and dropout)."""
+    if model == "efficientnet_lite0":
+        return torch.flatten(net._avg_pooling(net.extract_features(x)), 1)
+    for layer in (net.conv1, net.bn1, net.relu, net.maxpool):
+        x = layer(x)
+    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = stage(x)
+    return torch.flatten(net.avgpool(x), 1)
+
+
+def head_logits(net: Any, model: ModelName, features: torch.Tensor) -> Any:
+    """The classification head applied to :func:`trunk_features`."""
+    if model == "efficientnet_lite0":
+        return net._fc(net._dropout(features))
+    return net.fc(features)

@@ -33,7 +33,16 @@ from trainables._augment import apply_batch, build_transform, eval_transform, no
 from trainables._checkpoint import load_state, save_state
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
-from trainables._models import build_model, freeze, normalization, set_train_mode
+from trainables._features import cached_features, feature_key, uses_feature_cache
+from trainables._models import (
+    build_model,
+    freeze,
+    head_logits,
+    normalization,
+    pretrained_weights_file,
+    set_train_mode,
+    trunk_features,
+)
 
 # How often (in steps) the loss is checked for NaN/inf during an epoch.
 _DIVERGENCE_CHECK_EVERY = 10
@@ -92,6 +101,10 @@ def _view(array: np.ndarray, device: torch.device) -> torch.Tensor:
         # The object store maps arrays read-only; nothing here writes to them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(np.asarray(array)).to(device)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _make_optimizer(cfg: TrialConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -159,19 +172,48 @@ def fit(
         _view(a, device) for a in (data.train_x, data.train_y, data.val_x, data.val_y)
     )
     val_x = eval_transform(cfg.image_size)(val_x)
-    augment = build_transform(cfg.image_size, cfg.aug_strength)
 
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        x = normalize(images, mean, std, torch.float32).contiguous(
-            memory_format=torch.channels_last
-        )
-        with torch.autocast(
+    def autocast() -> torch.autocast:
+        return torch.autocast(
             device.type,
             dtype=precision.autocast_dtype or torch.float32,
             enabled=precision.autocast_dtype is not None,
-        ):
-            out: torch.Tensor = model(x)
-        return out.float()
+        )
+
+    def to_input(images: torch.Tensor) -> torch.Tensor:
+        x = normalize(images, mean, std, torch.float32)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    batch_of: Callable[[torch.Tensor], torch.Tensor]
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    if uses_feature_cache(cfg):
+        # Only the head trains and nothing is random: backbone features once, head per epoch.
+        def trunk(images: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                return trunk_features(model, cfg.model, to_input(images))
+
+        model.eval()
+        weights = pretrained_weights_file(cfg.model).name if cfg.pretrained else None
+        key = feature_key(cfg, data, weights) if weights else None
+        train_inputs, val_inputs = cached_features(
+            key, trunk, eval_transform(cfg.image_size)(train_x), val_x
+        )
+        batch_of = _identity
+
+        def forward(features: torch.Tensor) -> torch.Tensor:
+            return head_logits(model, cfg.model, features).float()
+
+    else:
+        augment = build_transform(cfg.image_size, cfg.aug_strength)
+        train_inputs, val_inputs = train_x, val_x
+
+        def batch_of(images: torch.Tensor) -> torch.Tensor:
+            return apply_batch(augment, images)
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                out: torch.Tensor = model(to_input(images))
+            return out.float()
 
     for epoch in range(start_epoch + 1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
@@ -188,9 +230,8 @@ def fit(
             idx = order[start : start + cfg.batch_size]
             if len(idx) < 2 and seen:  # BatchNorm cannot train on a single image
                 break
-            images = apply_batch(augment, train_x[idx])
             labels = train_y[idx]
-            logits = forward(images)
+            logits = forward(batch_of(train_inputs[idx]))
             loss = loss_fn(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -216,7 +257,7 @@ def fit(
             return
         train_acc = float(correct) / max(seen, 1)
         model.eval()
-        val_loss, val_acc = evaluate(forward, val_x, val_y)
+        val_loss, val_acc = evaluate(forward, val_inputs, val_y)
         scheduler.step()
         best_acc = max(best_acc, val_acc)
         metrics = _metrics(
@@ -255,7 +296,7 @@ def _metrics(
 def evaluate(
     forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``forward`` over preprocessed uint8 images."""
+    """(mean cross-entropy, accuracy) of ``forward`` over preprocessed inputs."""
     loss_sum, correct = 0.0, 0
     for start in range(0, len(y), _EVAL_BATCH):
         logits = forward(x[start : start + _EVAL_BATCH])

@@ -129,3 +129,78 @@ def test_a_node_local_storage_path_is_refused(cluster, small_flowers, tmp_path):
     assert "s3://" in proc.stderr and "Traceback" not in proc.stderr
     assert not (storage / "c2").exists()
     shutil.rmtree(storage, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gpu_node() -> Iterator[str]:
+    """A one-node cluster that advertises one GPU (the trials compute on the CPU)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
+    port = free_port()
+    node = subprocess.Popen(
+        [
+            RAY,
+            "start",
+            "--block",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **AUTH, "RAY_TMPDIR": str(ray_tmp)},
+    )
+    try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = subprocess.run(
+                [RAY, "status", f"--address={address}"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **AUTH},
+            )
+            if "/1.0 GPU" in status.stdout:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("GPU node did not come up")
+        yield address
+    finally:
+        stop(node)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_four_trials_share_one_gpu_by_default(gpu_node, small_flowers, tmp_path):
+    space = tmp_path / "space.yaml"
+    # Trials long enough (64 px, whole network trained) that all four are seen running at once.
+    space.write_text(
+        "params:\n  model: efficientnet_lite0\n  image_size: 64\n  freeze_depth: 0\n"
+        "  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
+        "budget:\n  num_samples: 4\n  max_epochs: 4\n  grace_period: 4\n  cpus_per_trial: 0.5\n"
+    )
+    proc = run_search(
+        space, small_flowers, tmp_path / "r", "g", "--address", gpu_node, timeout=600, env=AUTH
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    exp = tmp_path / "r" / "g"
+    assert json.loads((exp / "tuner.json").read_text())["resources"] == {"cpu": 0.5, "gpu": 0.25}
+    assert "0.25 GPU per trial" in proc.stdout
+    spans = []
+    for result in exp.glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        start = rows[0]["timestamp"] - rows[0]["time_this_iter_s"]
+        spans.append((start, rows[-1]["timestamp"]))
+    assert len(spans) == 4 and max_overlap(spans) == 4, spans

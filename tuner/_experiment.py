@@ -161,6 +161,17 @@ def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float
     return {"cpu": budget.cpus_per_trial, "gpu": gpus}
 
 
+def _fits(cluster: dict[str, float], resources: dict[str, float]) -> int:
+    """How many trials the cluster runs at once (Tune then starts them all together).
+
+    Ray Tune starts one trial at a time for a searcher unless told this number.
+    """
+    fits = cluster.get("CPU", 0.0) / resources["cpu"]
+    if resources["gpu"]:
+        fits = min(fits, cluster.get("GPU", 0.0) / resources["gpu"])
+    return max(1, int(fits + 1e-9))
+
+
 def _trainable(cache: ImageCache, resources: dict[str, float]) -> Any:
     from ray import tune
 
@@ -256,7 +267,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=budget.num_samples,
-            max_concurrent_trials=budget.max_concurrent,
+            max_concurrent_trials=budget.max_concurrent or _fits(cluster, resources),
             time_budget_s=budget.time_budget_s,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,

@@ -20,7 +20,7 @@ SPACE = """
 params:
   model: efficientnet_lite0
   pretrained: true
-  image_size: 64
+  image_size: 32
   optimizer: adam
   lr: {loguniform: [1.0e-4, 1.0e-2]}
   batch_size: 16
@@ -34,9 +34,10 @@ budget:
 """
 
 
-def write_space(tmp: Path, num: int, epochs: int) -> Path:
+def write_space(tmp: Path, num: int, epochs: int, size: int = 32) -> Path:
     path = tmp / "space.yaml"
-    path.write_text(SPACE.replace("NUM", str(num)).replace("EPOCHS", str(epochs)))
+    text = SPACE.replace("NUM", str(num)).replace("EPOCHS", str(epochs))
+    path.write_text(text.replace("image_size: 32", f"image_size: {size}"))
     return path
 
 
@@ -109,8 +110,10 @@ def checkpointed(exp: Path, n: int = 1) -> bool:
     return len(list(exp.glob("trial_*/checkpoint_*"))) >= n
 
 
-def test_kill_9_then_resume_continues_from_checkpoints(small_flowers, tmp_path):
-    space, storage = write_space(tmp_path, 3, 4), tmp_path / "r"
+def test_kill_9_then_resume_continues_from_checkpoints_with_the_optuna_state(
+    small_flowers, tmp_path
+):
+    space, storage = write_space(tmp_path, 4, 3), tmp_path / "r"
     exp = storage / "k9"
     proc = start_search(space, small_flowers, storage, "k9")
     try:
@@ -126,12 +129,16 @@ def test_kill_9_then_resume_continues_from_checkpoints(small_flowers, tmp_path):
     resumed = run_tuner("resume", "k9", "--storage", str(storage), timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     board = pd.read_csv(exp / "leaderboard.csv")
-    assert len(board) == 3 and board["trial_id"].is_unique
+    assert len(board) == 4 and board["trial_id"].is_unique
     assert (board["status"] == "completed").all()
     after = epochs_by_trial(exp)
     for trial in had_checkpoint & set(board["trial_id"]):
         assert after[trial].count(1) == 1, (trial, after[trial])  # never restarted from 0
-        assert max(after[trial]) == 4
+        assert max(after[trial]) == 3
+    # The restored sampler goes on; a fresh one with the same seed would propose the
+    # first run's values again.
+    assert board["lr"].round(12).is_unique, board[["trial_id", "lr"]]
+    assert board["freeze_depth"].notna().all()
 
 
 def test_ctrl_c_prints_the_resume_command_and_resume_finishes(small_flowers, tmp_path):
@@ -150,7 +157,8 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes(small_flowers, tmp
 
 
 def test_a_killed_trial_worker_is_retried_from_its_checkpoint(small_flowers, tmp_path):
-    space, storage = write_space(tmp_path, 1, 6), tmp_path / "r"
+    # Larger photos: epochs long enough to kill the worker in the middle of training.
+    space, storage = write_space(tmp_path, 1, 6, size=96), tmp_path / "r"
     exp = storage / "w"
     proc = start_search(space, small_flowers, storage, "w")
     wait_for(lambda: checkpointed(exp, 1), 240, "a checkpoint")
@@ -189,26 +197,6 @@ def test_diverging_trials_end_as_diverged_and_the_search_goes_on(small_flowers, 
     board = pd.read_csv(tmp_path / "r" / "div" / "leaderboard.csv")
     assert list(board["status"]) == ["completed", "diverged", "diverged"]
     assert board.loc[0, "lr"] == pytest.approx(1e-2)
-
-
-def test_optuna_state_survives_resume(small_flowers, tmp_path):
-    space, storage = write_space(tmp_path, 6, 1), tmp_path / "r"
-    exp = storage / "opt"
-    proc = start_search(space, small_flowers, storage, "opt")
-    try:
-        wait_for(lambda: len(list(exp.glob("trial_*/checkpoint_*"))) >= 3, 300, "three trials")
-        time.sleep(3)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    first_done = set(epochs_by_trial(exp))
-    resumed = run_tuner("resume", "opt", "--storage", str(storage), timeout=400)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    board = pd.read_csv(exp / "leaderboard.csv")
-    assert len(board) == 6
-    # A fresh sampler with the same seed would propose the same values again.
-    assert board["lr"].round(12).is_unique, board[["trial_id", "lr"]]
-    assert first_done <= set(board["trial_id"])  # finished trials are kept, not redone
 
 
 def test_resume_of_an_unknown_experiment_lists_what_is_there(tmp_path, finished):

@@ -14,6 +14,8 @@ RAY_DEFAULTS = {
     # Save the experiment state (trials, checkpoints, Optuna study) at most 2 s
     # after each result, so a killed driver loses at most the epochs in flight.
     "TUNE_GLOBAL_CHECKPOINT_S": "2",
+    # Those frequent snapshots are intended; Ray would warn about each burst.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # Workers run this interpreter as it is; Ray must not rebuild it with `uv run`.
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     # No usage-statistics prompt or upload.

@@ -59,7 +59,7 @@ def check_storage_reachable(storage: str) -> None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = alive_nodes()
-    if len(nodes) < 2 or "://" in storage:
+    if len(nodes) < 2:
         return
     token = uuid.uuid4().hex
     marker = Path(storage) / f".tuner-probe-{token}"
@@ -88,6 +88,5 @@ def check_storage_reachable(storage: str) -> None:
             f"storage {storage} is a node-local path: {len(blind)} of the cluster's "
             f"{len(nodes)} nodes ({', '.join(blind)}) cannot see it. Trials on those nodes "
             "would write checkpoints that the driver and `resume` cannot read. Use a "
-            "folder every node mounts (NFS, a shared volume) or a URI such as "
-            "s3://bucket/results or gs://bucket/results."
+            "folder every node mounts (NFS, a shared volume)."
         )

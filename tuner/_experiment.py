@@ -58,9 +58,14 @@ class SearchRequest:
 
 
 def default_storage(storage: str | None) -> str:
-    """``--storage``, else ``$TUNER_STORAGE``, else ``./results`` (absolute)."""
+    """``--storage``, else ``$TUNER_STORAGE``, else ``./results``, as an absolute path."""
     chosen = storage or os.environ.get("TUNER_STORAGE") or "results"
-    return chosen if "://" in chosen else str(Path(chosen).expanduser().resolve())
+    if "://" in chosen:
+        raise UsageError(
+            f"storage {chosen}: URI storage (s3://, gs://, ...) is not supported yet; "
+            "use a folder every node mounts (NFS, a shared volume)"
+        )
+    return str(Path(chosen).expanduser().resolve())
 
 
 def validate_name(name: str) -> str:
@@ -73,14 +78,10 @@ def validate_name(name: str) -> str:
 
 
 def experiment_dir(storage: str, name: str) -> Path:
-    if "://" in storage:
-        raise UsageError("URI storage is not supported for reading results on this machine yet")
     return Path(storage) / name
 
 
 def ensure_writable(storage: str) -> None:
-    if "://" in storage:
-        return
     root = Path(storage)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -247,7 +248,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     say(f"Results: {exp_dir}")
     searcher = make_searcher(
         req.name,
-        None if "://" in req.storage else exp_dir,
+        exp_dir,
         SEARCH_METRIC,
         budget.seed,
         req.space.points_to_evaluate,

@@ -32,9 +32,9 @@ def journal_storage(exp_dir: Path) -> Any:
 
 
 def make_searcher(
-    name: str, exp_dir: Path | None, metric: str, seed: int, points: list[dict[str, Any]]
+    name: str, exp_dir: Path, metric: str, seed: int, points: list[dict[str, Any]]
 ) -> Any:
-    """Seeded TPE through Ray's OptunaSearch; persisted when ``exp_dir`` is a local folder."""
+    """Seeded TPE through Ray's OptunaSearch, its study persisted in ``exp_dir``."""
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(
@@ -43,7 +43,7 @@ def make_searcher(
         seed=seed,
         points_to_evaluate=points or None,
         study_name=name,
-        storage=journal_storage(exp_dir) if exp_dir is not None else None,
+        storage=journal_storage(exp_dir),
     )
 
 

@@ -30,6 +30,11 @@ TINY = (
 )
 
 
+def smoke_search(data: Path, storage: Path, *extra: str) -> list[str]:
+    """The arguments of a `search --space smoke` over ``data`` into ``storage``."""
+    return ["search", "--space", "smoke", "--data", str(data), "--storage", str(storage), *extra]
+
+
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run the CLI in this process (argparse's own errors exit via SystemExit)."""
     try:
@@ -252,17 +257,7 @@ def test_class_names_with_spaces_and_non_ascii(tmp_path):
     ],
 )
 def test_bad_command_lines_exit_2_with_one_message(small_flowers, tmp_path, capsys, args, message):
-    code, _, err = cli(
-        capsys,
-        "search",
-        "--space",
-        "smoke",
-        "--data",
-        str(small_flowers),
-        "--storage",
-        str(tmp_path / "r"),
-        *args,
-    )
+    code, _, err = cli(capsys, *smoke_search(small_flowers, tmp_path / "r", *args))
     assert code == 2 and message in err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("tuner search: error:")
@@ -270,18 +265,8 @@ def test_bad_command_lines_exit_2_with_one_message(small_flowers, tmp_path, caps
 
 
 def test_bad_input_from_a_real_process_has_no_traceback(small_flowers, tmp_path):
-    proc = run_tuner(
-        "search",
-        "--space",
-        "smoke",
-        "--data",
-        str(small_flowers),
-        "--storage",
-        str(tmp_path / "r"),
-        "--cpus-per-trial",
-        "64",
-        timeout=120,
-    )
+    args = smoke_search(small_flowers, tmp_path / "r", "--cpus-per-trial", "64")
+    proc = run_tuner(*args, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("tuner search: error: cpus-per-trial 64 exceeds")
 
@@ -289,16 +274,7 @@ def test_bad_input_from_a_real_process_has_no_traceback(small_flowers, tmp_path)
 def test_unwritable_storage_exits_2(small_flowers, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, _, err = cli(
-        capsys,
-        "search",
-        "--space",
-        "smoke",
-        "--data",
-        str(small_flowers),
-        "--storage",
-        str(blocker / "results"),
-    )
+    code, _, err = cli(capsys, *smoke_search(small_flowers, blocker / "results"))
     assert code == 2 and "not writable" in err
 
 

@@ -52,6 +52,22 @@ def ray_node(*args: str, temp_dir: Path, wrap: list[str] | None = None) -> subpr
     )
 
 
+def wait_until_cluster_has(address: str, resources: str, timeout: float = 180) -> None:
+    """Poll `ray status` until its resource summary shows ``resources`` (e.g. "/2.0 CPU")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [RAY, "status", f"--address={address}"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **AUTH},
+        )
+        if resources in status.stdout:
+            return
+        time.sleep(2)
+    pytest.fail(f"the cluster at {address} never showed {resources}: {status.stdout[-500:]}")
+
+
 def stop(node: subprocess.Popen[str]) -> None:
     try:
         os.killpg(node.pid, signal.SIGTERM)
@@ -77,20 +93,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     try:
         time.sleep(5)
         nodes.append(ray_node(f"--address={address}", temp_dir=ray_tmp, wrap=unshare))
-        deadline = time.monotonic() + 180
-        status = None
-        while time.monotonic() < deadline:
-            status = subprocess.run(
-                [RAY, "status", f"--address={address}"],
-                capture_output=True,
-                text=True,
-                env={**os.environ, **AUTH},
-            )
-            if "/2.0 CPU" in status.stdout:
-                break
-            time.sleep(3)
-        else:
-            pytest.fail(f"cluster did not come up: {status}")
+        wait_until_cluster_has(address, "/2.0 CPU")
         yield address, shadow
     finally:
         for node in reversed(nodes):
@@ -155,19 +158,7 @@ def gpu_node() -> Iterator[str]:
     )
     try:
         address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            status = subprocess.run(
-                [RAY, "status", f"--address={address}"],
-                capture_output=True,
-                text=True,
-                env={**os.environ, **AUTH},
-            )
-            if "/1.0 GPU" in status.stdout:
-                break
-            time.sleep(2)
-        else:
-            pytest.fail("GPU node did not come up")
+        wait_until_cluster_has(address, "/1.0 GPU")
         yield address
     finally:
         stop(node)

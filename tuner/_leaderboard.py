@@ -48,8 +48,12 @@ _BASE_COLUMNS = [
 
 def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
     """One row per trial, best first, with the columns of DESIGN.md."""
+    import logging
+
     from ray.tune import ExperimentAnalysis
 
+    # A trial that has not reported yet has no result file; that is not worth a warning.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         analysis = ExperimentAnalysis(str(experiment_dir))
     except ValueError:
@@ -63,7 +67,7 @@ def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
             # An epoch re-run after a restore from an older checkpoint counts once.
             df = df.drop_duplicates(subset="epoch", keep="last")
         cfg = {k: trial.config.get(k, getattr(TrialConfig(), k)) for k in TrialConfig.field_names()}
-        rows.append(_trial_row(trial, df, cfg, analysis))
+        rows.append(_trial_row(trial, df, cfg))
     columns = _BASE_COLUMNS + list(TrialConfig.field_names()) + ["checkpoint"]
     board = pd.DataFrame(rows, columns=columns[1:])
     if board.empty:
@@ -76,7 +80,7 @@ def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
     return _typed(board.reset_index(drop=True))
 
 
-def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any], analysis: Any) -> dict[str, Any]:
+def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any]:
     ray_status = str(trial.status).lower()
     has_results = not df.empty and "val_acc" in df
     diverged = bool(
@@ -102,18 +106,30 @@ def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any], analysis: Any)
         **cfg,
     }
     if has_results:
-        valid = df[~df.get("diverged", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
+        flags = df.get("diverged", pd.Series(False, index=df.index))
+        valid = df[~flags.fillna(False).astype(bool)]
         if not valid.empty:
-            best = valid.loc[valid["val_acc"].idxmax()]
-            row.update(
-                val_acc=float(best["val_acc"]),
-                best_epoch=int(best["epoch"]),
-                val_loss=float(best["val_loss"]),
+            top = float(valid["val_acc"].max())
+            # The checkpoint Ray kept for a best epoch; among tied epochs, the latest.
+            tied = [(epoch, path) for epoch, acc, path in _kept_checkpoints(trial) if acc == top]
+            epoch, path = (
+                max(tied) if tied else (int(valid.loc[valid["val_acc"] == top, "epoch"].max()), "")
             )
-        if not diverged:
-            checkpoint = analysis.get_best_checkpoint(trial, metric="val_acc", mode="max")
-            row["checkpoint"] = checkpoint.path if checkpoint is not None else ""
+            best = valid[valid["epoch"] == epoch].iloc[-1]
+            row.update(
+                val_acc=top, best_epoch=epoch, val_loss=float(best["val_loss"]), checkpoint=path
+            )
     return row
+
+
+def _kept_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
+    """(epoch, val_acc, folder) of every checkpoint Ray still keeps for ``trial``."""
+    kept = []
+    for result in trial.run_metadata.checkpoint_manager.best_checkpoint_results:
+        metrics = result.metrics
+        if "epoch" in metrics and "val_acc" in metrics:
+            kept.append((int(metrics["epoch"]), float(metrics["val_acc"]), result.checkpoint.path))
+    return kept
 
 
 def _typed(board: pd.DataFrame) -> pd.DataFrame:

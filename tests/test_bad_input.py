@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, make_subset, run_search, run_tuner
+from conftest import ROOT, cli, make_subset, run_search, run_tuner
 from PIL import Image
 
 from trainables import CheckpointError, decode_one, load_photo, load_state, scan_folder, screen
-from tuner.cli import main
 
 TINY = (
     "params:\n  model: efficientnet_lite0\n  image_size: 32\n  freeze_depth: 3\n"
@@ -33,16 +32,6 @@ TINY = (
 def smoke_search(data: Path, storage: Path, *extra: str) -> list[str]:
     """The arguments of a `search --space smoke` over ``data`` into ``storage``."""
     return ["search", "--space", "smoke", "--data", str(data), "--storage", str(storage), *extra]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the CLI in this process (argparse's own errors exit via SystemExit)."""
-    try:
-        code = main(list(args))
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def photo(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30), **save: object) -> Path:

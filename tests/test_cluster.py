@@ -71,7 +71,7 @@ def wait_until_cluster_has(address: str, resources: str, timeout: float = 180) -
 def stop(node: subprocess.Popen[str]) -> None:
     try:
         os.killpg(node.pid, signal.SIGTERM)
-        node.wait(timeout=60)
+        node.wait(timeout=15)
     except subprocess.TimeoutExpired:
         os.killpg(node.pid, signal.SIGKILL)
     except ProcessLookupError:

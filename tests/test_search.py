@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
-from conftest import METRIC_KEYS, run_search, run_tuner
+from conftest import METRIC_KEYS, cli, run_search, run_tuner
 
 from tuner._leaderboard import _BASE_COLUMNS
+from tuner.cli import main
 
 
 def test_search_writes_the_results_layout(finished):
@@ -142,18 +143,17 @@ def test_default_space_runs_with_weights_in_torch_home(tmp_path, small_flowers):
         (["--space", "smoke", "--data", "/nonexistent/photos"], "does not exist"),
     ],
 )
-def test_bad_search_input_exits_2_with_one_message(tmp_path, args, message):
-    proc = run_tuner("search", "--storage", str(tmp_path), *args, timeout=120)
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_search_input_exits_2_with_one_message(tmp_path, capsys, args, message):
+    code, _, err = cli(capsys, "search", "--storage", str(tmp_path), *args)
+    assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_spaces_command_lists_and_shows():
-    listing = run_tuner("spaces")
-    assert listing.returncode == 0
-    assert all(name in listing.stdout for name in ("default", "resnet", "lite", "smoke"))
-    shown = run_tuner("spaces", "lite")
-    assert json.loads(shown.stdout)["params"]["model"] == "efficientnet_lite0"
+def test_spaces_command_lists_and_shows(capsys):
+    assert main(["spaces"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("default", "resnet", "lite", "smoke"))
+    assert main(["spaces", "lite"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["model"] == "efficientnet_lite0"
 
 
 def test_the_optuna_study_is_persisted_for_optuna_tools(finished):

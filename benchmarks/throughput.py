@@ -1,0 +1,349 @@
+"""Training throughput: this project's training loop vs the classic PyTorch recipe.
+
+Both contenders train ResNet-18 (random init) on the flower photos at the
+same size, batch, augmentation strength and thread count:
+
+* **plain loop**: ``torchvision.datasets.ImageFolder`` with PIL transforms
+  (RandomResizedCrop, RandomHorizontalFlip, ColorJitter, ToTensor, Normalize),
+  ``DataLoader(batch_size, shuffle=True, num_workers=0)``, fp32
+  forward/backward/SGD step. Every step decodes its JPEGs.
+* **project**: the photos decoded once into the uint8 cache
+  (``trainables.prepare_data``; its time is reported separately), then
+  ``trainables.fit`` itself: batch augmentation on the uint8 tensors,
+  channels-last, bf16 autocast where ``choose_precision`` picks it, SGD.
+
+``fit`` cannot be timed per step from outside, so the project side runs one
+``fit`` call of ``rounds + 1`` short epochs over a subset of the cache and
+reads ``images_per_s`` from each reported epoch (the first epoch is warm-up).
+The plain loop runs its rounds inside ``fit``'s report callback, so the two
+alternate: warm-up, P, F, P, F, ... (the machine is noisy).
+
+Every round also records the share of the machine's CPUs that other
+processes used meanwhile: with 2 torch threads on 2 cores, a core taken by
+anything else slows a step several-fold. The headline medians use the
+undisturbed rounds (others < 10 %) when each contender has at least two,
+else all rounds (with a warning); both are printed.
+
+    uv run python benchmarks/throughput.py            # the real measurement (~4 min, quiet)
+    uv run python benchmarks/throughput.py --quick    # the same code paths, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import (
+    DEFAULT_DATA,
+    OtherCpu,
+    check_data,
+    environment_line,
+    load_line,
+    make_subset,
+    median,
+    print_headlines,
+    print_table,
+)
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+import trainables
+
+# The project's augmentation at strength s (trainables/_augment.py): random resized
+# crop down to 1 - 0.92 s of the area, colour jitter 0.4 s, hue 0.05 s. The plain
+# loop uses the same crop range and jitter so both do comparable work.
+_MIN_CROP_SCALE = 0.08
+_MAX_JITTER = 0.4
+_MAX_HUE = 0.05
+# A round counts as undisturbed when other processes used less than this share of the CPUs.
+QUIET_SHARE = 0.10
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Images/s of this project's training loop (trainables.fit on the decoded "
+        "uint8 cache) vs a plain ImageFolder + DataLoader + fp32 loop, same model, size, "
+        "batch, augmentation strength and threads, alternating timed rounds.",
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--aug-strength", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (both sides)")
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds of each contender")
+    parser.add_argument("--steps", type=int, default=6, help="training steps per round")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="plain-loop warm-up steps")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny run of the same code paths (8 photos/class, 64 px, batch 8, 2x2 steps)",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.image_size, args.batch_size = 64, 8
+        args.rounds, args.steps, args.warmup_steps = 2, 2, 1
+    return args
+
+
+class PlainLoop:
+    """The classic recipe: ImageFolder + PIL transforms + DataLoader + fp32 SGD steps."""
+
+    def __init__(self, root: Path, image_size: int, batch_size: int, strength: float) -> None:
+        s = strength
+        tf = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(image_size, scale=(1 - (1 - _MIN_CROP_SCALE) * s, 1)),
+                transforms.RandomHorizontalFlip(),
+                transforms.ColorJitter(
+                    brightness=_MAX_JITTER * s,
+                    contrast=_MAX_JITTER * s,
+                    saturation=_MAX_JITTER * s,
+                    hue=_MAX_HUE * s,
+                ),
+                transforms.ToTensor(),
+                transforms.Normalize(*trainables.normalization("resnet18")),
+            ]
+        )
+        dataset = datasets.ImageFolder(str(root), transform=tf)
+        self.n_photos = len(dataset)
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0)
+        self.batches: Iterator[Any] = iter(self.loader)
+        torch.manual_seed(0)
+        self.model = trainables.build_model("resnet18", len(dataset.classes), pretrained=False)
+        self.model.train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.batch_size = batch_size
+
+    def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = next(self.batches, None)
+        if batch is None or len(batch[1]) < self.batch_size:  # a new epoch; full batches only
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        return batch[0], batch[1]
+
+    def run(self, steps: int) -> tuple[float, float]:
+        """Train ``steps`` steps; (images/s, share of the time spent loading data)."""
+        data_s = 0.0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            td = time.perf_counter()
+            images, labels = self._next()
+            data_s += time.perf_counter() - td
+            loss = self.loss_fn(self.model(images), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        elapsed = time.perf_counter() - t0
+        return steps * self.batch_size / elapsed, data_s / elapsed
+
+
+def subset_cache(
+    cache: trainables.ImageCache, n_train: int, n_val: int, seed: int = 0
+) -> trainables.ImageCache:
+    """An ImageCache of ``n_train`` random training rows and ``n_val`` validation rows."""
+    rng = np.random.default_rng(seed)
+    train = np.sort(rng.choice(len(cache.train_y), size=n_train, replace=False))
+    val = np.sort(rng.choice(len(cache.val_y), size=min(n_val, len(cache.val_y)), replace=False))
+    return trainables.ImageCache(
+        classes=cache.classes,
+        size=cache.size,
+        train_x=np.ascontiguousarray(cache.train_x[train]),
+        train_y=cache.train_y[train],
+        val_x=np.ascontiguousarray(cache.val_x[val]),
+        val_y=cache.val_y[val],
+    )
+
+
+def augment_seconds_per_image(
+    augment: Any, x: torch.Tensor, batch: int, batches: int, offset: int = 0
+) -> float:
+    """Seconds per image of the project's batch augmentation alone (apply_batch)."""
+    t0 = time.perf_counter()
+    for i in range(batches):
+        idx = (torch.arange(batch) + (offset + i) * batch) % len(x)
+        trainables.apply_batch(augment, x[idx])
+    return (time.perf_counter() - t0) / (batches * batch)
+
+
+@dataclass
+class Round:
+    """One timed round of one contender."""
+
+    images_per_s: float
+    data_s_per_image: float  # loading + augmenting (plain) or augmenting alone (project)
+    others_cpu: float  # share of the machine's CPUs other processes used meanwhile
+
+    @property
+    def quiet(self) -> bool:
+        return self.others_cpu < QUIET_SHARE
+
+
+def summarize(rounds: list[Round]) -> tuple[list[Round], bool]:
+    """The rounds the headline uses: the undisturbed ones if there are two, else all."""
+    quiet = [r for r in rounds if r.quiet]
+    return (quiet, True) if len(quiet) >= 2 else (rounds, False)
+
+
+def main() -> None:
+    args = parse_args()
+    data = check_data(args.data)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    precision = trainables.choose_precision("auto", device, "resnet18")
+    print(f"# Training throughput, ResNet-18 (random init), {environment_line()}")
+    print(
+        f"# {args.image_size}px, batch {args.batch_size}, aug_strength {args.aug_strength}, "
+        f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps each, "
+        f"project precision: {precision.name}"
+    )
+    print(f"# {load_line()}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    try:
+        if args.quick:
+            data = make_subset(data, tmp / "photos", per_class=8)
+
+        # The project's one-time cost: decode every photo into the uint8 cache.
+        t0 = time.perf_counter()
+        split, cache = trainables.prepare_data(
+            trainables.scan_folder(data), trainables.cache_size_for(args.image_size)
+        )
+        decode_s = time.perf_counter() - t0
+        n_photos = len(split.train) + len(split.val)
+        print(
+            f"decoded {n_photos} photos once at {cache.size}px in {decode_s:.1f}s "
+            f"({n_photos / decode_s:.0f} photos/s, {cache.nbytes / 2**20:.0f} MiB)"
+        )
+        n_train = args.steps * args.batch_size
+        if n_train > len(cache.train_y):
+            raise SystemExit(f"--steps x --batch-size = {n_train} exceeds the training photos")
+        subset = subset_cache(cache, n_train, n_val=2 * args.batch_size)
+        augment = trainables.build_transform(args.image_size, args.aug_strength)
+        train_x = torch.from_numpy(subset.train_x)
+
+        plain = PlainLoop(data, args.image_size, args.batch_size, args.aug_strength)
+        plain.run(args.warmup_steps)
+
+        plain_rounds: list[Round] = []
+        project_rounds: list[Round] = []
+        other = OtherCpu()  # CPU that other processes take while each round runs
+
+        def show(name: str, r: Round, n: int) -> None:
+            flag = "" if r.quiet else "  (disturbed)"
+            print(
+                f"  round {n}: {name:7s} {r.images_per_s:6.2f} images/s, other processes used "
+                f"{r.others_cpu:4.0%} of the CPUs{flag}",
+                flush=True,
+            )
+
+        def on_epoch(metrics: dict[str, Any], folder: Path) -> None:
+            busy = other.share()
+            shutil.rmtree(folder, ignore_errors=True)
+            if metrics.get("diverged"):
+                raise SystemExit("the project's loop diverged; lower the learning rate")
+            if metrics["epoch"] > 1:  # epoch 1 warms the project's loop up
+                other.restart()
+                aug = augment_seconds_per_image(
+                    augment, train_x, args.batch_size, 1, offset=len(project_rounds)
+                )
+                busy = max(busy, other.share())
+                project_rounds.append(Round(float(metrics["images_per_s"]), aug, busy))
+                show("project", project_rounds[-1], len(project_rounds))
+            if len(plain_rounds) < args.rounds:
+                other.restart()
+                ips, data_share = plain.run(args.steps)
+                plain_rounds.append(Round(ips, data_share / ips, other.share()))
+                show("plain", plain_rounds[-1], len(plain_rounds))
+            other.restart()
+
+        cfg = trainables.TrialConfig.from_dict(
+            {
+                "model": "resnet18",
+                "pretrained": False,
+                "optimizer": "sgd",
+                "lr": 0.01,
+                "momentum": 0.9,
+                "batch_size": args.batch_size,
+                "step_size": 100,
+                "aug_strength": args.aug_strength,
+                "image_size": args.image_size,
+                "max_epochs": args.rounds + 1,
+                "precision": "auto",
+            }
+        )
+        trainables.fit(cfg, subset, on_epoch, threads=args.threads, device=device)
+        if len(project_rounds) != args.rounds:
+            raise SystemExit(f"fit reported {len(project_rounds)} timed epochs, not {args.rounds}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    plain_used, plain_quiet = summarize(plain_rounds)
+    project_used, project_quiet = summarize(project_rounds)
+    rows = []
+    for name, used, everything in (
+        ("plain loop (PIL + DataLoader, fp32)", plain_used, plain_rounds),
+        (f"project (uint8 cache + fit, {precision.name})", project_used, project_rounds),
+    ):
+        ips = median(r.images_per_s for r in used)
+        data_ms = 1000 * median(r.data_s_per_image for r in used)
+        rows.append(
+            [
+                name,
+                ips,
+                f"{len(used)}/{len(everything)}",
+                median(r.images_per_s for r in everything),
+                data_ms,
+                1000 / ips - data_ms,
+            ]
+        )
+    print()
+    print_table(
+        [
+            "contender",
+            "median img/s",
+            "rounds used",
+            "median, all rounds",
+            "data ms/img",
+            "rest ms/img",
+        ],
+        rows,
+    )
+    print(
+        f"Rounds used: those in which other processes took < {QUIET_SHARE:.0%} of the CPUs "
+        "(all rounds when fewer than 2 were). data = loading + augmenting a batch; rest = "
+        "forward, backward, optimizer step."
+    )
+    if not (plain_quiet and project_quiet):
+        print(
+            "WARNING: other processes were busy during most rounds; the figures below include "
+            "disturbed rounds (2 torch threads slow down badly when a core is taken)."
+        )
+    plain_ips, project_ips = rows[0][1], rows[1][1]
+    assert isinstance(plain_ips, float) and isinstance(project_ips, float)
+    print(
+        f"project one-time decode: {decode_s:.1f}s for {n_photos} photos "
+        f"(not in images/s; {n_photos / plain_ips:.0f}s is one plain-loop epoch over them)"
+    )
+    print(f"# at the end: {load_line()}")
+    print_headlines(
+        {
+            "plain_loop_images_per_s": plain_ips,
+            "project_images_per_s": project_ips,
+            "speedup_vs_plain_loop": project_ips / plain_ips,
+            "project_decode_once_s": decode_s,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

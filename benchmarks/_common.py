@@ -6,6 +6,7 @@ figure (see DESIGN.md); :func:`print_headlines` writes them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -41,6 +42,13 @@ _ECHO_PREFIXES = (
     "Error",
 )
 _CACHE_RE = re.compile(r"decoded at (\d+)px in ([\d.]+)s \((\d+) MiB, one copy shared")
+
+
+def add_search_flags(parser: argparse.ArgumentParser, quick_help: str) -> None:
+    """--keep, --verbose and --quick, shared by the scripts that run `tuner search`."""
+    parser.add_argument("--keep", action="store_true", help="keep the experiments' folders")
+    parser.add_argument("--verbose", action="store_true", help="echo the searches' full output")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
 
 
 def make_subset(source: Path, dest: Path, per_class: int) -> Path:

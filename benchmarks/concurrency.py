@@ -40,6 +40,7 @@ from typing import Any
 from _common import (
     DEFAULT_DATA,
     SearchRun,
+    add_search_flags,
     check_data,
     environment_line,
     load_line,
@@ -79,13 +80,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--interval", type=float, default=0.5, help="memory sampling period, s")
-    parser.add_argument("--keep", action="store_true", help="keep the experiments' folders")
-    parser.add_argument("--verbose", action="store_true", help="echo the searches' full output")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny run of the same code paths (12 photos/class, 64 px)",
-    )
+    add_search_flags(parser, "tiny run of the same code paths (12 photos/class, 64 px)")
     args = parser.parse_args()
     if args.quick:
         args.image_size, args.epochs = 64, 1

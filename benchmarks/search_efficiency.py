@@ -27,6 +27,7 @@ from pathlib import Path
 from _common import (
     DEFAULT_DATA,
     SearchRun,
+    add_search_flags,
     check_data,
     environment_line,
     load_line,
@@ -57,12 +58,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--cpus-per-trial", type=float, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", action="store_true", help="keep the experiments' folders")
-    parser.add_argument("--verbose", action="store_true", help="echo the searches' full output")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny run of the same code paths (12 photos/class, 3 trials of 2 epochs)",
+    add_search_flags(
+        parser, "tiny run of the same code paths (12 photos/class, 3 trials of 2 epochs)"
     )
     args = parser.parse_args()
     if args.quick:

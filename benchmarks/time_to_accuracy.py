@@ -19,6 +19,7 @@ from pathlib import Path
 
 from _common import (
     DEFAULT_DATA,
+    add_search_flags,
     check_data,
     environment_line,
     load_line,
@@ -53,13 +54,9 @@ def parse_args() -> argparse.Namespace:
     passthrough.add_argument("--time-budget", type=float, metavar="SECONDS")
     passthrough.add_argument("--seed", type=int)
     passthrough.add_argument("--cpus-per-trial", type=float)
-    parser.add_argument("--keep", action="store_true", help="keep the experiment folder")
-    parser.add_argument("--verbose", action="store_true", help="echo the search's full output")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="check the code path in about a minute: smoke space, 12 photos/class, "
-        "2 trials of 1 epoch",
+    add_search_flags(
+        parser,
+        "check the code path in about a minute: smoke space, 12 photos/class, 2 trials of 1 epoch",
     )
     args = parser.parse_args()
     if args.quick:

@@ -24,7 +24,7 @@ import torch
 from trainables._config import MAX_FREEZE_DEPTH, TrialConfig
 from trainables._data import ImageCache
 
-_BATCH = 128
+_BATCH = 32  # Lite0 runs ~1.5x faster per image at 32 than at 128 on CPU
 
 
 def uses_feature_cache(cfg: TrialConfig) -> bool:

@@ -36,6 +36,7 @@ from tuner._datacheck import describe
 from tuner._errors import UsageError
 from tuner._leaderboard import best_config, build_leaderboard, write_leaderboard
 from tuner._spaces import Budget, SearchSpace, parse_space
+from tuner._storage_guard import StorageGuard, make_reserve, release_reserve, tripped
 from tuner._study import make_searcher
 
 TUNER_FILE = "tuner.json"
@@ -207,6 +208,7 @@ def _run_config(req_name: str, storage: str, space: SearchSpace) -> Any:
     from ray import tune
 
     return tune.RunConfig(
+        callbacks=[StorageGuard(experiment_dir(storage, req_name))],
         name=req_name,
         storage_path=storage,
         checkpoint_config=tune.CheckpointConfig(
@@ -239,6 +241,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     exp_dir.mkdir(parents=True, exist_ok=True)
     split.save(exp_dir / SPLIT_FILE)
     _write_tuner_file(req, exp_dir, cache.size, resources)
+    make_reserve(exp_dir)
     budget = req.space.budget
     say(
         f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
@@ -275,9 +278,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         ),
         run_config=_run_config(req.name, req.storage, req.space),
     )
-    if not _fit(tuner, req.name, req.storage, say):
-        return 130
-    return finish(exp_dir, req.name, req.storage, budget, say)
+    return _fit_and_finish(tuner, exp_dir, req.name, req.storage, budget, say)
 
 
 def resume(name: str, storage: str, restart_errored: bool = False, say: Print = print) -> int:
@@ -299,8 +300,10 @@ def resume(name: str, storage: str, restart_errored: bool = False, say: Print = 
         cache = decode_split(split, int(saved["cache_size"]))
     except DataError as exc:
         raise UsageError(f"data: {exc}") from None
+    ensure_writable(str(exp_dir))
     say(f"Resuming {name} from {exp_dir} ({len(split.train)} train / {len(split.val)} val)")
     start_ray(saved.get("address"), say)
+    make_reserve(exp_dir)
     resources = {k: float(v) for k, v in saved["resources"].items()}
     tuner = tune.Tuner.restore(
         str(exp_dir),
@@ -309,9 +312,27 @@ def resume(name: str, storage: str, restart_errored: bool = False, say: Print = 
         resume_errored=not restart_errored,
         restart_errored=restart_errored,
     )
-    if not _fit(tuner, name, storage, say):
-        return 130
-    return finish(exp_dir, name, storage, space.budget, say)
+    return _fit_and_finish(tuner, exp_dir, name, storage, space.budget, say)
+
+
+def _fit_and_finish(
+    tuner: Any, exp_dir: Path, name: str, storage: str, budget: Budget, say: Print
+) -> int:
+    """Run the search, then summarise it (or say why the storage stopped it)."""
+    try:
+        if not _fit(tuner, name, storage, say):
+            return 130
+        problem = tripped(exp_dir)
+        if problem:
+            say(
+                f"\nStopped: {problem}.\nThe experiment state and each trial's last checkpoint "
+                "are saved. Free some space (or restore write access) and continue with:\n"
+                f"  {resume_command(name, storage)}"
+            )
+            return 1
+        return finish(exp_dir, name, storage, budget, say)
+    finally:
+        release_reserve(exp_dir)
 
 
 def _fit(tuner: Any, name: str, storage: str, say: Print) -> bool:

@@ -14,6 +14,20 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = Path(os.environ.get("TUNER_TEST_FLOWERS", ROOT.parent / "shared" / "data" / "flowers"))
 
 
+# Fixtures that start Ray or a whole search once: with `pytest -n 2 --dist loadgroup`
+# (the README's test command) every test that uses one runs on the same worker.
+_SHARED_FIXTURES = {"finished": "e2e", "cluster": "cluster", "gpu_node": "gpu_node"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, group in _SHARED_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @pytest.fixture(scope="session")
 def flowers() -> Path:
     if not FLOWERS.is_dir():
@@ -46,6 +60,22 @@ def synthetic(tmp_path: Path) -> Path:
             shade = tuple(max(0, c - 8 * i) for c in colour)
             Image.new("RGB", (48 + i, 40), shade).save(root / f"class{label}" / f"{i}.jpg")
     return root
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process, capturing its output (usable in any fixture scope)."""
+    import contextlib
+    import io
+
+    from tuner.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as stop:
+            code = int(stop.code or 0)
+    return code, out.getvalue(), err.getvalue()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -15,18 +15,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, cli, make_subset, run_search, run_tuner
 from PIL import Image
 
 from trainables import CheckpointError, decode_one, load_photo, load_state, scan_folder, screen
-
-TINY = (
-    "params:\n  model: efficientnet_lite0\n  image_size: 32\n  freeze_depth: 3\n"
-    "  aug_strength: 0.0\n  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
-    "budget:\n  num_samples: 2\n  max_epochs: 1\n"
-)
 
 
 def smoke_search(data: Path, storage: Path, *extra: str) -> list[str]:
@@ -117,18 +112,34 @@ def test_data_check_lists_every_skipped_file_with_its_reason(salted, capsys):
     assert "ambiguous label" in text and "roses/copy_of_daisy.jpg" in text
 
 
-def test_a_salted_search_completes_and_its_split_excludes_exactly_the_bad_files(salted, tmp_path):
+# Bad hyperparameters too: two learning rates that make the loss non-finite.
+SALTED_SPACE = (
+    "params:\n  model: efficientnet_lite0\n  image_size: 32\n  optimizer: sgd\n"
+    "  freeze_depth: 3\n  aug_strength: 0.0\n  lr: {loguniform: [1.0e-3, 1.0e+31]}\n"
+    "budget:\n  num_samples: 3\n  max_epochs: 2\n  grace_period: 2\n"
+    "points_to_evaluate:\n  - {lr: 1.0e+30}\n  - {lr: 1.0e-2}\n  - {lr: 1.0e+20}\n"
+)
+
+
+def test_a_salted_search_with_diverging_trials_completes_and_skips_exactly_the_bad_files(
+    salted, tmp_path
+):
     root, bad, good = salted
-    space = tmp_path / "tiny.yaml"
-    space.write_text(TINY)
+    space = tmp_path / "salted.yaml"
+    space.write_text(SALTED_SPACE)
     proc = run_search(space, root, tmp_path / "r", "salted")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    split = json.loads((tmp_path / "r" / "salted" / "split.json").read_text())
+    exp = tmp_path / "r" / "salted"
+    split = json.loads((exp / "split.json").read_text())
     used = {p for p, _ in split["train"] + split["val"]}
     assert {s["path"] for s in split["skipped"]} == bad
     assert good <= used and not (bad & used)
     assert len(used) == 5 * 8 + 1 + len(good)
     assert "Skipped 8 file(s)" in proc.stdout and "daisy/empty.jpg" in proc.stdout
+    # A non-finite loss ends its trial as diverged; the search goes on and ranks it last.
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert list(board["status"]) == ["completed", "diverged", "diverged"]
+    assert board.loc[0, "lr"] == pytest.approx(1e-2)
 
 
 def test_unusual_images_decode_to_rgb_with_exif_orientation(tmp_path):

@@ -195,3 +195,28 @@ def test_four_trials_share_one_gpu_by_default(gpu_node, small_flowers, tmp_path)
         start = rows[0]["timestamp"] - rows[0]["time_this_iter_s"]
         spans.append((start, rows[-1]["timestamp"]))
     assert len(spans) == 4 and max_overlap(spans) == 4, spans
+
+
+PROBE_LOCAL_RAY = """
+import json, subprocess
+import tuner
+from tuner._cluster import start_ray
+import ray
+start_ray(None, print)
+node = ray._private.worker.global_worker.node
+listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+print(json.dumps({"webui": node.address_info.get("webui_url"), "listening": listening}))
+"""
+
+
+def test_a_local_search_starts_ray_without_its_dashboard():
+    if shutil.which("ss") is None:
+        pytest.skip("needs iproute2's ss")
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE_LOCAL_RAY], capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not found["webui"]
+    assert "dashboard" not in found["listening"] and ":8265 " not in found["listening"]
+    assert "gcs_server" in found["listening"]  # the probe does see Ray's own listeners

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_tuner
+from conftest import run_cli, run_tuner
 
 import trainables
 from tuner.cli import main
@@ -76,9 +76,9 @@ def board(finished) -> pd.DataFrame:
 def exported(finished, tmp_path_factory) -> Path:
     _, storage, _ = finished
     out = tmp_path_factory.mktemp("export") / "model"
-    proc = run_tuner("export", "e2e", "--storage", str(storage), "--output", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    code, _, err = run_cli("export", "e2e", "--storage", str(storage), "--output", str(out))
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err
     return out
 
 
@@ -89,9 +89,9 @@ def test_evaluate_reports_metrics_consistent_with_the_checkpoint(
     photos = unseen_photos(flowers)
     data = labelled_folder(tmp_path / "test", photos, CLASSES)
     (data / "roses" / "notes.jpg").write_text("not a photo")
-    proc = run_tuner("evaluate", "e2e", "--storage", str(storage), "--data", str(data))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)  # exactly one JSON object on stdout
+    code, out, err = run_cli("evaluate", "e2e", "--storage", str(storage), "--data", str(data))
+    assert code == 0, err[-3000:]
+    result = json.loads(out)  # exactly one JSON object on stdout
 
     assert result["classes"] == CLASSES
     assert result["trial_id"] == board.loc[0, "trial_id"]

@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 import pytest
-from conftest import run_tuner
+from conftest import run_cli
 from PIL import Image
 
 from tuner._report import _load, _Skip, draw_report, param_importances
@@ -19,14 +19,13 @@ FIGURES = ("learning_curves", "best_so_far", "hyperparameters", "importance")
 @pytest.fixture(scope="module")
 def report(finished):
     _, storage, exp = finished
-    proc = run_tuner("report", "e2e", "--storage", str(storage))
-    return proc, exp / "report"
+    return run_cli("report", "e2e", "--storage", str(storage)), exp / "report"
 
 
 def test_report_writes_every_figure_and_a_markdown_summary(report, finished):
-    proc, folder = report
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    (code, out, err), folder = report
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err
     markdown = (folder / "report.md").read_text()
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
     assert linked == [f"{name}.png" for name in FIGURES]
@@ -37,7 +36,7 @@ def test_report_writes_every_figure_and_a_markdown_summary(report, finished):
             img.verify()
         with Image.open(path) as img:
             assert img.format == "PNG" and img.width >= 600 and img.height >= 400
-        assert str(path) in proc.stdout
+        assert str(path) in out
 
     _, _, exp = finished
     board = pd.read_csv(exp / "leaderboard.csv")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
-from conftest import METRIC_KEYS, cli, run_search, run_tuner
+from conftest import METRIC_KEYS, cli, run_search
 
 from tuner._leaderboard import _BASE_COLUMNS
 from tuner.cli import main
@@ -64,35 +64,36 @@ def test_results_are_a_ray_tune_experiment(finished):
     assert set(df.columns) >= METRIC_KEYS
 
 
-def test_leaderboard_command_formats(finished, tmp_path):
+def test_leaderboard_command_formats(finished, tmp_path, capsys):
     _, storage, _ = finished
     base = ("leaderboard", "e2e", "--storage", str(storage))
-    as_json = run_tuner(*base, "--format", "json")
-    assert as_json.returncode == 0, as_json.stderr
-    rows = json.loads(as_json.stdout)
+    code, out, err = cli(capsys, *base, "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
-    top = run_tuner(*base, "--top", "2")
-    assert top.returncode == 0 and len(top.stdout.strip().splitlines()) == 3  # header + 2
-    md = run_tuner(*base, "--format", "markdown", "--top", "1")
-    assert md.stdout.startswith("| rank | trial_id | status |")
-    out = tmp_path / "board.parquet"
-    pq_run = run_tuner(*base, "--format", "parquet", "--output", str(out))
-    assert pq_run.returncode == 0, pq_run.stderr
-    table = pq.read_table(out)
+    code, out, _ = cli(capsys, *base, "--top", "2")
+    assert code == 0 and len(out.strip().splitlines()) == 3  # header + 2
+    _, out, _ = cli(capsys, *base, "--format", "markdown", "--top", "1")
+    assert out.startswith("| rank | trial_id | status |")
+    path = tmp_path / "board.parquet"
+    code, _, err = cli(capsys, *base, "--format", "parquet", "--output", str(path))
+    assert code == 0, err
+    table = pq.read_table(path)
     types = {f.name: f.type for f in table.schema}
     assert pa.types.is_float64(types["val_acc"]) and pa.types.is_int64(types["batch_size"])
     assert pa.types.is_boolean(types["stopped_early"])
     for column in ("trial_id", "status", "model", "checkpoint"):
         assert pa.types.is_string(types[column]) or pa.types.is_large_string(types[column])
-    assert pd.read_parquet(out)["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert pd.read_parquet(path)["rank"].tolist() == [1, 2, 3, 4, 5]
 
 
-def test_search_refuses_an_existing_name_and_suggests_resume(finished, small_flowers):
+def test_search_refuses_an_existing_name_and_suggests_resume(finished, small_flowers, capsys):
     _, storage, _ = finished
-    proc = run_search("smoke", small_flowers, storage, "e2e")
-    assert proc.returncode == 2
-    assert "already exists" in proc.stderr and "tuner resume e2e" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    args = ("--data", str(small_flowers), "--storage", str(storage), "--name", "e2e")
+    code, _, err = cli(capsys, "search", "--space", "smoke", *args)
+    assert code == 2
+    assert "already exists" in err and "tuner resume e2e" in err
+    assert "Traceback" not in err
 
 
 def test_default_space_without_cached_weights_exits_2_before_ray(tmp_path, small_flowers):

@@ -35,8 +35,8 @@ params:
   aug_strength: 0.0
 budget:
   num_samples: 2
-  max_epochs: 12
-  grace_period: 12
+  max_epochs: 6
+  grace_period: 6
   cpus_per_trial: 1
 """
 
@@ -136,7 +136,7 @@ def test_full_disk_and_read_only_storage_stop_cleanly_and_resume(small_flowers, 
     assert len(board) == 2 and (board["status"] == "completed").all(), board
     for result in out.glob("trial_*.result.json"):
         epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines() if line]
-        assert epochs.count(1) == 1 and max(epochs) == 12, (result.name, epochs)
+        assert epochs.count(1) == 1 and max(epochs) == 6, (result.name, epochs)
     assert RESERVE_FILE not in read(out, "final.ls")
 
 

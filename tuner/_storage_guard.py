@@ -82,7 +82,14 @@ def make_reserve(exp_dir: Path) -> None:
     path = exp_dir / RESERVE_FILE
     try:
         with open(path, "wb") as f:
-            os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+            try:
+                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                f.write(bytes(RESERVE_BYTES))  # a file system without fallocate
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as exc:
         path.unlink(missing_ok=True)
         free = shutil.disk_usage(exp_dir).free if exp_dir.is_dir() else 0

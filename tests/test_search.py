@@ -96,20 +96,17 @@ def test_search_refuses_an_existing_name_and_suggests_resume(finished, small_flo
     assert "Traceback" not in err
 
 
-def test_default_space_without_cached_weights_exits_2_before_ray(tmp_path, small_flowers):
-    proc = run_search(
-        "default",
-        small_flowers,
-        tmp_path / "r",
-        "now",
-        env={"TORCH_HOME": str(tmp_path / "torch")},
-        timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "resnet18-f37072fd.pth" in proc.stderr
-    assert str(tmp_path / "torch" / "hub" / "checkpoints") in proc.stderr
-    assert "--space lite" in proc.stderr and "pretrained: false" in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_default_space_without_cached_weights_exits_2_before_ray(
+    tmp_path, small_flowers, capsys, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    args = ("--data", str(small_flowers), "--storage", str(tmp_path / "r"), "--name", "now")
+    code, _, err = cli(capsys, "search", "--space", "default", *args)
+    assert code == 2, err
+    assert "resnet18-f37072fd.pth" in err
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert "--space lite" in err and "pretrained: false" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "r" / "now").exists()
 
 

@@ -62,30 +62,30 @@ def synthetic(tmp_path: Path) -> Path:
     return root
 
 
+def _exit_code(args: tuple[str, ...]) -> int:
+    """``tuner.cli.main(args)``'s exit code (argparse's own errors exit via SystemExit)."""
+    from tuner.cli import main
+
+    try:
+        return main(list(args))
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     """Run the CLI in this process, capturing its output (usable in any fixture scope)."""
     import contextlib
     import io
 
-    from tuner.cli import main
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(args))
-        except SystemExit as stop:
-            code = int(stop.code or 0)
+        code = _exit_code(args)
     return code, out.getvalue(), err.getvalue()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the CLI in this process (argparse's own errors exit via SystemExit)."""
-    from tuner.cli import main
-
-    try:
-        code = main(list(args))
-    except SystemExit as stop:
-        code = int(stop.code or 0)
+    """Run the CLI in this process; its output is read from ``capsys``."""
+    code = _exit_code(args)
     out, err = capsys.readouterr()
     return code, out, err
 

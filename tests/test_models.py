@@ -100,3 +100,26 @@ def test_cached_resnet_weights_are_used_through_torchvision(tmp_path, monkeypatc
     net = build_model("resnet18", num_classes=4, pretrained=True)
     assert torch.all(net.conv1.weight == 0.125)
     assert net.fc.out_features == 4
+
+
+@pytest.mark.parametrize("model", ["resnet18", "efficientnet_lite0"])
+def test_the_network_split_at_any_frozen_depth_computes_the_same_logits(model):
+    from trainables._models import STEM, frozen_output_part, run_parts
+
+    torch.manual_seed(0)
+    net = build_model(model, num_classes=3, pretrained=False, image_size=64)
+    x = torch.randn(4, 3, 64, 64)
+    for depth in range(1, 5):
+        frozen = freeze(net, model, depth)
+        set_train_mode(net, frozen)  # the trained part draws dropout masks: same seed, same masks
+        torch.manual_seed(1)
+        whole = net(x)
+        part = frozen_output_part(depth)
+        with torch.no_grad():
+            prefix = run_parts(net, model, x, STEM, part)
+        torch.manual_seed(1)
+        split = run_parts(net, model, prefix, part)
+        assert torch.allclose(whole, split, atol=1e-5), depth
+        assert prefix.dim() == (2 if depth == 4 else 4)
+    with pytest.raises(ValueError, match="depth"):
+        frozen_output_part(0)

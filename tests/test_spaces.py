@@ -18,7 +18,10 @@ def test_builtin_spaces_parse_into_ray_tune_distributions(name):
     assert isinstance(params["batch_size"], Categorical)
     assert isinstance(params["step_size"], Integer)
     assert isinstance(params["freeze_depth"], Integer)
-    assert isinstance(params["aug_strength"], Float)
+    if name == "lite":  # no augmentation, so frozen activations are computed once
+        assert params["aug_strength"] == 0.0
+    else:
+        assert isinstance(params["aug_strength"], Float)
     assert params["max_epochs"] == space.budget.max_epochs
     assert space.budget.num_samples >= 4
 

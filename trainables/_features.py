@@ -1,14 +1,28 @@
-"""Frozen features, computed once: when only the head trains and nothing is random.
+"""Frozen activations, computed once: what a frozen prefix of the network outputs.
 
-With ``freeze_depth = 4`` (every backbone stage frozen) and ``aug_strength = 0``
-(training photos are resized and centre-cropped like validation photos), the
-backbone maps every photo to the same feature vector in every epoch. The
-features are then computed once per trial and each epoch only runs the head;
-they are also kept on disk, keyed by model, weights, image size and the exact
-decoded photos, so the next trial with the same key loads them instead.
+With ``aug_strength = 0`` a training photo is resized and centre-cropped like a
+validation photo, so the frozen stem and stages (``freeze_depth = k``, BatchNorm
+in eval mode) map it to the same activations in every epoch. They are then
+computed once per trial, and each step runs only the stages that train:
+``freeze_depth = 4`` keeps the pooled features (only the head trains),
+``freeze_depth = 1..3`` the feature map of the last frozen stage. The cache is
+used when it fits in :data:`MAX_CACHE_BYTES` (default 1 GiB,
+``$TUNER_FEATURE_CACHE_MB``); otherwise the frozen stages simply run every step.
 
-The disk cache lives in ``$TUNER_CACHE/features`` (default
-``~/.cache/flower-tune/features``); set ``TUNER_FEATURE_CACHE=off`` to disable it.
+The activations are also kept on disk, keyed by model, weights, image size,
+depth and the exact decoded photos, so the next trial with the same key
+loads them instead. They live in ``$TUNER_CACHE/features`` (default
+``~/.cache/flower-tune/features``), which is kept under 4 GiB by removing
+the least recently used entries; ``TUNER_FEATURE_CACHE=off`` disables it.
+
+Example:
+    >>> from trainables import TrialConfig
+    >>> cache_part(TrialConfig(freeze_depth=3, aug_strength=0.0))  # stage 4, on stage 3 output
+    4
+    >>> cache_part(TrialConfig(freeze_depth=4, aug_strength=0.0))  # the head, on pooled features
+    6
+    >>> cache_part(TrialConfig(freeze_depth=3, aug_strength=0.2)) is None  # random crops: no
+    True
 """
 
 from __future__ import annotations
@@ -21,15 +35,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables._config import MAX_FREEZE_DEPTH, TrialConfig
+from trainables._config import TrialConfig
 from trainables._data import ImageCache
+from trainables._models import frozen_output_part
 
 _BATCH = 32  # Lite0 runs ~1.5x faster per image at 32 than at 128 on CPU
+_DISK_BUDGET_BYTES = 4 << 30
 
 
-def uses_feature_cache(cfg: TrialConfig) -> bool:
-    """True when every epoch would compute identical backbone features."""
-    return cfg.freeze_depth == MAX_FREEZE_DEPTH and cfg.aug_strength == 0.0
+def max_cache_bytes() -> int:
+    """How large one trial's activation cache may grow (``$TUNER_FEATURE_CACHE_MB``)."""
+    megabytes = os.environ.get("TUNER_FEATURE_CACHE_MB", "")
+    return int(float(megabytes) * (1 << 20)) if megabytes else 1 << 30
+
+
+def cache_part(cfg: TrialConfig) -> int | None:
+    """The first part of the network that still runs each step, or None (no cache).
+
+    Frozen activations repeat every epoch when nothing random happens before
+    them: ``aug_strength`` 0 and at least the stem and one stage frozen.
+    """
+    if cfg.aug_strength != 0.0 or cfg.freeze_depth == 0:
+        return None
+    return frozen_output_part(cfg.freeze_depth)
 
 
 def _cache_dir() -> Path | None:
@@ -40,9 +68,9 @@ def _cache_dir() -> Path | None:
 
 
 def feature_key(cfg: TrialConfig, data: ImageCache, weights: str) -> str:
-    """Identifies features: model, weights, image size and the decoded photos themselves."""
+    """Identifies activations: model, weights, image size, depth and the decoded photos."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{cfg.model}|{weights}|{cfg.image_size}|{data.size}|".encode())
+    h.update(f"{cfg.model}|{weights}|{cfg.image_size}|{cfg.freeze_depth}|{data.size}|".encode())
     for array in (data.train_x, data.val_x):
         h.update(np.ascontiguousarray(array).data)
     return h.hexdigest()
@@ -54,13 +82,14 @@ def cached_features(
     train_x: torch.Tensor,
     val_x: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) features from the disk cache, or computed in batches and stored."""
+    """(train, val) activations from the disk cache, or computed in batches and stored."""
     folder = _cache_dir() if key else None
     path = folder / f"{key}.pt" if folder else None
     if path is not None and path.is_file():
         try:
             stored = torch.load(path, weights_only=True)
             if stored["train"].shape[0] == len(train_x) and stored["val"].shape[0] == len(val_x):
+                os.utime(path)  # recently used: pruned last
                 return stored["train"], stored["val"]
         except Exception:  # a damaged cache entry is recomputed, never fatal
             pass
@@ -75,6 +104,26 @@ def cached_features(
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             torch.save({"train": train_f.cpu(), "val": val_f.cpu()}, tmp)
             os.replace(tmp, path)
+            prune(path.parent, _DISK_BUDGET_BYTES)
         except OSError:
             pass  # the cache is an optimisation; a read-only home must not fail a trial
     return train_f, val_f
+
+
+def prune(folder: Path, budget_bytes: int) -> list[Path]:
+    """Remove the least recently used entries until ``folder`` holds at most ``budget_bytes``."""
+    entries = []
+    for path in folder.glob("*.pt"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    entries.sort(reverse=True)  # newest first: kept
+    removed, total = [], 0
+    for _, size, path in entries:
+        total += size
+        if total > budget_bytes:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

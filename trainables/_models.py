@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables._config import ModelName
+from trainables._config import MAX_FREEZE_DEPTH, ModelName
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -177,19 +177,63 @@ def set_train_mode(net: nn.Module, frozen: list[nn.Module]) -> None:
         module.eval()
 
 
+# The network as a chain of parts: 0 stem, 1-4 the stages, 5 global pooling, 6 the head.
+STEM, POOL, HEAD = 0, 5, 6
+N_PARTS = 7
+
+
+def frozen_output_part(depth: int) -> int:
+    """The first part that runs on the output of a network frozen to ``depth``.
+
+    Depth 1-3: the next stage (it takes the frozen stage's feature map).
+    Depth 4 (every stage frozen): the head, on the pooled features, since
+    pooling has no parameters.
+    """
+    if not 1 <= depth <= MAX_FREEZE_DEPTH:
+        raise ValueError(f"depth must be in 1..{MAX_FREEZE_DEPTH}, got {depth}")
+    return HEAD if depth == MAX_FREEZE_DEPTH else depth + 1
+
+
+def run_parts(net: Any, model: ModelName, x: torch.Tensor, start: int, stop: int = N_PARTS) -> Any:
+    """Run parts ``start`` .. ``stop - 1`` of the network on ``x``.
+
+    ``run_parts(net, model, x, 0)`` equals ``net(x)``; splitting it at any
+    part gives the same result, so a frozen prefix can be computed once
+    and the rest run every step.
+    """
+    for part in range(start, stop):
+        x = _run_part(net, model, part, x)
+    return x
+
+
+def _run_part(net: Any, model: ModelName, part: int, x: Any) -> Any:
+    if part == POOL:
+        pool = net._avg_pooling if model == "efficientnet_lite0" else net.avgpool
+        return torch.flatten(pool(x), 1)
+    if model == "efficientnet_lite0":
+        if part == STEM:
+            return net._swish(net._bn0(net._conv_stem(x)))
+        if part == HEAD:
+            return net._fc(net._dropout(x))
+        n_blocks = len(net._blocks)
+        rate = net._global_params.drop_connect_rate or 0.0
+        for i in _LITE0_STAGES[part - 1]:  # stochastic depth grows with the block index
+            x = net._blocks[i](x, drop_connect_rate=rate * i / n_blocks)
+        if part == MAX_FREEZE_DEPTH:
+            x = net._swish(net._bn1(net._conv_head(x)))
+        return x
+    if part == STEM:
+        return net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    if part == HEAD:
+        return net.fc(x)
+    return getattr(net, f"layer{part}")(x)
+
+
 def trunk_features(net: Any, model: ModelName, x: torch.Tensor) -> Any:
     """Pooled features the head sees: everything but the final linear layer (and dropout)."""
-    if model == "efficientnet_lite0":
-        return torch.flatten(net._avg_pooling(net.extract_features(x)), 1)
-    for layer in (net.conv1, net.bn1, net.relu, net.maxpool):
-        x = layer(x)
-    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
-        x = stage(x)
-    return torch.flatten(net.avgpool(x), 1)
+    return run_parts(net, model, x, STEM, HEAD)
 
 
 def head_logits(net: Any, model: ModelName, features: torch.Tensor) -> Any:
     """The classification head applied to :func:`trunk_features`."""
-    if model == "efficientnet_lite0":
-        return net._fc(net._dropout(features))
-    return net.fc(features)
+    return run_parts(net, model, features, HEAD)

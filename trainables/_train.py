@@ -33,15 +33,15 @@ from trainables._augment import apply_batch, build_transform, eval_transform, no
 from trainables._checkpoint import load_state, save_state
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
-from trainables._features import cached_features, feature_key, uses_feature_cache
+from trainables._features import cache_part, cached_features, feature_key, max_cache_bytes
 from trainables._models import (
+    STEM,
     build_model,
     freeze,
-    head_logits,
     normalization,
     pretrained_weights_file,
+    run_parts,
     set_train_mode,
-    trunk_features,
 )
 
 # How often (in steps) the loss is checked for NaN/inf during an epoch.
@@ -105,6 +105,11 @@ def _view(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Feature maps in channels-last order (pooled features pass unchanged)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def _make_optimizer(cfg: TrialConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -186,22 +191,33 @@ def fit(
 
     batch_of: Callable[[torch.Tensor], torch.Tensor]
     forward: Callable[[torch.Tensor], torch.Tensor]
-    if uses_feature_cache(cfg):
-        # Only the head trains and nothing is random: backbone features once, head per epoch.
-        def trunk(images: torch.Tensor) -> torch.Tensor:
-            with autocast():
-                return trunk_features(model, cfg.model, to_input(images))
+    part = cache_part(cfg)
+    if part is not None:
+        model.eval()  # frozen modules stay in eval mode for training too
+        with torch.no_grad(), autocast():
+            probe = run_parts(model, cfg.model, to_input(val_x[:1]), STEM, part)
+        if probe.numel() * 4 * (len(train_y) + len(val_y)) > max_cache_bytes():
+            part = None
+    if part is not None:
+        # Nothing random before the first training part: frozen activations once per trial.
+        cut = part
 
-        model.eval()
+        def frozen_prefix(images: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                out: torch.Tensor = run_parts(model, cfg.model, to_input(images), STEM, cut)
+            return out
+
         weights = pretrained_weights_file(cfg.model).name if cfg.pretrained else None
         key = feature_key(cfg, data, weights) if weights else None
         train_inputs, val_inputs = cached_features(
-            key, trunk, eval_transform(cfg.image_size)(train_x), val_x
+            key, frozen_prefix, eval_transform(cfg.image_size)(train_x), val_x
         )
         batch_of = _identity
 
-        def forward(features: torch.Tensor) -> torch.Tensor:
-            return head_logits(model, cfg.model, features).float()
+        def forward(activations: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                out: torch.Tensor = run_parts(model, cfg.model, _channels_last(activations), cut)
+            return out.float()
 
     else:
         augment = build_transform(cfg.image_size, cfg.aug_strength)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,14 @@ FLOWERS = Path(os.environ.get("TUNER_TEST_FLOWERS", ROOT.parent / "shared" / "da
 _SHARED_FIXTURES = {"finished": "e2e", "cluster": "cluster", "gpu_node": "gpu_node"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)  # the part before `yield` runs before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     for item in items:
         for fixture, group in _SHARED_FIXTURES.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(group))
                 break
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """End to end, as a user runs it: `python -m tuner ...` over real photos with real Ray Tune."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -49,6 +50,10 @@ def test_leaderboard_ranks_every_trial_and_asha_stopped_some(finished):
     # The best checkpoint exists and holds the epoch the leaderboard names.
     state = torch.load(f"{best['checkpoint']}/checkpoint.pt", weights_only=True)
     assert state["epoch"] == board.loc[0, "best_epoch"]
+    # At the end each trial keeps its two best checkpoints and its latest, no more.
+    for trial_dir in exp.glob("trial_*"):
+        assert 1 <= len(list(trial_dir.glob("checkpoint_*"))) <= 3, trial_dir
+    assert all(Path(path).is_dir() for path in board["checkpoint"])
     # The seeded classic point was tried first, as given.
     first = pd.read_csv(exp / "leaderboard.csv").sort_values("trial_id")
     assert ((first["lr"] == 1e-2) & (first["freeze_depth"] == 3)).any()

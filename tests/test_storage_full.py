@@ -43,7 +43,7 @@ budget:
 # Runs as root of a private user + mount namespace; every step's output goes to $OUT.
 SCENARIO = r"""
 set -u
-mount -t tmpfs -o size=160m tmpfs "$STORE"
+mount -t tmpfs -o size=224m tmpfs "$STORE"
 tuner() { "$PY" -m tuner "$@"; }
 first_checkpoint() {
   while ! ls -d "$STORE"/exp/trial_*/checkpoint_* >/dev/null 2>&1; do

@@ -35,6 +35,7 @@ from tuner._cluster import check_storage_reachable, local_resources, start_ray
 from tuner._datacheck import describe
 from tuner._errors import UsageError
 from tuner._leaderboard import best_config, build_leaderboard, write_leaderboard
+from tuner._pruning import CheckpointPruner
 from tuner._spaces import Budget, SearchSpace, parse_space
 from tuner._storage_guard import StorageGuard, make_reserve, release_reserve, tripped
 from tuner._study import make_searcher
@@ -208,11 +209,13 @@ def _run_config(req_name: str, storage: str, space: SearchSpace) -> Any:
     from ray import tune
 
     return tune.RunConfig(
-        callbacks=[StorageGuard(experiment_dir(storage, req_name))],
+        callbacks=[StorageGuard(experiment_dir(storage, req_name)), CheckpointPruner()],
         name=req_name,
         storage_path=storage,
+        # Every checkpoint is registered; CheckpointPruner deletes old ones once no saved
+        # experiment state can point at them (Ray's num_to_keep deletes them too early).
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
+            checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
         ),
         failure_config=tune.FailureConfig(max_failures=2),
         progress_reporter=_reporter(space),

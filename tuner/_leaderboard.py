@@ -123,11 +123,11 @@ def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, A
 
 
 def _kept_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
-    """(epoch, val_acc, folder) of every checkpoint Ray still keeps for ``trial``."""
+    """(epoch, val_acc, folder) of every checkpoint of ``trial`` still on storage."""
     kept = []
     for result in trial.run_metadata.checkpoint_manager.best_checkpoint_results:
         metrics = result.metrics
-        if "epoch" in metrics and "val_acc" in metrics:
+        if "epoch" in metrics and "val_acc" in metrics and Path(result.checkpoint.path).is_dir():
             kept.append((int(metrics["epoch"]), float(metrics["val_acc"]), result.checkpoint.path))
     return kept
 

@@ -1,0 +1,65 @@
+"""Old checkpoints go only once no saved experiment state can still point at them."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from tuner._pruning import CheckpointPruner
+
+
+class FakeTrial:
+    """The parts of a Ray Tune trial the pruner reads: its checkpoint manager's view."""
+
+    def __init__(self, folder: Path, trial_id: str = "t1") -> None:
+        self.trial_id, self.folder, self.results = trial_id, folder, []
+        self.run_metadata = SimpleNamespace(checkpoint_manager=self)
+
+    def report(self, val_acc: float) -> None:
+        path = self.folder / f"checkpoint_{len(self.results):06d}"
+        path.mkdir(parents=True)
+        self.results.append(
+            SimpleNamespace(
+                checkpoint=SimpleNamespace(path=str(path)),
+                metrics={"val_acc": val_acc, "epoch": len(self.results) + 1},
+            )
+        )
+
+    @property
+    def best_checkpoint_results(self):
+        return list(self.results)
+
+    @property
+    def latest_checkpoint_result(self):
+        return self.results[-1] if self.results else None
+
+    def on_disk(self) -> list[int]:
+        return sorted(int(p.name[-6:]) for p in self.folder.glob("checkpoint_*"))
+
+
+def test_a_checkpoint_goes_only_two_state_saves_after_it_stopped_being_the_latest(tmp_path):
+    trial, pruner = FakeTrial(tmp_path / "trial_t1"), CheckpointPruner()
+    pruner.on_step_begin(0, [trial])
+    for acc in (0.9, 0.5, 0.6):  # epoch 1 is the best
+        trial.report(acc)
+    assert pruner.get_state() is None  # save 1: latest is #2
+    assert trial.on_disk() == [0, 1, 2]
+    trial.report(0.7)
+    trial.report(0.4)
+    pruner.get_state()  # save 2: latest #4; save 1 (latest #2) completed, so #1 may go
+    assert trial.on_disk() == [0, 2, 3, 4]
+    trial.report(0.3)
+    pruner.get_state()  # save 3: below save 2's latest (#4), all but the best two go
+    assert trial.on_disk() == [0, 3, 4, 5]
+    trial.report(0.2)
+    pruner.on_experiment_end([trial])  # the end: best two and the latest
+    assert trial.on_disk() == [0, 3, 6]
+
+
+def test_after_resume_what_the_restored_state_names_as_latest_stays(tmp_path):
+    trial = FakeTrial(tmp_path / "trial_t1")
+    for acc in (0.9, 0.8, 0.5, 0.4, 0.3):  # restored with five checkpoints, #4 the latest
+        trial.report(acc)
+    pruner = CheckpointPruner()
+    pruner.on_step_begin(0, [trial])
+    trial.report(0.2)
+    pruner.get_state()  # the restored state is a completed save: below #4 may go
+    assert trial.on_disk() == [0, 1, 4, 5]

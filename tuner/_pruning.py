@@ -1,0 +1,100 @@
+"""Delete old trial checkpoints only once no saved experiment state points at them.
+
+Ray Tune's ``CheckpointConfig(num_to_keep=K)`` deletes a trial's older
+checkpoints as soon as a newer one arrives, while the experiment state it
+saves every few seconds may still name one of them as the trial's latest. A
+driver killed in between leaves a state that cannot be resumed ("Could not
+recover from checkpoint as it does not exist on storage anymore",
+ray-project/ray#27790). So Ray keeps every checkpoint, and
+:class:`CheckpointPruner` deletes them later: a checkpoint goes once it is
+older than what the trial's latest checkpoint was two experiment-state saves
+ago (the save being written now may not complete; the one before it did;
+after ``resume`` the state it restored counts as the first) and it is not one
+of the trial's :data:`KEEP_BEST` best by val_acc. When the search ends,
+everything but the best and the latest goes.
+
+Example:
+    >>> pruner = CheckpointPruner()
+    >>> pruner.get_state() is None  # nothing for Ray to store
+    True
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+KEEP_BEST = 2
+_INDEX = re.compile(r"checkpoint_(\d+)$")
+
+
+def _index(path: str) -> int:
+    match = _INDEX.search(path.rstrip("/"))
+    return int(match.group(1)) if match else -1
+
+
+def prunable(
+    checkpoints: list[tuple[str, float, int]], safe_below: int, keep_best: int = KEEP_BEST
+) -> list[str]:
+    """Paths to delete among ``(path, val_acc, epoch)``: index below ``safe_below``, not best.
+
+    >>> prunable([("t/checkpoint_000000", 0.9, 1), ("t/checkpoint_000001", 0.8, 2),
+    ...           ("t/checkpoint_000002", 0.7, 3), ("t/checkpoint_000003", 0.6, 4)], 3)
+    ['t/checkpoint_000002']
+    """
+    best = sorted(checkpoints, key=lambda c: (c[1], c[2]), reverse=True)[:keep_best]
+    keep = {path for path, _, _ in best}
+    return [p for p, _, _ in checkpoints if p not in keep and _index(p) < safe_below]
+
+
+def _tracked(trial: Any) -> list[tuple[str, float, int]]:
+    manager = trial.run_metadata.checkpoint_manager
+    out = []
+    for result in manager.best_checkpoint_results:
+        metrics = result.metrics
+        if "val_acc" in metrics and "epoch" in metrics:
+            out.append((result.checkpoint.path, float(metrics["val_acc"]), int(metrics["epoch"])))
+    return out
+
+
+def _latest_index(trial: Any) -> int:
+    latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+    return _index(latest.checkpoint.path) if latest is not None else -1
+
+
+class CheckpointPruner(tune.Callback):
+    """Keeps each trial's best checkpoints and the ones a saved state may still need."""
+
+    def __init__(self) -> None:
+        self._trials: list[Any] = []
+        # trial_id -> latest checkpoint index at the last two experiment-state saves.
+        self._saved: list[dict[str, int]] = []
+        self._deleted: set[str] = set()
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if not self._saved:
+            # The state this run started from (restored by `resume`, or empty) is a
+            # completed save: what it names as latest, and anything newer, stays.
+            self._saved = [{t.trial_id: _latest_index(t) for t in trials}]
+        self._trials = trials
+
+    def get_state(self) -> dict[str, Any] | None:
+        """Called by Tune each time it saves the experiment state: prune, store nothing."""
+        self._saved = [*self._saved[-1:], {t.trial_id: _latest_index(t) for t in self._trials}]
+        for trial in self._trials:
+            self._prune(trial, self._saved[0].get(trial.trial_id, -1))
+        return None
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        for trial in trials:
+            self._prune(trial, _latest_index(trial))
+
+    def _prune(self, trial: Any, safe_below: int) -> None:
+        for path in prunable(_tracked(trial), safe_below):
+            if path not in self._deleted:
+                shutil.rmtree(Path(path), ignore_errors=True)
+                self._deleted.add(path)

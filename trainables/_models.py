@@ -12,7 +12,7 @@ prefix of the network, its activations carry no autograd graph.
 
 Example:
     >>> model = build_model("resnet18", num_classes=5, pretrained=False)
-    >>> freeze(model, "resnet18", depth=4)
+    >>> frozen = freeze(model, "resnet18", depth=4)
     >>> sorted({n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad})
     ['fc']
 """
@@ -227,13 +227,3 @@ def _run_part(net: Any, model: ModelName, part: int, x: Any) -> Any:
     if part == HEAD:
         return net.fc(x)
     return getattr(net, f"layer{part}")(x)
-
-
-def trunk_features(net: Any, model: ModelName, x: torch.Tensor) -> Any:
-    """Pooled features the head sees: everything but the final linear layer (and dropout)."""
-    return run_parts(net, model, x, STEM, HEAD)
-
-
-def head_logits(net: Any, model: ModelName, features: torch.Tensor) -> Any:
-    """The classification head applied to :func:`trunk_features`."""
-    return run_parts(net, model, features, HEAD)

@@ -111,7 +111,7 @@ def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, A
         if not valid.empty:
             top = float(valid["val_acc"].max())
             # The checkpoint Ray kept for a best epoch; among tied epochs, the latest.
-            tied = [(epoch, path) for epoch, acc, path in _kept_checkpoints(trial) if acc == top]
+            tied = [(epoch, path) for epoch, acc, path in kept_checkpoints(trial) if acc == top]
             epoch, path = (
                 max(tied) if tied else (int(valid.loc[valid["val_acc"] == top, "epoch"].max()), "")
             )
@@ -122,7 +122,7 @@ def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, A
     return row
 
 
-def _kept_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
+def kept_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
     """(epoch, val_acc, folder) of every checkpoint of ``trial`` still on storage."""
     kept = []
     for result in trial.run_metadata.checkpoint_manager.best_checkpoint_results:

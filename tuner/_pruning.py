@@ -28,6 +28,8 @@ from typing import Any
 
 from ray import tune
 
+from tuner._leaderboard import kept_checkpoints
+
 KEEP_BEST = 2
 _INDEX = re.compile(r"checkpoint_(\d+)$")
 
@@ -38,27 +40,17 @@ def _index(path: str) -> int:
 
 
 def prunable(
-    checkpoints: list[tuple[str, float, int]], safe_below: int, keep_best: int = KEEP_BEST
+    checkpoints: list[tuple[int, float, str]], safe_below: int, keep_best: int = KEEP_BEST
 ) -> list[str]:
-    """Paths to delete among ``(path, val_acc, epoch)``: index below ``safe_below``, not best.
+    """Paths to delete among ``(epoch, val_acc, path)``: index below ``safe_below``, not best.
 
-    >>> prunable([("t/checkpoint_000000", 0.9, 1), ("t/checkpoint_000001", 0.8, 2),
-    ...           ("t/checkpoint_000002", 0.7, 3), ("t/checkpoint_000003", 0.6, 4)], 3)
+    >>> prunable([(1, 0.9, "t/checkpoint_000000"), (2, 0.8, "t/checkpoint_000001"),
+    ...           (3, 0.7, "t/checkpoint_000002"), (4, 0.6, "t/checkpoint_000003")], 3)
     ['t/checkpoint_000002']
     """
-    best = sorted(checkpoints, key=lambda c: (c[1], c[2]), reverse=True)[:keep_best]
-    keep = {path for path, _, _ in best}
-    return [p for p, _, _ in checkpoints if p not in keep and _index(p) < safe_below]
-
-
-def _tracked(trial: Any) -> list[tuple[str, float, int]]:
-    manager = trial.run_metadata.checkpoint_manager
-    out = []
-    for result in manager.best_checkpoint_results:
-        metrics = result.metrics
-        if "val_acc" in metrics and "epoch" in metrics:
-            out.append((result.checkpoint.path, float(metrics["val_acc"]), int(metrics["epoch"])))
-    return out
+    best = sorted(checkpoints, key=lambda c: (c[1], c[0]), reverse=True)[:keep_best]
+    keep = {path for _, _, path in best}
+    return [p for _, _, p in checkpoints if p not in keep and _index(p) < safe_below]
 
 
 def _latest_index(trial: Any) -> int:
@@ -73,7 +65,6 @@ class CheckpointPruner(tune.Callback):
         self._trials: list[Any] = []
         # trial_id -> latest checkpoint index at the last two experiment-state saves.
         self._saved: list[dict[str, int]] = []
-        self._deleted: set[str] = set()
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if not self._saved:
@@ -94,7 +85,5 @@ class CheckpointPruner(tune.Callback):
             self._prune(trial, _latest_index(trial))
 
     def _prune(self, trial: Any, safe_below: int) -> None:
-        for path in prunable(_tracked(trial), safe_below):
-            if path not in self._deleted:
-                shutil.rmtree(Path(path), ignore_errors=True)
-                self._deleted.add(path)
+        for path in prunable(kept_checkpoints(trial), safe_below):
+            shutil.rmtree(Path(path), ignore_errors=True)

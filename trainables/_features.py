@@ -6,7 +6,7 @@ in eval mode) map it to the same activations in every epoch. They are then
 computed once per trial, and each step runs only the stages that train:
 ``freeze_depth = 4`` keeps the pooled features (only the head trains),
 ``freeze_depth = 1..3`` the feature map of the last frozen stage. The cache is
-used when it fits in :data:`MAX_CACHE_BYTES` (default 1 GiB,
+used when it fits in :func:`max_cache_bytes` (default 1 GiB,
 ``$TUNER_FEATURE_CACHE_MB``); otherwise the frozen stages simply run every step.
 
 The activations are also kept on disk, keyed by model, weights, image size,
@@ -47,6 +47,11 @@ def max_cache_bytes() -> int:
     """How large one trial's activation cache may grow (``$TUNER_FEATURE_CACHE_MB``)."""
     megabytes = os.environ.get("TUNER_FEATURE_CACHE_MB", "")
     return int(float(megabytes) * (1 << 20)) if megabytes else 1 << 30
+
+
+def cache_fits(floats_per_photo: int, photos: int) -> bool:
+    """Whether ``photos`` activations of ``floats_per_photo`` fp32 values fit the limit."""
+    return floats_per_photo * 4 * photos <= max_cache_bytes()
 
 
 def cache_part(cfg: TrialConfig) -> int | None:

@@ -33,7 +33,7 @@ from trainables._augment import apply_batch, build_transform, eval_transform, no
 from trainables._checkpoint import load_state, save_state
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
-from trainables._features import cache_part, cached_features, feature_key, max_cache_bytes
+from trainables._features import cache_fits, cache_part, cached_features, feature_key
 from trainables._models import (
     STEM,
     build_model,
@@ -196,7 +196,7 @@ def fit(
         model.eval()  # frozen modules stay in eval mode for training too
         with torch.no_grad(), autocast():
             probe = run_parts(model, cfg.model, to_input(val_x[:1]), STEM, part)
-        if probe.numel() * 4 * (len(train_y) + len(val_y)) > max_cache_bytes():
+        if not cache_fits(probe.numel(), len(train_y) + len(val_y)):
             part = None
     if part is not None:
         # Nothing random before the first training part: frozen activations once per trial.

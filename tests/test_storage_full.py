@@ -68,7 +68,8 @@ n=$(cat "$STORE"/exp/trial_*/result.json | wc -l)
 while [ "$(cat "$STORE"/exp/trial_*/result.json | wc -l)" -le "$n" ]; do
   kill -0 $pid 2>/dev/null || break; sleep 0.5
 done
-mount -o remount,ro "$STORE"
+# A file being written at that instant makes the remount fail with "busy": try again.
+for _ in $(seq 50); do mount -o remount,ro "$STORE" 2>/dev/null && break; sleep 0.1; done
 wait $pid; echo $? >"$OUT/resume1.rc"
 
 # 3. Still read-only: refused before Ray starts.

@@ -271,6 +271,27 @@ def test_bad_input_from_a_real_process_has_no_traceback(small_flowers, tmp_path)
     assert proc.stderr.startswith("tuner search: error: cpus-per-trial 64 exceeds")
 
 
+PROBE_USAGE_ERROR = """
+import sys
+from tuner.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as stop:
+    print(stop.code, sorted(m for m in ("torch", "ray", "optuna", "pandas") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["search"], ["search", "--space", "x", "--seed", "y"]]
+)
+def test_help_and_usage_errors_answer_without_loading_the_heavy_libraries(args):
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE_USAGE_ERROR, *args], capture_output=True, text=True
+    )
+    assert proc.stdout.splitlines()[-1] == ("0 []" if args == ["--help"] else "2 []"), proc
+    assert "Traceback" not in proc.stderr
+
+
 def test_unwritable_storage_exits_2(small_flowers, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -114,6 +114,17 @@ def with_checkpoint(exp: Path) -> set[str]:
     return {p.parent.name.removeprefix("trial_") for p in exp.glob("trial_*/checkpoint_*")}
 
 
+def saved_with_checkpoint(exp: Path) -> set[str]:
+    """Trials with a checkpoint that the driver has saved results of.
+
+    A worker writes its checkpoint before the driver hears of it; the driver copies
+    the trials' results to storage right after saving the experiment state, so a
+    trial with results there is known, checkpoint included, to a resume or a retry.
+    """
+    epochs = epochs_by_trial(exp)
+    return {t for t in with_checkpoint(exp) if epochs.get(t)}
+
+
 def test_killed_workers_and_a_kill_9_of_the_driver_lose_no_finished_epoch(small_flowers, tmp_path):
     """Trial workers killed mid-training are retried from their checkpoints; then the
     whole driver is killed -9 and `resume` continues from the checkpoints, with the
@@ -123,18 +134,21 @@ def test_killed_workers_and_a_kill_9_of_the_driver_lose_no_finished_epoch(small_
     exp = storage / "k9"
     proc = start_search(space, small_flowers, storage, "k9")
     try:
-        wait_for(lambda: checkpointed(exp, 1), 240, "a checkpoint")
-        retried = with_checkpoint(exp)
+        wait_for(lambda: saved_with_checkpoint(exp), 240, "a checkpoint")
+        retried = saved_with_checkpoint(exp)
         workers = [p for p in descendants(proc.pid) if "ImplicitFunc" in command_line(p)]
         assert workers, "no trial worker process found"
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: checkpointed(exp, 3), 240, "checkpoints after the retries")
-        time.sleep(3)  # past the experiment-state save period
+        wait_for(
+            lambda: checkpointed(exp, 3) and saved_with_checkpoint(exp) == with_checkpoint(exp),
+            240,
+            "saved checkpoints after the retries",
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    had_checkpoint = with_checkpoint(exp)
+    had_checkpoint = saved_with_checkpoint(exp)  # not one written after the last save
     before = epochs_by_trial(exp)
 
     resumed = run_tuner("resume", "k9", "--storage", str(storage), timeout=400)

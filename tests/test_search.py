@@ -69,6 +69,17 @@ def test_results_are_a_ray_tune_experiment(finished):
     assert set(df.columns) >= METRIC_KEYS
 
 
+def test_later_trials_run_in_the_worker_processes_of_ended_ones(finished):
+    _, _, exp = finished
+    pids = {
+        json.loads(line)["pid"]
+        for result in exp.glob("trial_*/result.json")
+        for line in result.read_text().splitlines()
+        if line.strip()
+    }
+    assert len(pids) < 5, pids  # 5 trials, at most 2 at a time: no new process per trial
+
+
 def test_leaderboard_command_formats(finished, tmp_path, capsys):
     _, storage, _ = finished
     base = ("leaderboard", "e2e", "--storage", str(storage))

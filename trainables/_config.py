@@ -12,7 +12,7 @@ Example:
     >>> TrialConfig.from_dict({"lr": -1})
     Traceback (most recent call last):
     ...
-    trainables._config.ConfigError: lr must be > 0, got -1
+    trainables._config.ConfigError: lr must be > 0, got -1.0
 """
 
 from __future__ import annotations

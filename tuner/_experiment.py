@@ -278,6 +278,9 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             time_budget_s=budget.time_budget_s,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
+            # A new trial starts in the worker process of one that ended: no new
+            # process, no second torch import (5 trials at 32 px: 68 s -> 40 s).
+            reuse_actors=True,
         ),
         run_config=_run_config(req.name, req.storage, req.space),
     )

@@ -23,7 +23,7 @@ Example:
     >>> space.name, space.budget.num_samples >= 4
     ('smoke', True)
     >>> sorted(space.searched)[:2]
-    ['aug_strength', 'freeze_depth']
+    ['aug_strength', 'batch_size']
 """
 
 from __future__ import annotations

@@ -349,14 +349,23 @@ _COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _is_bad_input(exc: Exception) -> bool:
+    """Whether ``exc`` is the user's mistake (exit 2) rather than a failure."""
+    if isinstance(exc, UsageError):
+        return True
+    # Imported only now: `tuner --help` and usage errors never load torch.
     from trainables import CheckpointError, ConfigError, DataError, WeightsUnavailableError
 
-    bad_input = (UsageError, ConfigError, DataError, CheckpointError, WeightsUnavailableError)
+    return isinstance(exc, (ConfigError, DataError, CheckpointError, WeightsUnavailableError))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except bad_input as exc:
+    except Exception as exc:
+        if not _is_bad_input(exc):
+            raise
         print(f"tuner {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -27,6 +27,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(group))
                 break
+    # Real searches first: xdist hands out tests in this order, so a minutes-long
+    # one started last would leave the other worker idle at the end.
+    items.sort(
+        key=lambda item: (
+            not any(item.iter_markers("slow")) and not any(item.iter_markers("xdist_group"))
+        )
+    )
     yield
 
 

@@ -121,6 +121,7 @@ SALTED_SPACE = (
 )
 
 
+@pytest.mark.slow
 def test_a_salted_search_with_diverging_trials_completes_and_skips_exactly_the_bad_files(
     salted, tmp_path
 ):

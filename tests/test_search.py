@@ -126,6 +126,7 @@ def test_default_space_without_cached_weights_exits_2_before_ray(
     assert not (tmp_path / "r" / "now").exists()
 
 
+@pytest.mark.slow
 def test_default_space_runs_with_weights_in_torch_home(tmp_path, small_flowers):
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)

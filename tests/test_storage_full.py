@@ -67,12 +67,13 @@ rm -f "$STORE/filler"
 tuner resume exp --storage "$STORE" >"$OUT/resume1.log" 2>&1 &
 pid=$!
 trials='^ray::ImplicitFunc'  # the trial actors (not this script, which names them)
-until pgrep -f "$trials" >/dev/null; do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
-pgrep -af "$trials" >"$OUT/trials.ps"
+ours="--ns $$ --nslist user"     # in this namespace: not another test's trials
+until pgrep $ours -f "$trials" >/dev/null; do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+pgrep $ours -af "$trials" >"$OUT/trials.ps"
 for _ in $(seq 100); do
-  pkill -STOP -f "$trials"
+  pkill $ours -STOP -f "$trials"
   mount -o remount,ro "$STORE" 2>>"$OUT/remount.err"; ro=$?
-  pkill -CONT -f "$trials"
+  pkill $ours -CONT -f "$trials"
   [ $ro -eq 0 ] && break; sleep 0.1
 done
 echo $ro >"$OUT/remount.rc"

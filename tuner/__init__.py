@@ -2,7 +2,7 @@
 
 The command line (``python -m tuner``) is a thin layer over these functions. They
 are imported on first use, so ``tuner --help`` and a mistyped option answer at once
-instead of after importing Ray and torch (about 12 s on a 2-core machine):
+instead of after importing Ray and torch (seconds on a 2-core machine):
 
 >>> import tuner
 >>> tuner.available_spaces()[:2]

@@ -315,8 +315,33 @@ def _machine_busy_s() -> float:
 
 
 def _own_cpu_s() -> float:
+    """CPU-seconds of this process, its waited-for children and its live descendants
+    (DataLoader workers, for example)."""
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return t.user + t.system + t.children_user + t.children_system + _live_descendants_cpu_s()
+
+
+def _live_descendants_cpu_s() -> float:
+    parent_of: dict[int, int] = {}
+    cpu_of: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent_of[int(entry)] = int(fields[1])
+        cpu_of[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    me, total = os.getpid(), 0.0
+    for pid, cpu in cpu_of.items():
+        ancestor = parent_of.get(pid)
+        while ancestor is not None and ancestor not in (me, 0, 1):
+            ancestor = parent_of.get(ancestor)
+        if ancestor == me:
+            total += cpu
+    return total
 
 
 def check_data(path: Path) -> Path:

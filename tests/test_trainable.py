@@ -6,9 +6,20 @@ import pytest
 import torch
 from conftest import METRIC_KEYS
 
-from trainables import TrialConfig, fit, load_state, prepare_data, scan_folder
+import trainables._inputs as inputs_module
+from trainables import (
+    TrialConfig,
+    build_inputs,
+    build_model,
+    choose_precision,
+    fit,
+    freeze,
+    load_state,
+    prepare_data,
+    scan_folder,
+)
 from trainables._data import cache_size_for
-from trainables._features import cache_part, prune
+from trainables._features import AUGMENTED_VIEWS, cache_part, prune, views_for
 
 
 @pytest.fixture
@@ -119,7 +130,7 @@ def test_frozen_activations_are_computed_once_and_train_like_the_full_network(
         }
     )
     assert cache_part(cfg) == (6 if depth == 4 else depth + 1)
-    assert cache_part(cfg.replace(aug_strength=0.1)) is None
+    assert views_for(cfg) == 0 and views_for(cfg.replace(aug_strength=0.1)) == AUGMENTED_VIEWS
     assert cache_part(cfg.replace(freeze_depth=0)) is None
 
     cached = run(cfg, cache)
@@ -128,9 +139,7 @@ def test_frozen_activations_are_computed_once_and_train_like_the_full_network(
     assert len(stored) == int(cfg.pretrained)
     again = run(cfg, cache)  # loads the stored activations, or computes them again
     # The same training through the whole network every epoch gives the same result.
-    import trainables._train as train_module
-
-    monkeypatch.setattr(train_module, "cache_part", lambda cfg: None)
+    monkeypatch.setattr(inputs_module, "cache_part", lambda cfg: None)
     full = run(cfg, cache)
     # (Up to float rounding: the frozen pass runs in other batch sizes.)
     for a, b, c in zip(cached, again, full, strict=True):
@@ -145,13 +154,11 @@ def test_frozen_activations_are_computed_once_and_train_like_the_full_network(
 
 
 def test_activations_over_the_size_limit_are_not_cached(cache, tmp_path, monkeypatch):
-    import trainables._train as train_module
-
     monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
     monkeypatch.delenv("TUNER_FEATURE_CACHE", raising=False)
     calls = []
-    real = train_module.cached_features
-    monkeypatch.setattr(train_module, "cached_features", lambda *a: calls.append(1) or real(*a))
+    real = inputs_module.cached_features
+    monkeypatch.setattr(inputs_module, "cached_features", lambda *a: calls.append(1) or real(*a))
     cfg = TrialConfig.from_dict(
         {**CFG, "model": "efficientnet_lite0", "freeze_depth": 1, "aug_strength": 0.0}
     )
@@ -173,3 +180,74 @@ def test_disk_cache_keeps_the_most_recently_used_entries(tmp_path):
     removed = prune(tmp_path, budget_bytes=2500)
     assert [p.name for p in removed] == ["old.pt"]
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["mid.pt", "new.pt"]
+
+
+def prepared(cfg, data, device):
+    """The trial's inputs as ``fit`` would prepare them on ``device``."""
+    model = build_model(cfg.model, len(data.classes), cfg.pretrained, cfg.image_size)
+    freeze(model, cfg.model, cfg.freeze_depth)
+    precision = choose_precision(cfg.precision, torch.device(device), cfg.model)
+    return build_inputs(cfg, data, model.to(device), precision)
+
+
+LITE = {**CFG, "model": "efficientnet_lite0", "pretrained": True, "optimizer": "adam", "lr": 1e-3}
+
+
+def test_augmented_trials_train_on_cached_views_one_drawn_per_photo(cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
+    monkeypatch.delenv("TUNER_FEATURE_CACHE", raising=False)
+    cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 3, "aug_strength": 0.5, "max_epochs": 2})
+    inputs = prepared(cfg, cache, "cpu")
+    n = len(cache.train_y)
+    assert inputs.kind == "views" and inputs.start == cache_part(cfg)
+    assert inputs.train.shape[:2] == (AUGMENTED_VIEWS, n) and inputs.train.dtype == torch.float16
+    # Different augmented views, not one view four times.
+    assert not torch.equal(inputs.train[0], inputs.train[1])
+    # An epoch's batch draws one view per photo, seeded: the same draw twice, others differ.
+    idx = torch.arange(n)
+    a, labels = inputs.train_batch(idx, torch.Generator().manual_seed(1))
+    b, _ = inputs.train_batch(idx, torch.Generator().manual_seed(1))
+    c, _ = inputs.train_batch(idx, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(labels, torch.from_numpy(cache.train_y))
+    assert a.dtype == torch.float32
+    reports = run(cfg, cache)
+    assert [m["epoch"] for m, _ in reports] == [1, 2]
+    # Stored once on disk (views and plain crops under different keys); reused next time.
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 1
+    assert torch.equal(prepared(cfg, cache, "cpu").train, inputs.train)
+    assert prepared(cfg.replace(aug_strength=0.0), cache, "cpu").kind == "activations"
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 2
+
+
+@pytest.mark.parametrize("aug", [0.0, 0.5])
+def test_inputs_land_on_the_trials_device_whatever_device_prepared_them(
+    cache, tmp_path, monkeypatch, aug
+):
+    """Activations computed on the CPU and loaded from disk are moved to the trial's device.
+
+    ``meta`` stands in for an accelerator on a machine without one: it holds
+    tensors but no data, so a tensor left on the CPU shows up here.
+    """
+    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
+    monkeypatch.delenv("TUNER_FEATURE_CACHE", raising=False)
+    cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 4, "aug_strength": aug})
+    on_cpu = prepared(cfg, cache, "cpu")  # computed on the CPU and stored on disk
+    assert on_cpu.kind == ("views" if aug else "activations")
+    other = prepared(cfg, cache, "meta")  # loaded from disk for another device
+    assert other.kind == on_cpu.kind and other.train.shape == on_cpu.train.shape
+    for tensor in (other.train, other.train_labels, other.val, other.val_labels):
+        assert tensor.device.type == "meta"
+    x, labels = other.train_batch(torch.arange(4), torch.Generator().manual_seed(0))
+    assert x.device.type == "meta" and labels.device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("aug", [0.0, 0.5])
+def test_cached_activation_trials_run_on_the_gpu(cache, tmp_path, monkeypatch, aug):
+    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
+    cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 3, "aug_strength": aug})
+    run(cfg.replace(max_epochs=1), cache)  # fills the disk cache on the default device
+    reports = []
+    fit(cfg, cache, lambda m, f: reports.append(m), device=torch.device("cuda"))
+    assert len(reports) == cfg.max_epochs

@@ -4,7 +4,14 @@ This package imports nothing from ``tuner``; plain Ray Tune code can use it
 directly (see :func:`train_classifier`).
 """
 
-from trainables._augment import apply_batch, build_transform, eval_transform, normalize
+from trainables._augment import (
+    AugmentParams,
+    apply_params,
+    augment_batch,
+    draw_params,
+    eval_transform,
+    normalize,
+)
 from trainables._checkpoint import CHECKPOINT_FILE, CheckpointError, load_state, save_state
 from trainables._config import (
     MAX_FREEZE_DEPTH,
@@ -29,6 +36,7 @@ from trainables._data import (
     screen,
     split_screened,
 )
+from trainables._inputs import TrainInputs, build_inputs
 from trainables._models import (
     WeightsUnavailableError,
     build_model,
@@ -47,7 +55,9 @@ from trainables._photos import (
     load_photo,
     resize_center_crop,
 )
-from trainables._train import choose_precision, cpu_has_native_bf16, fit, train_classifier
+from trainables._precision import Precision, choose_precision, cpu_has_native_bf16
+from trainables._train import evaluate, fit, train_epoch
+from trainables._trainable import train_classifier
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -56,26 +66,32 @@ __all__ = [
     "MODELS",
     "OPTIMIZERS",
     "SPLIT_FILE",
+    "AugmentParams",
     "CheckpointError",
     "ConfigError",
     "DataError",
     "FolderScan",
     "ImageCache",
+    "Precision",
     "Skipped",
     "Split",
+    "TrainInputs",
     "TrialConfig",
     "WeightsUnavailableError",
-    "apply_batch",
+    "apply_params",
+    "augment_batch",
+    "build_inputs",
     "build_model",
-    "build_transform",
     "cache_size_for",
     "choose_precision",
     "cpu_has_native_bf16",
     "decode_files",
     "decode_one",
     "decode_split",
+    "draw_params",
     "ensure_pretrained_weights",
     "eval_transform",
+    "evaluate",
     "fit",
     "freeze",
     "head",
@@ -95,4 +111,5 @@ __all__ = [
     "split_screened",
     "stages",
     "train_classifier",
+    "train_epoch",
 ]

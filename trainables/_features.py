@@ -1,28 +1,37 @@
 """Frozen activations, computed once: what a frozen prefix of the network outputs.
 
-With ``aug_strength = 0`` a training photo is resized and centre-cropped like a
-validation photo, so the frozen stem and stages (``freeze_depth = k``, BatchNorm
-in eval mode) map it to the same activations in every epoch. They are then
-computed once per trial, and each step runs only the stages that train:
-``freeze_depth = 4`` keeps the pooled features (only the head trains),
-``freeze_depth = 1..3`` the feature map of the last frozen stage. The cache is
-used when it fits in :func:`max_cache_bytes` (default 1 GiB,
+With the stem and the first ``freeze_depth = k`` stages frozen (BatchNorm in
+eval mode), the prefix maps a given input to the same activations in every
+epoch. So they are computed once per trial, and each step runs only the
+stages that train: ``freeze_depth = 4`` keeps the pooled features (only the
+head trains), ``freeze_depth = 1..3`` the feature map of the last frozen stage.
+
+- ``aug_strength = 0``: a training photo is resized and centre-cropped like
+  a validation photo: one set of activations.
+- ``aug_strength > 0``: the activations of :data:`AUGMENTED_VIEWS` augmented
+  views of every training photo (drawn with a fixed seed at that strength),
+  kept in float16; each epoch a trial draws one view per photo.
+
+The cache is used when it fits in :func:`max_cache_bytes` (default 1 GiB,
 ``$TUNER_FEATURE_CACHE_MB``); otherwise the frozen stages simply run every step.
 
 The activations are also kept on disk, keyed by model, weights, image size,
-depth and the exact decoded photos, so the next trial with the same key
-loads them instead. They live in ``$TUNER_CACHE/features`` (default
-``~/.cache/flower-tune/features``), which is kept under 4 GiB by removing
-the least recently used entries; ``TUNER_FEATURE_CACHE=off`` disables it.
+depth, augmentation strength and the exact decoded photos, so the next trial
+with the same key loads them instead. They live in ``$TUNER_CACHE/features``
+(default ``~/.cache/flower-tune/features``), which is kept under 4 GiB by
+removing the least recently used entries; ``TUNER_FEATURE_CACHE=off``
+disables it.
 
 Example:
     >>> from trainables import TrialConfig
     >>> cache_part(TrialConfig(freeze_depth=3, aug_strength=0.0))  # stage 4, on stage 3 output
     4
-    >>> cache_part(TrialConfig(freeze_depth=4, aug_strength=0.0))  # the head, on pooled features
+    >>> cache_part(TrialConfig(freeze_depth=4, aug_strength=0.3))  # the head, on pooled features
     6
-    >>> cache_part(TrialConfig(freeze_depth=3, aug_strength=0.2)) is None  # random crops: no
+    >>> cache_part(TrialConfig(freeze_depth=0)) is None  # nothing frozen: nothing to cache
     True
+    >>> views_for(TrialConfig(aug_strength=0.0)), views_for(TrialConfig(aug_strength=0.3))
+    (0, 4)
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from trainables._data import ImageCache
 from trainables._models import frozen_output_part
 
 _BATCH = 32  # Lite0 runs ~1.5x faster per image at 32 than at 128 on CPU
+# Augmented views of each training photo whose frozen activations are kept.
+AUGMENTED_VIEWS = 4
 _DISK_BUDGET_BYTES = 4 << 30
 
 
@@ -49,20 +60,28 @@ def max_cache_bytes() -> int:
     return int(float(megabytes) * (1 << 20)) if megabytes else 1 << 30
 
 
-def cache_fits(floats_per_photo: int, photos: int) -> bool:
-    """Whether ``photos`` activations of ``floats_per_photo`` fp32 values fit the limit."""
-    return floats_per_photo * 4 * photos <= max_cache_bytes()
+def cache_fits(floats_per_photo: int, train: int, val: int, views: int = 0) -> bool:
+    """Whether the activations fit the limit: ``train`` photos (``views`` float16
+    views each, or one fp32 copy when 0) and ``val`` fp32 ones."""
+    train_bytes = floats_per_photo * train * (2 * views if views else 4)
+    return train_bytes + floats_per_photo * 4 * val <= max_cache_bytes()
 
 
 def cache_part(cfg: TrialConfig) -> int | None:
     """The first part of the network that still runs each step, or None (no cache).
 
-    Frozen activations repeat every epoch when nothing random happens before
-    them: ``aug_strength`` 0 and at least the stem and one stage frozen.
+    Any trial with the stem and at least one stage frozen has a frozen prefix
+    whose activations can be computed once (of :func:`views_for` augmented
+    views when it augments).
     """
-    if cfg.aug_strength != 0.0 or cfg.freeze_depth == 0:
+    if cfg.freeze_depth == 0:
         return None
     return frozen_output_part(cfg.freeze_depth)
+
+
+def views_for(cfg: TrialConfig) -> int:
+    """Augmented views kept per training photo: 0 (the plain crop) without augmentation."""
+    return AUGMENTED_VIEWS if cfg.aug_strength > 0 else 0
 
 
 def _cache_dir() -> Path | None:
@@ -73,36 +92,48 @@ def _cache_dir() -> Path | None:
 
 
 def feature_key(cfg: TrialConfig, data: ImageCache, weights: str) -> str:
-    """Identifies activations: model, weights, image size, depth and the decoded photos."""
+    """Identifies activations: model, weights, image size, depth, views and the decoded photos."""
     h = hashlib.blake2b(digest_size=16)
+    views = views_for(cfg)
+    aug = f"{cfg.aug_strength!r}x{views}" if views else "plain"
     h.update(f"{cfg.model}|{weights}|{cfg.image_size}|{cfg.freeze_depth}|{data.size}|".encode())
+    h.update(f"{aug}|".encode())
     for array in (data.train_x, data.val_x):
         h.update(np.ascontiguousarray(array).data)
     return h.hexdigest()
 
 
+def in_batches(
+    compute: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """``compute`` over ``x`` in batches, concatenated as ``dtype``, without gradients."""
+    with torch.no_grad():
+        return torch.cat([compute(x[i : i + _BATCH]).to(dtype) for i in range(0, len(x), _BATCH)])
+
+
 def cached_features(
     key: str | None,
-    compute: Callable[[torch.Tensor], torch.Tensor],
-    train_x: torch.Tensor,
-    val_x: torch.Tensor,
+    compute_train: Callable[[], torch.Tensor],
+    compute_val: Callable[[], torch.Tensor],
+    shape: tuple[tuple[int, ...], tuple[int, ...]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) activations from the disk cache, or computed in batches and stored."""
+    """(train, val) activations from the disk cache, or computed and stored.
+
+    ``shape`` gives the leading dimensions expected of each (rows, or views
+    and rows); a stored entry that does not match them is recomputed.
+    """
     folder = _cache_dir() if key else None
     path = folder / f"{key}.pt" if folder else None
     if path is not None and path.is_file():
         try:
             stored = torch.load(path, weights_only=True)
-            if stored["train"].shape[0] == len(train_x) and stored["val"].shape[0] == len(val_x):
+            train_f, val_f = stored["train"], stored["val"]
+            if (train_f.shape[: len(shape[0])], val_f.shape[: len(shape[1])]) == shape:
                 os.utime(path)  # recently used: pruned last
-                return stored["train"], stored["val"]
+                return train_f, val_f
         except Exception:  # a damaged cache entry is recomputed, never fatal
             pass
-    with torch.no_grad():
-        train_f, val_f = (
-            torch.cat([compute(x[i : i + _BATCH]).float() for i in range(0, len(x), _BATCH)])
-            for x in (train_x, val_x)
-        )
+    train_f, val_f = compute_train(), compute_val()
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,65 @@
+"""The Ray Tune function trainable: one trial of a configuration, a plain function of ``config``.
+
+:func:`train_classifier` can be used by plain Ray Tune code::
+
+    from ray import tune
+    from trainables import load_image_cache, train_classifier
+
+    cache = load_image_cache("photos/", image_size=160)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_classifier, data=cache), {"cpu": 2}
+    )
+    tune.Tuner(trainable, param_space={"model": "efficientnet_lite0", "lr": 1e-3}).fit()
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trainables._checkpoint import load_state
+from trainables._config import TrialConfig
+from trainables._data import ImageCache, load_image_cache
+from trainables._train import fit
+
+
+def train_classifier(config: Mapping[str, Any], data: ImageCache | None = None) -> None:
+    """Ray Tune function trainable: one trial of ``config`` on the decoded ``data``.
+
+    Without ``data`` the photos under ``config["data_dir"]`` are decoded here
+    (for use without the service). Threads follow the trial's CPU resources,
+    the device its GPU resources (Ray sets the visible GPU); a trial restored
+    by Tune continues from its last checkpoint.
+    """
+    import ray
+    from ray import tune
+
+    # One line per checkpoint from Ray is noise in a search's live table.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    cfg = TrialConfig.from_dict(config)
+    if data is None:
+        data = load_image_cache(config["data_dir"], cfg.image_size, seed=cfg.seed)
+
+    resources = tune.get_context().get_trial_resources().required_resources
+    threads = int(resources.get("CPU", 0)) or None
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict[str, Any], folder: Path) -> None:
+        try:
+            tune.report(
+                metrics | {"node_id": node_id},
+                checkpoint=tune.Checkpoint.from_directory(str(folder)),
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    checkpoint = tune.get_checkpoint()
+    state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_state(Path(folder))
+    fit(cfg, data, report, resume_state=state, threads=threads)

@@ -22,8 +22,14 @@ first ``--max-concurrent 1`` (the trials run one after another), then
   much of the shared cache it has resident (RSS) and how little of it PSS
   charges to it.
 
+With ``--gpu`` (on a machine with a GPU) it measures fractional GPU sharing
+instead: 1, 2 and 4 trials of ResNet-18 (random init, 224 px, batch 64,
+aug_strength 0.5, every stage trained) at 1, 0.5 and 0.25 GPU per trial, all
+at once, the machine's CPUs split between them; aggregate images/s of each.
+
     uv run python benchmarks/concurrency.py            # ~10 min on 2 CPUs
     uv run python benchmarks/concurrency.py --quick    # same code paths, ~1-2 min
+    uv run python benchmarks/concurrency.py --gpu      # 1/2/4 trials sharing one GPU
 """
 
 from __future__ import annotations
@@ -80,6 +86,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--interval", type=float, default=0.5, help="memory sampling period, s")
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="fractional GPU sharing: 1, 2, 4 trials at 1, 0.5, 0.25 GPU (needs a GPU)",
+    )
     add_search_flags(parser, "tiny run of the same code paths (12 photos/class, 64 px)")
     args = parser.parse_args()
     if args.quick:
@@ -320,9 +331,74 @@ def mib(kib: int) -> float:
     return kib / KIB_PER_MIB
 
 
+def gpu_main(args: argparse.Namespace, data: Path) -> None:
+    """Aggregate images/s of 1, 2 and 4 trials sharing one GPU (1, 0.5, 0.25 each)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a GPU that torch can see")
+    cpus = len(os.sched_getaffinity(0))
+    epochs = 1 if args.quick else 3
+    print(f"# GPU sharing on {torch.cuda.get_device_name(0)}; {environment_line()}")
+    print(
+        f"# N trials of ResNet-18 (random init), 224px, batch 64, aug_strength 0.5, "
+        f"{epochs} epoch(s), 1/N GPU and {cpus}/N CPUs each, all N at once"
+    )
+    rows, figures = [], {}
+    with work_dir(args.keep, "bench-gpu-sharing-") as tmp:
+        if args.quick:
+            data = make_subset(data, tmp / "photos", per_class=40)
+        for n in (1, 2, 4):
+            space = write_space(
+                tmp / f"gpu{n}.yaml",
+                params={
+                    "model": "resnet18",
+                    "pretrained": False,
+                    "image_size": 64 if args.quick else 224,
+                    "optimizer": {"choice": ["sgd"]},
+                    "lr": 1.0e-2,
+                    "batch_size": 64,
+                    "freeze_depth": 0,
+                    "aug_strength": 0.5,
+                },
+                budget={"num_samples": n, "max_epochs": epochs, "grace_period": epochs},
+            )
+            run = run_search(
+                space,
+                data,
+                tmp / "results",
+                f"gpu-{n}",
+                [
+                    "--max-concurrent", str(n),
+                    "--gpus-per-trial", f"{1 / n:g}",
+                    "--cpus-per-trial", f"{max(1, cpus // n)}",
+                ],
+                verbose=args.verbose,
+            )  # fmt: skip
+            results = trial_results(run.exp_dir)
+            # Epoch 1 includes cuDNN's autotuning: the later epochs are the steady state.
+            steady = {t: r[1:] or r for t, r in results.items()}
+            ips, per_trial = aggregate(steady, n)
+            rows.append([n, f"{1 / n:g}", " / ".join(f"{v:.0f}" for v in per_trial.values()), ips])
+            figures[f"gpu_aggregate_images_per_s_{n}_trials"] = ips
+    print()
+    print_table(["trials at once", "GPU each", "img/s of each trial", "aggregate img/s"], rows)
+    one = figures["gpu_aggregate_images_per_s_1_trials"]
+    print_headlines(
+        figures
+        | {
+            "gpu_aggregate_speedup_2_trials": figures["gpu_aggregate_images_per_s_2_trials"] / one,
+            "gpu_aggregate_speedup_4_trials": figures["gpu_aggregate_images_per_s_4_trials"] / one,
+        }
+    )
+
+
 def main() -> None:
     args = parse_args()
     data = check_data(args.data)
+    if args.gpu:
+        gpu_main(args, data)
+        return
     n = args.trials
     print(f"# Concurrency, 1 trial at a time vs {n} side by side, {environment_line()}")
     print(

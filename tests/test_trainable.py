@@ -130,7 +130,7 @@ def test_frozen_activations_are_computed_once_and_train_like_the_full_network(
         }
     )
     assert cache_part(cfg) == (6 if depth == 4 else depth + 1)
-    assert views_for(cfg) == 0 and views_for(cfg.replace(aug_strength=0.1)) == AUGMENTED_VIEWS
+    assert views_for(cfg) == 0 and views_for(cfg.replace(aug_strength=0.1)) == 2  # max_epochs
     assert cache_part(cfg.replace(freeze_depth=0)) is None
 
     cached = run(cfg, cache)
@@ -196,28 +196,42 @@ LITE = {**CFG, "model": "efficientnet_lite0", "pretrained": True, "optimizer": "
 def test_augmented_trials_train_on_cached_views_one_drawn_per_photo(cache, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
     monkeypatch.delenv("TUNER_FEATURE_CACHE", raising=False)
-    cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 3, "aug_strength": 0.5, "max_epochs": 2})
+    cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 3, "aug_strength": 0.5, "max_epochs": 6})
     inputs = prepared(cfg, cache, "cpu")
-    n = len(cache.train_y)
-    assert inputs.kind == "views" and inputs.start == cache_part(cfg)
-    assert inputs.train.shape[:2] == (AUGMENTED_VIEWS, n) and inputs.train.dtype == torch.float16
-    # Different augmented views, not one view four times.
-    assert not torch.equal(inputs.train[0], inputs.train[1])
-    # An epoch's batch draws one view per photo, seeded: the same draw twice, others differ.
+    n, views = len(cache.train_y), AUGMENTED_VIEWS
+    assert inputs.kind == "views" and inputs.start == cache_part(cfg) and inputs.views is not None
+    assert views_for(cfg.replace(max_epochs=2)) == 2  # never more views than epochs
     idx = torch.arange(n)
-    a, labels = inputs.train_batch(idx, torch.Generator().manual_seed(1))
-    b, _ = inputs.train_batch(idx, torch.Generator().manual_seed(1))
-    c, _ = inputs.train_batch(idx, torch.Generator().manual_seed(2))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.equal(labels, torch.from_numpy(cache.train_y))
-    assert a.dtype == torch.float32
-    reports = run(cfg, cache)
-    assert [m["epoch"] for m, _ in reports] == [1, 2]
-    # Stored once on disk (views and plain crops under different keys); reused next time.
+    # Epoch k <= V trains on view k of every photo, computed as it is first asked for,
+    # the same whatever the batch order.
+    first, labels = inputs.train_batch(idx.flip(0), torch.Generator().manual_seed(1), epoch=1)
+    assert torch.equal(labels, torch.from_numpy(cache.train_y).flip(0))
+    assert int(inputs.views.done.sum()) == n
+    again, _ = prepared(cfg, cache, "cpu").train_batch(idx, torch.Generator(), epoch=1)
+    assert torch.allclose(first.flip(0), again, atol=1e-2)
+    second, _ = inputs.train_batch(idx, torch.Generator(), epoch=2)
+    assert not torch.allclose(second, again, atol=1e-2)  # another augmented view
+    assert not list((tmp_path / "features").glob("*.pt"))  # kept on disk once complete
+    for epoch in range(3, views + 1):
+        inputs.train_batch(idx, torch.Generator(), epoch)
+    assert bool(inputs.views.done.all()) and inputs.views.store.dtype == torch.float16
     assert len(list((tmp_path / "features").glob("*.pt"))) == 1
-    assert torch.equal(prepared(cfg, cache, "cpu").train, inputs.train)
+    # Later epochs draw one of the V views per photo, seeded.
+    late = [
+        inputs.train_batch(idx, torch.Generator().manual_seed(s), views + 1)[0] for s in (5, 5, 6)
+    ]
+    assert torch.equal(late[0], late[1]) and not torch.equal(late[0], late[2])
+    from_views = inputs.views.store.float()
+    assert all(
+        any(torch.equal(late[0][i], from_views[v, i]) for v in range(views)) for i in range(0, n, 7)
+    )
+    # The next trial loads every view from disk and computes none.
+    loaded = prepared(cfg, cache, "cpu")
+    assert loaded.views is not None and bool(loaded.views.done.all())
+    assert torch.equal(loaded.views.store, inputs.views.store)
     assert prepared(cfg.replace(aug_strength=0.0), cache, "cpu").kind == "activations"
-    assert len(list((tmp_path / "features").glob("*.pt"))) == 2
+    reports = run(cfg.replace(max_epochs=2), cache)
+    assert [m["epoch"] for m, _ in reports] == [1, 2]
 
 
 @pytest.mark.parametrize("aug", [0.0, 0.5])
@@ -232,13 +246,14 @@ def test_inputs_land_on_the_trials_device_whatever_device_prepared_them(
     monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
     monkeypatch.delenv("TUNER_FEATURE_CACHE", raising=False)
     cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 4, "aug_strength": aug})
-    on_cpu = prepared(cfg, cache, "cpu")  # computed on the CPU and stored on disk
+    run(cfg, cache)  # computed on the CPU (every view in 3 epochs) and stored on disk
+    on_cpu = prepared(cfg, cache, "cpu")
     assert on_cpu.kind == ("views" if aug else "activations")
     other = prepared(cfg, cache, "meta")  # loaded from disk for another device
     assert other.kind == on_cpu.kind and other.train.shape == on_cpu.train.shape
     for tensor in (other.train, other.train_labels, other.val, other.val_labels):
         assert tensor.device.type == "meta"
-    x, labels = other.train_batch(torch.arange(4), torch.Generator().manual_seed(0))
+    x, labels = other.train_batch(torch.arange(4), torch.Generator().manual_seed(0), epoch=9)
     assert x.device.type == "meta" and labels.device.type == "meta"
 
 

@@ -8,9 +8,12 @@ head trains), ``freeze_depth = 1..3`` the feature map of the last frozen stage.
 
 - ``aug_strength = 0``: a training photo is resized and centre-cropped like
   a validation photo: one set of activations.
-- ``aug_strength > 0``: the activations of :data:`AUGMENTED_VIEWS` augmented
-  views of every training photo (drawn with a fixed seed at that strength),
-  kept in float16; each epoch a trial draws one view per photo.
+- ``aug_strength > 0``: the activations of :data:`AUGMENTED_VIEWS` (at most
+  ``max_epochs``) augmented views of every training photo (drawn with a fixed
+  seed at that strength), kept in float16. Epoch k <= V trains on view k,
+  computed as it goes (so a trial ASHA stops early has paid no more than
+  running the frozen prefix every step); later epochs draw one of the V
+  views per photo and run no frozen stage at all.
 
 The cache is used when it fits in :func:`max_cache_bytes` (default 1 GiB,
 ``$TUNER_FEATURE_CACHE_MB``); otherwise the frozen stages simply run every step.
@@ -80,8 +83,12 @@ def cache_part(cfg: TrialConfig) -> int | None:
 
 
 def views_for(cfg: TrialConfig) -> int:
-    """Augmented views kept per training photo: 0 (the plain crop) without augmentation."""
-    return AUGMENTED_VIEWS if cfg.aug_strength > 0 else 0
+    """Augmented views kept per training photo: 0 (the plain crop) without augmentation.
+
+    Never more views than epochs: computing a view costs about what running
+    the frozen prefix for one epoch does.
+    """
+    return min(AUGMENTED_VIEWS, cfg.max_epochs) if cfg.aug_strength > 0 else 0
 
 
 def _cache_dir() -> Path | None:
@@ -111,38 +118,61 @@ def in_batches(
         return torch.cat([compute(x[i : i + _BATCH]).to(dtype) for i in range(0, len(x), _BATCH)])
 
 
+def _entry(key: str | None) -> Path | None:
+    folder = _cache_dir() if key else None
+    return folder / f"{key}.pt" if folder else None
+
+
+def load_features(
+    key: str | None, shape: tuple[tuple[int, ...], tuple[int, ...]]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(train, val) activations stored under ``key``, or None.
+
+    ``shape`` gives the leading dimensions expected of each (rows, or views
+    and rows); a stored entry that does not match them, or cannot be read,
+    counts as absent.
+    """
+    path = _entry(key)
+    if path is None or not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, weights_only=True)
+        train_f, val_f = stored["train"], stored["val"]
+        if (train_f.shape[: len(shape[0])], val_f.shape[: len(shape[1])]) == shape:
+            os.utime(path)  # recently used: pruned last
+            return train_f, val_f
+    except Exception:  # a damaged cache entry is recomputed, never fatal
+        pass
+    return None
+
+
+def store_features(key: str | None, train_f: torch.Tensor, val_f: torch.Tensor) -> None:
+    """Keep (train, val) activations under ``key`` for later trials (best effort)."""
+    path = _entry(key)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"train": train_f.cpu(), "val": val_f.cpu()}, tmp)
+        os.replace(tmp, path)
+        prune(path.parent, _DISK_BUDGET_BYTES)
+    except OSError:
+        pass  # the cache is an optimisation; a read-only home must not fail a trial
+
+
 def cached_features(
     key: str | None,
     compute_train: Callable[[], torch.Tensor],
     compute_val: Callable[[], torch.Tensor],
     shape: tuple[tuple[int, ...], tuple[int, ...]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) activations from the disk cache, or computed and stored.
-
-    ``shape`` gives the leading dimensions expected of each (rows, or views
-    and rows); a stored entry that does not match them is recomputed.
-    """
-    folder = _cache_dir() if key else None
-    path = folder / f"{key}.pt" if folder else None
-    if path is not None and path.is_file():
-        try:
-            stored = torch.load(path, weights_only=True)
-            train_f, val_f = stored["train"], stored["val"]
-            if (train_f.shape[: len(shape[0])], val_f.shape[: len(shape[1])]) == shape:
-                os.utime(path)  # recently used: pruned last
-                return train_f, val_f
-        except Exception:  # a damaged cache entry is recomputed, never fatal
-            pass
+    """(train, val) activations from the disk cache, or computed and stored."""
+    stored = load_features(key, shape)
+    if stored is not None:
+        return stored
     train_f, val_f = compute_train(), compute_val()
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save({"train": train_f.cpu(), "val": val_f.cpu()}, tmp)
-            os.replace(tmp, path)
-            prune(path.parent, _DISK_BUDGET_BYTES)
-        except OSError:
-            pass  # the cache is an optimisation; a read-only home must not fail a trial
+    store_features(key, train_f, val_f)
     return train_f, val_f
 
 

@@ -9,8 +9,9 @@
 - **activations**: ``aug_strength = 0`` with a frozen prefix: the prefix's
   output for every photo, computed once; only the trainable parts run.
 - **views**: ``aug_strength > 0`` with a frozen prefix: the prefix's output
-  for a few augmented views of every photo, computed once (float16); each
-  epoch draws one view per photo.
+  for V augmented views of every photo (float16, :class:`AugmentedViews`),
+  computed as epochs 1..V first use them, then kept; later epochs draw one
+  view per photo.
 
 Every tensor a step indexes or combines (photos or activations, labels, the
 per-epoch order) lives on ``precision.device``: this module moves them there,
@@ -20,7 +21,7 @@ in one place, whatever device they were decoded, computed or loaded on.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables._augment import augment_batch, eval_transform, normalize
+from trainables._augment import (
+    AugmentParams,
+    apply_params,
+    augment_batch,
+    draw_params,
+    eval_transform,
+    normalize,
+)
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
 from trainables._features import (
@@ -37,6 +45,8 @@ from trainables._features import (
     cached_features,
     feature_key,
     in_batches,
+    load_features,
+    store_features,
     views_for,
 )
 from trainables._models import STEM, normalization, pretrained_weights_file, run_parts
@@ -56,13 +66,68 @@ def _on(array: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(np.asarray(array)).to(device)
 
 
+class AugmentedViews:
+    """Frozen-prefix activations of V augmented views of every training photo, filled lazily.
+
+    View ``v`` of photo ``i`` is the prefix's output on the photo augmented
+    with the ``(v, i)``-th parameters of one fixed seeded draw, so it is the
+    same whichever trial, epoch or batch computes it. :meth:`rows` computes
+    the pairs it is asked for that are still missing; once all are there,
+    ``on_complete`` gets the full tensor (to keep it on disk).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        image_size: int,
+        strength: float,
+        views: int,
+        prefix: Callable[[torch.Tensor], torch.Tensor],
+        on_complete: Callable[[torch.Tensor], None],
+        stored: torch.Tensor | None = None,
+    ) -> None:
+        self.images, self.image_size, self.views = images, image_size, views
+        self.prefix, self.on_complete = prefix, on_complete
+        n, device = len(images), images.device
+        self.params = draw_params(views * n, strength, torch.Generator().manual_seed(_VIEW_SEED))
+        self.store = stored.to(device) if stored is not None else None
+        self.done = torch.full((views, n), stored is not None, dtype=torch.bool, device=device)
+        self.complete = stored is not None
+
+    def __len__(self) -> int:
+        return self.views
+
+    def rows(self, view: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Activations (float16) of view ``view[j]`` of photo ``idx[j]`` for every j."""
+        missing = None if self.complete else ~self.done[view, idx]
+        if missing is not None and bool(missing.any()):
+            mv, mi = view[missing], idx[missing]
+            flat = (mv * len(self.images) + mi).cpu()
+            params = AugmentParams(
+                self.params.theta[flat], self.params.brightness[flat],
+                self.params.contrast[flat], self.params.colour[flat],
+            )  # fmt: skip
+            with torch.no_grad():
+                out = self.prefix(apply_params(self.images[mi], self.image_size, params))
+            if self.store is None:
+                shape = (self.views, len(self.images), *out.shape[1:])
+                self.store = torch.empty(shape, dtype=torch.float16, device=out.device)
+            self.store[mv, mi] = out.to(torch.float16)
+            self.done[mv, mi] = True
+            if bool(self.done.all()):
+                self.complete = True
+                self.on_complete(self.store)
+        assert self.store is not None
+        return self.store[view, idx]
+
+
 @dataclass(frozen=True)
 class TrainInputs:
     """A trial's training and validation inputs, all on one device.
 
-    ``train`` holds one row per training photo (``views``: one per view and
-    photo, shape ``(V, N, ...)``); ``start`` is the first part of the
-    network that runs on them (0: the stem, on images).
+    ``train`` holds one row per training photo: decoded images (``images``,
+    and the source of ``views``) or activations; ``start`` is the first part
+    of the network that runs on a step's input (0: the stem, on images).
     """
 
     kind: InputKind
@@ -75,6 +140,7 @@ class TrainInputs:
     strength: float
     mean: Sequence[float]
     std: Sequence[float]
+    views: AugmentedViews | None = None
 
     @property
     def device(self) -> torch.device:
@@ -84,16 +150,23 @@ class TrainInputs:
         return len(self.train_labels)
 
     def train_batch(
-        self, idx: torch.Tensor, generator: torch.Generator
+        self, idx: torch.Tensor, generator: torch.Generator, epoch: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(network input, labels) of training rows ``idx``; random draws from ``generator``."""
+        """(network input, labels) of training rows ``idx`` in ``epoch`` (1, 2, ...).
+
+        Random draws (augmentation, which view) come from ``generator``.
+        """
         idx = idx.to(self.device)
-        if self.kind == "images":
+        if self.views is not None:
+            n_views = len(self.views)
+            if epoch <= n_views:  # epoch k: view k of every photo
+                view = torch.full((len(idx),), epoch - 1, dtype=torch.long)
+            else:
+                view = torch.randint(n_views, (len(idx),), generator=generator)
+            x = self.to_network(self.views.rows(view.to(self.device), idx))
+        elif self.kind == "images":
             images = augment_batch(self.train[idx], self.image_size, self.strength, generator)
             x = self.to_network(images)
-        elif self.kind == "views":
-            view = torch.randint(len(self.train), (len(idx),), generator=generator)
-            x = self.to_network(self.train[view.to(self.device), idx])
         else:
             x = self.to_network(self.train[idx])
         return x, self.train_labels[idx]
@@ -136,31 +209,28 @@ def build_inputs(
     if not cache_fits(per_photo, len(train_y), len(val_y), views):
         return images
 
-    def compute_train() -> torch.Tensor:
-        if not views:
-            return in_batches(prefix, eval_transform(cfg.image_size)(train_x), torch.float32)
-        generator = torch.Generator().manual_seed(_VIEW_SEED)
-        return torch.stack(
-            [
-                in_batches(
-                    lambda b: prefix(augment_batch(b, cfg.image_size, cfg.aug_strength, generator)),
-                    train_x,
-                    torch.float16,
-                )
-                for _ in range(views)
-            ]
-        )
-
     weights = pretrained_weights_file(cfg.model).name if cfg.pretrained else None
     key = feature_key(cfg, data, weights) if weights else None
-    rows = (views, len(train_y)) if views else (len(train_y),)
+    n = len(train_y)
+    if views:
+        stored = load_features(key, ((views, n), (len(val_y),)))
+        val_f = stored[1] if stored else in_batches(prefix, val_x, torch.float32)
+        lazy = AugmentedViews(
+            train_x, cfg.image_size, cfg.aug_strength, views, prefix,
+            lambda train_f: store_features(key, train_f, val_f),
+            stored=stored[0] if stored else None,
+        )  # fmt: skip
+        return TrainInputs(
+            "views", part, train_x, train_y, val_f.to(device), val_y, cfg.image_size,
+            cfg.aug_strength, mean, std, views=lazy,
+        )  # fmt: skip
     train_f, val_f = cached_features(
         key,
-        compute_train,
+        lambda: in_batches(prefix, eval_transform(cfg.image_size)(train_x), torch.float32),
         lambda: in_batches(prefix, val_x, torch.float32),
-        (rows, (len(val_y),)),
+        ((n,), (len(val_y),)),
     )
     return TrainInputs(
-        "views" if views else "activations", part, train_f.to(device), train_y,
-        val_f.to(device), val_y, cfg.image_size, cfg.aug_strength, mean, std,
+        "activations", part, train_f.to(device), train_y, val_f.to(device), val_y,
+        cfg.image_size, cfg.aug_strength, mean, std,
     )  # fmt: skip

@@ -148,7 +148,7 @@ def train_epoch(training: Training, inputs: TrainInputs, epoch: int) -> EpochRes
         idx = order[first : first + cfg.batch_size]
         if len(idx) < 2 and seen:  # BatchNorm cannot train on a single image
             break
-        x, labels = inputs.train_batch(idx, generator)
+        x, labels = inputs.train_batch(idx, generator, epoch)
         logits = training.forward(x, inputs.start)
         loss = training.loss_fn(logits, labels)
         training.optimizer.zero_grad(set_to_none=True)

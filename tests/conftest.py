@@ -37,6 +37,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Test trials (and the searches tests start) keep frozen activations in the test run's
+    own folder, never in the user's ``~/.cache/flower-tune``."""
+    folder = tmp_path_factory.mktemp("tuner-cache")
+    os.environ["TUNER_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def flowers() -> Path:
     if not FLOWERS.is_dir():

@@ -81,6 +81,12 @@ class AugmentParams:
     contrast: torch.Tensor  # (N,)
     colour: torch.Tensor  # (N, 3, 3): saturation then hue
 
+    def select(self, rows: torch.Tensor) -> AugmentParams:
+        """The parameters of photos ``rows`` (a CPU index tensor)."""
+        return AugmentParams(
+            self.theta[rows], self.brightness[rows], self.contrast[rows], self.colour[rows]
+        )
+
     def to(self, device: torch.device) -> AugmentParams:
         return AugmentParams(
             *(

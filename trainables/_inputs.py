@@ -29,14 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables._augment import (
-    AugmentParams,
-    apply_params,
-    augment_batch,
-    draw_params,
-    eval_transform,
-    normalize,
-)
+from trainables._augment import apply_params, augment_batch, draw_params, eval_transform, normalize
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
 from trainables._features import (
@@ -103,10 +96,7 @@ class AugmentedViews:
         if missing is not None and bool(missing.any()):
             mv, mi = view[missing], idx[missing]
             flat = (mv * len(self.images) + mi).cpu()
-            params = AugmentParams(
-                self.params.theta[flat], self.params.brightness[flat],
-                self.params.contrast[flat], self.params.colour[flat],
-            )  # fmt: skip
+            params = self.params.select(flat)
             with torch.no_grad():
                 out = self.prefix(apply_params(self.images[mi], self.image_size, params))
             if self.store is None:

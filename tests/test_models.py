@@ -71,11 +71,48 @@ def test_frozen_stages_keep_bn_statistics_and_build_no_graph(model):
     assert outputs and outputs[0].grad_fn is None and not outputs[0].requires_grad
 
 
-def test_lite0_pretrained_weights_load_from_the_package():
-    net = build_model("efficientnet_lite0", num_classes=5, pretrained=True, image_size=96)
-    state = torch.load(pretrained_weights_file("efficientnet_lite0"), weights_only=True)
-    assert torch.equal(net._conv_stem.weight, state["_conv_stem.weight"])
+@pytest.mark.parametrize(
+    ("model", "blocks", "file"),
+    [
+        ("efficientnet_lite0", 16, "efficientnet-lite0"),
+        ("efficientnet_lite1", 21, "efficientnet-lite1-77cc7160.pth"),
+        ("efficientnet_lite2", 21, "efficientnet-lite2-9656183e.pth"),
+    ],
+)
+def test_lite_pretrained_weights_load_strictly_from_their_packages(model, blocks, file):
+    path = pretrained_weights_file(model)
+    assert path.is_file() and path.name.startswith(file)
+    state = torch.load(path, weights_only=True)
+    net = build_model(model, num_classes=5, pretrained=True, image_size=96)
+    assert len(net._blocks) == blocks
+    # Every tensor of the architecture came from the file (strict load), the head is new.
+    mine = net.state_dict()
+    assert set(mine) == set(state)
+    for key, value in state.items():
+        if not key.startswith("_fc."):
+            assert torch.equal(mine[key], value), key
     assert net._fc.out_features == 5
+    # Four stride stages, each opened by a stride-2 block (after the first's stride-1 block).
+    from trainables._models import lite_stages
+
+    stages = lite_stages(net)
+    assert len(stages) == 4 and stages[0].start == 0 and stages[-1].stop == blocks
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_and_lite2_split_at_a_frozen_depth_like_the_whole_network(model):
+    from trainables._models import STEM, frozen_output_part, run_parts
+
+    net = build_model(model, num_classes=3, pretrained=True, image_size=64)
+    frozen = freeze(net, model, 3)
+    set_train_mode(net, frozen)
+    net.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        prefix = run_parts(net, model, x, STEM, frozen_output_part(3))
+        assert torch.allclose(
+            net(x), run_parts(net, model, prefix, frozen_output_part(3)), atol=1e-4
+        )
 
 
 def test_missing_resnet_weights_name_file_folder_and_alternatives(tmp_path, monkeypatch):

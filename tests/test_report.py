@@ -47,6 +47,9 @@ def test_report_writes_every_figure_and_a_markdown_summary(report, finished):
         assert f"{n} {status}" in markdown
     assert f"`{best['trial_id']}`" in markdown
     assert f"**{best['val_acc']:.4f}**" in markdown
+    # val against test: the winner's score on photos the search never saw.
+    assert best["test_acc"] is not None and f"**{best['test_acc']:.4f}**" in markdown
+    assert "| val_acc | val_acc_se | test_acc |" in markdown
     assert json.dumps(best["config"], indent=2) in markdown
     for trial_id in board["trial_id"]:
         assert f"| {trial_id} |" in markdown

@@ -177,10 +177,16 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes(small_flowers, tmp
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert f"python -m tuner resume cc --storage {storage}" in out
+    split = json.loads((exp / "split.json").read_text())
+    assert split["test"] and not (exp / "test_scores.json").exists()  # scored only at the end
     resumed = run_tuner("resume", "cc", "--storage", str(storage), timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     board = pd.read_csv(exp / "leaderboard.csv")
     assert len(board) == 2 and (board["epochs"] == 3).all()
+    # The resumed search kept its test split, and scored its top trials on it.
+    assert json.loads((exp / "split.json").read_text()) == split
+    assert board["test_acc"].notna().all()
+    assert "Test split (photos no trial saw)" in resumed.stdout
 
 
 def test_resume_of_an_unknown_experiment_lists_what_is_there(finished, capsys):

@@ -28,7 +28,8 @@ def test_search_writes_the_results_layout(finished):
         assert (exp / name).is_file(), name
     split = json.loads((exp / "split.json").read_text())
     assert split["classes"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
-    assert len(split["train"]) + len(split["val"]) == 60
+    assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 60
+    assert len(split["test"]) == 10  # --test-fraction 0.15 of 12 per class: 2 each
     assert "Best trial" in proc.stdout and "leaderboard.csv" in proc.stdout
 
 
@@ -156,6 +157,9 @@ def test_default_space_runs_with_weights_in_torch_home(tmp_path, small_flowers):
         (["--space", "smoke", "--name", "../x"], "invalid experiment name"),
         (["--space", "smoke", "--gpus-per-trial", "1.5"], "whole number"),
         (["--space", "smoke", "--data", "/nonexistent/photos"], "does not exist"),
+        (["--space", "smoke", "--test-fraction", "-0.1"], "test fraction must be in [0, 0.5)"),
+        (["--space", "smoke", "--test-fraction", "0.5"], "test fraction must be in [0, 0.5)"),
+        (["--space", "smoke", "--test-fraction", "x"], "invalid float value"),
     ],
 )
 def test_bad_search_input_exits_2_with_one_message(tmp_path, capsys, args, message):
@@ -188,3 +192,25 @@ def test_test_searches_keep_frozen_activations_out_of_the_users_home(finished, o
     proc, _, _ = finished
     assert proc.returncode == 0
     assert list((own_feature_cache / "features").glob("*.pt"))
+
+
+def test_the_top_trials_are_scored_once_on_the_held_out_test_split(finished, capsys):
+    proc, storage, exp = finished
+    split = json.loads((exp / "split.json").read_text())
+    test_files = {p for p, _ in split["test"]}
+    assert not test_files & {p for p, _ in split["train"] + split["val"]}
+    board = pd.read_csv(exp / "leaderboard.csv")
+    scored = board[board["test_acc"].notna()]
+    # Every trial with a checkpoint is among the top 5 of 5: each scored on the 10 test photos.
+    assert len(scored) == int((board["checkpoint"].fillna("") != "").sum()) >= 1
+    assert ((scored["test_acc"] * 10).round(6) % 1 == 0).all()  # k of 10 photos right
+    assert "Test split (photos no trial saw): rank 1" in proc.stdout
+    # Each val_acc comes with its binomial standard error over the validation photos.
+    n_val, acc = len(split["val"]), board["val_acc"]
+    assert board["val_acc_se"].to_numpy() == pytest.approx(((acc * (1 - acc)) / n_val) ** 0.5)
+    # `evaluate` without --data scores the same test split and agrees with the leaderboard.
+    code, out, err = cli(capsys, "evaluate", "e2e", "--storage", str(storage))
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["n_images"] == len(test_files) == 10
+    assert metrics["accuracy"] == pytest.approx(board.loc[0, "test_acc"])

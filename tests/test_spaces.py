@@ -9,7 +9,7 @@ def test_builtin_spaces_exist():
     assert {"default", "resnet", "lite", "smoke"} <= set(available_spaces())
 
 
-@pytest.mark.parametrize("name", ["default", "resnet", "lite", "smoke"])
+@pytest.mark.parametrize("name", ["default", "resnet", "lite", "lite-accurate", "smoke"])
 def test_builtin_spaces_parse_into_ray_tune_distributions(name):
     space = load_space(name)
     params = space.param_space()
@@ -20,7 +20,7 @@ def test_builtin_spaces_parse_into_ray_tune_distributions(name):
     assert isinstance(params["freeze_depth"], Integer)
     # Every space searches the augmentation strength; the fast ones over a few values,
     # so trials share the frozen activations of augmented views on disk.
-    if name in ("lite", "smoke"):
+    if name in ("lite", "lite-accurate", "smoke"):
         assert isinstance(params["aug_strength"], Categorical)
         assert 0.0 in space.possible_values("aug_strength")
         assert max(space.possible_values("aug_strength")) >= 0.3
@@ -88,7 +88,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 def test_unknown_space_name_lists_the_known_ones():
     with pytest.raises(UsageError) as err:
         load_space("nope")
-    assert "known spaces: default, lite, resnet, smoke" in str(err.value)
+    assert "known spaces: default, lite, lite-accurate, resnet, smoke" in str(err.value)
 
 
 def test_budget_overrides_are_validated():

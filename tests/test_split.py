@@ -1,8 +1,11 @@
+import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from trainables import Split, make_split, prepare_data, scan_folder
+from trainables import DataError, Split, make_split, prepare_data, scan_folder
 
 
 def test_split_is_stratified_deterministic_and_disjoint(flowers):
@@ -43,3 +46,48 @@ def test_prepare_data_decodes_once_and_skips_unusable_files(synthetic):
     # Rows follow the split's order: class colours show in the decoded pixels.
     for x, (_, label) in zip(cache.train_x, split.train, strict=True):
         assert int(np.argmax(x.reshape(3, -1).mean(1))) == label
+
+
+def test_test_split_is_stratified_disjoint_and_never_decoded_for_trials(flowers):
+    scan = scan_folder(flowers)
+    split = make_split(scan, val_fraction=0.2, seed=7, test_fraction=0.15)
+    again = make_split(scan, val_fraction=0.2, seed=7, test_fraction=0.15)
+    assert split.test == again.test and split.val == again.val
+    parts = [{p for p, _ in part} for part in (split.train, split.val, split.test)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert sum(map(len, parts)) == len(scan.files)
+    totals = Counter(y for _, y in scan.files)
+    for fraction, part in ((0.15, split.test), (0.2, split.val)):
+        counts = Counter(y for _, y in part)
+        for label, total in totals.items():
+            assert abs(counts[label] - fraction * total) <= 1, (fraction, split.classes[label])
+    # Without a test split the same seed gives the usual train/val split.
+    assert make_split(scan, val_fraction=0.2, seed=7).test == []
+
+
+def test_a_trials_data_holds_no_test_photo(synthetic, tmp_path):
+    split, cache = prepare_data(scan_folder(synthetic), size=24, seed=0, test_fraction=0.2)
+    assert len(split.test) == 6  # 2 of each class's 10
+    assert len(cache.train_y) + len(cache.val_y) == len(split.train) + len(split.val)
+    # Each decoded row is the photo of its split entry: none is a test photo.
+    from trainables import decode_files
+
+    test_pixels, _, _ = decode_files([split.root / p for p, _ in split.test], 24)
+    rows = np.concatenate([cache.train_x, cache.val_x])
+    for photo in test_pixels:
+        assert not (rows == photo).all(axis=(1, 2, 3)).any()
+    split.save(tmp_path / "split.json")
+    loaded = Split.load(tmp_path / "split.json")
+    assert loaded.test == split.test and loaded.test_fraction == 0.2
+
+
+@pytest.mark.parametrize(
+    ("fraction", "message"),
+    [(-0.1, "must be in [0, 0.5)"), (0.5, "must be in [0, 0.5)"), (0.45, "too few photos")],
+)
+def test_bad_test_fractions_are_refused(synthetic, fraction, message):
+    scan = scan_folder(synthetic)
+    if fraction == 0.45:  # 2 photos per class: one for test, none left for val and train
+        scan.files = [f for f in scan.files if int(Path(f[0]).stem) < 2]
+    with pytest.raises(DataError, match=re.escape(message)):
+        make_split(scan, val_fraction=0.2, seed=0, test_fraction=fraction)

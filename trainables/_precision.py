@@ -61,7 +61,7 @@ def choose_precision(requested: str, device: torch.device, model: str = "resnet1
     ``auto`` is bf16 autocast where the hardware runs it natively (recent
     GPUs; CPUs with AVX512-BF16/AMX), fp16 with a grad scaler on older GPUs,
     fp32 elsewhere. On a CPU, EfficientNet-Lite0 stays in fp32: its depthwise
-    convolutions run slower in bf16 than in fp32 there.
+    convolutions run slower in bf16 than in fp32 there (so do Lite1 and Lite2's).
     """
     if requested == "fp32":
         return Precision(device, None, False)
@@ -70,7 +70,7 @@ def choose_precision(requested: str, device: torch.device, model: str = "resnet1
         if requested == "bf16" or (requested == "auto" and bf16_ok):
             return Precision(device, torch.bfloat16, False)
         return Precision(device, torch.float16, True)
-    cpu_auto_bf16 = cpu_has_native_bf16() and model != "efficientnet_lite0"
+    cpu_auto_bf16 = cpu_has_native_bf16() and not model.startswith("efficientnet_lite")
     if requested == "bf16" or (requested == "auto" and cpu_auto_bf16):
         return Precision(device, torch.bfloat16, False)
     return Precision(device, None, False)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainables import (
     SPLIT_FILE,
@@ -34,6 +34,7 @@ from trainables import (
 from tuner._cluster import check_storage_reachable, local_resources, start_ray
 from tuner._datacheck import describe
 from tuner._errors import UsageError
+from tuner._holdout import attach_test_scores, score_top_trials
 from tuner._leaderboard import best_config, build_leaderboard, write_leaderboard
 from tuner._pruning import CheckpointPruner
 from tuner._spaces import Budget, SearchSpace, parse_space
@@ -44,6 +45,9 @@ TUNER_FILE = "tuner.json"
 METRIC = "val_acc"
 SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Print = Callable[[str], None]
 
@@ -131,11 +135,13 @@ def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
             size,
             val_fraction=req.space.budget.val_fraction,
             seed=req.space.budget.seed,
+            test_fraction=req.space.budget.test_fraction,
         )
     except DataError as exc:
         raise UsageError(f"data: {exc}") from None
     say(
-        f"Split: {len(split.train)} train / {len(split.val)} val photos, decoded at {size}px "
+        f"Split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test "
+        f"photos (test held out: no trial sees it), decoded at {size}px "
         f"in {time.perf_counter() - t0:.1f}s ({cache.nbytes / 2**20:.0f} MiB, one copy "
         "shared by all trials)"
     )
@@ -307,7 +313,10 @@ def resume(name: str, storage: str, restart_errored: bool = False, say: Print = 
     except DataError as exc:
         raise UsageError(f"data: {exc}") from None
     ensure_writable(str(exp_dir))
-    say(f"Resuming {name} from {exp_dir} ({len(split.train)} train / {len(split.val)} val)")
+    say(
+        f"Resuming {name} from {exp_dir} ({len(split.train)} train / {len(split.val)} val / "
+        f"{len(split.test)} test)"
+    )
     start_ray(saved.get("address"), say)
     make_reserve(exp_dir)
     resources = {k: float(v) for k, v in saved["resources"].items()}
@@ -371,26 +380,49 @@ def finish(exp_dir: Path, name: str, storage: str, budget: Budget, say: Print) -
     that could explain it.
     """
     board = build_leaderboard(exp_dir)
-    written = write_leaderboard(exp_dir, board)
     unfinished = bool(board["status"].isin(["running", "pending", "paused"]).any()) or (
         budget.time_budget_s is None and len(board) < budget.num_samples
     )
+    if not unfinished and score_top_trials(exp_dir, board, budget.test_top_k):
+        board = attach_test_scores(board, exp_dir)
+    written = write_leaderboard(exp_dir, board)
     counts = board["status"].value_counts().to_dict()
     say("")
     say(f"Trials: {len(board)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
     best = best_config(board)
     if best:
         say(
-            f"Best trial {best['trial_id']}: val_acc {best['val_acc']:.4f} at epoch "
-            f"{best['best_epoch']}"
+            f"Best trial {best['trial_id']}: val_acc {best['val_acc']:.4f} "
+            f"(± {best['val_acc_se']:.4f}) at epoch {best['best_epoch']}{_tie_note(board)}"
         )
         say("  " + json.dumps(best["config"]))
         say(f"  checkpoint: {best['checkpoint']}")
+    for line in _test_lines(board):
+        say(line)
     say("Wrote " + ", ".join(str(p) for p in written))
     if unfinished:
         say(f"The search was interrupted. Continue it with:\n  {resume_command(name, storage)}")
         return 1
     return 0
+
+
+def _tie_note(board: pd.DataFrame) -> str:
+    """Says when rank 1 shares its val_acc with others (then val_loss ranked it first)."""
+    tied = int((board["val_acc"] == board["val_acc"].iloc[0]).sum()) - 1
+    if tied <= 0:
+        return ""
+    return f"; tied on val_acc with {tied} other trial(s), ranked first by its lower val_loss"
+
+
+def _test_lines(board: pd.DataFrame) -> list[str]:
+    scored = board[board["test_acc"].notna()]
+    if scored.empty:
+        return []
+    cells = ", ".join(
+        f"rank {int(r['rank'])} {r['test_acc']:.4f} (val {r['val_acc']:.4f})"
+        for _, r in scored.iterrows()
+    )
+    return [f"Test split (photos no trial saw): {cells}"]
 
 
 def _write_tuner_file(

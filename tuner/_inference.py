@@ -133,11 +133,15 @@ class RankedTrial:
     preprocessing: Preprocessing
 
 
-def load_ranked_trial(exp_dir: Path, rank: int) -> RankedTrial:
-    """Load the best checkpoint of the ``rank``-th trial of the leaderboard (1 = best)."""
+def load_ranked_trial(exp_dir: Path, rank: int, board: pd.DataFrame | None = None) -> RankedTrial:
+    """Load the best checkpoint of the ``rank``-th trial of the leaderboard (1 = best).
+
+    ``board`` saves reading the experiment again when the caller has it.
+    """
     from tuner._leaderboard import build_leaderboard
 
-    board = build_leaderboard(exp_dir)
+    if board is None:
+        board = build_leaderboard(exp_dir)
     if not 1 <= rank <= len(board):
         raise UsageError(
             f"rank {rank} is out of range: experiment {exp_dir.name!r} has {len(board)} trial(s)"
@@ -206,11 +210,23 @@ def classification_metrics(
     }
 
 
+def _experiment_split(trial: RankedTrial) -> Any:
+    from trainables import SPLIT_FILE, Split
+
+    split = Split.load(trial.experiment / SPLIT_FILE)
+    if list(trial.classes) != list(split.classes):
+        raise UsageError(
+            f"checkpoint {trial.checkpoint} was trained on classes {trial.classes}, "
+            f"not the experiment's {list(split.classes)}"
+        )
+    return split
+
+
 def evaluate_folder(trial: RankedTrial, data_dir: Path) -> dict[str, Any]:
     """Metrics of ``trial`` on a labelled ImageFolder tree with the experiment's classes."""
-    from trainables import SPLIT_FILE, DataError, Split, scan_folder
+    from trainables import DataError, scan_folder
 
-    expected = Split.load(trial.experiment / SPLIT_FILE).classes
+    expected = _experiment_split(trial).classes
     try:
         scan = scan_folder(data_dir)
     except DataError as exc:
@@ -222,18 +238,36 @@ def evaluate_folder(trial: RankedTrial, data_dir: Path) -> dict[str, Any]:
             f"the classes of {data_dir} differ from the experiment's: "
             f"missing {', '.join(missing) or '(none)'}; extra {', '.join(extra) or '(none)'}"
         )
-    if list(trial.classes) != list(expected):
-        raise UsageError(
-            f"checkpoint {trial.checkpoint} was trained on classes {trial.classes}, "
-            f"not the experiment's {list(expected)}"
-        )
-    result = classify(trial.model, [scan.root / p for p, _ in scan.files], trial.preprocessing)
     skipped = [{"path": s.path, "reason": s.reason} for s in scan.skipped]
-    skipped += [{"path": scan.files[i][0], "reason": r} for i, r in sorted(result.failed.items())]
+    return _evaluate_files(trial, scan.root, scan.files, skipped, str(data_dir))
+
+
+def evaluate_test_split(trial: RankedTrial) -> dict[str, Any]:
+    """Metrics of ``trial`` on its experiment's test split (photos no trial saw)."""
+    split = _experiment_split(trial)
+    if not split.test:
+        raise UsageError(
+            f"experiment {trial.experiment.name!r} holds no test split (it was searched with "
+            "--test-fraction 0); give a labelled photo folder with --data DIR"
+        )
+    return _evaluate_files(trial, split.root, split.test, [], "the test split")
+
+
+def _evaluate_files(
+    trial: RankedTrial,
+    root: Path,
+    files: Sequence[tuple[str, int]],
+    skipped: list[dict[str, str]],
+    where: str,
+) -> dict[str, Any]:
+    result = classify(trial.model, [root / p for p, _ in files], trial.preprocessing)
+    skipped = skipped + [
+        {"path": files[i][0], "reason": r} for i, r in sorted(result.failed.items())
+    ]
     if not result.ok:
-        raise UsageError(f"{data_dir} holds no readable photos ({len(skipped)} file(s) skipped)")
+        raise UsageError(f"{where} holds no readable photos ({len(skipped)} file(s) skipped)")
     predicted = result.logits.argmax(1).tolist()
-    labels = [scan.files[i][1] for i in result.ok]
+    labels = [files[i][1] for i in result.ok]
     return {
         **classification_metrics(labels, predicted, trial.classes),
         "skipped": skipped,

@@ -15,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from trainables import TrialConfig
+from trainables import SPLIT_FILE, TrialConfig
 from tuner._errors import UsageError
+from tuner._holdout import attach_test_scores
 
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_PARQUET = "leaderboard.parquet"
@@ -38,6 +39,8 @@ _BASE_COLUMNS = [
     "trial_id",
     "status",
     "val_acc",
+    "val_acc_se",
+    "test_acc",
     "best_epoch",
     "epochs",
     "stopped_early",
@@ -72,12 +75,30 @@ def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
     board = pd.DataFrame(rows, columns=columns[1:])
     if board.empty:
         return pd.DataFrame(columns=columns)
+    # Ties on val_acc are common (one photo is a step): the lower val_loss ranks first.
     board["_order"] = board["status"].map(_STATUS_ORDER).fillna(5)
     board = board.sort_values(
         ["_order", "val_acc", "val_loss"], ascending=[True, False, True], na_position="last"
     ).drop(columns="_order")
     board.insert(0, "rank", range(1, len(board) + 1))
+    n_val = _validation_photos(experiment_dir)
+    board["val_acc_se"] = [standard_error(acc, n_val) for acc in board["val_acc"]]
+    board = attach_test_scores(board, experiment_dir)
     return _typed(board.reset_index(drop=True))
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` photos (NaN if unknown)."""
+    if not n or not math.isfinite(accuracy):
+        return math.nan
+    return math.sqrt(accuracy * (1 - accuracy) / n)
+
+
+def _validation_photos(experiment_dir: Path) -> int:
+    try:
+        return len(json.loads((experiment_dir / SPLIT_FILE).read_text())["val"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +118,8 @@ def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, A
         "trial_id": trial.trial_id,
         "status": status,
         "val_acc": math.nan,
+        "val_acc_se": math.nan,
+        "test_acc": math.nan,
         "best_epoch": 0,
         "epochs": epochs,
         "stopped_early": status == "stopped_early",
@@ -140,6 +163,8 @@ def _typed(board: pd.DataFrame) -> pd.DataFrame:
         "trial_id": "string",
         "status": "string",
         "val_acc": "float64",
+        "val_acc_se": "float64",
+        "test_acc": "float64",
         "best_epoch": "int64",
         "epochs": "int64",
         "stopped_early": "bool",
@@ -166,9 +191,12 @@ def best_config(board: pd.DataFrame) -> dict[str, Any]:
     if board.empty or pd.isna(board.iloc[0]["val_acc"]):
         return {}
     top = board.iloc[0]
+    test_acc = float(top["test_acc"])
     return {
         "trial_id": str(top["trial_id"]),
         "val_acc": float(top["val_acc"]),
+        "val_acc_se": float(top["val_acc_se"]),
+        "test_acc": test_acc if math.isfinite(test_acc) else None,
         "best_epoch": int(top["best_epoch"]),
         "checkpoint": str(top["checkpoint"]),
         "config": {k: _plain(top[k]) for k in TrialConfig.field_names()},

@@ -392,7 +392,10 @@ def _markdown(exp: _Experiment, report: Report) -> str:
         epochs = int(board.iloc[0]["epochs"])
         lines += [
             f"- trial: `{best['trial_id']}` ({board.iloc[0]['status']})",
-            f"- val_acc: **{best['val_acc']:.4f}** at epoch {best['best_epoch']} of {epochs}",
+            f"- val_acc: **{best['val_acc']:.4f}** (± {best['val_acc_se']:.4f}, one standard "
+            f"error) at epoch {best['best_epoch']} of {epochs}",
+            "- test_acc (photos no trial trained on or was selected by): "
+            + (f"**{best['test_acc']:.4f}**" if best["test_acc"] is not None else "not scored"),
             f"- checkpoint: `{best['checkpoint']}`",
             "",
             "```json",
@@ -404,7 +407,10 @@ def _markdown(exp: _Experiment, report: Report) -> str:
     for path in report.figures:
         title, caption = _CAPTIONS[path.stem]
         lines += ["", f"## {title}", "", f"![{title}]({path.name})", "", caption]
-    columns = ["rank", "trial_id", "status", "val_acc", "best_epoch", "epochs", *exp.searched]
+    columns = [
+        "rank", "trial_id", "status", "val_acc", "val_acc_se", "test_acc", "best_epoch", "epochs",
+        *exp.searched,
+    ]  # fmt: skip
     lines += ["", f"## Trials (top {min(len(board), _TABLE_ROWS)})", ""]
     lines.append(str(render(board[columns], "markdown", _TABLE_ROWS)).rstrip())
     if report.skipped:

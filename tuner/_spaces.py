@@ -57,6 +57,8 @@ class Budget:
     time_budget_s: float | None = None
     seed: int = 0
     val_fraction: float = 0.2
+    test_fraction: float = 0.15  # held out: never trained on or selected by
+    test_top_k: int = 5  # trials scored on the test split when the search ends
 
     def validate(self) -> None:
         checks = [
@@ -81,6 +83,16 @@ class Budget:
             ),
             (self.time_budget_s is None or self.time_budget_s > 0, "time budget must be > 0"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
+            (
+                0 <= self.test_fraction < 0.5,
+                f"test fraction must be in [0, 0.5), got "
+                f"{self.test_fraction:g} (0 holds no test photos out)",
+            ),
+            (
+                self.test_fraction + self.val_fraction < 1,
+                "test fraction + val_fraction leave no photos to train on",
+            ),
+            (self.test_top_k >= 0, "test_top_k must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop starting/continuing trials after this long",
     )
     budget.add_argument("--seed", type=int, help="seed of the split, Optuna and the trials")
+    budget.add_argument(
+        "--test-fraction",
+        type=float,
+        metavar="F",
+        help="share of each class's photos held out as the test split, never seen by a trial "
+        "and scoring the top trials at the end (default 0.15; 0: none)",
+    )
     res = search.add_argument_group("resources (override the space's)")
     res.add_argument("--cpus-per-trial", type=_positive_float, metavar="C")
     res.add_argument(
@@ -125,12 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "evaluate",
         help="test-set metrics of a ranked trial, as JSON",
-        description="Evaluate the best checkpoint of a ranked trial on a labelled photo folder "
-        "(ImageFolder layout, the experiment's classes) and print one JSON object: accuracy, "
-        "per-class precision/recall/support, confusion matrix, skipped files.",
+        description="Evaluate the best checkpoint of a ranked trial on the experiment's test "
+        "split (photos no trial saw), or on a labelled photo folder (ImageFolder layout, the "
+        "experiment's classes), and print one JSON object: accuracy, per-class "
+        "precision/recall/support, confusion matrix, skipped files.",
     )
     _add_ranked_trial_args(evaluate)
-    evaluate.add_argument("--data", required=True, metavar="DIR", help="labelled photo folder")
+    evaluate.add_argument(
+        "--data", metavar="DIR", help="labelled photo folder (default: the test split)"
+    )
 
     export = sub.add_parser(
         "export",
@@ -202,6 +212,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial,
             max_concurrent=args.max_concurrent,
+            test_fraction=args.test_fraction,
         )
     )
     name = validate_name(args.name or default_name(space))
@@ -287,9 +298,12 @@ def _ranked_trial(args: argparse.Namespace) -> RankedTrial:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tuner._inference import evaluate_folder
+    from tuner._inference import evaluate_folder, evaluate_test_split
 
-    print(json.dumps(evaluate_folder(_ranked_trial(args), Path(args.data)), indent=2))
+    trial = _ranked_trial(args)
+    data = Path(args.data) if args.data else None
+    metrics = evaluate_folder(trial, data) if data else evaluate_test_split(trial)
+    print(json.dumps(metrics, indent=2))
     return 0
 
 

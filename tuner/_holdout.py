@@ -1,0 +1,81 @@
+"""The held-out verdict: the top trials scored once on the test split no trial saw.
+
+val_acc picks the winner, so the winner's val_acc is flattered by the pick.
+When a search ends (or a resumed one), the best checkpoints of the top-K
+trials are evaluated on the experiment's test split and kept in
+``test_scores.json`` (trial id -> checkpoint and ``test_acc``); the
+leaderboard shows them as ``test_acc``. A trial is scored again only when
+its best checkpoint changed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trainables import SPLIT_FILE, Split
+
+TEST_SCORES = "test_scores.json"
+
+
+def load_scores(exp_dir: Path) -> dict[str, dict[str, Any]]:
+    """trial id -> {"checkpoint", "test_acc", "n_images"} of the trials scored so far."""
+    path = exp_dir / TEST_SCORES
+    try:
+        scores = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return scores if isinstance(scores, dict) else {}
+
+
+def attach_test_scores(board: pd.DataFrame, exp_dir: Path) -> pd.DataFrame:
+    """``board`` with ``test_acc`` (NaN where the best checkpoint was not scored)."""
+    scores = load_scores(exp_dir)
+
+    def score(row: pd.Series) -> float:
+        entry = scores.get(str(row["trial_id"]), {})
+        same = entry.get("checkpoint") == str(row["checkpoint"])
+        return float(entry["test_acc"]) if same and "test_acc" in entry else math.nan
+
+    board = board.copy()
+    board["test_acc"] = board.apply(score, axis=1) if len(board) else pd.Series(dtype="float64")
+    return board.astype({"test_acc": "float64"})
+
+
+def score_top_trials(exp_dir: Path, board: pd.DataFrame, top_k: int) -> dict[str, float]:
+    """Evaluate the best checkpoints of the ``top_k`` ranked trials on the test split.
+
+    Returns trial id -> test_acc of the trials scored (now or before); an empty
+    dict when the experiment holds no test split.
+    """
+    from tuner._inference import evaluate_test_split, load_ranked_trial
+
+    split = Split.load(exp_dir / SPLIT_FILE)
+    if not split.test or top_k <= 0:
+        return {}
+    scores = load_scores(exp_dir)
+    out: dict[str, float] = {}
+    for rank in range(1, min(top_k, len(board)) + 1):
+        row = board.iloc[rank - 1]
+        trial_id, checkpoint = str(row["trial_id"]), str(row["checkpoint"])
+        if pd.isna(row["val_acc"]) or not checkpoint or not Path(checkpoint).is_dir():
+            continue
+        entry = scores.get(trial_id, {})
+        if entry.get("checkpoint") != checkpoint:
+            metrics = evaluate_test_split(load_ranked_trial(exp_dir, rank, board))
+            entry = {
+                "checkpoint": checkpoint,
+                "test_acc": metrics["accuracy"],
+                "n_images": metrics["n_images"],
+            }
+            scores[trial_id] = entry
+        out[trial_id] = float(entry["test_acc"])
+    tmp = exp_dir / f".{TEST_SCORES}.tmp"
+    tmp.write_text(json.dumps(scores, indent=2))
+    os.replace(tmp, exp_dir / TEST_SCORES)
+    return out

@@ -237,3 +237,86 @@ def test_bad_input_exits_2_with_one_message(finished, tmp_path, capsys, args, me
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method", ["top", "greedy"])
+def test_an_ensemble_predicts_the_mean_of_its_members_probabilities(
+    finished, flowers, board, tmp_path, method
+):
+    _, storage, _ = finished
+    out = tmp_path / method
+    args = ("--storage", str(storage), "--output", str(out), "--ensemble", "2")
+    code, stdout, err = run_cli("export", "e2e", *args, "--ensemble-method", method)
+    assert code == 0, err[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    ensemble = config["ensemble"]
+    members = ensemble["members"]
+    assert sum(m["weight"] for m in members) == 2 and ensemble["method"] == method
+    if method == "top":
+        assert [m["rank"] for m in members] == [1, 2]
+        assert [m["trial_id"] for m in members] == list(board["trial_id"][:2])
+    else:  # picked among the 4 best-ranked trials
+        assert all(m["rank"] <= 4 for m in members)
+    assert 0.0 <= ensemble["val_acc"] <= 1.0 and 0.0 <= ensemble["test_acc"] <= 1.0
+    assert f"val_acc {ensemble['val_acc']:.4f}" in stdout
+    photos = [p for p, _ in unseen_photos(flowers)][:6]
+    inputs = reference_inputs(photos, config["image_size"], config["mean"], config["std"])
+    scripted = torch.jit.load(str(out / "model.ts"))
+    with torch.no_grad():
+        expected = sum(
+            m["weight"] * checkpoint_logits(m["source_checkpoint"], photos).softmax(1)
+            for m in members
+        ) / sum(m["weight"] for m in members)
+        assert torch.allclose(scripted(inputs).softmax(1), expected, atol=1e-5)
+    for m in members:  # each member's state_dict loads strictly into the stock model
+        state = torch.load(out / m["state_dict"], weights_only=True)
+        model = trainables.build_model(m["model"], len(CLASSES), False, config["image_size"])
+        model.load_state_dict(state, strict=True)
+    # `predict` uses an ensemble export unchanged.
+    assert main(["predict", str(out), str(photos[0]), "--top", "1"]) == 0
+
+
+def test_an_ensemble_of_too_few_trials_exits_2(finished, tmp_path, capsys):
+    _, storage, _ = finished
+    args = ("--storage", str(storage), "--output", str(tmp_path / "e"), "--ensemble", "2")
+    code = main(["export", "e2e", *args, "--ensemble-method", "nope"])
+    assert code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_refit_trains_the_chosen_config_on_train_and_val_and_scores_it_on_test(
+    finished, board, tmp_path
+):
+    _, storage, exp = finished
+    proc = run_tuner("refit", "e2e", "--storage", str(storage), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    trial_id = board.loc[0, "trial_id"]
+    record = json.loads((exp / "refit" / trial_id / "refit.json").read_text())
+    split = json.loads((exp / "split.json").read_text())
+    assert record["n_train"] == len(split["train"]) + len(split["val"])
+    assert record["n_test"] == len(split["test"]) == 10
+    assert record["epochs"] == board.loc[0, "best_epoch"]
+    assert round(record["test_acc"] * 10, 6) % 1 == 0  # k of the 10 test photos
+    assert f"test_acc {record['test_acc']:.4f}" in proc.stdout
+    state = torch.load(exp / "refit" / trial_id / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == record["epochs"]
+    assert state["config"]["seed"] == board.loc[0, "seed"]
+    # `export --refit` exports the refit model, not the search checkpoint.
+    out = tmp_path / "refit-export"
+    code, _, err = run_cli(
+        "export", "e2e", "--storage", str(storage), "--output", str(out), "--refit"
+    )
+    assert code == 0, err
+    exported = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(exported[k], v) for k, v in state["model"].items())
+    config = json.loads((out / "config.json").read_text())
+    assert config["source_checkpoint"] == str(exp / "refit" / trial_id)
+
+
+def test_export_refit_without_a_refit_says_how_to_make_one(finished, tmp_path):
+    _, storage, _ = finished
+    out = tmp_path / "x"
+    code, _, err = run_cli(
+        "export", "e2e", "--storage", str(storage), "--output", str(out), "--refit", "--rank", "2"
+    )
+    assert code == 2 and "python -m tuner refit e2e --rank 2" in err

@@ -91,3 +91,18 @@ def test_bad_test_fractions_are_refused(synthetic, fraction, message):
         scan.files = [f for f in scan.files if int(Path(f[0]).stem) < 2]
     with pytest.raises(DataError, match=re.escape(message)):
         make_split(scan, val_fraction=0.2, seed=0, test_fraction=fraction)
+
+
+def test_a_refit_trains_on_train_and_val_and_scores_on_test_only(synthetic):
+    from trainables import decode_files, decode_for_refit
+
+    split, _ = prepare_data(scan_folder(synthetic), size=24, seed=0, test_fraction=0.2)
+    cache = decode_for_refit(split, 24)
+    assert len(cache.train_y) == len(split.train) + len(split.val)
+    assert len(cache.val_y) == len(split.test)
+    test_pixels, _, _ = decode_files([split.root / p for p, _ in split.test], 24)
+    assert np.array_equal(cache.val_x, test_pixels)
+    for photo in test_pixels:
+        assert not (cache.train_x == photo).all(axis=(1, 2, 3)).any()
+    with pytest.raises(DataError, match="no test split"):
+        decode_for_refit(make_split(scan_folder(synthetic), seed=0), 24)

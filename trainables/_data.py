@@ -281,6 +281,23 @@ def decode_split(split: Split, size: int, workers: int | None = None) -> ImageCa
     return _cache_from(split, x, {p: i for i, p in enumerate(paths)}, size)
 
 
+def decode_for_refit(split: Split, size: int, workers: int | None = None) -> ImageCache:
+    """The cache a refit trains on: train + val photos to train, the test photos to score.
+
+    Only for retraining a configuration that the search already chose: no
+    choice is made on the test photos.
+    """
+    if not split.test:
+        raise DataError("the experiment holds no test split (it was searched with test fraction 0)")
+    files = split.train + split.val + split.test
+    x, failures, _ = decode_files([split.root / p for p, _ in files], size, workers)
+    if failures:
+        i, reason = next(iter(failures.items()))
+        raise DataError(f"{split.root / files[i][0]} can no longer be decoded: {reason}")
+    refit = Split(split.root, split.classes, split.train + split.val, split.test, split.seed, 0.0)
+    return _cache_from(refit, x, {p: i for i, (p, _) in enumerate(files)}, size)
+
+
 def prepare_data(
     scan: FolderScan,
     size: int,

@@ -12,15 +12,21 @@ An export folder holds:
 - ``config.json``: the trial configuration plus the preprocessing
   (``image_size``, ``resize``, ``mean``, ``std``) and where it came from.
 
+An ensemble export (``--ensemble K``) has the same ``model.ts`` (the members'
+averaged probabilities, as log-probabilities), ``labels.json`` and
+``config.json`` (with an ``ensemble`` section), and one state_dict per member
+under ``members/TRIAL_ID/model.pt``.
+
 ``predict`` reads only ``model.ts``, ``labels.json`` and ``config.json``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,7 @@ from typing import Any
 
 import torch
 
+from tuner._ensemble import Ensemble
 from tuner._errors import UsageError
 from tuner._inference import Preprocessing, RankedTrial, classify
 
@@ -51,17 +58,7 @@ def export_trial(trial: RankedTrial, output: Path) -> list[Path]:
     The TorchScript model is checked against the checkpoint's model on a
     batch of random inputs before anything is written.
     """
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {output}: {exc.strerror or exc}") from None
-    size = trial.preprocessing.image_size
     model = trial.model.float().eval()
-    with torch.no_grad(), _quiet_jit():
-        traced = torch.jit.trace(model, torch.zeros(1, 3, size, size))
-        probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
-        if not torch.allclose(traced(probe), model(probe), atol=_TRACE_ATOL):
-            raise RuntimeError(f"TorchScript export of trial {trial.trial_id} disagrees with it")
     config = {
         **trial.config,
         **trial.preprocessing.to_dict(),
@@ -73,24 +70,84 @@ def export_trial(trial: RankedTrial, output: Path) -> list[Path]:
         "source_checkpoint": str(trial.checkpoint),
         "experiment": str(trial.experiment),
     }
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    writers = {
-        MODEL_STATE: lambda p: torch.save(state, p),
+    states = {MODEL_STATE: model}
+    return _write_export(output, model, trial.preprocessing, trial.classes, config, states)
+
+
+def export_ensemble(ensemble: Ensemble, output: Path, test_acc: float | None) -> list[Path]:
+    """Write an ensemble's export: one TorchScript ``model.ts`` averaging its members'
+    probabilities, ``members/TRIAL_ID/model.pt`` state_dicts, labels and config."""
+    first = ensemble.members[0]
+    config = {
+        **first.preprocessing.to_dict(),
+        "preprocessing": PREPROCESSING,
+        "num_classes": len(first.classes),
+        "ensemble": {
+            "method": ensemble.method,
+            "val_acc": ensemble.val_acc,
+            "test_acc": test_acc,
+            "members": [
+                {
+                    "trial_id": m.trial_id,
+                    "rank": m.rank,
+                    "weight": w,
+                    "val_acc": m.val_acc,
+                    "model": m.config["model"],
+                    "source_checkpoint": str(m.checkpoint),
+                    "state_dict": f"members/{m.trial_id}/{MODEL_STATE}",
+                }
+                for m, w in zip(ensemble.members, ensemble.weights, strict=True)
+            ],
+        },
+        "experiment": str(first.experiment),
+    }
+    states = {f"members/{m.trial_id}/{MODEL_STATE}": m.model for m in ensemble.members}
+    module = ensemble.module()
+    return _write_export(output, module, first.preprocessing, first.classes, config, states)
+
+
+def _write_export(
+    output: Path,
+    model: torch.nn.Module,
+    prep: Preprocessing,
+    classes: list[str],
+    config: dict[str, Any],
+    states: dict[str, torch.nn.Module],
+) -> list[Path]:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {output}: {exc.strerror or exc}") from None
+    size = prep.image_size
+    with torch.no_grad(), _quiet_jit():
+        traced = torch.jit.trace(model, torch.zeros(1, 3, size, size))
+        probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+        if not torch.allclose(traced(probe), model(probe), atol=_TRACE_ATOL):
+            raise RuntimeError(f"the TorchScript export to {output} disagrees with the model")
+    writers: dict[str, Callable[[Path], object]] = {
+        name: functools.partial(_save_state_dict, module) for name, module in states.items()
+    }
+    writers |= {
         MODEL_SCRIPT: lambda p: _save_script(traced, p),
-        LABELS: lambda p: Path(p).write_text(json.dumps(trial.classes, indent=2) + "\n"),
+        LABELS: lambda p: Path(p).write_text(json.dumps(classes, indent=2) + "\n"),
         CONFIG: lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"),
     }
     written = []
     for name, write in writers.items():
         path = output / name
-        tmp = path.with_name(f".{name}.tmp")
+        tmp = path.with_name(f".{path.name}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             write(tmp)
             os.replace(tmp, path)
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
         written.append(path)
     return written
+
+
+def _save_state_dict(model: torch.nn.Module, path: Path) -> None:
+    torch.save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
 
 
 @contextmanager

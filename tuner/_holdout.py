@@ -13,12 +13,17 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import torch
 
 from trainables import SPLIT_FILE, Split
+
+if TYPE_CHECKING:
+    from tuner._inference import Preprocessing
 
 TEST_SCORES = "test_scores.json"
 
@@ -79,3 +84,20 @@ def score_top_trials(exp_dir: Path, board: pd.DataFrame, top_k: int) -> dict[str
     tmp.write_text(json.dumps(scores, indent=2))
     os.replace(tmp, exp_dir / TEST_SCORES)
     return out
+
+
+def score_module_on_test(
+    exp_dir: Path, model: Callable[[torch.Tensor], torch.Tensor], prep: Preprocessing
+) -> float | None:
+    """Accuracy of ``model`` on the experiment's test split (None without one)."""
+    from tuner._inference import classify
+
+    split = Split.load(exp_dir / SPLIT_FILE)
+    if not split.test:
+        return None
+    with torch.no_grad():
+        result = classify(model, [split.root / p for p, _ in split.test], prep)
+    if not result.ok:
+        return None
+    labels = torch.tensor([split.test[i][1] for i in result.ok])
+    return float((result.logits.argmax(1) == labels).float().mean())

@@ -126,6 +126,7 @@ class RankedTrial:
     rank: int
     trial_id: str
     val_acc: float | None
+    best_epoch: int
     checkpoint: Path
     config: dict[str, Any]
     classes: list[str]
@@ -168,6 +169,7 @@ def load_ranked_trial(exp_dir: Path, rank: int, board: pd.DataFrame | None = Non
         rank=rank,
         trial_id=trial_id,
         val_acc=val_acc if math.isfinite(val_acc) else None,
+        best_epoch=int(row["best_epoch"]),
         checkpoint=folder,
         config=cfg,
         classes=classes,

@@ -147,10 +147,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a ranked trial as a standalone model folder",
         description="Write model.pt (state_dict of the stock architecture), model.ts "
         "(TorchScript), labels.json and config.json (trial config and preprocessing) "
-        "for the best checkpoint of a ranked trial.",
+        "for the best checkpoint of a ranked trial; or, with --ensemble K, one model.ts "
+        "averaging the probabilities of K trials' best checkpoints.",
     )
     _add_ranked_trial_args(export)
     export.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+    export.add_argument(
+        "--refit",
+        action="store_true",
+        help="export the refit of the ranked trial (see `refit`) instead of its search checkpoint",
+    )
+    export.add_argument(
+        "--ensemble",
+        type=_positive_int,
+        metavar="K",
+        help="export an ensemble of K members instead of one trial (--rank is then ignored)",
+    )
+    export.add_argument(
+        "--ensemble-method",
+        choices=["greedy", "top"],
+        default="greedy",
+        help="greedy: K picks (with replacement) among the 2K best, each raising val accuracy "
+        "most; top: the K best-ranked trials (default: greedy)",
+    )
+
+    refit = sub.add_parser(
+        "refit",
+        help="retrain a ranked configuration on train + val, score it on the test split",
+        description="Retrain the configuration of a ranked trial (same seed and schedule, its "
+        "best epoch count) on the training and validation photos together, as a Ray task with "
+        "one trial's resources, and score it on the test split. The model lands in "
+        "STORAGE/NAME/refit/TRIAL_ID/; `export --refit` exports it.",
+    )
+    _add_ranked_trial_args(refit)
 
     predict = sub.add_parser(
         "predict",
@@ -310,10 +339,62 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from tuner._export import export_trial
 
+    if args.ensemble:
+        if args.refit:
+            raise UsageError("--ensemble and --refit cannot be combined")
+        return _export_ensemble(args)
     trial = _ranked_trial(args)
+    if args.refit:
+        from tuner._refit import load_refit
+
+        trial = load_refit(trial)
     for path in export_trial(trial, Path(args.output)):
         print(f"Wrote {path}")
     print(f"Exported trial {trial.trial_id} (rank {trial.rank}, val_acc {trial.val_acc})")
+    return 0
+
+
+def _cmd_refit(args: argparse.Namespace) -> int:
+    from tuner._experiment import default_storage
+    from tuner._inference import resolve_experiment
+    from tuner._refit import refit
+
+    exp_dir = resolve_experiment(default_storage(args.storage), args.name)
+    record = refit(exp_dir, args.rank)
+    val = record["search_val_acc"]
+    print(
+        f"Refit of trial {record['trial_id']} (rank {record['rank']}): test_acc "
+        f"{record['test_acc']:.4f} on {record['n_test']} test photos after {record['epochs']} "
+        f"epoch(s) on {record['n_train']} photos (search val_acc {val:.4f}); "
+        f"{record['wall_time_s']:.0f} s"
+    )
+    print(f"  checkpoint: {record['checkpoint']}")
+    print(f"  export it with: python -m tuner export {args.name} --rank {args.rank} --refit ...")
+    return 0
+
+
+def _export_ensemble(args: argparse.Namespace) -> int:
+    from tuner._ensemble import choose_ensemble
+    from tuner._experiment import default_storage
+    from tuner._export import export_ensemble
+    from tuner._holdout import score_module_on_test
+    from tuner._inference import resolve_experiment
+    from tuner._leaderboard import build_leaderboard
+
+    exp_dir = resolve_experiment(default_storage(args.storage), args.name)
+    board = build_leaderboard(exp_dir)
+    ensemble = choose_ensemble(exp_dir, board, args.ensemble, args.ensemble_method)
+    test_acc = score_module_on_test(exp_dir, ensemble.module(), ensemble.members[0].preprocessing)
+    for path in export_ensemble(ensemble, Path(args.output), test_acc):
+        print(f"Wrote {path}")
+    members = ", ".join(
+        f"rank {m.rank} x{w:g}" for m, w in zip(ensemble.members, ensemble.weights, strict=True)
+    )
+    test = f", test_acc {test_acc:.4f}" if test_acc is not None else ""
+    print(
+        f"Exported a {args.ensemble_method} ensemble of {len(ensemble.members)} trial(s) "
+        f"({members}): val_acc {ensemble.val_acc:.4f}{test}"
+    )
     return 0
 
 
@@ -358,6 +439,7 @@ _COMMANDS = {
     "report": _cmd_report,
     "evaluate": _cmd_evaluate,
     "export": _cmd_export,
+    "refit": _cmd_refit,
     "predict": _cmd_predict,
     "data": _cmd_data,
 }

@@ -1,0 +1,129 @@
+"""Refit: retrain a ranked configuration on train + val, then score it on the test split.
+
+The search chose the configuration and its epoch count on the validation
+photos; a refit trains the same configuration (same seed and schedule) for
+that many epochs on the training and validation photos together, so the
+exported model learns from every photo except the held-out test split, which
+then scores it. It runs as a Ray task with the resources of one trial, on the
+experiment's cluster, and writes its checkpoint under
+``results/NAME/refit/TRIAL_ID/`` with ``refit.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainables import (
+    CHECKPOINT_FILE,
+    SPLIT_FILE,
+    DataError,
+    ImageCache,
+    Split,
+    TrialConfig,
+    decode_for_refit,
+    fit,
+)
+from tuner._errors import UsageError
+from tuner._inference import RankedTrial
+
+REFIT_DIR = "refit"
+REFIT_RECORD = "refit.json"
+
+
+def refit_folder(exp_dir: Path, trial_id: str) -> Path:
+    """Where the refit of ``trial_id`` keeps its checkpoint and record."""
+    return exp_dir / REFIT_DIR / trial_id
+
+
+def _train(config: dict[str, Any], data: ImageCache, dest: str, threads: int) -> dict[str, Any]:
+    """The Ray task: ``fit`` for the chosen epochs; the last checkpoint lands in ``dest``."""
+    cfg = TrialConfig.from_dict(config)
+    history: list[dict[str, Any]] = []
+
+    def report(metrics: dict[str, Any], folder: Path) -> None:
+        history.append(metrics)
+        if metrics["epoch"] == cfg.max_epochs or metrics.get("diverged"):
+            Path(dest).mkdir(parents=True, exist_ok=True)
+            os.replace(folder / CHECKPOINT_FILE, Path(dest) / CHECKPOINT_FILE)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    fit(cfg, data, report, threads=threads)
+    return {"history": history}
+
+
+def refit(exp_dir: Path, rank: int, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Refit the ``rank``-th trial of ``exp_dir`` (see the module doc); its record."""
+    import ray
+
+    from tuner._cluster import start_ray
+    from tuner._inference import load_ranked_trial
+
+    trial = load_ranked_trial(exp_dir, rank)
+    saved = json.loads((exp_dir / "tuner.json").read_text())
+    split = Split.load(exp_dir / SPLIT_FILE)
+    epochs = max(1, trial.best_epoch)
+    config = {**trial.config, "max_epochs": epochs}
+    try:
+        data = decode_for_refit(split, int(saved["cache_size"]))
+    except DataError as exc:
+        raise UsageError(f"refit: {exc}; refit scores its model on the test split") from None
+    say(
+        f"Refit of trial {trial.trial_id} (rank {rank}): {epochs} epoch(s) on "
+        f"{len(split.train) + len(split.val)} train + val photos, scored on "
+        f"{len(split.test)} test photos"
+    )
+    start_ray(saved.get("address"), say)
+    resources = {k: float(v) for k, v in saved["resources"].items()}
+    dest = refit_folder(exp_dir, trial.trial_id)
+    t0 = time.perf_counter()
+    task = ray.remote(_train).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
+    threads = max(1, int(resources["cpu"]))
+    result = ray.get(task.remote(config, data, str(dest), threads))
+    last = result["history"][-1]
+    if last.get("diverged"):
+        raise UsageError(f"refit of trial {trial.trial_id} diverged at epoch {last['epoch']}")
+    record = {
+        "trial_id": trial.trial_id,
+        "rank": rank,
+        "epochs": epochs,
+        "config": config,
+        "search_val_acc": trial.val_acc,
+        "test_acc": float(last["val_acc"]),  # the refit's "val" photos are the test split
+        "test_loss": float(last["val_loss"]),
+        "n_train": len(split.train) + len(split.val),
+        "n_test": len(split.test),
+        "checkpoint": str(dest),
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    (dest / REFIT_RECORD).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def load_refit(trial: RankedTrial) -> RankedTrial:
+    """``trial`` with the model and checkpoint of its refit (UsageError if there is none)."""
+    from trainables import CheckpointError, build_model, load_state
+
+    dest = refit_folder(trial.experiment, trial.trial_id)
+    try:
+        record = json.loads((dest / REFIT_RECORD).read_text())
+        state = load_state(dest)
+    except (OSError, ValueError, CheckpointError):
+        raise UsageError(
+            f"trial {trial.trial_id} (rank {trial.rank}) has no refit model; make one with: "
+            f"python -m tuner refit {trial.experiment.name} --rank {trial.rank}"
+        ) from None
+    cfg = state["config"]
+    model = build_model(cfg["model"], len(trial.classes), False, cfg["image_size"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return dataclasses.replace(
+        trial, model=model, checkpoint=dest, config=dict(cfg), val_acc=None,
+        best_epoch=int(record["epochs"]),
+    )  # fmt: skip

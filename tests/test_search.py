@@ -214,3 +214,29 @@ def test_the_top_trials_are_scored_once_on_the_held_out_test_split(finished, cap
     metrics = json.loads(out)
     assert metrics["n_images"] == len(test_files) == 10
     assert metrics["accuracy"] == pytest.approx(board.loc[0, "test_acc"])
+
+
+@pytest.mark.slow
+def test_a_time_budget_ends_the_search_cleanly_and_lists_trials_that_never_started(
+    small_flowers, tmp_path
+):
+    """Two trials may run at once but each needs both CPUs: the second waits, pending,
+    while the first trains, until the time budget ends the search."""
+    from conftest import TINY_SPACE
+
+    space = tmp_path / "long.yaml"
+    space.write_text(TINY_SPACE.replace("max_epochs: 3", "max_epochs: 200"))
+    proc = run_search(
+        space, small_flowers, tmp_path / "r", "tb", "--time-budget", "25",
+        "--max-concurrent", "2", "--cpus-per-trial", "2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    board = pd.read_csv(tmp_path / "r" / "tb" / "leaderboard.csv")
+    assert set(board["status"]) <= {"completed", "stopped_early", "not_started"}
+    waiting = board[board["status"] == "not_started"]
+    assert len(waiting) >= 1 and (waiting["epochs"] == 0).all()
+    assert not waiting["stopped_early"].any()
+    # Ranked after every trial that reported, and counted in the summary.
+    assert waiting["rank"].min() > board.loc[board["status"] != "not_started", "rank"].max()
+    assert f"{len(waiting)} not_started" in proc.stdout

@@ -204,7 +204,10 @@ def _reporter(space: SearchSpace) -> Any:
         },
         parameter_columns=space.searched,
         max_report_frequency=30,
-        sort_by_metric=True,
+        # Ray sorts finished trials by their last metric, which a trial that never
+        # reported (a time budget ended first) does not have: a TypeError at the end.
+        # The leaderboard ranks them; the live table lists trials in start order.
+        sort_by_metric=False,
         metric=SEARCH_METRIC,
         mode="max",
         max_column_length=12,

@@ -33,6 +33,7 @@ _STATUS_ORDER = {
     "pending": 2,
     "diverged": 3,
     "error": 4,
+    "not_started": 5,
 }
 _BASE_COLUMNS = [
     "rank",
@@ -76,7 +77,7 @@ def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
     if board.empty:
         return pd.DataFrame(columns=columns)
     # Ties on val_acc are common (one photo is a step): the lower val_loss ranks first.
-    board["_order"] = board["status"].map(_STATUS_ORDER).fillna(5)
+    board["_order"] = board["status"].map(_STATUS_ORDER).fillna(6)
     board = board.sort_values(
         ["_order", "val_acc", "val_loss"], ascending=[True, False, True], na_position="last"
     ).drop(columns="_order")
@@ -110,6 +111,8 @@ def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, A
     epochs = int(df["epoch"].max()) if has_results else 0
     if diverged:
         status = "diverged"
+    elif ray_status == "terminated" and not has_results:
+        status = "not_started"  # a time budget ended before it reported
     elif ray_status == "terminated":
         status = "completed" if epochs >= int(cfg["max_epochs"]) else "stopped_early"
     else:

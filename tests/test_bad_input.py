@@ -132,7 +132,7 @@ def test_a_salted_search_with_diverging_trials_completes_and_skips_exactly_the_b
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = tmp_path / "r" / "salted"
     split = json.loads((exp / "split.json").read_text())
-    used = {p for p, _ in split["train"] + split["val"]}
+    used = {p for p, _ in split["train"] + split["val"] + split["test"]}
     assert {s["path"] for s in split["skipped"]} == bad
     assert good <= used and not (bad & used)
     assert len(used) == 5 * 8 + 1 + len(good)

@@ -276,12 +276,20 @@ def test_an_ensemble_predicts_the_mean_of_its_members_probabilities(
     assert main(["predict", str(out), str(photos[0]), "--top", "1"]) == 0
 
 
-def test_an_ensemble_of_too_few_trials_exits_2(finished, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--ensemble", "2", "--ensemble-method", "nope"), "invalid choice: 'nope'"),
+        (("--ensemble", "2", "--refit"), "--ensemble and --refit cannot be combined"),
+        (("--ensemble", "0"), "must be >= 1"),
+    ],
+)
+def test_bad_ensemble_requests_exit_2_with_one_message(finished, tmp_path, extra, message):
     _, storage, _ = finished
-    args = ("--storage", str(storage), "--output", str(tmp_path / "e"), "--ensemble", "2")
-    code = main(["export", "e2e", *args, "--ensemble-method", "nope"])
-    assert code == 2
-    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    args = ("--storage", str(storage), "--output", str(tmp_path / "e"))
+    code, _, err = run_cli("export", "e2e", *args, *extra)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()
 
 
 def test_refit_trains_the_chosen_config_on_train_and_val_and_scores_it_on_test(

@@ -129,8 +129,8 @@ def test_killed_workers_and_a_kill_9_of_the_driver_lose_no_finished_epoch(small_
     """Trial workers killed mid-training are retried from their checkpoints; then the
     whole driver is killed -9 and `resume` continues from the checkpoints, with the
     Optuna state."""
-    # 64 px: epochs long enough to kill a worker in the middle of training.
-    space, storage = write_space(tmp_path, 3, 3, size=64), tmp_path / "r"
+    # 96 px: epochs long enough to kill a worker in the middle of training.
+    space, storage = write_space(tmp_path, 3, 3, size=96), tmp_path / "r"
     exp = storage / "k9"
     proc = start_search(space, small_flowers, storage, "k9")
     try:

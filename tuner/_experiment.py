@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainables import (
     SPLIT_FILE,
@@ -34,8 +34,8 @@ from trainables import (
 from tuner._cluster import check_storage_reachable, local_resources, start_ray
 from tuner._datacheck import describe
 from tuner._errors import UsageError
-from tuner._holdout import attach_test_scores, score_top_trials
-from tuner._leaderboard import best_config, build_leaderboard, write_leaderboard
+from tuner._holdout import attach_test_scores, score_top_trials, test_lines
+from tuner._leaderboard import best_config, build_leaderboard, tie_note, write_leaderboard
 from tuner._pruning import CheckpointPruner
 from tuner._spaces import Budget, SearchSpace, parse_space
 from tuner._storage_guard import StorageGuard, make_reserve, release_reserve, tripped
@@ -45,9 +45,6 @@ TUNER_FILE = "tuner.json"
 METRIC = "val_acc"
 SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 Print = Callable[[str], None]
 
@@ -396,36 +393,17 @@ def finish(exp_dir: Path, name: str, storage: str, budget: Budget, say: Print) -
     if best:
         say(
             f"Best trial {best['trial_id']}: val_acc {best['val_acc']:.4f} "
-            f"(± {best['val_acc_se']:.4f}) at epoch {best['best_epoch']}{_tie_note(board)}"
+            f"(± {best['val_acc_se']:.4f}) at epoch {best['best_epoch']}{tie_note(board)}"
         )
         say("  " + json.dumps(best["config"]))
         say(f"  checkpoint: {best['checkpoint']}")
-    for line in _test_lines(board):
+    for line in test_lines(board):
         say(line)
     say("Wrote " + ", ".join(str(p) for p in written))
     if unfinished:
         say(f"The search was interrupted. Continue it with:\n  {resume_command(name, storage)}")
         return 1
     return 0
-
-
-def _tie_note(board: pd.DataFrame) -> str:
-    """Says when rank 1 shares its val_acc with others (then val_loss ranked it first)."""
-    tied = int((board["val_acc"] == board["val_acc"].iloc[0]).sum()) - 1
-    if tied <= 0:
-        return ""
-    return f"; tied on val_acc with {tied} other trial(s), ranked first by its lower val_loss"
-
-
-def _test_lines(board: pd.DataFrame) -> list[str]:
-    scored = board[board["test_acc"].notna()]
-    if scored.empty:
-        return []
-    cells = ", ".join(
-        f"rank {int(r['rank'])} {r['test_acc']:.4f} (val {r['val_acc']:.4f})"
-        for _, r in scored.iterrows()
-    )
-    return [f"Test split (photos no trial saw): {cells}"]
 
 
 def _write_tuner_file(

@@ -52,6 +52,18 @@ def attach_test_scores(board: pd.DataFrame, exp_dir: Path) -> pd.DataFrame:
     return board.astype({"test_acc": "float64"})
 
 
+def test_lines(board: pd.DataFrame) -> list[str]:
+    """The summary line of the scored trials: test against val, by rank."""
+    scored = board[board["test_acc"].notna()]
+    if scored.empty:
+        return []
+    cells = ", ".join(
+        f"rank {int(r['rank'])} {r['test_acc']:.4f} (val {r['val_acc']:.4f})"
+        for _, r in scored.iterrows()
+    )
+    return [f"Test split (photos no trial saw): {cells}"]
+
+
 def score_top_trials(exp_dir: Path, board: pd.DataFrame, top_k: int) -> dict[str, float]:
     """Evaluate the best checkpoints of the ``top_k`` ranked trials on the test split.
 

@@ -206,6 +206,14 @@ def best_config(board: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def tie_note(board: pd.DataFrame) -> str:
+    """Says when rank 1 shares its val_acc with others (then val_loss ranked it first)."""
+    tied = int((board["val_acc"] == board["val_acc"].iloc[0]).sum()) - 1
+    if tied <= 0:
+        return ""
+    return f"; tied on val_acc with {tied} other trial(s), ranked first by its lower val_loss"
+
+
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 

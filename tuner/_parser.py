@@ -1,0 +1,209 @@
+"""The command line's grammar: every subcommand, flag, default and help text.
+
+Imports nothing heavy, so ``tuner --help`` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _number(kind: type[int] | type[float], minimum: float, inclusive: bool) -> Any:
+    """An argparse ``type=`` that parses ``kind`` and enforces a lower bound."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value < minimum or (value == minimum and not inclusive):
+            bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, 1, inclusive=True)
+_positive_float = _number(float, 0, inclusive=False)
+_non_negative_float = _number(float, 0, inclusive=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuner",
+        description="Hyperparameter search for fine-tuning image classifiers (Ray Tune + Optuna).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    search = sub.add_parser(
+        "search",
+        help="run a new search",
+        description="Run an Optuna-guided, ASHA-pruned search and write a ranked leaderboard.",
+    )
+    exp = search.add_argument_group("experiment")
+    exp.add_argument("--space", required=True, help="built-in space name or a YAML file")
+    exp.add_argument("--name", help="experiment name (default: SPACE-DATE-TIME)")
+    exp.add_argument("--data", help="photo folder, ImageFolder layout (default: $TUNER_DATA)")
+    exp.add_argument("--storage", help="results root (default: $TUNER_STORAGE or ./results)")
+    exp.add_argument("--address", help="existing Ray cluster to use (default: $RAY_ADDRESS)")
+    budget = search.add_argument_group("budget (overrides the space's)")
+    budget.add_argument("--num-samples", type=_positive_int, help="number of trials")
+    budget.add_argument("--max-epochs", type=_positive_int, help="epochs per trial at most")
+    budget.add_argument(
+        "--time-budget",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop starting/continuing trials after this long",
+    )
+    budget.add_argument("--seed", type=int, help="seed of the split, Optuna and the trials")
+    budget.add_argument(
+        "--test-fraction",
+        type=float,
+        metavar="F",
+        help="share of each class's photos held out as the test split, never seen by a trial "
+        "and scoring the top trials at the end (default 0.15; 0: none)",
+    )
+    res = search.add_argument_group("resources (override the space's)")
+    res.add_argument("--cpus-per-trial", type=_positive_float, metavar="C")
+    res.add_argument(
+        "--gpus-per-trial",
+        type=_non_negative_float,
+        metavar="G",
+        help="fractions share a GPU, e.g. 0.25 runs four trials per GPU",
+    )
+    res.add_argument("--max-concurrent", type=_positive_int, metavar="M")
+
+    resume = sub.add_parser(
+        "resume",
+        help="continue an interrupted search",
+        description="Continue an interrupted search where it stopped.",
+    )
+    resume.add_argument("name")
+    resume.add_argument("--storage")
+    resume.add_argument(
+        "--restart-errored",
+        action="store_true",
+        help="start errored trials over instead of from their checkpoints",
+    )
+
+    board = sub.add_parser(
+        "leaderboard",
+        help="show or export the ranked trials",
+        description="Ranked trials of an experiment (best first).",
+    )
+    board.add_argument("name")
+    board.add_argument("--storage")
+    board.add_argument("--top", type=_positive_int, metavar="K")
+    board.add_argument(
+        "--format", default="table", choices=["table", "csv", "parquet", "json", "markdown"]
+    )
+    board.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    spaces = sub.add_parser(
+        "spaces",
+        help="list the search spaces, or show one resolved",
+        description="List the built-in spaces, or show one resolved.",
+    )
+    spaces.add_argument("name", nargs="?")
+
+    report = sub.add_parser(
+        "report",
+        help="figures and a summary of an experiment",
+        description="Draw learning curves, best val_acc over time, val_acc against each "
+        "searched hyperparameter and hyperparameter importance, and write report.md "
+        "showing them, under STORAGE/NAME/report/.",
+    )
+    report.add_argument("name")
+    report.add_argument("--storage", help="results root (default: $TUNER_STORAGE or ./results)")
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="test-set metrics of a ranked trial, as JSON",
+        description="Evaluate the best checkpoint of a ranked trial on the experiment's test "
+        "split (photos no trial saw), or on a labelled photo folder (ImageFolder layout, the "
+        "experiment's classes), and print one JSON object: accuracy, per-class "
+        "precision/recall/support, confusion matrix, skipped files.",
+    )
+    _add_ranked_trial_args(evaluate)
+    evaluate.add_argument(
+        "--data", metavar="DIR", help="labelled photo folder (default: the test split)"
+    )
+
+    export = sub.add_parser(
+        "export",
+        help="export a ranked trial as a standalone model folder",
+        description="Write model.pt (state_dict of the stock architecture), model.ts "
+        "(TorchScript), labels.json and config.json (trial config and preprocessing) "
+        "for the best checkpoint of a ranked trial; or, with --ensemble K, one model.ts "
+        "averaging the probabilities of K trials' best checkpoints.",
+    )
+    _add_ranked_trial_args(export)
+    export.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+    export.add_argument(
+        "--refit",
+        action="store_true",
+        help="export the refit of the ranked trial (see `refit`) instead of its search checkpoint",
+    )
+    export.add_argument(
+        "--ensemble",
+        type=_positive_int,
+        metavar="K",
+        help="export an ensemble of K members instead of one trial (--rank is then ignored)",
+    )
+    export.add_argument(
+        "--ensemble-method",
+        choices=["greedy", "top"],
+        default="greedy",
+        help="greedy: K picks (with replacement) among the 2K best, each raising val accuracy "
+        "most; top: the K best-ranked trials (default: greedy)",
+    )
+
+    refit = sub.add_parser(
+        "refit",
+        help="retrain a ranked configuration on train + val, score it on the test split",
+        description="Retrain the configuration of a ranked trial (same seed and schedule, its "
+        "best epoch count) on the training and validation photos together, as a Ray task with "
+        "one trial's resources, and score it on the test split. The model lands in "
+        "STORAGE/NAME/refit/TRIAL_ID/; `export --refit` exports it.",
+    )
+    _add_ranked_trial_args(refit)
+
+    predict = sub.add_parser(
+        "predict",
+        help="classify photos with an exported model",
+        description="Print the top classes with probabilities for each image, using an "
+        "exported model folder (from `export`). Exit 1 if any image could not be read.",
+    )
+    predict.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by `export`")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument(
+        "--top", type=_positive_int, default=3, metavar="K", help="classes per image (default: 3)"
+    )
+    predict.add_argument("--json", action="store_true", help="print one JSON object")
+
+    data = sub.add_parser(
+        "data",
+        help="inspect a photo folder",
+        description="Inspect a photo folder before searching it.",
+    )
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    check = data_sub.add_parser(
+        "check",
+        help="what a search would use and skip, and why",
+        description="List classes with photo counts, every file a search would skip and why, "
+        "and identical photos filed under different classes. Exit 2 if a search could not "
+        "use the folder.",
+    )
+    check.add_argument("dir", metavar="DIR")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _add_ranked_trial_args(parser: argparse.ArgumentParser) -> None:
+    """NAME, --rank and --storage: which experiment's which ranked trial."""
+    parser.add_argument("name")
+    parser.add_argument("--rank", type=_positive_int, default=1, help="trial rank (default: 1)")
+    parser.add_argument("--storage", help="results root (default: $TUNER_STORAGE or ./results)")

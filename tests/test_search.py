@@ -182,7 +182,8 @@ def test_the_optuna_study_is_persisted_for_optuna_tools(finished):
     study = load_study(exp, "e2e")
     board = pd.read_csv(exp / "leaderboard.csv")
     assert len(study.trials) == len(board)
-    assert study.best_value == pytest.approx(board["val_acc"].max())
+    completed = board[board["status"] == "completed"]
+    assert study.best_value == pytest.approx(completed["val_acc"].max())
     assert {"lr", "batch_size", "freeze_depth", "optimizer"} <= set(study.best_params)
 
 
@@ -240,3 +241,107 @@ def test_a_time_budget_ends_the_search_cleanly_and_lists_trials_that_never_start
     # Ranked after every trial that reported, and counted in the summary.
     assert waiting["rank"].min() > board.loc[board["status"] != "not_started", "rank"].max()
     assert f"{len(waiting)} not_started" in proc.stdout
+
+
+STATE_OF_STATUS = {"completed": "COMPLETE", "stopped_early": "PRUNED", "diverged": "FAIL"}
+
+
+def test_the_optuna_study_tells_what_the_leaderboard_tells(finished):
+    """PRUNED exactly where ASHA stopped a trial; every reported epoch an intermediate value."""
+    from tuner._study import load_study
+
+    _, _, exp = finished
+    board = pd.read_csv(exp / "leaderboard.csv").set_index("trial_id")
+    trials = {t.user_attrs["tune_trial_id"]: t for t in load_study(exp, "e2e").trials}
+    assert set(trials) == set(board.index)
+    assert "PRUNED" in {t.state.name for t in trials.values()}
+    for trial_id, trial in trials.items():
+        row = board.loc[trial_id]
+        assert trial.state.name == STATE_OF_STATUS[row["status"]], trial_id
+        rows = [json.loads(line) for line in (exp / f"trial_{trial_id}" / "result.json").open()]
+        reported = {int(r["epoch"]): r["val_acc"] for r in rows}
+        assert trial.intermediate_values == pytest.approx(reported), trial_id
+        if trial.state.name == "COMPLETE":
+            assert trial.value == pytest.approx(row["val_acc"])
+        assert trial.user_attrs["checkpoint"] == row["checkpoint"], trial_id
+
+
+def test_optuna_dashboard_shows_the_same_trials_by_state(finished):
+    """A real optuna-dashboard server over the journal, asked as its web page asks."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from collections import Counter
+    from pathlib import Path
+
+    _, _, exp = finished
+    board = pd.read_csv(exp / "leaderboard.csv")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    server = subprocess.Popen(
+        [str(dashboard), str(exp / "optuna_journal.log"), "--host", "127.0.0.1",
+         "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/studies", timeout=5) as reply:
+                    studies = json.load(reply)["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer"
+                time.sleep(0.5)
+        (study,) = [s for s in studies if s["study_name"] == "e2e"]
+        with urllib.request.urlopen(f"{base}/api/studies/{study['study_id']}", timeout=30) as r:
+            trials = json.load(r)["trials"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    shown = Counter(t["state"].upper() for t in trials)
+    expected = Counter(STATE_OF_STATUS[status] for status in board["status"])
+    assert shown == expected
+    for trial in trials:  # one intermediate value per reported epoch
+        epochs = {int(v["step"]) for v in trial["intermediate_values"]}
+        assert epochs == set(range(1, len(epochs) + 1))
+
+
+def test_tensorboard_event_files_hold_every_trials_val_acc(finished):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, exp = finished
+    board = pd.read_csv(exp / "leaderboard.csv")
+    for trial_id, epochs in zip(board["trial_id"], board["epochs"], strict=True):
+        (events,) = list((exp / f"trial_{trial_id}").glob("events.out.tfevents.*"))
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        scalars = accumulator.Scalars("ray/tune/val_acc")
+        assert len(scalars) == epochs, trial_id
+        assert all(0.0 <= s.value <= 1.0 for s in scalars)
+
+
+def test_the_search_says_how_long_it_will_take(finished):
+    proc, _, _ = finished
+    # 5 trials x <= 3 epochs, grace 1, reduction 2: 5 + 2.5 x 1 + 1.25 x 1 trial-epochs.
+    assert "(~9 trial-epochs)" in proc.stdout
+    assert "Estimate: about" in proc.stdout and "--time-budget SECONDS" in proc.stdout
+
+
+def test_the_estimate_scales_the_measured_epoch_time_by_the_work_left():
+    from tuner._estimate import TimeEstimate, expected_trial_epochs
+
+    assert expected_trial_epochs(24, 12, 1, 2) == pytest.approx(
+        24 * (1 + 1 / 2 + 2 / 4 + 4 / 8) + 24 / 16 * 4
+    )
+    lines: list[str] = []
+    estimate = TimeEstimate(trial_epochs=40, concurrent=2, say=lines.append)
+    for seconds in (10.0, 30.0, 20.0):
+        estimate.on_trial_result(0, [], None, {"epoch_time_s": seconds})
+    assert len(lines) == 1  # once, after the third epoch
+    # 37 trial-epochs left at a median 20 s, two at a time: 370 s = 6 min.
+    assert "6 min left (20 s per trial-epoch, 2 at once, ~40 trial-epochs" in lines[0]

@@ -211,11 +211,17 @@ def _reporter(space: SearchSpace) -> Any:
     )
 
 
-def _run_config(req_name: str, storage: str, space: SearchSpace) -> Any:
+def _run_config(
+    req_name: str, storage: str, space: SearchSpace, concurrent: int, say: Print
+) -> Any:
     from ray import tune
 
+    from tuner._estimate import TimeEstimate
+
+    budget = space.budget
+    estimate = TimeEstimate(_trial_epochs(budget), concurrent, say)
     return tune.RunConfig(
-        callbacks=[StorageGuard(experiment_dir(storage, req_name)), CheckpointPruner()],
+        callbacks=[StorageGuard(experiment_dir(storage, req_name)), CheckpointPruner(), estimate],
         name=req_name,
         storage_path=storage,
         # Every checkpoint is registered; CheckpointPruner deletes old ones once no saved
@@ -226,6 +232,14 @@ def _run_config(req_name: str, storage: str, space: SearchSpace) -> Any:
         failure_config=tune.FailureConfig(max_failures=2),
         progress_reporter=_reporter(space),
         verbose=1,
+    )
+
+
+def _trial_epochs(budget: Budget) -> float:
+    from tuner._estimate import expected_trial_epochs
+
+    return expected_trial_epochs(
+        budget.num_samples, budget.max_epochs, budget.grace_period, budget.reduction_factor
     )
 
 
@@ -252,10 +266,13 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     _write_tuner_file(req, exp_dir, cache.size, resources)
     make_reserve(exp_dir)
     budget = req.space.budget
+    concurrent = budget.max_concurrent or _fits(cluster, resources)
     say(
         f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
         f"{budget.max_epochs} epochs, ASHA grace {budget.grace_period} / reduction "
-        f"{budget.reduction_factor}, {resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial"
+        f"{budget.reduction_factor} (~{_trial_epochs(budget):.0f} trial-epochs), "
+        f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial, {concurrent} at once; "
+        "a time estimate follows the first epochs"
     )
     say(f"Results: {exp_dir}")
     searcher = make_searcher(
@@ -264,6 +281,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         SEARCH_METRIC,
         budget.seed,
         req.space.points_to_evaluate,
+        budget.max_epochs,
     )
     scheduler = ASHAScheduler(
         time_attr="epoch",
@@ -280,7 +298,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=budget.num_samples,
-            max_concurrent_trials=budget.max_concurrent or _fits(cluster, resources),
+            max_concurrent_trials=concurrent,
             time_budget_s=budget.time_budget_s,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
@@ -288,7 +306,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             # process, no second torch import (5 trials at 32 px: 68 s -> 40 s).
             reuse_actors=True,
         ),
-        run_config=_run_config(req.name, req.storage, req.space),
+        run_config=_run_config(req.name, req.storage, req.space, concurrent, say),
     )
     return _fit_and_finish(tuner, exp_dir, req.name, req.storage, budget, say)
 

@@ -1,0 +1,96 @@
+"""How long a search will take: ASHA's expected trial-epochs at the measured pace.
+
+The start banner gives the work (:func:`expected_trial_epochs`); once trials
+have reported a few epochs, :class:`TimeEstimate` prints how long the whole
+search should take at the pace measured so far, and which flags shorten it,
+so a user who started a large space on a laptop learns it within minutes.
+
+Example:
+    >>> expected_trial_epochs(12, 6, grace_period=2, reduction_factor=3)  # 12 x 2 + 4 x 4
+    40.0
+    >>> expected_trial_epochs(4, 3, grace_period=3, reduction_factor=2)  # no cut before the end
+    12.0
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+
+# Estimates are printed after this many reported epochs, then at most this often.
+_FIRST_AFTER_EPOCHS = 3
+_EVERY_S = 300.0
+
+
+def expected_trial_epochs(
+    num_samples: int, max_epochs: int, grace_period: int, reduction_factor: int
+) -> float:
+    """Trial-epochs an ASHA search runs when each rung keeps 1/``reduction_factor``.
+
+    Rungs sit at ``grace_period * reduction_factor**k`` below ``max_epochs``;
+    every trial runs to the first rung, a ``1/reduction_factor`` share of them
+    to the next, and so on; the survivors of the last rung run to ``max_epochs``.
+    """
+    rungs = []
+    rung = min(grace_period, max_epochs)
+    while rung < max_epochs:
+        rungs.append(rung)
+        rung *= reduction_factor
+    total, share, done = 0.0, 1.0, 0
+    for r in [*rungs, max_epochs]:
+        total += num_samples * share * (r - done)
+        share /= reduction_factor
+        done = r
+    return total
+
+
+def describe_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class TimeEstimate(tune.Callback):
+    """Prints the expected duration of the search at the pace measured so far."""
+
+    def __init__(self, trial_epochs: float, concurrent: int, say: Callable[[str], None]) -> None:
+        self.trial_epochs = trial_epochs
+        self.concurrent = max(1, concurrent)
+        self.say = say
+        self._epoch_seconds: list[float] = []
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        seconds = result.get("epoch_time_s")
+        if seconds is None:
+            return
+        self._epoch_seconds.append(float(seconds))
+        now, reported = time.monotonic(), len(self._epoch_seconds)
+        due = reported == _FIRST_AFTER_EPOCHS or (
+            reported > _FIRST_AFTER_EPOCHS and now - self._last >= _EVERY_S
+        )
+        if not due:
+            return
+        self._last = now
+        self.say(self.line(now - self._started))
+
+    def line(self, elapsed: float) -> str:
+        """The estimate as one line (median epoch time x remaining trial-epochs / concurrency)."""
+        per_epoch = statistics.median(self._epoch_seconds)
+        remaining = max(0.0, self.trial_epochs - len(self._epoch_seconds))
+        left = remaining * per_epoch / self.concurrent
+        return (
+            f"Estimate: about {describe_duration(elapsed + left)} in all, "
+            f"{describe_duration(left)} left ({per_epoch:.0f} s per trial-epoch, "
+            f"{self.concurrent} at once, ~{self.trial_epochs:.0f} trial-epochs with ASHA). "
+            "Shorter: --num-samples, --max-epochs, --time-budget SECONDS, or a smaller space."
+        )

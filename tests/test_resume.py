@@ -195,3 +195,25 @@ def test_resume_of_an_unknown_experiment_lists_what_is_there(finished, capsys):
     assert code == 2
     assert "no experiment 'nope'" in err and "e2e" in err
     assert "Traceback" not in err
+
+
+def test_resume_starts_a_search_again_when_its_driver_died_before_the_first_trial(
+    finished, tmp_path
+):
+    """Killed after writing tuner.json but before Ray saved any state: nothing ran, so
+    `resume` runs the recorded search from the start instead of refusing."""
+    _, _, exp = finished
+    saved = json.loads((exp / "tuner.json").read_text())
+    storage = tmp_path / "r"
+    dest = storage / "early"
+    dest.mkdir(parents=True)
+    saved.update(name="early", storage=str(storage))
+    saved["space"]["budget"].update(num_samples=2, max_epochs=1, grace_period=1)
+    (dest / "tuner.json").write_text(json.dumps(saved))
+    (dest / "split.json").write_text('{"half": ')  # as a kill mid-write leaves it
+    proc = run_tuner("resume", "early", "--storage", str(storage), timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "stopped before its first trial was recorded; starting it again" in proc.stdout
+    board = pd.read_csv(dest / "leaderboard.csv")
+    assert len(board) == 2 and (board["status"] == "completed").all()
+    assert json.loads((dest / "split.json").read_text())["test"]

@@ -39,7 +39,7 @@ from tuner._leaderboard import best_config, build_leaderboard, tie_note, write_l
 from tuner._pruning import CheckpointPruner
 from tuner._spaces import Budget, SearchSpace, parse_space
 from tuner._storage_guard import StorageGuard, make_reserve, release_reserve, tripped
-from tuner._study import make_searcher
+from tuner._study import JOURNAL_FILE, make_searcher
 
 TUNER_FILE = "tuner.json"
 METRIC = "val_acc"
@@ -316,6 +316,8 @@ def resume(name: str, storage: str, restart_errored: bool = False, say: Print = 
     from ray import tune
 
     exp_dir = experiment_dir(storage, validate_name(name))
+    if (exp_dir / TUNER_FILE).is_file() and not is_experiment(exp_dir):
+        return _start_again(exp_dir, say)
     if not is_experiment(exp_dir) or not (exp_dir / TUNER_FILE).is_file():
         root = Path(storage)
         known = sorted(p.name for p in root.iterdir() if is_experiment(p)) if root.is_dir() else []
@@ -346,6 +348,20 @@ def resume(name: str, storage: str, restart_errored: bool = False, say: Print = 
         restart_errored=restart_errored,
     )
     return _fit_and_finish(tuner, exp_dir, name, storage, space.budget, say)
+
+
+def _start_again(exp_dir: Path, say: Print) -> int:
+    """Run a search whose driver died before Ray saved any state: no trial ran, so it
+    starts again from its recorded request."""
+    saved = json.loads((exp_dir / TUNER_FILE).read_text())
+    space = parse_space(saved["space"], name=saved["space_name"], source=saved["space_source"])
+    request = SearchRequest(
+        space, saved["name"], saved["storage"], Path(saved["data_dir"]), saved.get("address")
+    )
+    say(f"{saved['name']} was stopped before its first trial was recorded; starting it again")
+    for leftover in (TUNER_FILE, SPLIT_FILE, JOURNAL_FILE):
+        (exp_dir / leftover).unlink(missing_ok=True)
+    return run_search(request, say)
 
 
 def _fit_and_finish(
@@ -450,4 +466,6 @@ def _write_tuner_file(
         "ray_version": ray.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (exp_dir / TUNER_FILE).write_text(json.dumps(record, indent=2))
+    tmp = exp_dir / f".{TUNER_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, exp_dir / TUNER_FILE)  # never half a file, whenever the driver dies

@@ -1,0 +1,220 @@
+"""Kills at any moment: ``kill -9`` of a search's whole process group, K times, then resume.
+
+Runs a smoke search over a subset of the photos and kills its driver's
+process group (the driver, Ray and every trial worker) with SIGKILL at K
+random moments spread over its life: while photos decode, before the first
+trial, mid-epoch, while checkpoints or the leaderboard are written. After
+each kill it runs ``tuner resume`` (which also restarts a search that died
+before its first trial was recorded), and after the last kill lets the
+search finish. Then it checks what a user relies on:
+
+* exactly ``num_samples`` distinct trials, all ended (completed, stopped
+  early or diverged), in the leaderboard;
+* epochs redone: every epoch a trial reported more than once (a resumed
+  trial continues from its last checkpoint the experiment state knew; at
+  most the epochs running at a kill are lost);
+* the Optuna study agrees with the leaderboard (one Optuna trial per Tune
+  trial, PRUNED where it says stopped_early, COMPLETE where completed).
+
+Prints ``kills``, ``kills_survived`` (kills after which the search still
+finished with every check passing) and ``epochs_redone``.
+
+    uv run python benchmarks/chaos.py                 # K = 10 kills (~10 min on 2 CPUs)
+    uv run python benchmarks/chaos.py --kills 3 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from _common import (
+    DEFAULT_DATA,
+    ROOT,
+    add_search_flags,
+    check_data,
+    environment_line,
+    load_line,
+    make_subset,
+    print_headlines,
+    print_table,
+    work_dir,
+)
+
+STATE_OF_STATUS = {"completed": "COMPLETE", "stopped_early": "PRUNED", "diverged": "FAIL"}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="kill -9 a smoke search's process group K times at random moments, "
+        "resume after each, and check the finished experiment.",
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder")
+    parser.add_argument("--kills", type=int, default=10, help="K: kills before the last run")
+    parser.add_argument("--per-class", type=int, default=30, help="photos per class used")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument(
+        "--max-delay", type=float, default=40.0, help="latest kill moment after a start, s"
+    )
+    add_search_flags(parser, "12 photos per class, kills within 20 s")
+    args = parser.parse_args()
+    if args.quick:
+        args.per_class, args.max_delay = 12, 20.0
+    return args
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m tuner ARGS`` in a process group of its own, output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tuner", *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (this search's own; never anyone else's)."""
+    found, frontier = [], [pid]
+    while frontier:
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", ",".join(map(str, frontier))],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        frontier = [int(c) for c in children]
+        found += frontier
+    return found
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the driver's process group and every process below it (Ray's daemons
+    and workers start sessions of their own), all at once."""
+    below = descendants(proc.pid)
+    for target in (-proc.pid, *below):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGKILL)
+    proc.wait()
+
+
+def phase(log: Path) -> str:
+    """What the search was doing when it was killed, from the last meaningful line."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        for mark, name in (
+            ("Wrote ", "writing the leaderboard"),
+            ("Trials:", "writing the leaderboard"),
+            ("Current time", "training"),
+            ("Estimate:", "training"),
+            ("Results:", "starting trials"),
+            ("Search:", "starting Ray and trials"),
+            ("Split:", "starting Ray"),
+            ("Resuming", "resuming"),
+        ):
+            if line.lstrip().startswith(mark):
+                return name
+    return "decoding photos"
+
+
+def reported_epochs(exp: Path) -> Counter[tuple[str, int]]:
+    counts: Counter[tuple[str, int]] = Counter()
+    for result in exp.glob("trial_*/result.json"):
+        for line in result.read_text().splitlines():
+            if line.strip():
+                trial = result.parent.name.removeprefix("trial_")
+                counts[(trial, int(json.loads(line)["epoch"]))] += 1
+    return counts
+
+
+def main() -> None:
+    args = parse_args()
+    data = check_data(args.data)
+    rng = random.Random(args.seed)
+    print(f"# Chaos: {args.kills} x kill -9 of a smoke search, {environment_line()}")
+    print(f"# {load_line()}")
+    with work_dir(args.keep, "bench-chaos-") as tmp:
+        photos = make_subset(data, tmp / "photos", per_class=args.per_class)
+        storage, log = tmp / "results", tmp / "search.log"
+        exp = storage / "chaos"
+        first = ["search", "--space", "smoke", "--data", str(photos), "--storage", str(storage),
+                 "--name", "chaos", "--seed", "0"]  # fmt: skip
+        again = ["resume", "chaos", "--storage", str(storage)]
+        rows, t0 = [], time.perf_counter()
+        for kill in range(1, args.kills + 1):
+            args_now = again if (exp / "tuner.json").exists() else first
+            proc = start(args_now, log)
+            delay = rng.uniform(0.5, args.max_delay)
+            try:
+                proc.wait(timeout=delay)
+                print(
+                    f"  run {kill}: ended by itself (exit {proc.returncode}) before {delay:.1f} s"
+                )
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            where = phase(log)
+            kill_group(proc)
+            rows.append([kill, args_now[0], f"{delay:.1f}", where])
+            print(f"  kill {kill}: {args_now[0]} killed after {delay:.1f} s, {where}", flush=True)
+        final = subprocess.run(
+            [sys.executable, "-m", "tuner", *(again if (exp / "tuner.json").exists() else first)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - t0
+        problems = []
+        if final.returncode != 0:
+            problems.append(f"the last run exited {final.returncode}: {final.stderr[-1500:]}")
+        board = pd.read_csv(exp / "leaderboard.csv") if (exp / "leaderboard.csv").exists() else None
+        num_samples = json.loads((exp / "tuner.json").read_text())["space"]["budget"]["num_samples"]
+        if board is None:
+            problems.append("no leaderboard")
+        else:
+            if len(board) != num_samples or not board["trial_id"].is_unique:
+                problems.append(f"{len(board)} trials in the leaderboard, not {num_samples}")
+            if not board["status"].isin(list(STATE_OF_STATUS)).all():
+                problems.append(f"unfinished trials: {sorted(set(board['status']))}")
+            sys.path.insert(0, str(ROOT))
+            from tuner._study import load_study
+
+            study = {t.user_attrs.get("tune_trial_id"): t for t in load_study(exp, "chaos").trials}
+            for _, row in board.iterrows():
+                trial = study.get(row["trial_id"])
+                expected = STATE_OF_STATUS.get(row["status"])
+                if trial is None or trial.state.name != expected:
+                    got = None if trial is None else trial.state.name
+                    problems.append(
+                        f"trial {row['trial_id']}: Optuna {got}, leaderboard {row['status']}"
+                    )
+        counts = reported_epochs(exp)
+        redone = sum(n - 1 for n in counts.values())
+    print()
+    print_table(["kill", "command", "after s", "while"], rows)
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    print(f"wall time, all runs: {wall:.0f} s; epochs reported twice or more: {redone}")
+    print(f"# at the end: {load_line()}")
+    print_headlines(
+        {
+            "kills": len(rows),
+            "kills_survived": 0 if problems else len(rows),
+            "epochs_redone": redone,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

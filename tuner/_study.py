@@ -46,7 +46,8 @@ class MirroredOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
         self._exp_dir = exp_dir
-        self._best: dict[str, tuple[float, int]] = {}  # trial -> (best val_acc, its epoch)
+        # trial -> (best val_acc, the folder of that epoch's checkpoint)
+        self._best: dict[str, tuple[float, str]] = {}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id not in self._completed_trials and trial_id in self._ot_trials:
@@ -61,10 +62,11 @@ class MirroredOptunaSearch(OptunaSearch):
             trial.report(float(acc), int(epoch))
         best = self._best.get(trial_id)
         if best is None or float(acc) >= best[0]:  # the latest of tied epochs, as Tune keeps
-            self._best[trial_id] = (float(acc), int(epoch))
+            # Tune names each reported checkpoint's folder in the result.
+            name = result.get("checkpoint_dir_name") or f"checkpoint_{int(epoch) - 1:06d}"
+            self._best[trial_id] = (float(acc), str(name))
         trial.set_user_attr("tune_trial_id", trial_id)
-        epoch_best = self._best[trial_id][1]
-        folder = Path(self._exp_dir) / f"trial_{trial_id}" / f"checkpoint_{epoch_best - 1:06d}"
+        folder = Path(self._exp_dir) / f"trial_{trial_id}" / self._best[trial_id][1]
         trial.set_user_attr("checkpoint", str(folder))
 
     def on_trial_complete(

@@ -58,7 +58,10 @@ class MirroredOptunaSearch(OptunaSearch):
         if epoch is None or acc is None or not math.isfinite(float(acc)):
             return
         trial = self._ot_trials[trial_id]
-        if int(epoch) not in trial.storage.get_trial(trial._trial_id).intermediate_values:
+        frozen = trial.storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            return  # told before a driver was killed; the restored Tune state did not know
+        if int(epoch) not in frozen.intermediate_values:
             trial.report(float(acc), int(epoch))
         best = self._best.get(trial_id)
         if best is None or float(acc) >= best[0]:  # the latest of tied epochs, as Tune keeps
@@ -89,7 +92,10 @@ class MirroredOptunaSearch(OptunaSearch):
             if value is None or not math.isfinite(float(value)):
                 state, value = TrialState.FAIL, None
         assert self._ot_study is not None
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        ot_trial = self._ot_trials[trial_id]
+        # A driver killed after telling Optuna but before Tune saved its state finishes
+        # the trial again on resume: the study already has it.
+        self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
 

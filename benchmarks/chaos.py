@@ -1,6 +1,6 @@
 """Kills at any moment: ``kill -9`` of a search's whole process group, K times, then resume.
 
-Runs a smoke search over a subset of the photos and kills its driver's
+Runs a smoke search (10 trials of up to 6 epochs) over a subset of the photos and kills its driver's
 process group (the driver, Ray and every trial worker) with SIGKILL at K
 random moments spread over its life: while photos decode, before the first
 trial, mid-epoch, while checkpoints or the leaderboard are written. After
@@ -61,7 +61,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder")
     parser.add_argument("--kills", type=int, default=10, help="K: kills before the last run")
-    parser.add_argument("--per-class", type=int, default=30, help="photos per class used")
+    parser.add_argument("--per-class", type=int, default=300, help="photos per class used")
+    parser.add_argument("--num-samples", type=int, default=10, help="trials of the search")
+    parser.add_argument("--max-epochs", type=int, default=6, help="epochs per trial at most")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument(
         "--max-delay", type=float, default=40.0, help="latest kill moment after a start, s"
@@ -69,19 +71,21 @@ def parse_args() -> argparse.Namespace:
     add_search_flags(parser, "12 photos per class, kills within 20 s")
     args = parser.parse_args()
     if args.quick:
-        args.per_class, args.max_delay = 12, 20.0
+        args.per_class, args.max_delay, args.num_samples, args.max_epochs = 12, 20.0, 4, 3
     return args
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """``python -m tuner ARGS`` in a process group of its own, output appended to ``log``."""
-    with log.open("ab") as out:
+    """``python -m tuner ARGS`` in a process group of its own, its output (unbuffered, so
+    the log shows how far it got) written to ``log``."""
+    with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "tuner", *args],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
 
@@ -121,7 +125,7 @@ def phase(log: Path) -> str:
             ("Results:", "starting trials"),
             ("Search:", "starting Ray and trials"),
             ("Split:", "starting Ray"),
-            ("Resuming", "resuming"),
+            ("Resuming", "decoding photos for the resume"),
         ):
             if line.lstrip().startswith(mark):
                 return name
@@ -146,14 +150,16 @@ def main() -> None:
     print(f"# {load_line()}")
     with work_dir(args.keep, "bench-chaos-") as tmp:
         photos = make_subset(data, tmp / "photos", per_class=args.per_class)
-        storage, log = tmp / "results", tmp / "search.log"
+        storage = tmp / "results"
         exp = storage / "chaos"
         first = ["search", "--space", "smoke", "--data", str(photos), "--storage", str(storage),
-                 "--name", "chaos", "--seed", "0"]  # fmt: skip
+                 "--name", "chaos", "--seed", "0", "--num-samples", str(args.num_samples),
+                 "--max-epochs", str(args.max_epochs)]  # fmt: skip
         again = ["resume", "chaos", "--storage", str(storage)]
         rows, t0 = [], time.perf_counter()
         for kill in range(1, args.kills + 1):
             args_now = again if (exp / "tuner.json").exists() else first
+            log = tmp / f"run-{kill}.log"
             proc = start(args_now, log)
             delay = rng.uniform(0.5, args.max_delay)
             try:

@@ -120,8 +120,9 @@ def phase(log: Path) -> str:
         for mark, name in (
             ("Wrote ", "writing the leaderboard"),
             ("Trials:", "writing the leaderboard"),
-            ("Current time", "training"),
+            ("Restored on", "training"),
             ("Estimate:", "training"),
+            ("Current time", "starting or running trials"),
             ("Results:", "starting trials"),
             ("Search:", "starting Ray and trials"),
             ("Split:", "starting Ray"),
@@ -157,11 +158,16 @@ def main() -> None:
                  "--max-epochs", str(args.max_epochs)]  # fmt: skip
         again = ["resume", "chaos", "--storage", str(storage)]
         rows, t0 = [], time.perf_counter()
+        # One kill moment in each of K equal slices of [0, max_delay], in random order:
+        # early kills (decoding, starting Ray) as well as late ones (training, writing).
+        width = args.max_delay / args.kills
+        delays = [rng.uniform(i * width, (i + 1) * width) for i in range(args.kills)]
+        rng.shuffle(delays)
         for kill in range(1, args.kills + 1):
             args_now = again if (exp / "tuner.json").exists() else first
             log = tmp / f"run-{kill}.log"
             proc = start(args_now, log)
-            delay = rng.uniform(0.5, args.max_delay)
+            delay = delays[kill - 1]
             try:
                 proc.wait(timeout=delay)
                 print(

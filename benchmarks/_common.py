@@ -321,9 +321,9 @@ def _own_cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system + _live_descendants_cpu_s()
 
 
-def _live_descendants_cpu_s() -> float:
-    parent_of: dict[int, int] = {}
-    cpu_of: dict[int, float] = {}
+def _processes() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU-seconds used) of every process (``/proc/PID/stat``)."""
+    found: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -332,16 +332,24 @@ def _live_descendants_cpu_s() -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parent_of[int(entry)] = int(fields[1])
-        cpu_of[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    me, total = os.getpid(), 0.0
-    for pid, cpu in cpu_of.items():
-        ancestor = parent_of.get(pid)
-        while ancestor is not None and ancestor not in (me, 0, 1):
-            ancestor = parent_of.get(ancestor)
-        if ancestor == me:
-            total += cpu
-    return total
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        found[int(entry)] = (int(fields[1]), cpu)
+    return found
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Every live process below ``pid``: its children, theirs, and so on."""
+    processes = _processes()
+    below, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, (parent, _) in processes.items() if parent in frontier]
+        below += frontier
+    return below
+
+
+def _live_descendants_cpu_s() -> float:
+    processes = _processes()
+    return sum(processes[p][1] for p in descendant_pids(os.getpid()) if p in processes)
 
 
 def check_data(path: Path) -> Path:

@@ -43,6 +43,7 @@ from _common import (
     ROOT,
     add_search_flags,
     check_data,
+    descendant_pids,
     environment_line,
     load_line,
     make_subset,
@@ -89,24 +90,10 @@ def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (this search's own; never anyone else's)."""
-    found, frontier = [], [pid]
-    while frontier:
-        children = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", ",".join(map(str, frontier))],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        frontier = [int(c) for c in children]
-        found += frontier
-    return found
-
-
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the driver's process group and every process below it (Ray's daemons
     and workers start sessions of their own), all at once."""
-    below = descendants(proc.pid)
+    below = descendant_pids(proc.pid)
     for target in (-proc.pid, *below):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(target, signal.SIGKILL)

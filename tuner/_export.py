@@ -4,7 +4,8 @@ An export folder holds:
 
 - ``model.pt``: a plain state_dict of the stock architecture
   (``torchvision.models.resnet18(num_classes=N)`` etc., or
-  ``EfficientNet.from_name("efficientnet-lite0", num_classes=N, image_size=S)``),
+  ``EfficientNet.from_name("efficientnet-lite0", num_classes=N, image_size=S)``, or
+  lite1 / lite2),
   readable with ``torch.load(..., weights_only=True)``;
 - ``model.ts``: the same model as TorchScript (fp32, eval mode), usable with
   nothing but ``torch``;

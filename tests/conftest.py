@@ -53,6 +53,15 @@ def flowers() -> Path:
     return FLOWERS
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def make_subset(flowers: Path, dest: Path, per_class: int) -> Path:
     """A folder of symlinks to the first ``per_class`` real photos of each class."""
     for cls in sorted(p for p in flowers.iterdir() if p.is_dir()):

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_search
+from conftest import free_port, run_search
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +35,6 @@ SPACE = (
     "  aug_strength: 0.0\n  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
     "budget:\n  num_samples: 4\n  max_epochs: 6\n  grace_period: 6\n  cpus_per_trial: 1\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ray_node(*args: str, temp_dir: Path, wrap: list[str] | None = None) -> subprocess.Popen[str]:

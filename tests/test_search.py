@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
-from conftest import METRIC_KEYS, cli, run_search
+from conftest import METRIC_KEYS, cli, free_port, run_search
 
 from tuner._leaderboard import _BASE_COLUMNS
 from tuner.cli import main
@@ -268,7 +268,6 @@ def test_the_optuna_study_tells_what_the_leaderboard_tells(finished):
 
 def test_optuna_dashboard_shows_the_same_trials_by_state(finished):
     """A real optuna-dashboard server over the journal, asked as its web page asks."""
-    import socket
     import subprocess
     import sys
     import time
@@ -278,9 +277,7 @@ def test_optuna_dashboard_shows_the_same_trials_by_state(finished):
 
     _, _, exp = finished
     board = pd.read_csv(exp / "leaderboard.csv")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     dashboard = Path(sys.executable).parent / "optuna-dashboard"
     server = subprocess.Popen(
         [str(dashboard), str(exp / "optuna_journal.log"), "--host", "127.0.0.1",

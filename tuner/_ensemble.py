@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tuner._errors import UsageError
-from tuner._inference import RankedTrial, classify, load_ranked_trial
+from tuner._inference import RankedTrial, classify_labelled, load_ranked_trial
 
 METHODS = ("greedy", "top")
 
@@ -64,8 +64,7 @@ class Ensemble:
 
 
 def _val_probabilities(trial: RankedTrial, split: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    result = classify(trial.model, [split.root / p for p, _ in split.val], trial.preprocessing)
-    labels = torch.tensor([split.val[i][1] for i in result.ok])
+    result, labels = classify_labelled(trial.model, split.root, split.val, trial.preprocessing)
     return result.logits.softmax(1), labels
 
 

@@ -102,14 +102,12 @@ def score_module_on_test(
     exp_dir: Path, model: Callable[[torch.Tensor], torch.Tensor], prep: Preprocessing
 ) -> float | None:
     """Accuracy of ``model`` on the experiment's test split (None without one)."""
-    from tuner._inference import classify
+    from tuner._inference import classify_labelled
 
     split = Split.load(exp_dir / SPLIT_FILE)
     if not split.test:
         return None
-    with torch.no_grad():
-        result = classify(model, [split.root / p for p, _ in split.test], prep)
+    result, labels = classify_labelled(model, split.root, split.test, prep)
     if not result.ok:
         return None
-    labels = torch.tensor([split.test[i][1] for i in result.ok])
     return float((result.logits.argmax(1) == labels).float().mean())

@@ -103,6 +103,18 @@ def classify(
     return Classified(torch.cat(logits) if logits else torch.empty(0, 0), ok, failed)
 
 
+def classify_labelled(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    root: Path,
+    files: Sequence[tuple[str, int]],
+    prep: Preprocessing,
+) -> tuple[Classified, torch.Tensor]:
+    """:func:`classify` over ``(path under root, label)`` pairs, and the labels of the
+    rows it could read (in the order of ``logits``)."""
+    result = classify(model, [root / p for p, _ in files], prep)
+    return result, torch.tensor([files[i][1] for i in result.ok], dtype=torch.long)
+
+
 def resolve_experiment(storage: str, name: str) -> Path:
     """The folder of experiment ``name`` under ``storage``; UsageError if there is none."""
     from tuner._experiment import experiment_dir, is_experiment, validate_name
@@ -262,16 +274,15 @@ def _evaluate_files(
     skipped: list[dict[str, str]],
     where: str,
 ) -> dict[str, Any]:
-    result = classify(trial.model, [root / p for p, _ in files], trial.preprocessing)
+    result, labels = classify_labelled(trial.model, root, files, trial.preprocessing)
     skipped = skipped + [
         {"path": files[i][0], "reason": r} for i, r in sorted(result.failed.items())
     ]
     if not result.ok:
         raise UsageError(f"{where} holds no readable photos ({len(skipped)} file(s) skipped)")
     predicted = result.logits.argmax(1).tolist()
-    labels = [files[i][1] for i in result.ok]
     return {
-        **classification_metrics(labels, predicted, trial.classes),
+        **classification_metrics(labels.tolist(), predicted, trial.classes),
         "skipped": skipped,
         "trial_id": trial.trial_id,
         "checkpoint": str(trial.checkpoint),

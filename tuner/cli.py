@@ -103,12 +103,18 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _experiment(args: argparse.Namespace) -> Path:
+    """The folder of the experiment that NAME and --storage name (UsageError if none)."""
     from tuner._experiment import default_storage
     from tuner._inference import resolve_experiment
+
+    return resolve_experiment(default_storage(args.storage), args.name)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
     from tuner._report import write_report
 
-    report = write_report(resolve_experiment(default_storage(args.storage), args.name))
+    report = write_report(_experiment(args))
     for path in report.figures:
         print(f"Wrote {path}")
     for figure, reason in report.skipped.items():
@@ -119,12 +125,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _ranked_trial(args: argparse.Namespace) -> RankedTrial:
     """The ranked trial that NAME, --rank and --storage name, loaded."""
-    from tuner._experiment import default_storage
-    from tuner._inference import load_ranked_trial, resolve_experiment
+    from tuner._inference import load_ranked_trial
 
-    return load_ranked_trial(
-        resolve_experiment(default_storage(args.storage), args.name), args.rank
-    )
+    return load_ranked_trial(_experiment(args), args.rank)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -156,12 +159,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_refit(args: argparse.Namespace) -> int:
-    from tuner._experiment import default_storage
-    from tuner._inference import resolve_experiment
     from tuner._refit import refit
 
-    exp_dir = resolve_experiment(default_storage(args.storage), args.name)
-    record = refit(exp_dir, args.rank)
+    record = refit(_experiment(args), args.rank)
     val = record["search_val_acc"]
     print(
         f"Refit of trial {record['trial_id']} (rank {record['rank']}): test_acc "
@@ -176,13 +176,11 @@ def _cmd_refit(args: argparse.Namespace) -> int:
 
 def _export_ensemble(args: argparse.Namespace) -> int:
     from tuner._ensemble import choose_ensemble
-    from tuner._experiment import default_storage
     from tuner._export import export_ensemble
     from tuner._holdout import score_module_on_test
-    from tuner._inference import resolve_experiment
     from tuner._leaderboard import build_leaderboard
 
-    exp_dir = resolve_experiment(default_storage(args.storage), args.name)
+    exp_dir = _experiment(args)
     board = build_leaderboard(exp_dir)
     ensemble = choose_ensemble(exp_dir, board, args.ensemble, args.ensemble_method)
     test_acc = score_module_on_test(exp_dir, ensemble.module(), ensemble.members[0].preprocessing)

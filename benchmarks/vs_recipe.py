@@ -1,7 +1,8 @@
 """The search against one good guess, scored on photos neither of them saw.
 
 Both contenders use the same stratified, seeded split of the photos (val 0.2,
-test 0.15, seed 0: ``trainables.make_split``, exactly what ``tuner search``
+test 0.15, ``--seed`` (default 0) for the split, the recipe and the search:
+``trainables.make_split``, exactly what ``tuner search``
 writes to ``split.json``):
 
 * **recipe**: the classic hand-tuned fine-tune a competent user would write:
@@ -18,6 +19,7 @@ Prints each test accuracy and wall time, and ``test_acc_gain`` (the search's
 exported model minus the recipe).
 
     uv run python benchmarks/vs_recipe.py           # ~45 min on 2 CPUs
+    uv run python benchmarks/vs_recipe.py --seed 1  # another split, recipe and search
     uv run python benchmarks/vs_recipe.py --quick   # same code paths, a few minutes
 """
 
@@ -53,7 +55,7 @@ from torchvision import transforms
 
 import trainables
 
-VAL_FRACTION, TEST_FRACTION, SEED = 0.2, 0.15, 0
+VAL_FRACTION, TEST_FRACTION = 0.2, 0.15
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,6 +65,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder")
     parser.add_argument("--space", default="lite", help="space of the search")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, the recipe and the search"
+    )
     parser.add_argument("--recipe-epochs", type=int, default=12)
     parser.add_argument("--recipe-size", type=int, default=160)
     parser.add_argument(
@@ -121,7 +126,7 @@ def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, f
             persistent_workers=args.workers > 0,
         )
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(args.seed)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     model = trainables.build_model("efficientnet_lite0", len(split.classes), True, size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -169,7 +174,7 @@ def main() -> None:
     data = check_data(args.data)
     print(f"# The search vs the classic recipe, {environment_line()}")
     print(
-        f"# split: val {VAL_FRACTION}, test {TEST_FRACTION}, seed {SEED}; recipe: Lite0 at "
+        f"# split: val {VAL_FRACTION}, test {TEST_FRACTION}, seed {args.seed}; recipe: Lite0 at "
         f"{args.recipe_size} px, {args.recipe_epochs} epochs, {args.workers} DataLoader "
         f"workers, fp32; search: --space {args.space}"
     )
@@ -179,7 +184,7 @@ def main() -> None:
         if args.quick:
             data = make_subset(data, tmp / "photos", per_class=12)
         split = trainables.make_split(
-            trainables.scan_folder(data), VAL_FRACTION, SEED, test_fraction=TEST_FRACTION
+            trainables.scan_folder(data), VAL_FRACTION, args.seed, test_fraction=TEST_FRACTION
         )
         print(f"split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test")
         recipe = run_recipe(split, args)
@@ -187,7 +192,7 @@ def main() -> None:
         rows.append([name, recipe["val_acc"], recipe["test_acc"], recipe["wall_s"]])
 
         storage = tmp / "results"
-        flags = ["--seed", str(SEED), "--test-fraction", str(TEST_FRACTION)]
+        flags = ["--seed", str(args.seed), "--test-fraction", str(TEST_FRACTION)]
         run = run_search(args.space, data, storage, "vs", flags, verbose=args.verbose)
         saved = json.loads((run.exp_dir / "split.json").read_text())
         if [p for p, _ in saved["test"]] != [p for p, _ in split.test]:

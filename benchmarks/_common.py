@@ -7,7 +7,6 @@ figure (see DESIGN.md); :func:`print_headlines` writes them.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -200,13 +199,17 @@ def run_search(
     return run
 
 
+def experiment_at(exp_dir: Path) -> Any:
+    """The :class:`tuner.Experiment` whose local folder is ``exp_dir``."""
+    from tuner import Experiment, Storage
+
+    return Experiment(Storage.parse(str(exp_dir.parent)), exp_dir.name)
+
+
 def trial_results(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every reported epoch of every trial (``trial_*/result.json``), by trial folder name."""
-    results: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(exp_dir.glob("trial_*/result.json")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        results[path.parent.name] = [r for r in rows if "val_acc" in r]
-    return results
+    """Every reported epoch of every trial, by trial folder name."""
+    exp = experiment_at(exp_dir)
+    return {f"trial_{t}": [r for r in exp.reports(t) if "val_acc" in r] for t in exp.trial_ids()}
 
 
 def read_leaderboard(exp_dir: Path) -> list[dict[str, str]]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import signal
@@ -45,6 +44,7 @@ from _common import (
     check_data,
     descendant_pids,
     environment_line,
+    experiment_at,
     load_line,
     make_subset,
     print_headlines,
@@ -121,13 +121,10 @@ def phase(log: Path) -> str:
 
 
 def reported_epochs(exp: Path) -> Counter[tuple[str, int]]:
-    counts: Counter[tuple[str, int]] = Counter()
-    for result in exp.glob("trial_*/result.json"):
-        for line in result.read_text().splitlines():
-            if line.strip():
-                trial = result.parent.name.removeprefix("trial_")
-                counts[(trial, int(json.loads(line)["epoch"]))] += 1
-    return counts
+    experiment = experiment_at(exp)
+    return Counter(
+        (t, int(r["epoch"])) for t in experiment.trial_ids() for r in experiment.reports(t)
+    )
 
 
 def main() -> None:
@@ -178,7 +175,7 @@ def main() -> None:
         if final.returncode != 0:
             problems.append(f"the last run exited {final.returncode}: {final.stderr[-1500:]}")
         board = pd.read_csv(exp / "leaderboard.csv") if (exp / "leaderboard.csv").exists() else None
-        num_samples = json.loads((exp / "tuner.json").read_text())["space"]["budget"]["num_samples"]
+        num_samples = experiment_at(exp).record().space["budget"]["num_samples"]
         if board is None:
             problems.append("no leaderboard")
         else:
@@ -189,7 +186,9 @@ def main() -> None:
             sys.path.insert(0, str(ROOT))
             from tuner._study import load_study
 
-            study = {t.user_attrs.get("tune_trial_id"): t for t in load_study(exp, "chaos").trials}
+            study = {
+                t.user_attrs.get("tune_trial_id"): t for t in load_study(experiment_at(exp)).trials
+            }
             for _, row in board.iterrows():
                 trial = study.get(row["trial_id"])
                 expected = STATE_OF_STATUS.get(row["status"])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -17,7 +18,12 @@ FLOWERS = Path(os.environ.get("TUNER_TEST_FLOWERS", ROOT.parent / "shared" / "da
 
 # Fixtures that start Ray or a whole search once: with `pytest -n 2 --dist loadgroup`
 # (the README's test command) every test that uses one runs on the same worker.
-_SHARED_FIXTURES = {"finished": "e2e", "cluster": "cluster", "gpu_node": "gpu_node"}
+_SHARED_FIXTURES = {
+    "finished": "e2e",
+    "cluster": "cluster",
+    "gpu_node": "gpu_node",
+    "s3_search": "s3",
+}
 
 
 @pytest.hookimpl(wrapper=True)  # the part before `yield` runs before xdist reads the groups
@@ -60,6 +66,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def experiment_at(folder: Path) -> Any:
+    """The :class:`tuner.Experiment` whose local folder is ``folder``."""
+    from tuner import Experiment, Storage
+
+    return Experiment(Storage.parse(str(folder.parent)), folder.name)
 
 
 def make_subset(flowers: Path, dest: Path, per_class: int) -> Path:
@@ -118,13 +131,13 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def run_tuner(
-    *args: str, env: dict[str, str] | None = None, timeout: int = 300
+    *args: str, env: dict[str, str] | None = None, timeout: int = 300, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tuner ARGS`` as a user would; capture everything."""
+    """Run ``python -m tuner ARGS`` as a user would (in ``cwd``); capture everything."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tuner", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=full_env,
         capture_output=True,
         text=True,
@@ -147,7 +160,7 @@ METRIC_KEYS = frozenset(
 
 
 def run_search(
-    space: str | Path, data: Path, storage: Path, name: str, *extra: str, **kwargs: object
+    space: str | Path, data: Path, storage: Path | str, name: str, *extra: str, **kwargs: object
 ) -> subprocess.CompletedProcess[str]:
     """``tuner search`` with the four arguments every test gives."""
     args = ("search", "--space", str(space), "--data", str(data), "--storage", str(storage))
@@ -188,3 +201,62 @@ def finished(small_flowers: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     storage = tmp / "results"
     proc = run_search(space, small_flowers, storage, "e2e")
     return proc, storage, storage / "e2e"
+
+
+# Credentials of the throw-away S3 server (moto accepts any unless told to check them).
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+S3_BUCKET = "flowers"
+
+
+def start_s3_server(env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A real S3-compatible server process (moto's standalone server) on 127.0.0.1.
+
+    Returns the process and its ``HOST:PORT``, once it answers.
+    """
+    import socket
+    import time
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail("the S3 server did not start")
+
+
+def s3_uri(endpoint: str, path: str) -> str:
+    """``s3://PATH`` on the server at ``endpoint`` (plain HTTP)."""
+    return f"s3://{path}?endpoint_override={endpoint}&scheme=http"
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[str]:
+    """The endpoint of an S3 server holding the empty bucket ``flowers``; the test session
+    (and every process it starts) gets the server's credentials in its environment."""
+    import pyarrow.fs as pafs
+
+    os.environ.update(S3_ENV)
+    proc, endpoint = start_s3_server()
+    try:
+        fs, _ = pafs.FileSystem.from_uri(
+            s3_uri(endpoint, S3_BUCKET) + "&allow_bucket_creation=true"
+        )
+        fs.create_dir(S3_BUCKET)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

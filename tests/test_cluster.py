@@ -7,6 +7,7 @@ second node another.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import free_port, run_search
+from conftest import S3_BUCKET, experiment_at, free_port, run_search, s3_uri
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +77,9 @@ def stop(node: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """(address, shadowed folder): two 1-CPU nodes; the second has a private tmpfs."""
+def cluster(s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(address, shadowed folder): two 1-CPU nodes; the second has a private tmpfs. Both
+    have the credentials of the test S3 server (``s3``) in their environment."""
     shadow = tmp_path_factory.mktemp("cluster") / "shadow"
     shadow.mkdir()
     # Ray's unix socket paths must stay short: its temp dir cannot live under pytest's.
@@ -110,10 +112,33 @@ def test_a_search_on_an_existing_cluster_uses_both_nodes(cluster, small_flowers,
     exp = tmp_path / "shared" / "c1"
     board = pd.read_csv(exp / "leaderboard.csv")
     assert len(board) == 4 and (board["status"] == "completed").all()
-    nodes = set()
-    for result in exp.glob("trial_*/result.json"):
-        nodes |= {json.loads(line)["node_id"] for line in result.read_text().splitlines()}
+    experiment = experiment_at(exp)
+    nodes = {r["node_id"] for t in experiment.trial_ids() for r in experiment.reports(t)}
     assert len(nodes) == 2, proc.stdout[-6000:]
+
+
+def test_a_two_node_search_on_object_storage_needs_no_shared_folder(
+    cluster, s3, small_flowers, tmp_path
+):
+    """The trials of both nodes write their checkpoints and results to the bucket; the
+    driver reads them all from there."""
+    address, _ = cluster
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    uri = s3_uri(s3, f"{S3_BUCKET}/cluster")
+    proc = run_search(
+        space, small_flowers, uri, "c3", "--address", address, timeout=600, env=AUTH, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    from tuner import Experiment, Storage
+
+    exp = Experiment(Storage.parse(uri), "c3")
+    board = pd.read_csv(io.BytesIO(exp.storage.read_bytes(exp.rel("leaderboard.csv"))))
+    assert len(board) == 4 and (board["status"] == "completed").all()
+    assert board["checkpoint"].str.startswith(f"s3://{S3_BUCKET}/cluster/c3/trial_").all()
+    nodes = {r["node_id"] for t in exp.trial_ids() for r in exp.reports(t)}
+    assert len(nodes) == 2, proc.stdout[-6000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["space.yaml"]
 
 
 def test_a_node_local_storage_path_is_refused(cluster, small_flowers, tmp_path):
@@ -184,11 +209,11 @@ def test_four_trials_share_one_gpu_by_default(gpu_node, small_flowers, tmp_path)
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     exp = tmp_path / "r" / "g"
-    assert json.loads((exp / "tuner.json").read_text())["resources"] == {"cpu": 0.5, "gpu": 0.25}
+    assert experiment_at(exp).record().resources == {"cpu": 0.5, "gpu": 0.25}
     assert "0.25 GPU per trial" in proc.stdout
     spans = []
-    for result in exp.glob("trial_*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines()]
+    experiment = experiment_at(exp)
+    for rows in map(experiment.reports, experiment.trial_ids()):
         start = rows[0]["timestamp"] - rows[0]["time_this_iter_s"]
         spans.append((start, rows[-1]["timestamp"]))
     assert len(spans) == 4 and max_overlap(spans) == 4, spans

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import experiment_at, run_cli
 from PIL import Image
 
 from tuner._report import _load, _Skip, draw_report, param_importances
@@ -64,7 +65,7 @@ def test_report_only_adds_the_report_folder(report, finished):
 
 def test_importance_uses_the_search_space_and_every_scored_trial(report, finished):
     _, _, exp = finished
-    loaded = _load(exp)
+    loaded = _load(experiment_at(exp))
     importances, evaluator, used = param_importances(loaded)
     assert used == len(loaded.scored) == 5
     assert set(importances) <= {"optimizer", "lr", "batch_size", "freeze_depth", "aug_strength"}
@@ -74,13 +75,13 @@ def test_importance_uses_the_search_space_and_every_scored_trial(report, finishe
 
 def test_a_figure_that_cannot_be_drawn_is_skipped_with_the_reason(finished, tmp_path):
     _, _, exp = finished
-    loaded = _load(exp)
+    loaded = _load(experiment_at(exp))
     loaded.board = loaded.board.head(1)  # one trial: no importance can be computed
     with pytest.raises(_Skip, match="at least 2"):
         param_importances(loaded)
     report = draw_report(loaded, tmp_path / "report")
     assert "importance" in report.skipped and not (tmp_path / "report/importance.png").exists()
-    markdown = report.markdown.read_text()
+    markdown = Path(report.markdown).read_text()
     assert "## Figures not drawn" in markdown and "importance needs at least 2" in markdown
     assert "importance.png" not in markdown
 

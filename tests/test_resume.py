@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, cli, run_tuner
+from conftest import ROOT, cli, experiment_at, run_tuner
 
 pytestmark = pytest.mark.slow
 
@@ -69,11 +69,8 @@ def start_search(space: Path, data: Path, storage: Path, name: str) -> subproces
 
 def epochs_by_trial(exp: Path) -> dict[str, list[int]]:
     """Every reported epoch of every trial folder, in report order."""
-    out = {}
-    for result in exp.glob("trial_*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        out[result.parent.name.removeprefix("trial_")] = [r["epoch"] for r in rows]
-    return out
+    experiment = experiment_at(exp)
+    return {t: [r["epoch"] for r in experiment.reports(t)] for t in experiment.trial_ids()}
 
 
 def descendants(pid: int) -> list[int]:

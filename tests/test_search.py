@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
-from conftest import METRIC_KEYS, cli, free_port, run_search
+from conftest import METRIC_KEYS, cli, experiment_at, free_port, run_search
 
 from tuner._leaderboard import _BASE_COLUMNS
 from tuner.cli import main
@@ -72,12 +72,8 @@ def test_results_are_a_ray_tune_experiment(finished):
 
 def test_later_trials_run_in_the_worker_processes_of_ended_ones(finished):
     _, _, exp = finished
-    pids = {
-        json.loads(line)["pid"]
-        for result in exp.glob("trial_*/result.json")
-        for line in result.read_text().splitlines()
-        if line.strip()
-    }
+    experiment = experiment_at(exp)
+    pids = {r["pid"] for t in experiment.trial_ids() for r in experiment.reports(t)}
     assert len(pids) < 5, pids  # 5 trials, at most 2 at a time: no new process per trial
 
 
@@ -179,7 +175,7 @@ def test_the_optuna_study_is_persisted_for_optuna_tools(finished):
     from tuner._study import load_study
 
     _, _, exp = finished
-    study = load_study(exp, "e2e")
+    study = load_study(experiment_at(exp))
     board = pd.read_csv(exp / "leaderboard.csv")
     assert len(study.trials) == len(board)
     completed = board[board["status"] == "completed"]
@@ -252,14 +248,13 @@ def test_the_optuna_study_tells_what_the_leaderboard_tells(finished):
 
     _, _, exp = finished
     board = pd.read_csv(exp / "leaderboard.csv").set_index("trial_id")
-    trials = {t.user_attrs["tune_trial_id"]: t for t in load_study(exp, "e2e").trials}
+    trials = {t.user_attrs["tune_trial_id"]: t for t in load_study(experiment_at(exp)).trials}
     assert set(trials) == set(board.index)
     assert "PRUNED" in {t.state.name for t in trials.values()}
     for trial_id, trial in trials.items():
         row = board.loc[trial_id]
         assert trial.state.name == STATE_OF_STATUS[row["status"]], trial_id
-        rows = [json.loads(line) for line in (exp / f"trial_{trial_id}" / "result.json").open()]
-        reported = {int(r["epoch"]): r["val_acc"] for r in rows}
+        reported = {int(r["epoch"]): r["val_acc"] for r in experiment_at(exp).reports(trial_id)}
         assert trial.intermediate_values == pytest.approx(reported), trial_id
         if trial.state.name == "COMPLETE":
             assert trial.value == pytest.approx(row["val_acc"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import ROOT, experiment_at
 
 from tuner._errors import UsageError
 from tuner._storage_guard import RESERVE_FILE, StorageGuard, make_reserve
@@ -151,13 +151,14 @@ def test_full_disk_and_read_only_storage_stop_cleanly_and_resume(small_flowers, 
 
 
 def test_guard_sees_a_storage_too_full_for_the_next_checkpoints(tmp_path):
-    guard = StorageGuard(tmp_path)
+    guard = StorageGuard(experiment_at(tmp_path / "exp"))
+    (tmp_path / "exp").mkdir()
     assert guard.problem(running=2) is None
     guard.checkpoint_bytes = shutil.disk_usage(tmp_path).free  # one checkpoint fills it
     problem = guard.problem(running=2)
-    assert problem is not None and "is full" in problem and str(tmp_path) in problem
+    assert problem is not None and "is full" in problem and str(tmp_path / "exp") in problem
 
 
 def test_reserve_is_refused_with_a_clear_message_when_storage_is_missing(tmp_path):
     with pytest.raises(UsageError, match="cannot hold the experiment"):
-        make_reserve(tmp_path / "missing")
+        make_reserve(experiment_at(tmp_path / "missing" / "exp"))

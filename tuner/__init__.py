@@ -19,12 +19,20 @@ from tuner import _environment  # noqa: F401
 from tuner._errors import UsageError
 
 if TYPE_CHECKING:
-    from tuner._experiment import SearchRequest, resume, run_search
+    from tuner._experiment import Experiment, RunRecord
     from tuner._leaderboard import best_config, build_leaderboard, render, write_leaderboard
+    from tuner._search import SearchRequest, resume, run_search
     from tuner._spaces import Budget, SearchSpace, available_spaces, load_space, parse_space
+    from tuner._storage import Storage
 
 # Where the public names live, lightest first.
-_MODULES = ("tuner._spaces", "tuner._leaderboard", "tuner._experiment")
+_MODULES = (
+    "tuner._spaces",
+    "tuner._storage",
+    "tuner._experiment",
+    "tuner._leaderboard",
+    "tuner._search",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -43,8 +51,11 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Budget",
+    "Experiment",
+    "RunRecord",
     "SearchRequest",
     "SearchSpace",
+    "Storage",
     "UsageError",
     "available_spaces",
     "best_config",

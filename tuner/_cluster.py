@@ -6,9 +6,9 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from tuner._errors import UsageError
+from tuner._storage import Storage
 
 
 def local_resources() -> dict[str, float]:
@@ -48,12 +48,14 @@ def alive_nodes() -> list[dict[str, object]]:
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
-def check_storage_reachable(storage: str) -> None:
-    """With several nodes, every node must see the same ``storage`` folder.
+def check_storage_reachable(storage: Storage) -> None:
+    """With several nodes, every node must reach the same ``storage``.
 
     The driver writes a marker file there and a zero-CPU task on each node
-    looks for it; a node that cannot see it would write its checkpoints
-    where neither the driver nor `resume` can find them.
+    reads it through the same file system layer the trials use; a node that
+    cannot (a node-local folder, an object store it has no route or
+    credentials for) would write checkpoints where neither the driver nor
+    ``resume`` can find them.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -62,31 +64,33 @@ def check_storage_reachable(storage: str) -> None:
     if len(nodes) < 2:
         return
     token = uuid.uuid4().hex
-    marker = Path(storage) / f".tuner-probe-{token}"
-    marker.write_text(token)
+    marker = f".tuner-probe-{token}"
+    storage.write_text(marker, token)
 
     @ray.remote(num_cpus=0)
-    def sees(path: str, expected: str) -> bool:
+    def sees(where: Storage, name: str, expected: str) -> bool:
         try:
-            return Path(path).read_text() == expected
-        except OSError:
+            return where.read_text(name) == expected
+        except Exception:
             return False
 
     try:
         checks = [
             sees.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(str(n["NodeID"]), soft=False)
-            ).remote(str(marker), token)
+            ).remote(storage, marker, token)
             for n in nodes
         ]
         seen = ray.get(checks)
         blind = [str(n["NodeManagerAddress"]) for n, ok in zip(nodes, seen, strict=True) if not ok]
     finally:
-        marker.unlink(missing_ok=True)
+        storage.delete(marker)
     if blind:
+        kind = "node-local path" if storage.is_local else "storage some nodes cannot reach"
         raise UsageError(
-            f"storage {storage} is a node-local path: {len(blind)} of the cluster's "
-            f"{len(nodes)} nodes ({', '.join(blind)}) cannot see it. Trials on those nodes "
+            f"storage {storage.display()} is a {kind}: {len(blind)} of the cluster's "
+            f"{len(nodes)} nodes ({', '.join(blind)}) cannot read it. Trials on those nodes "
             "would write checkpoints that the driver and `resume` cannot read. Use a "
-            "folder every node mounts (NFS, a shared volume)."
+            "folder every node mounts (NFS, a shared volume) or an object store (s3://...) "
+            "every node reaches."
         )

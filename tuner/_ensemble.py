@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from tuner._errors import UsageError
+from tuner._experiment import Experiment
 from tuner._inference import RankedTrial, classify_labelled, load_ranked_trial
 
 METHODS = ("greedy", "top")
@@ -68,10 +68,8 @@ def _val_probabilities(trial: RankedTrial, split: Any) -> tuple[torch.Tensor, to
     return result.logits.softmax(1), labels
 
 
-def choose_ensemble(exp_dir: Path, board: pd.DataFrame, k: int, method: str) -> Ensemble:
+def choose_ensemble(exp: Experiment, board: pd.DataFrame, k: int, method: str) -> Ensemble:
     """Pick ``k`` members by ``method`` (see the module doc) from ``board``'s ranked trials."""
-    from trainables import SPLIT_FILE, Split
-
     if method not in METHODS:
         raise UsageError(f"unknown ensemble method {method!r}; choose one of: {', '.join(METHODS)}")
     ranks = [
@@ -84,14 +82,14 @@ def choose_ensemble(exp_dir: Path, board: pd.DataFrame, k: int, method: str) -> 
             f"an ensemble needs at least 2 trials with a checkpoint; found {len(ranks)}"
         )
     pool = ranks[: k if method == "top" else 2 * k]
-    trials = [load_ranked_trial(exp_dir, rank, board) for rank in pool]
+    trials = [load_ranked_trial(exp, rank, board) for rank in pool]
     sizes = {t.preprocessing for t in trials}
     if len(sizes) > 1:
         raise UsageError(
             "the ensemble's trials prepare photos differently (image size or normalisation); "
             "ensembles need one preprocessing"
         )
-    split = Split.load(exp_dir / SPLIT_FILE)
+    split = exp.split()
     probs, labels = [], torch.empty(0)
     for trial in trials:
         p, labels = _val_probabilities(trial, split)

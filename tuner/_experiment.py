@@ -1,74 +1,48 @@
-"""Assemble and run a search (or resume one): data, Ray, Optuna, ASHA, results.
+"""One experiment's folder (``STORAGE/NAME/``): the only code that knows its file names.
 
-The order matters for users: everything that can be wrong with the input
-(name, storage, space, data, pretrained weights) is checked before Ray
-starts, and every file needed to resume is written before the first trial.
+An :class:`Experiment` is a :class:`~tuner._storage.Storage` and a checked
+name. Every reader and writer of the folder (the search, ``resume``,
+``leaderboard``, ``report``, ``evaluate``, ``export``, ``refit``, tests and
+benchmarks) goes through it, so a local folder and an object-store URI are
+the same to all of them. It does not import Ray: Ray Tune's own files
+(``experiment_state-*.json``, ``trial_*/``) are only found, and each trial's
+``result.json`` read, here.
+
+>>> import tempfile
+>>> exp = Experiment(Storage.parse(tempfile.mkdtemp()), "flowers-1")
+>>> exp.exists(), exp.display("split.json").endswith("/flowers-1/split.json")
+(False, True)
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from trainables import (
-    SPLIT_FILE,
-    DataError,
-    ImageCache,
-    Split,
-    WeightsUnavailableError,
-    cache_size_for,
-    decode_split,
-    ensure_pretrained_weights,
-    scan_folder,
-    screen,
-    split_screened,
-    train_classifier,
-)
-from tuner._cluster import check_storage_reachable, local_resources, start_ray
-from tuner._datacheck import describe
+import pandas as pd
+
+from trainables import SPLIT_FILE, Split
 from tuner._errors import UsageError
-from tuner._holdout import attach_test_scores, score_top_trials, test_lines
-from tuner._leaderboard import best_config, build_leaderboard, tie_note, write_leaderboard
-from tuner._pruning import CheckpointPruner
-from tuner._spaces import Budget, SearchSpace, parse_space
-from tuner._storage_guard import StorageGuard, make_reserve, release_reserve, tripped
-from tuner._study import JOURNAL_FILE, make_searcher
+from tuner._storage import Storage
+
+if TYPE_CHECKING:
+    from tuner._spaces import SearchSpace
 
 TUNER_FILE = "tuner.json"
-METRIC = "val_acc"
-SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
+JOURNAL_FILE = "optuna_journal.log"
+LEADERBOARD_CSV = "leaderboard.csv"
+LEADERBOARD_PARQUET = "leaderboard.parquet"
+BEST_CONFIG = "best_config.json"
+TEST_SCORES = "test_scores.json"
+REFIT_DIR = "refit"
+REPORT_DIR = "report"
+RESULT_FILE = "result.json"
+TRIAL_PREFIX = "trial_"
+_STATE_GLOB = "experiment_state-*.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-Print = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """Everything ``search`` needs, resolved and validated by the CLI layer."""
-
-    space: SearchSpace
-    name: str
-    storage: str
-    data_dir: Path
-    address: str | None = None
-
-
-def default_storage(storage: str | None) -> str:
-    """``--storage``, else ``$TUNER_STORAGE``, else ``./results``, as an absolute path."""
-    chosen = storage or os.environ.get("TUNER_STORAGE") or "results"
-    if "://" in chosen:
-        raise UsageError(
-            f"storage {chosen}: URI storage (s3://, gs://, ...) is not supported yet; "
-            "use a folder every node mounts (NFS, a shared volume)"
-        )
-    return str(Path(chosen).expanduser().resolve())
 
 
 def validate_name(name: str) -> str:
@@ -80,392 +54,153 @@ def validate_name(name: str) -> str:
     return name
 
 
-def experiment_dir(storage: str, name: str) -> Path:
-    return Path(storage) / name
+@dataclass(frozen=True)
+class RunRecord:
+    """``tuner.json``: the resolved run, enough to reproduce or resume it."""
+
+    name: str
+    space_name: str
+    space_source: str
+    space: dict[str, Any]  # the resolved space: description, params, budget, points
+    data_dir: str
+    storage: str
+    address: str | None
+    cache_size: int
+    resources: dict[str, float]
+    command: str = ""
+    ray_version: str = ""
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known["resources"] = {k: float(v) for k, v in data["resources"].items()}
+        known["cache_size"] = int(data["cache_size"])
+        return cls(**known)
+
+    def search_space(self) -> SearchSpace:
+        from tuner._spaces import parse_space
+
+        return parse_space(self.space, name=self.space_name, source=self.space_source)
 
 
-def ensure_writable(storage: str) -> None:
-    root = Path(storage)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"storage {root} is not writable: {exc.strerror or exc}") from None
+class Experiment:
+    """The folder of experiment ``name`` in ``storage`` (which need not exist yet)."""
 
+    def __init__(self, storage: Storage, name: str) -> None:
+        self.storage = storage
+        self.name = validate_name(name)
 
-def is_experiment(path: Path) -> bool:
-    return path.is_dir() and any(path.glob("experiment_state-*.json"))
-
-
-def default_name(space: SearchSpace) -> str:
-    return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def resume_command(name: str, storage: str) -> str:
-    return f"python -m tuner resume {name} --storage {storage}"
-
-
-def check_weights(space: SearchSpace) -> None:
-    """Fail before Ray starts if a pretrained model's weights cannot be had."""
-    if True not in space.possible_values("pretrained"):
-        return
-    for model in space.possible_values("model"):
-        try:
-            ensure_pretrained_weights(model)
-        except WeightsUnavailableError as exc:
-            raise UsageError(str(exc)) from None
-
-
-def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
-    """Scan, decode once and split (in memory; nothing written yet)."""
-    size = cache_size_for(max(req.space.possible_values("image_size")))
-    t0 = time.perf_counter()
-    try:
-        usable, decoded = screen(scan_folder(req.data_dir), size)
-        for line in describe(usable):
-            say(line)
-        split, cache = split_screened(
-            usable,
-            decoded,
-            size,
-            val_fraction=req.space.budget.val_fraction,
-            seed=req.space.budget.seed,
-            test_fraction=req.space.budget.test_fraction,
-        )
-    except DataError as exc:
-        raise UsageError(f"data: {exc}") from None
-    say(
-        f"Split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test "
-        f"photos (test held out: no trial sees it), decoded at {size}px "
-        f"in {time.perf_counter() - t0:.1f}s ({cache.nbytes / 2**20:.0f} MiB, one copy "
-        "shared by all trials)"
-    )
-    return split, cache
-
-
-def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float]:
-    budget = space.budget
-    cpus_available = cluster.get("CPU", 0.0)
-    if budget.cpus_per_trial > cpus_available:
-        raise UsageError(
-            f"cpus-per-trial {budget.cpus_per_trial:g} exceeds the {cpus_available:g} CPUs "
-            "available to Ray"
-        )
-    gpus = budget.gpus_per_trial
-    gpus_available = cluster.get("GPU", 0.0)
-    if gpus is None:
-        # Several trials share a GPU: small models four to a GPU, ResNet-50 two.
-        gpus = (
-            0.0
-            if not gpus_available
-            else (0.5 if "resnet50" in space.possible_values("model") else 0.25)
-        )
-    elif gpus > gpus_available:
-        raise UsageError(f"gpus-per-trial {gpus:g} exceeds the {gpus_available:g} GPUs available")
-    return {"cpu": budget.cpus_per_trial, "gpu": gpus}
-
-
-def _fits(cluster: dict[str, float], resources: dict[str, float]) -> int:
-    """How many trials the cluster runs at once (Tune then starts them all together).
-
-    Ray Tune starts one trial at a time for a searcher unless told this number.
-    """
-    fits = cluster.get("CPU", 0.0) / resources["cpu"]
-    if resources["gpu"]:
-        fits = min(fits, cluster.get("GPU", 0.0) / resources["gpu"])
-    return max(1, int(fits + 1e-9))
-
-
-def _trainable(cache: ImageCache, resources: dict[str, float]) -> Any:
-    from ray import tune
-
-    return tune.with_resources(tune.with_parameters(train_classifier, data=cache), resources)
-
-
-def _trial_name(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
-
-
-def _reporter(space: SearchSpace) -> Any:
-    from ray import tune
-
-    return tune.CLIReporter(
-        metric_columns={
-            "epoch": "ep",
-            "val_acc": "val_acc",
-            "best_val_acc": "best",
-            "train_loss": "loss",
-            "images_per_s": "img/s",
-        },
-        parameter_columns=space.searched,
-        max_report_frequency=30,
-        # Ray sorts finished trials by their last metric, which a trial that never
-        # reported (a time budget ended first) does not have: a TypeError at the end.
-        # The leaderboard ranks them; the live table lists trials in start order.
-        sort_by_metric=False,
-        metric=SEARCH_METRIC,
-        mode="max",
-        max_column_length=12,
-    )
-
-
-def _run_config(
-    req_name: str, storage: str, space: SearchSpace, concurrent: int, say: Print
-) -> Any:
-    from ray import tune
-
-    from tuner._estimate import TimeEstimate
-
-    budget = space.budget
-    estimate = TimeEstimate(_trial_epochs(budget), concurrent, say)
-    return tune.RunConfig(
-        callbacks=[StorageGuard(experiment_dir(storage, req_name)), CheckpointPruner(), estimate],
-        name=req_name,
-        storage_path=storage,
-        # Every checkpoint is registered; CheckpointPruner deletes old ones once no saved
-        # experiment state can point at them (Ray's num_to_keep deletes them too early).
-        checkpoint_config=tune.CheckpointConfig(
-            checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
-        ),
-        failure_config=tune.FailureConfig(max_failures=2),
-        progress_reporter=_reporter(space),
-        verbose=1,
-    )
-
-
-def _trial_epochs(budget: Budget) -> float:
-    from tuner._estimate import expected_trial_epochs
-
-    return expected_trial_epochs(
-        budget.num_samples, budget.max_epochs, budget.grace_period, budget.reduction_factor
-    )
-
-
-def run_search(req: SearchRequest, say: Print = print) -> int:
-    """Run a new search to the end; return the exit code."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    exp_dir = experiment_dir(req.storage, req.name)
-    if (exp_dir / TUNER_FILE).exists() or is_experiment(exp_dir):
-        raise UsageError(
-            f"experiment {req.name!r} already exists in {req.storage}; continue it with: "
-            f"{resume_command(req.name, req.storage)} (or choose another --name)"
-        )
-    if not (req.address or os.environ.get("RAY_ADDRESS")):
-        _resources(req.space, local_resources())  # fail before decoding or starting Ray
-    check_weights(req.space)
-    split, cache = prepare_split(req, say)
-    cluster = start_ray(req.address, say)
-    resources = _resources(req.space, cluster)
-    check_storage_reachable(req.storage)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    split.save(exp_dir / SPLIT_FILE)
-    _write_tuner_file(req, exp_dir, cache.size, resources)
-    make_reserve(exp_dir)
-    budget = req.space.budget
-    concurrent = budget.max_concurrent or _fits(cluster, resources)
-    say(
-        f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
-        f"{budget.max_epochs} epochs, ASHA grace {budget.grace_period} / reduction "
-        f"{budget.reduction_factor} (~{_trial_epochs(budget):.0f} trial-epochs), "
-        f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial, {concurrent} at once; "
-        "a time estimate follows the first epochs"
-    )
-    say(f"Results: {exp_dir}")
-    searcher = make_searcher(
-        req.name,
-        exp_dir,
-        SEARCH_METRIC,
-        budget.seed,
-        req.space.points_to_evaluate,
-        budget.max_epochs,
-    )
-    scheduler = ASHAScheduler(
-        time_attr="epoch",
-        metric=METRIC,
-        mode="max",
-        max_t=budget.max_epochs,
-        grace_period=min(budget.grace_period, budget.max_epochs),
-        reduction_factor=budget.reduction_factor,
-    )
-    tuner = tune.Tuner(
-        _trainable(cache, resources),
-        param_space=req.space.param_space(),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=budget.num_samples,
-            max_concurrent_trials=concurrent,
-            time_budget_s=budget.time_budget_s,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-            # A new trial starts in the worker process of one that ended: no new
-            # process, no second torch import (5 trials at 32 px: 68 s -> 40 s).
-            reuse_actors=True,
-        ),
-        run_config=_run_config(req.name, req.storage, req.space, concurrent, say),
-    )
-    return _fit_and_finish(tuner, exp_dir, req.name, req.storage, budget, say)
-
-
-def resume(name: str, storage: str, restart_errored: bool = False, say: Print = print) -> int:
-    """Continue an interrupted experiment exactly as it was set up."""
-    from ray import tune
-
-    exp_dir = experiment_dir(storage, validate_name(name))
-    if (exp_dir / TUNER_FILE).is_file() and not is_experiment(exp_dir):
-        return _start_again(exp_dir, say)
-    if not is_experiment(exp_dir) or not (exp_dir / TUNER_FILE).is_file():
-        root = Path(storage)
-        known = sorted(p.name for p in root.iterdir() if is_experiment(p)) if root.is_dir() else []
-        raise UsageError(
-            f"no experiment {name!r} in {storage}; experiments there: "
-            f"{', '.join(known) if known else '(none)'}"
-        )
-    saved = json.loads((exp_dir / TUNER_FILE).read_text())
-    space = parse_space(saved["space"], name=saved["space_name"], source=saved["space_source"])
-    split = Split.load(exp_dir / SPLIT_FILE)
-    try:
-        cache = decode_split(split, int(saved["cache_size"]))
-    except DataError as exc:
-        raise UsageError(f"data: {exc}") from None
-    ensure_writable(str(exp_dir))
-    say(
-        f"Resuming {name} from {exp_dir} ({len(split.train)} train / {len(split.val)} val / "
-        f"{len(split.test)} test)"
-    )
-    start_ray(saved.get("address"), say)
-    make_reserve(exp_dir)
-    resources = {k: float(v) for k, v in saved["resources"].items()}
-    tuner = tune.Tuner.restore(
-        str(exp_dir),
-        trainable=_trainable(cache, resources),
-        resume_unfinished=True,
-        resume_errored=not restart_errored,
-        restart_errored=restart_errored,
-    )
-    return _fit_and_finish(tuner, exp_dir, name, storage, space.budget, say)
-
-
-def _start_again(exp_dir: Path, say: Print) -> int:
-    """Run a search whose driver died before Ray saved any state: no trial ran, so it
-    starts again from its recorded request."""
-    saved = json.loads((exp_dir / TUNER_FILE).read_text())
-    space = parse_space(saved["space"], name=saved["space_name"], source=saved["space_source"])
-    request = SearchRequest(
-        space, saved["name"], saved["storage"], Path(saved["data_dir"]), saved.get("address")
-    )
-    say(f"{saved['name']} was stopped before its first trial was recorded; starting it again")
-    for leftover in (TUNER_FILE, SPLIT_FILE, JOURNAL_FILE):
-        (exp_dir / leftover).unlink(missing_ok=True)
-    return run_search(request, say)
-
-
-def _fit_and_finish(
-    tuner: Any, exp_dir: Path, name: str, storage: str, budget: Budget, say: Print
-) -> int:
-    """Run the search, then summarise it (or say why the storage stopped it)."""
-    try:
-        if not _fit(tuner, name, storage, say):
-            return 130
-        problem = tripped(exp_dir)
-        if problem:
-            say(
-                f"\nStopped: {problem}.\nThe experiment state and each trial's last checkpoint "
-                "are saved. Free some space (or restore write access) and continue with:\n"
-                f"  {resume_command(name, storage)}"
+    @classmethod
+    def open(cls, storage: Storage, name: str) -> Experiment:
+        """An experiment Ray Tune has saved state for; UsageError naming the others if none."""
+        exp = cls(storage, name)
+        if not exp.has_state():
+            known = experiment_names(storage)
+            raise UsageError(
+                f"no experiment {name!r} in {storage.display()}; experiments there: "
+                f"{', '.join(known) if known else '(none)'}"
             )
-            return 1
-        return finish(exp_dir, name, storage, budget, say)
-    finally:
-        release_reserve(exp_dir)
+        return exp
 
+    def rel(self, *parts: str) -> str:
+        """``parts`` relative to the storage root."""
+        return "/".join((self.name, *parts))
 
-def _fit(tuner: Any, name: str, storage: str, say: Print) -> bool:
-    """``tuner.fit()``; False if a second Ctrl-C cut Ray's own graceful stop short.
+    def path(self, *parts: str) -> str:
+        """The file system path of ``parts`` (what Ray's ``storage_filesystem`` takes)."""
+        return self.storage.path(self.rel(*parts))
 
-    SIGTERM is handled like a first Ctrl-C: Ray saves the experiment state,
-    stops the trials and returns.
-    """
-    import signal
+    def display(self, *parts: str) -> str:
+        """How a user names ``parts``: a local path or a URI."""
+        return self.storage.display(self.rel(*parts))
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        signal.raise_signal(signal.SIGINT)
+    def resume_command(self) -> str:
+        return f"python -m tuner resume {self.name} --storage {self.storage.uri}"
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        tuner.fit()
-    except KeyboardInterrupt:
-        say(f"\nInterrupted. Continue the search with:\n  {resume_command(name, storage)}")
-        return False
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return True
+    # What is there -----------------------------------------------------------
 
+    def has_state(self) -> bool:
+        """Whether Ray Tune saved the experiment's state (a trial may have run)."""
+        return bool(self.storage.list(self.name, _STATE_GLOB, dirs=False))
 
-def finish(exp_dir: Path, name: str, storage: str, budget: Budget, say: Print) -> int:
-    """Write the leaderboard files and print the summary; 0 if the search completed.
+    def has_record(self) -> bool:
+        return self.storage.exists(self.rel(TUNER_FILE))
 
-    A search is unfinished when a trial is still running, pending or paused,
-    or when fewer than ``num_samples`` trials exist without a time budget
-    that could explain it.
-    """
-    board = build_leaderboard(exp_dir)
-    unfinished = bool(board["status"].isin(["running", "pending", "paused"]).any()) or (
-        budget.time_budget_s is None and len(board) < budget.num_samples
-    )
-    if not unfinished and score_top_trials(exp_dir, board, budget.test_top_k):
-        board = attach_test_scores(board, exp_dir)
-    written = write_leaderboard(exp_dir, board)
-    counts = board["status"].value_counts().to_dict()
-    say("")
-    say(f"Trials: {len(board)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
-    best = best_config(board)
-    if best:
-        say(
-            f"Best trial {best['trial_id']}: val_acc {best['val_acc']:.4f} "
-            f"(± {best['val_acc_se']:.4f}) at epoch {best['best_epoch']}{tie_note(board)}"
+    def exists(self) -> bool:
+        return self.has_record() or self.has_state()
+
+    # Files --------------------------------------------------------------------
+
+    def read_json(self, file: str, default: Any = None) -> Any:
+        try:
+            return json.loads(self.storage.read_text(self.rel(file)))
+        except (FileNotFoundError, ValueError):
+            return default
+
+    def write_json(self, file: str, data: Any) -> None:
+        self.storage.write_text(self.rel(file), json.dumps(data, indent=2))
+
+    def write_bytes(self, file: str, data: bytes) -> None:
+        self.storage.write_bytes(self.rel(file), data)
+
+    def delete(self, *parts: str) -> None:
+        self.storage.delete(self.rel(*parts))
+
+    def record(self) -> RunRecord:
+        data = self.read_json(TUNER_FILE)
+        if not isinstance(data, dict):
+            raise UsageError(f"{self.display(TUNER_FILE)} is missing or unreadable")
+        return RunRecord.from_json(data)
+
+    def write_record(self, record: RunRecord) -> None:
+        self.write_json(TUNER_FILE, asdict(record))
+
+    def split(self) -> Split:
+        data = self.read_json(SPLIT_FILE)
+        if not isinstance(data, dict):
+            raise UsageError(f"{self.display(SPLIT_FILE)} is missing or unreadable")
+        return Split.from_json(data)
+
+    def write_split(self, split: Split) -> None:
+        self.write_json(SPLIT_FILE, split.to_json())
+
+    # Trials -------------------------------------------------------------------
+
+    def trial_ids(self) -> list[str]:
+        folders = self.storage.list(self.name, f"{TRIAL_PREFIX}*", dirs=True)
+        return [f.removeprefix(TRIAL_PREFIX) for f in folders]
+
+    def reports(self, trial_id: str) -> list[dict[str, Any]]:
+        """Every result ``trial_id`` reported, in order, repeats included (Ray Tune's
+        ``result.json``, one JSON object per line)."""
+        try:
+            text = self.storage.read_text(self.rel(f"{TRIAL_PREFIX}{trial_id}", RESULT_FILE))
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def history(self, trial_id: str) -> pd.DataFrame:
+        """Every epoch ``trial_id`` reported, once each, in order (an epoch re-run after a
+        restore from an older checkpoint counts once: its last report)."""
+        df = pd.DataFrame(self.reports(trial_id))
+        if "epoch" not in df:
+            return df
+        return (
+            df.drop_duplicates(subset="epoch", keep="last")
+            .sort_values("epoch")
+            .reset_index(drop=True)
         )
-        say("  " + json.dumps(best["config"]))
-        say(f"  checkpoint: {best['checkpoint']}")
-    for line in test_lines(board):
-        say(line)
-    say("Wrote " + ", ".join(str(p) for p in written))
-    if unfinished:
-        say(f"The search was interrupted. Continue it with:\n  {resume_command(name, storage)}")
-        return 1
-    return 0
+
+    def histories(self) -> dict[str, pd.DataFrame]:
+        """trial id -> :meth:`history`, for every trial folder."""
+        return {trial_id: self.history(trial_id) for trial_id in self.trial_ids()}
 
 
-def _write_tuner_file(
-    req: SearchRequest, exp_dir: Path, cache_size: int, resources: dict[str, float]
-) -> None:
-    """The resolved configuration of the run, enough to reproduce or resume it."""
-    import ray
-
-    resolved = req.space.to_dict()
-    record = {
-        "name": req.name,
-        "space_name": req.space.name,
-        "space_source": req.space.source,
-        "space": {
-            "description": resolved["description"],
-            "params": resolved["params"],
-            "budget": resolved["budget"],
-            "points_to_evaluate": resolved["points_to_evaluate"],
-        },
-        "data_dir": str(req.data_dir),
-        "storage": req.storage,
-        "address": req.address,
-        "cache_size": cache_size,
-        "resources": resources,
-        "command": " ".join(sys.argv),
-        "ray_version": ray.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    tmp = exp_dir / f".{TUNER_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, exp_dir / TUNER_FILE)  # never half a file, whenever the driver dies
+def experiment_names(storage: Storage) -> list[str]:
+    """The experiments Ray Tune saved state for under ``storage``."""
+    names = []
+    for name in storage.list(dirs=True):
+        if _NAME_RE.match(name) and Experiment(storage, name).has_state():
+            names.append(name)
+    return names

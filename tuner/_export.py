@@ -69,7 +69,7 @@ def export_trial(trial: RankedTrial, output: Path) -> list[Path]:
         "rank": trial.rank,
         "val_acc": trial.val_acc,
         "source_checkpoint": str(trial.checkpoint),
-        "experiment": str(trial.experiment),
+        "experiment": trial.experiment.display(),
     }
     states = {MODEL_STATE: model}
     return _write_export(output, model, trial.preprocessing, trial.classes, config, states)
@@ -100,7 +100,7 @@ def export_ensemble(ensemble: Ensemble, output: Path, test_acc: float | None) ->
                 for m, w in zip(ensemble.members, ensemble.weights, strict=True)
             ],
         },
-        "experiment": str(first.experiment),
+        "experiment": first.experiment.display(),
     }
     states = {f"members/{m.trial_id}/{MODEL_STATE}": m.model for m in ensemble.members}
     module = ensemble.module()

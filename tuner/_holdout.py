@@ -10,37 +10,28 @@ its best checkpoint changed.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
-from trainables import SPLIT_FILE, Split
+from tuner._experiment import TEST_SCORES, Experiment
 
 if TYPE_CHECKING:
     from tuner._inference import Preprocessing
 
-TEST_SCORES = "test_scores.json"
 
-
-def load_scores(exp_dir: Path) -> dict[str, dict[str, Any]]:
+def load_scores(exp: Experiment) -> dict[str, dict[str, Any]]:
     """trial id -> {"checkpoint", "test_acc", "n_images"} of the trials scored so far."""
-    path = exp_dir / TEST_SCORES
-    try:
-        scores = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    scores = exp.read_json(TEST_SCORES, {})
     return scores if isinstance(scores, dict) else {}
 
 
-def attach_test_scores(board: pd.DataFrame, exp_dir: Path) -> pd.DataFrame:
+def attach_test_scores(board: pd.DataFrame, exp: Experiment) -> pd.DataFrame:
     """``board`` with ``test_acc`` (NaN where the best checkpoint was not scored)."""
-    scores = load_scores(exp_dir)
+    scores = load_scores(exp)
 
     def score(row: pd.Series) -> float:
         entry = scores.get(str(row["trial_id"]), {})
@@ -64,7 +55,7 @@ def test_lines(board: pd.DataFrame) -> list[str]:
     return [f"Test split (photos no trial saw): {cells}"]
 
 
-def score_top_trials(exp_dir: Path, board: pd.DataFrame, top_k: int) -> dict[str, float]:
+def score_top_trials(exp: Experiment, board: pd.DataFrame, top_k: int) -> dict[str, float]:
     """Evaluate the best checkpoints of the ``top_k`` ranked trials on the test split.
 
     Returns trial id -> test_acc of the trials scored (now or before); an empty
@@ -72,19 +63,19 @@ def score_top_trials(exp_dir: Path, board: pd.DataFrame, top_k: int) -> dict[str
     """
     from tuner._inference import evaluate_test_split, load_ranked_trial
 
-    split = Split.load(exp_dir / SPLIT_FILE)
+    split = exp.split()
     if not split.test or top_k <= 0:
         return {}
-    scores = load_scores(exp_dir)
+    scores = load_scores(exp)
     out: dict[str, float] = {}
     for rank in range(1, min(top_k, len(board)) + 1):
         row = board.iloc[rank - 1]
         trial_id, checkpoint = str(row["trial_id"]), str(row["checkpoint"])
-        if pd.isna(row["val_acc"]) or not checkpoint or not Path(checkpoint).is_dir():
+        if pd.isna(row["val_acc"]) or not checkpoint:
             continue
         entry = scores.get(trial_id, {})
         if entry.get("checkpoint") != checkpoint:
-            metrics = evaluate_test_split(load_ranked_trial(exp_dir, rank, board))
+            metrics = evaluate_test_split(load_ranked_trial(exp, rank, board))
             entry = {
                 "checkpoint": checkpoint,
                 "test_acc": metrics["accuracy"],
@@ -92,19 +83,17 @@ def score_top_trials(exp_dir: Path, board: pd.DataFrame, top_k: int) -> dict[str
             }
             scores[trial_id] = entry
         out[trial_id] = float(entry["test_acc"])
-    tmp = exp_dir / f".{TEST_SCORES}.tmp"
-    tmp.write_text(json.dumps(scores, indent=2))
-    os.replace(tmp, exp_dir / TEST_SCORES)
+    exp.write_json(TEST_SCORES, scores)
     return out
 
 
 def score_module_on_test(
-    exp_dir: Path, model: Callable[[torch.Tensor], torch.Tensor], prep: Preprocessing
+    exp: Experiment, model: Callable[[torch.Tensor], torch.Tensor], prep: Preprocessing
 ) -> float | None:
     """Accuracy of ``model`` on the experiment's test split (None without one)."""
     from tuner._inference import classify_labelled
 
-    split = Split.load(exp_dir / SPLIT_FILE)
+    split = exp.split()
     if not split.test:
         return None
     result, labels = classify_labelled(model, split.root, split.test, prep)

@@ -35,6 +35,7 @@ from trainables import (
     normalize,
 )
 from tuner._errors import UsageError
+from tuner._experiment import Experiment
 
 # Photos decoded at once, and run through the model at once: bound memory on large folders.
 CHUNK = 256
@@ -115,38 +116,33 @@ def classify_labelled(
     return result, torch.tensor([files[i][1] for i in result.ok], dtype=torch.long)
 
 
-def resolve_experiment(storage: str, name: str) -> Path:
-    """The folder of experiment ``name`` under ``storage``; UsageError if there is none."""
-    from tuner._experiment import experiment_dir, is_experiment, validate_name
-
-    exp_dir = experiment_dir(storage, validate_name(name))
-    if not is_experiment(exp_dir):
-        root = Path(storage)
-        known = sorted(p.name for p in root.iterdir() if is_experiment(p)) if root.is_dir() else []
-        raise UsageError(
-            f"no experiment {name!r} in {storage}; experiments there: "
-            f"{', '.join(known) if known else '(none)'}"
-        )
-    return exp_dir
-
-
 @dataclass
 class RankedTrial:
     """The best checkpoint of one ranked trial, loaded as an eval-mode fp32 model."""
 
-    experiment: Path
+    experiment: Experiment
     rank: int
     trial_id: str
     val_acc: float | None
     best_epoch: int
-    checkpoint: Path
+    checkpoint: str  # the folder, as the leaderboard names it (a path or a URI)
     config: dict[str, Any]
     classes: list[str]
     model: nn.Module
     preprocessing: Preprocessing
 
 
-def load_ranked_trial(exp_dir: Path, rank: int, board: pd.DataFrame | None = None) -> RankedTrial:
+def load_checkpoint(exp: Experiment, folder: str) -> dict[str, Any]:
+    """The state in the checkpoint ``folder`` of ``exp`` (a path or URI the leaderboard
+    gives), read through Ray's ``Checkpoint`` (a remote one is downloaded first)."""
+    from ray.tune import Checkpoint
+
+    checkpoint = Checkpoint(exp.storage.path(exp.storage.relative(folder)), exp.storage.fs)
+    with checkpoint.as_directory() as local:
+        return load_state(Path(local))
+
+
+def load_ranked_trial(exp: Experiment, rank: int, board: pd.DataFrame | None = None) -> RankedTrial:
     """Load the best checkpoint of the ``rank``-th trial of the leaderboard (1 = best).
 
     ``board`` saves reading the experiment again when the caller has it.
@@ -154,10 +150,10 @@ def load_ranked_trial(exp_dir: Path, rank: int, board: pd.DataFrame | None = Non
     from tuner._leaderboard import build_leaderboard
 
     if board is None:
-        board = build_leaderboard(exp_dir)
+        board = build_leaderboard(exp)
     if not 1 <= rank <= len(board):
         raise UsageError(
-            f"rank {rank} is out of range: experiment {exp_dir.name!r} has {len(board)} trial(s)"
+            f"rank {rank} is out of range: experiment {exp.name!r} has {len(board)} trial(s)"
         )
     row = board.iloc[rank - 1]
     trial_id = str(row["trial_id"])
@@ -165,10 +161,10 @@ def load_ranked_trial(exp_dir: Path, rank: int, board: pd.DataFrame | None = Non
         raise UsageError(
             f"trial {trial_id} (rank {rank}, status {row['status']}) has no checkpoint to load"
         )
-    folder = Path(str(row["checkpoint"]))
+    folder = str(row["checkpoint"])
     try:
-        state = load_state(folder)
-    except CheckpointError as exc:
+        state = load_checkpoint(exp, folder)
+    except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(f"trial {trial_id} (rank {rank}): {exc}") from None
     cfg = dict(state["config"])
     classes = [str(c) for c in state["classes"]]
@@ -177,7 +173,7 @@ def load_ranked_trial(exp_dir: Path, rank: int, board: pd.DataFrame | None = Non
     model.eval()
     val_acc = float(row["val_acc"])
     return RankedTrial(
-        experiment=exp_dir,
+        experiment=exp,
         rank=rank,
         trial_id=trial_id,
         val_acc=val_acc if math.isfinite(val_acc) else None,
@@ -225,9 +221,7 @@ def classification_metrics(
 
 
 def _experiment_split(trial: RankedTrial) -> Any:
-    from trainables import SPLIT_FILE, Split
-
-    split = Split.load(trial.experiment / SPLIT_FILE)
+    split = trial.experiment.split()
     if list(trial.classes) != list(split.classes):
         raise UsageError(
             f"checkpoint {trial.checkpoint} was trained on classes {trial.classes}, "

@@ -7,21 +7,18 @@ them, and lists exactly the trials the experiment knows.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from trainables import SPLIT_FILE, TrialConfig
 from tuner._errors import UsageError
+from tuner._experiment import BEST_CONFIG, LEADERBOARD_CSV, LEADERBOARD_PARQUET, Experiment
 from tuner._holdout import attach_test_scores
 
-LEADERBOARD_CSV = "leaderboard.csv"
-LEADERBOARD_PARQUET = "leaderboard.parquet"
-BEST_CONFIG = "best_config.json"
 FORMATS = ("table", "csv", "parquet", "json", "markdown")
 
 # Ranking order of statuses: usable results first, failures last.
@@ -50,7 +47,7 @@ _BASE_COLUMNS = [
 ]
 
 
-def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
+def build_leaderboard(exp: Experiment) -> pd.DataFrame:
     """One row per trial, best first, with the columns of DESIGN.md."""
     import logging
 
@@ -59,19 +56,16 @@ def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
     # A trial that has not reported yet has no result file; that is not worth a warning.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
-        analysis = ExperimentAnalysis(str(experiment_dir))
+        analysis = ExperimentAnalysis(exp.path(), storage_filesystem=exp.storage.fs)
     except ValueError:
         raise UsageError(
-            f"{experiment_dir} holds no Ray Tune experiment state (yet); was the search started?"
+            f"{exp.display()} holds no Ray Tune experiment state (yet); was the search started?"
         ) from None
     rows = []
     for trial in analysis.trials:
-        df = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
-        if "epoch" in df:
-            # An epoch re-run after a restore from an older checkpoint counts once.
-            df = df.drop_duplicates(subset="epoch", keep="last")
+        df = exp.history(trial.trial_id)
         cfg = {k: trial.config.get(k, getattr(TrialConfig(), k)) for k in TrialConfig.field_names()}
-        rows.append(_trial_row(trial, df, cfg))
+        rows.append(_trial_row(exp, trial, df, cfg))
     columns = _BASE_COLUMNS + list(TrialConfig.field_names()) + ["checkpoint"]
     board = pd.DataFrame(rows, columns=columns[1:])
     if board.empty:
@@ -82,9 +76,9 @@ def build_leaderboard(experiment_dir: Path) -> pd.DataFrame:
         ["_order", "val_acc", "val_loss"], ascending=[True, False, True], na_position="last"
     ).drop(columns="_order")
     board.insert(0, "rank", range(1, len(board) + 1))
-    n_val = _validation_photos(experiment_dir)
+    n_val = len((exp.read_json(SPLIT_FILE) or {}).get("val", []))
     board["val_acc_se"] = [standard_error(acc, n_val) for acc in board["val_acc"]]
-    board = attach_test_scores(board, experiment_dir)
+    board = attach_test_scores(board, exp)
     return _typed(board.reset_index(drop=True))
 
 
@@ -95,14 +89,9 @@ def standard_error(accuracy: float, n: int) -> float:
     return math.sqrt(accuracy * (1 - accuracy) / n)
 
 
-def _validation_photos(experiment_dir: Path) -> int:
-    try:
-        return len(json.loads((experiment_dir / SPLIT_FILE).read_text())["val"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any]:
+def _trial_row(
+    exp: Experiment, trial: Any, df: pd.DataFrame, cfg: dict[str, Any]
+) -> dict[str, Any]:
     ray_status = str(trial.status).lower()
     has_results = not df.empty and "val_acc" in df
     diverged = bool(
@@ -142,19 +131,25 @@ def _trial_row(trial: Any, df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, A
                 max(tied) if tied else (int(valid.loc[valid["val_acc"] == top, "epoch"].max()), "")
             )
             best = valid[valid["epoch"] == epoch].iloc[-1]
+            shown = exp.storage.display(exp.storage.relative(path)) if path else ""
             row.update(
-                val_acc=top, best_epoch=epoch, val_loss=float(best["val_loss"]), checkpoint=path
+                val_acc=top, best_epoch=epoch, val_loss=float(best["val_loss"]), checkpoint=shown
             )
     return row
 
 
 def kept_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
-    """(epoch, val_acc, folder) of every checkpoint of ``trial`` still on storage."""
+    """(epoch, val_acc, folder) of every checkpoint of ``trial`` still on storage (the
+    folder as a path of the checkpoint's file system)."""
+    import pyarrow.fs as pafs
+
     kept = []
     for result in trial.run_metadata.checkpoint_manager.best_checkpoint_results:
-        metrics = result.metrics
-        if "epoch" in metrics and "val_acc" in metrics and Path(result.checkpoint.path).is_dir():
-            kept.append((int(metrics["epoch"]), float(metrics["val_acc"]), result.checkpoint.path))
+        metrics, checkpoint = result.metrics, result.checkpoint
+        if "epoch" not in metrics or "val_acc" not in metrics:
+            continue
+        if checkpoint.filesystem.get_file_info(checkpoint.path).type == pafs.FileType.Directory:
+            kept.append((int(metrics["epoch"]), float(metrics["val_acc"]), checkpoint.path))
     return kept
 
 
@@ -218,21 +213,19 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def write_leaderboard(experiment_dir: Path, board: pd.DataFrame) -> list[Path]:
-    """Write leaderboard.csv, leaderboard.parquet and best_config.json atomically."""
-    written = []
-    targets = {
-        LEADERBOARD_CSV: lambda p: board.to_csv(p, index=False),
-        LEADERBOARD_PARQUET: lambda p: board.to_parquet(p, index=False),
-        BEST_CONFIG: lambda p: Path(p).write_text(json.dumps(best_config(board), indent=2)),
+def write_leaderboard(exp: Experiment, board: pd.DataFrame) -> list[str]:
+    """Write leaderboard.csv, leaderboard.parquet and best_config.json, each whole; their
+    names as a user gives them."""
+    parquet = io.BytesIO()
+    board.to_parquet(parquet, index=False)
+    contents = {
+        LEADERBOARD_CSV: board.to_csv(index=False).encode(),
+        LEADERBOARD_PARQUET: parquet.getvalue(),
+        BEST_CONFIG: json.dumps(best_config(board), indent=2).encode(),
     }
-    for name, write in targets.items():
-        path = experiment_dir / name
-        tmp = path.with_name(f".{name}.tmp")
-        write(tmp)
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+    for name, data in contents.items():
+        exp.write_bytes(name, data)
+    return [exp.display(name) for name in contents]
 
 
 def render(board: pd.DataFrame, fmt: str, top: int | None = None) -> str | bytes:
@@ -244,8 +237,6 @@ def render(board: pd.DataFrame, fmt: str, top: int | None = None) -> str | bytes
     if fmt == "json":
         return board.to_json(orient="records", indent=2)
     if fmt == "parquet":
-        import io
-
         buf = io.BytesIO()
         board.to_parquet(buf, index=False)
         return buf.getvalue()

@@ -21,9 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import re
-import shutil
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -85,5 +84,10 @@ class CheckpointPruner(tune.Callback):
             self._prune(trial, _latest_index(trial))
 
     def _prune(self, trial: Any, safe_below: int) -> None:
+        results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
+        if not results:
+            return
+        fs = results[0].checkpoint.filesystem  # a trial's checkpoints share one file system
         for path in prunable(kept_checkpoints(trial), safe_below):
-            shutil.rmtree(Path(path), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                fs.delete_dir(path)

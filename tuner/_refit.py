@@ -5,15 +5,14 @@ photos; a refit trains the same configuration (same seed and schedule) for
 that many epochs on the training and validation photos together, so the
 exported model learns from every photo except the held-out test split, which
 then scores it. It runs as a Ray task with the resources of one trial, on the
-experiment's cluster, and writes its checkpoint under
-``results/NAME/refit/TRIAL_ID/`` with ``refit.json`` beside it.
+experiment's cluster, and writes its checkpoint through the experiment's
+storage (a folder or an object store) to ``NAME/refit/TRIAL_ID/`` with
+``refit.json`` beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,56 +21,53 @@ from typing import Any
 
 from trainables import (
     CHECKPOINT_FILE,
-    SPLIT_FILE,
+    CheckpointError,
     DataError,
     ImageCache,
-    Split,
     TrialConfig,
     decode_for_refit,
     fit,
 )
 from tuner._errors import UsageError
-from tuner._inference import RankedTrial
+from tuner._experiment import REFIT_DIR, Experiment
+from tuner._inference import RankedTrial, load_checkpoint
+from tuner._storage import Storage
 
-REFIT_DIR = "refit"
 REFIT_RECORD = "refit.json"
 
 
-def refit_folder(exp_dir: Path, trial_id: str) -> Path:
-    """Where the refit of ``trial_id`` keeps its checkpoint and record."""
-    return exp_dir / REFIT_DIR / trial_id
-
-
-def _train(config: dict[str, Any], data: ImageCache, dest: str, threads: int) -> dict[str, Any]:
-    """The Ray task: ``fit`` for the chosen epochs; the last checkpoint lands in ``dest``."""
+def _train(
+    config: dict[str, Any], data: ImageCache, storage: Storage, dest: str, threads: int
+) -> dict[str, Any]:
+    """The Ray task: ``fit`` for the chosen epochs; the last checkpoint is uploaded to
+    ``dest`` (relative to ``storage``), from whichever node runs it."""
     cfg = TrialConfig.from_dict(config)
     history: list[dict[str, Any]] = []
 
     def report(metrics: dict[str, Any], folder: Path) -> None:
         history.append(metrics)
         if metrics["epoch"] == cfg.max_epochs or metrics.get("diverged"):
-            Path(dest).mkdir(parents=True, exist_ok=True)
-            os.replace(folder / CHECKPOINT_FILE, Path(dest) / CHECKPOINT_FILE)
+            storage.upload(folder / CHECKPOINT_FILE, f"{dest}/{CHECKPOINT_FILE}")
         shutil.rmtree(folder, ignore_errors=True)
 
     fit(cfg, data, report, threads=threads)
     return {"history": history}
 
 
-def refit(exp_dir: Path, rank: int, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Refit the ``rank``-th trial of ``exp_dir`` (see the module doc); its record."""
+def refit(exp: Experiment, rank: int, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Refit the ``rank``-th trial of ``exp`` (see the module doc); its record."""
     import ray
 
     from tuner._cluster import start_ray
     from tuner._inference import load_ranked_trial
 
-    trial = load_ranked_trial(exp_dir, rank)
-    saved = json.loads((exp_dir / "tuner.json").read_text())
-    split = Split.load(exp_dir / SPLIT_FILE)
+    trial = load_ranked_trial(exp, rank)
+    saved = exp.record()
+    split = exp.split()
     epochs = max(1, trial.best_epoch)
     config = {**trial.config, "max_epochs": epochs}
     try:
-        data = decode_for_refit(split, int(saved["cache_size"]))
+        data = decode_for_refit(split, saved.cache_size)
     except DataError as exc:
         raise UsageError(f"refit: {exc}; refit scores its model on the test split") from None
     say(
@@ -79,13 +75,13 @@ def refit(exp_dir: Path, rank: int, say: Callable[[str], None] = print) -> dict[
         f"{len(split.train) + len(split.val)} train + val photos, scored on "
         f"{len(split.test)} test photos"
     )
-    start_ray(saved.get("address"), say)
-    resources = {k: float(v) for k, v in saved["resources"].items()}
-    dest = refit_folder(exp_dir, trial.trial_id)
+    start_ray(saved.address, say)
+    resources = saved.resources
+    folder = f"{REFIT_DIR}/{trial.trial_id}"
     t0 = time.perf_counter()
     task = ray.remote(_train).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
     threads = max(1, int(resources["cpu"]))
-    result = ray.get(task.remote(config, data, str(dest), threads))
+    result = ray.get(task.remote(config, data, exp.storage, exp.rel(folder), threads))
     last = result["history"][-1]
     if last.get("diverged"):
         raise UsageError(f"refit of trial {trial.trial_id} diverged at epoch {last['epoch']}")
@@ -99,22 +95,24 @@ def refit(exp_dir: Path, rank: int, say: Callable[[str], None] = print) -> dict[
         "test_loss": float(last["val_loss"]),
         "n_train": len(split.train) + len(split.val),
         "n_test": len(split.test),
-        "checkpoint": str(dest),
+        "checkpoint": exp.display(folder),
         "wall_time_s": time.perf_counter() - t0,
     }
-    (dest / REFIT_RECORD).write_text(json.dumps(record, indent=2))
+    exp.write_json(f"{folder}/{REFIT_RECORD}", record)
     return record
 
 
 def load_refit(trial: RankedTrial) -> RankedTrial:
     """``trial`` with the model and checkpoint of its refit (UsageError if there is none)."""
-    from trainables import CheckpointError, build_model, load_state
+    from trainables import build_model
 
-    dest = refit_folder(trial.experiment, trial.trial_id)
+    exp, folder = trial.experiment, f"{REFIT_DIR}/{trial.trial_id}"
+    record = exp.read_json(f"{folder}/{REFIT_RECORD}")
     try:
-        record = json.loads((dest / REFIT_RECORD).read_text())
-        state = load_state(dest)
-    except (OSError, ValueError, CheckpointError):
+        if not isinstance(record, dict):
+            raise CheckpointError("no refit record")
+        state = load_checkpoint(exp, exp.display(folder))
+    except (OSError, CheckpointError):
         raise UsageError(
             f"trial {trial.trial_id} (rank {trial.rank}) has no refit model; make one with: "
             f"python -m tuner refit {trial.experiment.name} --rank {trial.rank}"
@@ -124,6 +122,6 @@ def load_refit(trial: RankedTrial) -> RankedTrial:
     model.load_state_dict(state["model"])
     model.eval()
     return dataclasses.replace(
-        trial, model=model, checkpoint=dest, config=dict(cfg), val_acc=None,
+        trial, model=model, checkpoint=exp.display(folder), config=dict(cfg), val_acc=None,
         best_epoch=int(record["epochs"]),
     )  # fmt: skip

@@ -1,8 +1,10 @@
 """``tuner report``: figures and a Markdown summary of an experiment, under ``NAME/report/``.
 
-Everything is read from the experiment as it is on disk (Ray Tune's state,
-``tuner.json``), so a report can be made of a finished, interrupted or
-running search. Figures are drawn with matplotlib's Agg canvas (no display).
+Everything is read from the experiment as its storage holds it (Ray Tune's
+state, ``tuner.json``), so a report can be made of a finished, interrupted or
+running search, in a folder or an object store. Figures are drawn with
+matplotlib's Agg canvas (no display) into a temporary folder, then written
+to the experiment's storage.
 
 - ``learning_curves.png``: val_acc per epoch of every trial; trials ASHA
   stopped end in an x; the best trial is the thick red line.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +32,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from tuner._experiment import REPORT_DIR, Experiment
 from tuner._leaderboard import best_config, build_leaderboard, render
-from tuner._spaces import SearchSpace, parse_space
+from tuner._spaces import SearchSpace
 
-REPORT_DIR = "report"
 REPORT_FILE = "report.md"
 _LOG_KEYS = ("lr", "weight_decay")
 _BEST_COLOUR = "tab:red"
@@ -46,15 +49,17 @@ class _Skip(Exception):
 
 @dataclass
 class Report:
-    """What ``write_report`` wrote: the Markdown file, the figures, and what it skipped."""
+    """What was written (paths or URIs): the Markdown file, the figures, what was skipped."""
 
-    markdown: Path
-    figures: list[Path] = field(default_factory=list)
+    markdown: str
+    figures: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
-class _Experiment:
+class _Results:
+    """What the figures are drawn from: the leaderboard, the histories, the space."""
+
     name: str
     board: pd.DataFrame
     histories: dict[str, pd.DataFrame]
@@ -82,39 +87,39 @@ class _Experiment:
         return self.board[np.isfinite(self.board["val_acc"].to_numpy(dtype=float))]
 
 
-def _load(exp_dir: Path) -> _Experiment:
-    from ray.tune import ExperimentAnalysis
-
-    board = build_leaderboard(exp_dir)
-    histories = {}
-    for trial_id, df in ExperimentAnalysis(str(exp_dir)).trial_dataframes.items():
-        if "epoch" in df and "val_acc" in df and not df.empty:
-            # An epoch re-run after a restore counts once, as in the leaderboard.
-            histories[trial_id] = (
-                df.drop_duplicates(subset="epoch", keep="last").sort_values("epoch").reset_index()
-            )
-    space = None
-    tuner_file = exp_dir / "tuner.json"
-    if tuner_file.is_file():
-        saved = json.loads(tuner_file.read_text())
-        space = parse_space(saved["space"], name=saved["space_name"], source=saved["space_source"])
-    return _Experiment(exp_dir.name, board, histories, space)
+def _load(experiment: Experiment) -> _Results:
+    board = build_leaderboard(experiment)
+    histories = {
+        trial_id: df
+        for trial_id, df in experiment.histories().items()
+        if "epoch" in df and "val_acc" in df and not df.empty
+    }
+    space = experiment.record().search_space() if experiment.has_record() else None
+    return _Results(experiment.name, board, histories, space)
 
 
-def write_report(exp_dir: Path) -> Report:
-    """Draw every figure that the experiment's results allow and write ``report.md``."""
+def write_report(experiment: Experiment) -> Report:
+    """Draw every figure that the experiment's results allow and write ``report.md``,
+    both under ``NAME/report/`` in the experiment's storage."""
     from tuner._errors import UsageError
 
-    exp = _load(exp_dir)
-    if exp.board.empty:
-        raise UsageError(f"experiment {exp.name!r} has no trials yet; nothing to report")
-    return draw_report(exp, exp_dir / REPORT_DIR)
+    results = _load(experiment)
+    if results.board.empty:
+        raise UsageError(f"experiment {results.name!r} has no trials yet; nothing to report")
+    with tempfile.TemporaryDirectory(prefix="flower-tune-report-") as tmp:
+        drawn = draw_report(results, Path(tmp))
+        written = Report(experiment.display(REPORT_DIR, REPORT_FILE), skipped=drawn.skipped)
+        for path in map(Path, [*drawn.figures, drawn.markdown]):
+            experiment.storage.upload(path, experiment.rel(REPORT_DIR, path.name))
+            if path.suffix == ".png":
+                written.figures.append(experiment.display(REPORT_DIR, path.name))
+    return written
 
 
-def draw_report(exp: _Experiment, folder: Path) -> Report:
+def draw_report(exp: _Results, folder: Path) -> Report:
     """Draw ``exp``'s figures into ``folder`` and write the ``report.md`` that shows them."""
     folder.mkdir(exist_ok=True)
-    report = Report(markdown=folder / REPORT_FILE)
+    report = Report(markdown=str(folder / REPORT_FILE))
     drawers = {
         "learning_curves": _learning_curves,
         "best_so_far": _best_so_far,
@@ -131,12 +136,12 @@ def draw_report(exp: _Experiment, folder: Path) -> Report:
             continue
         path = folder / f"{name}.png"
         fig.savefig(path, dpi=110)
-        report.figures.append(path)
-    report.markdown.write_text(_markdown(exp, report))
+        report.figures.append(str(path))
+    Path(report.markdown).write_text(_markdown(exp, report))
     return report
 
 
-def _learning_curves(exp: _Experiment, fig: Figure) -> None:
+def _learning_curves(exp: _Results, fig: Figure) -> None:
     rows = [r for _, r in exp.board.iterrows() if r["trial_id"] in exp.histories]
     if not rows:
         raise _Skip("no trial has reported an epoch yet")
@@ -179,7 +184,7 @@ def _learning_curves(exp: _Experiment, fig: Figure) -> None:
     ax.grid(alpha=0.3)
 
 
-def _best_so_far(exp: _Experiment, fig: Figure) -> None:
+def _best_so_far(exp: _Results, fig: Figure) -> None:
     events, starts = [], []
     for trial_id, df in exp.histories.items():
         if not {"timestamp", "time_total_s"} <= set(df.columns):
@@ -216,7 +221,7 @@ def _best_so_far(exp: _Experiment, fig: Figure) -> None:
     ax.grid(alpha=0.3)
 
 
-def _hyperparameters(exp: _Experiment, fig: Figure) -> None:
+def _hyperparameters(exp: _Results, fig: Figure) -> None:
     keys = exp.searched
     scored = exp.scored
     if not keys:
@@ -264,7 +269,7 @@ def _hyperparameters(exp: _Experiment, fig: Figure) -> None:
     fig.suptitle(f"{exp.name}: each trial's best val_acc against the searched hyperparameters")
 
 
-def _categories(exp: _Experiment, key: str, values: list[Any]) -> list[Any]:
+def _categories(exp: _Results, key: str, values: list[Any]) -> list[Any]:
     if exp.space is not None and key in exp.space.distributions:
         choices = list(exp.space.distributions[key].get("choice", []))
         if all(v in choices for v in values):
@@ -272,7 +277,7 @@ def _categories(exp: _Experiment, key: str, values: list[Any]) -> list[Any]:
     return sorted(set(values), key=str)
 
 
-def param_importances(exp: _Experiment) -> tuple[dict[str, float], str, int]:
+def param_importances(exp: _Results) -> tuple[dict[str, float], str, int]:
     """(importance per searched key, evaluator name, trials used), or raise ``_Skip``."""
     import optuna
     from optuna.distributions import (
@@ -332,7 +337,7 @@ def _fanova() -> Any:
     return optuna.importance.FanovaImportanceEvaluator(seed=0)
 
 
-def _importance(exp: _Experiment, fig: Figure) -> None:
+def _importance(exp: _Results, fig: Figure) -> None:
     importances, evaluator, used = param_importances(exp)
     keys = list(importances)[::-1]  # largest at the top
     ax = fig.add_subplot()
@@ -375,7 +380,7 @@ _CAPTIONS = {
 }
 
 
-def _markdown(exp: _Experiment, report: Report) -> str:
+def _markdown(exp: _Results, report: Report) -> str:
     board = exp.board
     counts = board["status"].value_counts()
     lines = [f"# Report: {exp.name}", ""]
@@ -404,7 +409,7 @@ def _markdown(exp: _Experiment, report: Report) -> str:
         ]
     else:
         lines.append("No trial has a finite val_acc yet.")
-    for path in report.figures:
+    for path in map(Path, report.figures):
         title, caption = _CAPTIONS[path.stem]
         lines += ["", f"## {title}", "", f"![{title}]({path.name})", "", caption]
     columns = [

@@ -16,10 +16,16 @@ that:
   stops the search the way Ctrl-C does: Ray saves the state, and
   ``tuner resume`` continues the trials from their last checkpoints.
 
+On an object store there is no free space to check and no reserve: a trial
+whose checkpoint upload the store refused (quota, permissions, a bucket that
+went away) trips it, and so does a probe object the driver cannot write
+(every :data:`_PROBE_EVERY_S`); the message names the URI.
+
 Example:
     >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> guard = StorageGuard(folder)
+    >>> from tuner._storage import Storage
+    >>> exp = Experiment(Storage.parse(tempfile.mkdtemp()), "exp")
+    >>> guard = StorageGuard(exp)
     >>> guard.problem() is None
     True
 """
@@ -39,12 +45,15 @@ from typing import Any
 from ray import tune
 
 from tuner._errors import UsageError
+from tuner._experiment import Experiment
+from tuner._storage import object_store_error
 
 RESERVE_FILE = ".tuner-reserve"
 RESERVE_BYTES = 32 * 2**20
 # Room kept free beyond the next checkpoints: trial results, logs, the state itself.
 _MARGIN_BYTES = 8 * 2**20
 _CHECK_EVERY_S = 1.0
+_PROBE_EVERY_S = 30.0
 # The OS errors that mean "the storage cannot take more writes", as a trial reports them.
 _DISK_ERRORS = {
     os.strerror(errno.ENOSPC): "is full",
@@ -58,12 +67,18 @@ def disk_error(text: str) -> str | None:
     return next((e for e in _DISK_ERRORS if e in text), None)
 
 
+def _upload_error(text: str) -> str | None:
+    """The object store's refusal named in ``text`` (``AWS Error ...``), if any."""
+    code = object_store_error(text)
+    return f"AWS Error {code}" if code else None
+
+
 class _ShortDiskErrors(logging.Filter):
     """Ray logs a trial's failed checkpoint write with the whole traceback; one line will do."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        error = disk_error(str(exc)) if exc is not None else None
+        error = (disk_error(str(exc)) or _upload_error(str(exc))) if exc is not None else None
         if error:
             record.msg = f"{record.getMessage()}: {error}"
             record.args = ()
@@ -77,8 +92,13 @@ logging.getLogger("ray.tune.execution.tune_controller").addFilter(_ShortDiskErro
 _TRIPPED: dict[str, str] = {}
 
 
-def make_reserve(exp_dir: Path) -> None:
-    """Create the reserve file; exit 2 before the search if the storage lacks the room."""
+def make_reserve(exp: Experiment) -> None:
+    """Create the reserve file of a local folder; exit 2 before the search if the storage
+    lacks the room. Nothing on an object store."""
+    if not exp.storage.is_local:
+        return
+    exp_dir = Path(exp.path())
+    exp_dir.mkdir(parents=True, exist_ok=True)
     path = exp_dir / RESERVE_FILE
     try:
         with open(path, "wb") as f:
@@ -101,15 +121,16 @@ def make_reserve(exp_dir: Path) -> None:
         ) from None
 
 
-def release_reserve(exp_dir: Path) -> None:
+def release_reserve(exp: Experiment) -> None:
     """Delete the reserve file (a read-only folder keeps it; its last state stays)."""
-    with contextlib.suppress(OSError):
-        (exp_dir / RESERVE_FILE).unlink(missing_ok=True)
+    if exp.storage.is_local:
+        with contextlib.suppress(OSError):
+            (Path(exp.path()) / RESERVE_FILE).unlink(missing_ok=True)
 
 
-def tripped(exp_dir: Path) -> str | None:
-    """Why the guard stopped the search in ``exp_dir``, or None if it did not."""
-    return _TRIPPED.get(str(exp_dir))
+def tripped(exp: Experiment) -> str | None:
+    """Why the guard stopped the search of ``exp``, or None if it did not."""
+    return _TRIPPED.get(exp.display())
 
 
 def _folder_bytes(path: Path) -> int:
@@ -119,16 +140,20 @@ def _folder_bytes(path: Path) -> int:
 class StorageGuard(tune.Callback):
     """A Tune callback that stops the search before the storage breaks it."""
 
-    def __init__(self, exp_dir: Path) -> None:
-        self.exp_dir = Path(exp_dir)
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.exp_dir = Path(exp.path())
         self.checkpoint_bytes = 0
         self._last_check = 0.0
+        self._last_probe = time.monotonic()
 
     def setup(self, **info: Any) -> None:  # type: ignore[override]
-        _TRIPPED.pop(str(self.exp_dir), None)
+        _TRIPPED.pop(self.exp.display(), None)
 
     def problem(self, running: int = 0) -> str | None:
         """What stops the storage from taking the next checkpoints, if anything."""
+        if not self.exp.storage.is_local:
+            return self._remote_problem()
         if not os.access(self.exp_dir, os.W_OK | os.X_OK):
             return f"the storage of {self.exp_dir} is no longer writable"
         free = shutil.disk_usage(self.exp_dir).free
@@ -138,6 +163,17 @@ class StorageGuard(tune.Callback):
                 f"the storage of {self.exp_dir} is full: {free / 2**20:.0f} MiB free, the next "
                 f"checkpoints need about {needed / 2**20:.0f} MiB"
             )
+        return None
+
+    def _remote_problem(self) -> str | None:
+        now = time.monotonic()
+        if now - self._last_probe < _PROBE_EVERY_S:
+            return None
+        self._last_probe = now
+        try:
+            self.exp.storage.check_writable()
+        except UsageError as exc:
+            return str(exc)
         return None
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
@@ -153,6 +189,8 @@ class StorageGuard(tune.Callback):
     def on_checkpoint(
         self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any
     ) -> None:
+        if not self.exp.storage.is_local:
+            return
         try:
             size = _folder_bytes(Path(checkpoint.path))
         except OSError:
@@ -178,13 +216,18 @@ class StorageGuard(tune.Callback):
                 f"the storage of {self.exp_dir} {_DISK_ERRORS[error]}: trial {trial.trial_id} "
                 f"could not save its checkpoint ({error})"
             )
+        elif _upload_error(last):
+            self._stop(
+                f"the storage {self.exp.display()} refused an upload ({_upload_error(last)}): "
+                f"trial {trial.trial_id} could not save its checkpoint"
+            )
 
     def _stop(self, reason: str) -> None:
-        key = str(self.exp_dir)
+        key = self.exp.display()
         if key in _TRIPPED:
             return
         _TRIPPED[key] = reason
-        release_reserve(self.exp_dir)  # room for Ray's last save
+        release_reserve(self.exp)  # room for Ray's last save
         # Ray logs the failed writes of its last save with tracebacks; the driver
         # prints one message instead.
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)

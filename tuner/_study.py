@@ -1,7 +1,12 @@
 """The Optuna study of a search, persisted where Optuna's own tools open it.
 
-The driver is the only writer of ``results/NAME/optuna_journal.log`` (Optuna's
-journal file storage), so a user can inspect or continue the study with::
+The driver is the only writer of the study's journal (Optuna's journal file
+storage). It writes a local file: in the experiment folder itself when the
+storage is a local folder, else a copy under the temporary folder that
+:class:`JournalUpload` uploads to ``STORAGE/NAME/optuna_journal.log`` each
+time Ray Tune saves the experiment state, and ``resume`` downloads again
+(:func:`fetch_journal`), from any machine. A user can inspect or continue the
+study with::
 
     import optuna
     from optuna.storages import JournalStorage
@@ -25,13 +30,69 @@ best checkpoint's folder as user attributes (``tune_trial_id``,
 
 from __future__ import annotations
 
+import hashlib
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-JOURNAL_FILE = "optuna_journal.log"
+from tuner._experiment import JOURNAL_FILE, Experiment
+from tuner._storage import Storage
+
+
+def local_journal(exp: Experiment) -> Path:
+    """The journal file the driver writes: the experiment's own on a local folder, else a
+    copy named after the experiment's URI in the temporary folder."""
+    if exp.storage.is_local:
+        return Path(exp.path(JOURNAL_FILE))
+    digest = hashlib.sha256(exp.display().encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "flower-tune-journals" / digest / JOURNAL_FILE
+
+
+def fetch_journal(exp: Experiment) -> None:
+    """Before a resume: the local journal becomes the storage's (the study as Ray Tune last
+    saved it), whatever this machine held before."""
+    local = local_journal(exp)
+    if exp.storage.is_local:
+        return
+    try:
+        exp.storage.download(exp.rel(JOURNAL_FILE), local)
+    except FileNotFoundError:
+        local.unlink(missing_ok=True)
+
+
+def forget_journal(exp: Experiment) -> None:
+    """Upload the journal one last time and drop the local copy of a remote one."""
+    local = local_journal(exp)
+    if exp.storage.is_local or not local.exists():
+        return
+    exp.storage.upload(local, exp.rel(JOURNAL_FILE))
+    shutil.rmtree(local.parent, ignore_errors=True)
+
+
+class JournalUpload(tune.Callback):
+    """Uploads the driver's journal whenever Ray Tune saves the experiment state, so the
+    study in the storage matches the saved trials (nothing to do on a local folder)."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+
+    def _upload(self) -> None:
+        local = local_journal(self.exp)
+        if not self.exp.storage.is_local and local.exists():
+            self.exp.storage.upload(local, self.exp.rel(JOURNAL_FILE))
+
+    def get_state(self) -> dict[str, Any] | None:
+        """Called by Tune each time it saves the experiment state; stores nothing."""
+        self._upload()
+        return None
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._upload()
 
 
 class MirroredOptunaSearch(OptunaSearch):
@@ -42,12 +103,41 @@ class MirroredOptunaSearch(OptunaSearch):
     that returned a result COMPLETE, ASHA's stopped trials included.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, exp_dir: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_epochs: int, exp: Experiment, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
-        self._exp_dir = exp_dir
+        # Strings, not the experiment: this object is pickled into Ray's state.
+        self._where = (exp.storage.uri, exp.name)
+        self._folder = exp.display()
         # trial -> (best val_acc, the folder of that epoch's checkpoint)
         self._best: dict[str, tuple[float, str]] = {}
+
+    def _experiment(self) -> Experiment:
+        return Experiment(Storage.parse(self._where[0]), self._where[1])
+
+    def _setup_study(self, mode: Any) -> None:
+        # The journal storage pickled with a saved search names the file of the machine
+        # that started it; this machine's copy is where the study continues.
+        self._storage = journal_storage(local_journal(self._experiment()))
+        super()._setup_study(mode)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import optuna
+
+        super().restore(checkpoint_path)
+        if self._ot_study is None:
+            return
+        storage = journal_storage(local_journal(self._experiment()))
+        study = optuna.load_study(
+            study_name=self._ot_study.study_name,
+            storage=storage,
+            sampler=self._ot_study.sampler,
+            pruner=self._ot_study.pruner,
+        )
+        self._storage, self._ot_study = storage, study
+        self._ot_trials = {
+            tid: optuna.Trial(study, trial._trial_id) for tid, trial in self._ot_trials.items()
+        }
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id not in self._completed_trials and trial_id in self._ot_trials:
@@ -69,8 +159,8 @@ class MirroredOptunaSearch(OptunaSearch):
             name = result.get("checkpoint_dir_name") or f"checkpoint_{int(epoch) - 1:06d}"
             self._best[trial_id] = (float(acc), str(name))
         trial.set_user_attr("tune_trial_id", trial_id)
-        folder = Path(self._exp_dir) / f"trial_{trial_id}" / self._best[trial_id][1]
-        trial.set_user_attr("checkpoint", str(folder))
+        folder = f"{self._folder}/trial_{trial_id}/{self._best[trial_id][1]}"
+        trial.set_user_attr("checkpoint", folder)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -99,37 +189,42 @@ class MirroredOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def journal_storage(exp_dir: Path) -> Any:
-    """Optuna journal storage in the experiment folder."""
+def journal_storage(path: Path) -> Any:
+    """Optuna journal storage in the file ``path``."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    return JournalStorage(JournalFileBackend(str(exp_dir / JOURNAL_FILE)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 def make_searcher(
-    name: str,
-    exp_dir: Path,
+    exp: Experiment,
     metric: str,
     seed: int,
     points: list[dict[str, Any]],
     max_epochs: int,
 ) -> Any:
-    """Seeded TPE through :class:`MirroredOptunaSearch`, its study persisted in ``exp_dir``."""
+    """Seeded TPE through :class:`MirroredOptunaSearch`, its study the experiment's journal."""
     return MirroredOptunaSearch(
         metric=metric,
         mode="max",
         seed=seed,
         points_to_evaluate=points or None,
-        study_name=name,
-        storage=journal_storage(exp_dir),
+        study_name=exp.name,
+        storage=journal_storage(local_journal(exp)),
         max_epochs=max_epochs,
-        exp_dir=str(exp_dir),
+        exp=exp,
     )
 
 
-def load_study(exp_dir: Path, name: str) -> Any:
-    """The persisted study of experiment ``name``."""
+def load_study(exp: Experiment) -> Any:
+    """The persisted study of ``exp``, as the storage holds it (a remote journal is read
+    from a fresh download, never from a running driver's copy)."""
     import optuna
 
-    return optuna.load_study(study_name=name, storage=journal_storage(exp_dir))
+    path = local_journal(exp)
+    if not exp.storage.is_local:
+        path = Path(tempfile.mkdtemp(prefix="flower-tune-study-")) / JOURNAL_FILE
+        exp.storage.download(exp.rel(JOURNAL_FILE), path)
+    return optuna.load_study(study_name=exp.name, storage=journal_storage(path))

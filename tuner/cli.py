@@ -17,20 +17,16 @@ from tuner._errors import UsageError
 from tuner._parser import build_parser
 
 if TYPE_CHECKING:
+    from tuner._experiment import Experiment
     from tuner._inference import RankedTrial
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from tuner._datasets import resolve_data_dir
-    from tuner._experiment import (
-        SearchRequest,
-        default_name,
-        default_storage,
-        ensure_writable,
-        run_search,
-        validate_name,
-    )
+    from tuner._experiment import validate_name
+    from tuner._search import SearchRequest, default_name, run_search
     from tuner._spaces import load_space
+    from tuner._storage import Storage
 
     space = load_space(args.space)
     space = space.with_budget(
@@ -46,12 +42,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         )
     )
     name = validate_name(args.name or default_name(space))
-    storage = default_storage(args.storage)
-    ensure_writable(storage)
     request = SearchRequest(
         space=space,
         name=name,
-        storage=storage,
+        storage=Storage.parse(args.storage),
         data_dir=resolve_data_dir(args.data),
         address=args.address,
     )
@@ -59,19 +53,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from tuner._experiment import default_storage, resume
+    from tuner._search import resume
+    from tuner._storage import Storage
 
-    return resume(args.name, default_storage(args.storage), args.restart_errored)
+    return resume(args.name, Storage.parse(args.storage), args.restart_errored)
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from tuner._experiment import default_storage, experiment_dir, validate_name
     from tuner._leaderboard import build_leaderboard, render
 
-    exp_dir = experiment_dir(default_storage(args.storage), validate_name(args.name))
-    if not exp_dir.is_dir():
-        raise UsageError(f"no experiment {args.name!r} at {exp_dir}")
-    out = render(build_leaderboard(exp_dir), args.format, args.top)
+    out = render(build_leaderboard(_experiment(args)), args.format, args.top)
     if args.output:
         path = Path(args.output)
         try:
@@ -103,12 +94,12 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment(args: argparse.Namespace) -> Path:
-    """The folder of the experiment that NAME and --storage name (UsageError if none)."""
-    from tuner._experiment import default_storage
-    from tuner._inference import resolve_experiment
+def _experiment(args: argparse.Namespace) -> Experiment:
+    """The experiment that NAME and --storage name (UsageError if there is none)."""
+    from tuner._experiment import Experiment
+    from tuner._storage import Storage
 
-    return resolve_experiment(default_storage(args.storage), args.name)
+    return Experiment.open(Storage.parse(args.storage), args.name)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -180,10 +171,10 @@ def _export_ensemble(args: argparse.Namespace) -> int:
     from tuner._holdout import score_module_on_test
     from tuner._leaderboard import build_leaderboard
 
-    exp_dir = _experiment(args)
-    board = build_leaderboard(exp_dir)
-    ensemble = choose_ensemble(exp_dir, board, args.ensemble, args.ensemble_method)
-    test_acc = score_module_on_test(exp_dir, ensemble.module(), ensemble.members[0].preprocessing)
+    exp = _experiment(args)
+    board = build_leaderboard(exp)
+    ensemble = choose_ensemble(exp, board, args.ensemble, args.ensemble_method)
+    test_acc = score_module_on_test(exp, ensemble.module(), ensemble.members[0].preprocessing)
     for path in export_ensemble(ensemble, Path(args.output), test_acc):
         print(f"Wrote {path}")
     members = ", ".join(

@@ -1,0 +1,242 @@
+"""Experiments on S3-compatible object storage: a real S3 server process (moto) on 127.0.0.1,
+real searches, real kills; nothing of an experiment on the local disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import (
+    S3_BUCKET,
+    S3_ENV,
+    run_search,
+    run_tuner,
+    s3_uri,
+    start_s3_server,
+)
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+params:
+  model: efficientnet_lite0
+  pretrained: true
+  image_size: SIZE
+  optimizer: adam
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+  batch_size: 16
+  freeze_depth: {randint: [2, 5]}
+  aug_strength: 0.0
+budget:
+  num_samples: 3
+  max_epochs: EPOCHS
+  grace_period: 1
+  reduction_factor: 2
+  cpus_per_trial: 1
+"""
+STATE_OF_STATUS = {"completed": "COMPLETE", "stopped_early": "PRUNED", "diverged": "FAIL"}
+
+
+def write_space(folder: Path, epochs: int, size: int = 32) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(SPACE.replace("EPOCHS", str(epochs)).replace("SIZE", str(size)))
+    return path
+
+
+def experiment(uri: str, name: str):
+    from tuner import Experiment, Storage
+
+    return Experiment(Storage.parse(uri), name)
+
+
+def board_of(exp) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(exp.storage.read_bytes(exp.rel("leaderboard.csv"))))
+
+
+def assert_study_agrees(exp, board: pd.DataFrame) -> None:
+    from tuner._study import load_study
+
+    trials = {t.user_attrs["tune_trial_id"]: t for t in load_study(exp).trials}
+    assert set(trials) == set(board["trial_id"])
+    for _, row in board.iterrows():
+        assert trials[row["trial_id"]].state.name == STATE_OF_STATUS[row["status"]], row
+
+
+@pytest.fixture(scope="module")
+def s3_search(s3, small_flowers, tmp_path_factory):
+    """One search with ``--storage s3://flowers/results``, run from an empty folder."""
+    tmp = tmp_path_factory.mktemp("s3")
+    space, cwd = write_space(tmp, epochs=2), tmp / "cwd"
+    cwd.mkdir()
+    uri = s3_uri(s3, f"{S3_BUCKET}/results")
+    proc = run_search(space, small_flowers, uri, "remote", timeout=600, cwd=cwd)
+    return proc, uri, experiment(uri, "remote"), cwd
+
+
+def test_a_search_on_s3_keeps_every_file_in_the_bucket_and_none_on_disk(s3_search):
+    from tuner._study import local_journal
+
+    proc, uri, exp, cwd = s3_search
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    files = set(exp.storage.list(exp.name, dirs=False))
+    assert files >= {
+        "tuner.json",
+        "split.json",
+        "optuna_journal.log",
+        "leaderboard.csv",
+        "leaderboard.parquet",
+        "best_config.json",
+        "test_scores.json",
+    }
+    assert any(f.startswith("experiment_state-") for f in files)
+    board = board_of(exp)
+    assert len(board) == 3 and board["trial_id"].is_unique
+    for _, row in board.iterrows():
+        assert row["checkpoint"].startswith(f"s3://{S3_BUCKET}/results/remote/trial_")
+        rel = exp.storage.relative(row["checkpoint"])
+        assert exp.storage.exists(f"{rel}/checkpoint.pt"), row["checkpoint"]
+    assert exp.record().storage == uri
+    assert list(cwd.iterdir()) == []  # nothing written where the search ran
+    assert not local_journal(exp).exists()  # the driver's copy of the journal is gone
+    secret = S3_ENV["AWS_SECRET_ACCESS_KEY"]
+    for name in ("tuner.json", "leaderboard.csv", "best_config.json"):
+        assert secret not in exp.storage.read_text(exp.rel(name))
+    assert secret not in proc.stdout + proc.stderr
+
+
+def test_every_command_reads_the_experiment_from_its_uri(s3_search, tmp_path):
+    import json
+
+    proc, uri, exp, _ = s3_search
+    assert proc.returncode == 0
+    board = board_of(exp)
+    csv = run_tuner("leaderboard", "remote", "--storage", uri, "--format", "csv", cwd=tmp_path)
+    assert csv.returncode == 0, csv.stderr[-2000:]
+    assert pd.read_csv(io.StringIO(csv.stdout))["trial_id"].tolist() == board["trial_id"].tolist()
+    evaluated = run_tuner("evaluate", "remote", "--storage", uri, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["accuracy"] == pytest.approx(board["test_acc"].iloc[0])
+    assert metrics["checkpoint"] == board["checkpoint"].iloc[0]
+    out = tmp_path / "model"
+    exported = run_tuner("export", "remote", "--storage", uri, "--output", str(out), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (out / "model.pt").is_file() and (out / "model.ts").is_file()
+    report = run_tuner("report", "remote", "--storage", uri, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert f"s3://{S3_BUCKET}/results/remote/report/report.md" in report.stdout
+    assert "![" in exp.storage.read_text(exp.rel("report", "report.md"))
+    assert_study_agrees(exp, board)
+
+
+def test_kill_9_then_resume_from_a_fresh_folder_given_only_the_uri(s3, small_flowers, tmp_path):
+    from tuner._study import local_journal
+
+    uri = s3_uri(s3, f"{S3_BUCKET}/killed")
+    space, first, second = write_space(tmp_path, epochs=3, size=96), tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    exp = experiment(uri, "k9")
+    args = ["search", "--space", str(space), "--data", str(small_flowers), "--storage", uri]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner", *args, "--name", "k9"],
+        cwd=first,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # A trial whose results the driver saved, checkpoint included, then a kill.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            saved = [
+                t
+                for t in exp.trial_ids()
+                if exp.reports(t) and exp.storage.list(exp.rel(f"trial_{t}"), "checkpoint_*")
+            ]
+            if saved and exp.has_state():
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("no trial saved a checkpoint to the bucket")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # Another machine: no copy of the journal here, another working folder.
+    local = local_journal(exp)
+    if local.exists():
+        local.unlink()
+    resumed = run_tuner("resume", "k9", "--storage", uri, timeout=600, cwd=second)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    board = board_of(exp)
+    assert len(board) == 3 and board["trial_id"].is_unique
+    assert board["status"].isin(list(STATE_OF_STATUS)).all(), board
+    assert_study_agrees(exp, board)
+    assert list(second.iterdir()) == [] and list(first.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "case", ["no such bucket", "wrong credentials", "credentials in the uri", "resume"]
+)
+def test_unusable_object_storage_exits_2_before_ray_starts(case, s3, small_flowers, tmp_path):
+    secret = "wR0ng-S3cret-Value"
+    env: dict[str, str] = {}
+    server = None
+    uri = s3_uri(s3, "no-such-bucket/results")
+    if case == "wrong credentials":
+        # A second server that checks credentials: it knows no access key at all.
+        server, endpoint = start_s3_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+        uri = s3_uri(endpoint, f"{S3_BUCKET}/results")
+        env = {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWN", "AWS_SECRET_ACCESS_KEY": secret}
+    elif case == "credentials in the uri":
+        uri = f"s3://AKIAUNKNOWN:{secret}@{S3_BUCKET}/results?endpoint_override={s3}&scheme=http"
+    try:
+        if case == "resume":
+            proc = run_tuner("resume", "x", "--storage", uri, cwd=tmp_path)
+        else:
+            proc = run_search("smoke", small_flowers, uri, "x", env=env, cwd=tmp_path)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    message = proc.stderr.strip().splitlines()
+    assert len(message) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    expected = {
+        "no such bucket": "does not exist",
+        "wrong credentials": "access denied",
+        "credentials in the uri": "must not carry credentials",
+        "resume": "does not exist",
+    }[case]
+    assert expected in message[0]
+    assert secret not in proc.stdout + proc.stderr
+    assert "Split:" not in proc.stdout and "Ray" not in proc.stdout  # nothing decoded or started
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_reads_and_writes_the_same_way_on_a_folder_and_a_bucket(s3, tmp_path):
+    from tuner import Storage
+
+    for storage in (Storage.parse(str(tmp_path)), Storage.parse(s3_uri(s3, f"{S3_BUCKET}/unit"))):
+        storage.check_writable()
+        storage.write_text("e/a.json", "{}")
+        storage.write_bytes("e/sub/b.bin", b"\x00\x01")
+        assert storage.read_text("e/a.json") == "{}"
+        assert storage.list("e") == ["a.json", "sub"]
+        assert storage.list("e", dirs=True) == ["sub"] and storage.list("e", "*.json") == ["a.json"]
+        assert storage.is_dir("e/sub") and not storage.exists("e/missing")
+        with pytest.raises(FileNotFoundError):
+            storage.read_text("e/missing")
+        storage.delete("e")
+        assert not storage.exists("e/a.json")
+    assert Storage.parse(str(tmp_path)).display("x") == f"{tmp_path}/x"
+    remote = Storage.parse(s3_uri(s3, f"{S3_BUCKET}/unit"))
+    assert remote.display("x") == f"s3://{S3_BUCKET}/unit/x"
+    assert remote.relative(remote.display("x/y")) == "x/y"

@@ -1,0 +1,410 @@
+"""Assemble and run a search (or resume one): data, Ray, Optuna, ASHA, results.
+
+The order matters for users: everything that can be wrong with the input
+(name, storage, space, data, pretrained weights) is checked before Ray
+starts, and every file needed to resume is written before the first trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainables import (
+    SPLIT_FILE,
+    DataError,
+    ImageCache,
+    Split,
+    WeightsUnavailableError,
+    cache_size_for,
+    decode_split,
+    ensure_pretrained_weights,
+    scan_folder,
+    screen,
+    split_screened,
+    train_classifier,
+)
+from tuner._cluster import check_storage_reachable, local_resources, start_ray
+from tuner._datacheck import describe
+from tuner._errors import UsageError
+from tuner._experiment import JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
+from tuner._holdout import attach_test_scores, score_top_trials, test_lines
+from tuner._leaderboard import best_config, build_leaderboard, tie_note, write_leaderboard
+from tuner._pruning import CheckpointPruner
+from tuner._spaces import Budget, SearchSpace
+from tuner._storage import Storage
+from tuner._storage_guard import StorageGuard, make_reserve, release_reserve, tripped
+from tuner._study import JournalUpload, fetch_journal, forget_journal, make_searcher
+
+METRIC = "val_acc"
+SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
+
+Print = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Everything ``search`` needs, resolved and validated by the CLI layer."""
+
+    space: SearchSpace
+    name: str
+    storage: Storage
+    data_dir: Path
+    address: str | None = None
+
+
+def default_name(space: SearchSpace) -> str:
+    return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_weights(space: SearchSpace) -> None:
+    """Fail before Ray starts if a pretrained model's weights cannot be had."""
+    if True not in space.possible_values("pretrained"):
+        return
+    for model in space.possible_values("model"):
+        try:
+            ensure_pretrained_weights(model)
+        except WeightsUnavailableError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
+    """Scan, decode once and split (in memory; nothing written yet)."""
+    size = cache_size_for(max(req.space.possible_values("image_size")))
+    t0 = time.perf_counter()
+    try:
+        usable, decoded = screen(scan_folder(req.data_dir), size)
+        for line in describe(usable):
+            say(line)
+        split, cache = split_screened(
+            usable,
+            decoded,
+            size,
+            val_fraction=req.space.budget.val_fraction,
+            seed=req.space.budget.seed,
+            test_fraction=req.space.budget.test_fraction,
+        )
+    except DataError as exc:
+        raise UsageError(f"data: {exc}") from None
+    say(
+        f"Split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test "
+        f"photos (test held out: no trial sees it), decoded at {size}px "
+        f"in {time.perf_counter() - t0:.1f}s ({cache.nbytes / 2**20:.0f} MiB, one copy "
+        "shared by all trials)"
+    )
+    return split, cache
+
+
+def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float]:
+    budget = space.budget
+    cpus_available = cluster.get("CPU", 0.0)
+    if budget.cpus_per_trial > cpus_available:
+        raise UsageError(
+            f"cpus-per-trial {budget.cpus_per_trial:g} exceeds the {cpus_available:g} CPUs "
+            "available to Ray"
+        )
+    gpus = budget.gpus_per_trial
+    gpus_available = cluster.get("GPU", 0.0)
+    if gpus is None:
+        # Several trials share a GPU: small models four to a GPU, ResNet-50 two.
+        gpus = (
+            0.0
+            if not gpus_available
+            else (0.5 if "resnet50" in space.possible_values("model") else 0.25)
+        )
+    elif gpus > gpus_available:
+        raise UsageError(f"gpus-per-trial {gpus:g} exceeds the {gpus_available:g} GPUs available")
+    return {"cpu": budget.cpus_per_trial, "gpu": gpus}
+
+
+def _fits(cluster: dict[str, float], resources: dict[str, float]) -> int:
+    """How many trials the cluster runs at once (Tune then starts them all together).
+
+    Ray Tune starts one trial at a time for a searcher unless told this number.
+    """
+    fits = cluster.get("CPU", 0.0) / resources["cpu"]
+    if resources["gpu"]:
+        fits = min(fits, cluster.get("GPU", 0.0) / resources["gpu"])
+    return max(1, int(fits + 1e-9))
+
+
+def _trainable(cache: ImageCache, resources: dict[str, float]) -> Any:
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(train_classifier, data=cache), resources)
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _reporter(space: SearchSpace) -> Any:
+    from ray import tune
+
+    return tune.CLIReporter(
+        metric_columns={
+            "epoch": "ep",
+            "val_acc": "val_acc",
+            "best_val_acc": "best",
+            "train_loss": "loss",
+            "images_per_s": "img/s",
+        },
+        parameter_columns=space.searched,
+        max_report_frequency=30,
+        # Ray sorts finished trials by their last metric, which a trial that never
+        # reported (a time budget ended first) does not have: a TypeError at the end.
+        # The leaderboard ranks them; the live table lists trials in start order.
+        sort_by_metric=False,
+        metric=SEARCH_METRIC,
+        mode="max",
+        max_column_length=12,
+    )
+
+
+def _run_config(exp: Experiment, space: SearchSpace, concurrent: int, say: Print) -> Any:
+    from ray import tune
+
+    from tuner._estimate import TimeEstimate
+
+    budget = space.budget
+    estimate = TimeEstimate(_trial_epochs(budget), concurrent, say)
+    return tune.RunConfig(
+        callbacks=[StorageGuard(exp), CheckpointPruner(), estimate, JournalUpload(exp)],
+        name=exp.name,
+        # Ray Tune writes through the same file system as every file of ours.
+        storage_path=exp.storage.root,
+        storage_filesystem=exp.storage.fs,
+        # Every checkpoint is registered; CheckpointPruner deletes old ones once no saved
+        # experiment state can point at them (Ray's num_to_keep deletes them too early).
+        checkpoint_config=tune.CheckpointConfig(
+            checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
+        ),
+        failure_config=tune.FailureConfig(max_failures=2),
+        progress_reporter=_reporter(space),
+        verbose=1,
+    )
+
+
+def _trial_epochs(budget: Budget) -> float:
+    from tuner._estimate import expected_trial_epochs
+
+    return expected_trial_epochs(
+        budget.num_samples, budget.max_epochs, budget.grace_period, budget.reduction_factor
+    )
+
+
+def run_search(req: SearchRequest, say: Print = print) -> int:
+    """Run a new search to the end; return the exit code."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    exp = Experiment(req.storage, req.name)
+    if exp.exists():
+        raise UsageError(
+            f"experiment {req.name!r} already exists in {req.storage.display()}; continue it "
+            f"with: {exp.resume_command()} (or choose another --name)"
+        )
+    req.storage.check_writable()
+    if not (req.address or os.environ.get("RAY_ADDRESS")):
+        _resources(req.space, local_resources())  # fail before decoding or starting Ray
+    check_weights(req.space)
+    split, cache = prepare_split(req, say)
+    cluster = start_ray(req.address, say)
+    resources = _resources(req.space, cluster)
+    check_storage_reachable(req.storage)
+    exp.write_split(split)
+    exp.write_record(_record(req, cache.size, resources))
+    make_reserve(exp)
+    budget = req.space.budget
+    concurrent = budget.max_concurrent or _fits(cluster, resources)
+    say(
+        f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
+        f"{budget.max_epochs} epochs, ASHA grace {budget.grace_period} / reduction "
+        f"{budget.reduction_factor} (~{_trial_epochs(budget):.0f} trial-epochs), "
+        f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial, {concurrent} at once; "
+        "a time estimate follows the first epochs"
+    )
+    say(f"Results: {exp.display()}")
+    searcher = make_searcher(
+        exp, SEARCH_METRIC, budget.seed, req.space.points_to_evaluate, budget.max_epochs
+    )
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        metric=METRIC,
+        mode="max",
+        max_t=budget.max_epochs,
+        grace_period=min(budget.grace_period, budget.max_epochs),
+        reduction_factor=budget.reduction_factor,
+    )
+    tuner = tune.Tuner(
+        _trainable(cache, resources),
+        param_space=req.space.param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=budget.num_samples,
+            max_concurrent_trials=concurrent,
+            time_budget_s=budget.time_budget_s,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+            # A new trial starts in the worker process of one that ended: no new
+            # process, no second torch import (5 trials at 32 px: 68 s -> 40 s).
+            reuse_actors=True,
+        ),
+        run_config=_run_config(exp, req.space, concurrent, say),
+    )
+    return _fit_and_finish(tuner, exp, budget, say)
+
+
+def resume(name: str, storage: Storage, restart_errored: bool = False, say: Print = print) -> int:
+    """Continue an interrupted experiment exactly as it was set up, from any machine that
+    reaches its storage and its photos."""
+    from ray import tune
+
+    storage.check_writable()  # a resume writes: fail first on a missing bucket or a bad key
+    exp = Experiment(storage, name)
+    if exp.has_record() and not exp.has_state():
+        return _start_again(exp, say)
+    exp = Experiment.open(storage, name)
+    record = exp.record()
+    space = record.search_space()
+    split = exp.split()
+    try:
+        cache = decode_split(split, record.cache_size)
+    except DataError as exc:
+        raise UsageError(f"data: {exc}") from None
+    say(
+        f"Resuming {name} from {exp.display()} ({len(split.train)} train / {len(split.val)} "
+        f"val / {len(split.test)} test)"
+    )
+    fetch_journal(exp)
+    start_ray(record.address, say)
+    make_reserve(exp)
+    tuner = tune.Tuner.restore(
+        exp.path(),
+        trainable=_trainable(cache, record.resources),
+        resume_unfinished=True,
+        resume_errored=not restart_errored,
+        restart_errored=restart_errored,
+        storage_filesystem=storage.fs,
+    )
+    return _fit_and_finish(tuner, exp, space.budget, say)
+
+
+def _start_again(exp: Experiment, say: Print) -> int:
+    """Run a search whose driver died before Ray saved any state: no trial ran, so it
+    starts again from its recorded request."""
+    record = exp.record()
+    request = SearchRequest(
+        record.search_space(), exp.name, exp.storage, Path(record.data_dir), record.address
+    )
+    say(f"{exp.name} was stopped before its first trial was recorded; starting it again")
+    for leftover in (TUNER_FILE, SPLIT_FILE, JOURNAL_FILE):
+        exp.delete(leftover)
+    forget_journal(exp)
+    return run_search(request, say)
+
+
+def _fit_and_finish(tuner: Any, exp: Experiment, budget: Budget, say: Print) -> int:
+    """Run the search, then summarise it (or say why the storage stopped it)."""
+    try:
+        if not _fit(tuner, exp, say):
+            return 130
+        problem = tripped(exp)
+        if problem:
+            say(
+                f"\nStopped: {problem}.\nThe experiment state and each trial's last checkpoint "
+                "are saved. Free some space (or restore write access) and continue with:\n"
+                f"  {exp.resume_command()}"
+            )
+            return 1
+        return finish(exp, budget, say)
+    finally:
+        release_reserve(exp)
+
+
+def _fit(tuner: Any, exp: Experiment, say: Print) -> bool:
+    """``tuner.fit()``; False if a second Ctrl-C cut Ray's own graceful stop short.
+
+    SIGTERM is handled like a first Ctrl-C: Ray saves the experiment state,
+    stops the trials and returns.
+    """
+    import signal
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        say(f"\nInterrupted. Continue the search with:\n  {exp.resume_command()}")
+        return False
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return True
+
+
+def finish(exp: Experiment, budget: Budget, say: Print) -> int:
+    """Write the leaderboard files and print the summary; 0 if the search completed.
+
+    A search is unfinished when a trial is still running, pending or paused,
+    or when fewer than ``num_samples`` trials exist without a time budget
+    that could explain it.
+    """
+    board = build_leaderboard(exp)
+    unfinished = bool(board["status"].isin(["running", "pending", "paused"]).any()) or (
+        budget.time_budget_s is None and len(board) < budget.num_samples
+    )
+    if not unfinished and score_top_trials(exp, board, budget.test_top_k):
+        board = attach_test_scores(board, exp)
+    written = write_leaderboard(exp, board)
+    counts = board["status"].value_counts().to_dict()
+    say("")
+    say(f"Trials: {len(board)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    best = best_config(board)
+    if best:
+        say(
+            f"Best trial {best['trial_id']}: val_acc {best['val_acc']:.4f} "
+            f"(± {best['val_acc_se']:.4f}) at epoch {best['best_epoch']}{tie_note(board)}"
+        )
+        say("  " + json.dumps(best["config"]))
+        say(f"  checkpoint: {best['checkpoint']}")
+    for line in test_lines(board):
+        say(line)
+    say("Wrote " + ", ".join(written))
+    if unfinished:
+        say(f"The search was interrupted. Continue it with:\n  {exp.resume_command()}")
+        return 1
+    forget_journal(exp)  # the study is in the storage; a remote one's local copy goes
+    return 0
+
+
+def _record(req: SearchRequest, cache_size: int, resources: dict[str, float]) -> RunRecord:
+    import ray
+
+    resolved = req.space.to_dict()
+    return RunRecord(
+        name=req.name,
+        space_name=req.space.name,
+        space_source=req.space.source,
+        space={
+            "description": resolved["description"],
+            "params": resolved["params"],
+            "budget": resolved["budget"],
+            "points_to_evaluate": resolved["points_to_evaluate"],
+        },
+        data_dir=str(req.data_dir),
+        storage=req.storage.uri,
+        address=req.address,
+        cache_size=cache_size,
+        resources=resources,
+        command=" ".join(sys.argv),
+        ray_version=ray.__version__,
+    )

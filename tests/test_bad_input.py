@@ -254,7 +254,7 @@ def test_class_names_with_spaces_and_non_ascii(tmp_path):
         (["--gpus-per-trial", "1"], "exceeds the 0 GPUs"),
         (["--name", "a/b"], "invalid experiment name"),
         (["--name", ".."], "invalid experiment name"),
-        (["--storage", "s3://bucket/results"], "URI storage (s3://, gs://, ...) is not supported"),
+        (["--storage", "foo://bucket/results"], "Unrecognized filesystem type in URI: foo://"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_message(small_flowers, tmp_path, capsys, args, message):

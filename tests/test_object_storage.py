@@ -240,3 +240,36 @@ def test_storage_reads_and_writes_the_same_way_on_a_folder_and_a_bucket(s3, tmp_
     remote = Storage.parse(s3_uri(s3, f"{S3_BUCKET}/unit"))
     assert remote.display("x") == f"s3://{S3_BUCKET}/unit/x"
     assert remote.relative(remote.display("x/y")) == "x/y"
+
+
+def test_guard_stops_a_search_whose_uploads_the_store_refuses(s3, tmp_path, monkeypatch):
+    """A trial that failed with the store's refusal (the OSError pyarrow raises, as Ray
+    writes it to the trial's error file) trips the guard; so does a probe it cannot write."""
+    import types
+
+    from tuner import Storage
+    from tuner._storage_guard import StorageGuard, tripped
+
+    signals: list[int] = []
+    monkeypatch.setattr("tuner._storage_guard.signal.raise_signal", signals.append)
+    gone = Storage.parse(s3_uri(s3, "no-such-bucket/results"))
+    with pytest.raises(OSError) as refused:
+        gone.fs.open_output_stream("no-such-bucket/results/x/checkpoint.pt").close()
+    error_file = tmp_path / "error.txt"
+    error_file.write_text(f"Failure # 1 (occurred at now)\n{refused.value!r}\n")
+    exp = experiment(s3_uri(s3, f"{S3_BUCKET}/guarded"), "g")
+    guard = StorageGuard(exp)
+    guard.setup()
+    guard.on_trial_error(0, [], types.SimpleNamespace(trial_id="t1", error_file=str(error_file)))
+    reason = tripped(exp)
+    assert reason is not None and signals, reason
+    assert "refused an upload (AWS Error NO_SUCH_BUCKET)" in reason
+    assert f"s3://{S3_BUCKET}/guarded/g" in reason and "trial t1" in reason
+
+    probe = StorageGuard(experiment(s3_uri(s3, "no-such-bucket/results"), "g"))
+    probe._last_probe = 0.0  # due now
+    problem = probe.problem()
+    assert problem is not None and "does not exist" in problem
+    writable = StorageGuard(exp)
+    writable._last_probe = 0.0
+    assert writable.problem() is None  # a writable bucket: nothing to say

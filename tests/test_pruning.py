@@ -3,6 +3,8 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+from ray.tune import Checkpoint
+
 from tuner._pruning import CheckpointPruner
 
 
@@ -18,7 +20,7 @@ class FakeTrial:
         path.mkdir(parents=True)
         self.results.append(
             SimpleNamespace(
-                checkpoint=SimpleNamespace(path=str(path)),
+                checkpoint=Checkpoint.from_directory(str(path)),
                 metrics={"val_acc": val_acc, "epoch": len(self.results) + 1},
             )
         )

@@ -337,3 +337,21 @@ def test_the_estimate_scales_the_measured_epoch_time_by_the_work_left():
     assert len(lines) == 1  # once, after the third epoch
     # 37 trial-epochs left at a median 20 s, two at a time: 370 s = 6 min.
     assert "6 min left (20 s per trial-epoch, 2 at once, ~40 trial-epochs" in lines[0]
+
+
+def test_the_estimate_pickles_after_ray_swapped_print(monkeypatch, capsys):
+    """Tune pickles its callbacks; Ray replaces builtins.print once a progress bar reaches
+    the driver, after which the original ``print`` no longer pickles by reference."""
+    import builtins
+
+    from ray import cloudpickle
+
+    from tuner._estimate import TimeEstimate
+
+    estimate = TimeEstimate(trial_epochs=4, concurrent=1, say=print)
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: None)
+    restored = cloudpickle.loads(cloudpickle.dumps(estimate))
+    monkeypatch.undo()
+    for seconds in (1.0, 1.0, 1.0):
+        restored.on_trial_result(0, [], None, {"epoch_time_s": seconds})
+    assert "Estimate: about" in capsys.readouterr().out

@@ -48,6 +48,10 @@ def expected_trial_epochs(
     return total
 
 
+def _print(line: str) -> None:
+    print(line)
+
+
 def describe_duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -66,6 +70,17 @@ class TimeEstimate(tune.Callback):
         self._epoch_seconds: list[float] = []
         self._started = time.monotonic()
         self._last = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the run; ``say`` (often ``print``) is this
+        # process's. Pickled by reference, ``print`` fails once Ray has swapped
+        # ``builtins.print`` for its tqdm-safe one, which it does when a progress bar
+        # first reaches the driver: a search then died at start.
+        return {k: v for k, v in self.__dict__.items() if k != "say"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.say = _print
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -116,7 +117,7 @@ class Experiment:
         return self.storage.display(self.rel(*parts))
 
     def resume_command(self) -> str:
-        return f"python -m tuner resume {self.name} --storage {self.storage.uri}"
+        return f"python -m tuner resume {self.name} --storage {shlex.quote(self.storage.uri)}"
 
     # What is there -----------------------------------------------------------
 
@@ -147,20 +148,20 @@ class Experiment:
     def delete(self, *parts: str) -> None:
         self.storage.delete(self.rel(*parts))
 
-    def record(self) -> RunRecord:
-        data = self.read_json(TUNER_FILE)
+    def _required(self, file: str) -> dict[str, Any]:
+        data = self.read_json(file)
         if not isinstance(data, dict):
-            raise UsageError(f"{self.display(TUNER_FILE)} is missing or unreadable")
-        return RunRecord.from_json(data)
+            raise UsageError(f"{self.display(file)} is missing or unreadable")
+        return data
+
+    def record(self) -> RunRecord:
+        return RunRecord.from_json(self._required(TUNER_FILE))
 
     def write_record(self, record: RunRecord) -> None:
         self.write_json(TUNER_FILE, asdict(record))
 
     def split(self) -> Split:
-        data = self.read_json(SPLIT_FILE)
-        if not isinstance(data, dict):
-            raise UsageError(f"{self.display(SPLIT_FILE)} is missing or unreadable")
-        return Split.from_json(data)
+        return Split.from_json(self._required(SPLIT_FILE))
 
     def write_split(self, split: Split) -> None:
         self.write_json(SPLIT_FILE, split.to_json())

@@ -8,6 +8,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+STORAGE_HELP = (
+    "where experiments live: a folder or a URI such as s3://BUCKET/PREFIX "
+    "(?endpoint_override=HOST:PORT&scheme=http for MinIO/Ceph), gs://BUCKET/PREFIX "
+    "(default: $TUNER_STORAGE or ./results)"
+)
+
 
 def _number(kind: type[int] | type[float], minimum: float, inclusive: bool) -> Any:
     """An argparse ``type=`` that parses ``kind`` and enforces a lower bound."""
@@ -47,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--space", required=True, help="built-in space name or a YAML file")
     exp.add_argument("--name", help="experiment name (default: SPACE-DATE-TIME)")
     exp.add_argument("--data", help="photo folder, ImageFolder layout (default: $TUNER_DATA)")
-    exp.add_argument("--storage", help="results root (default: $TUNER_STORAGE or ./results)")
+    exp.add_argument("--storage", help=STORAGE_HELP)
     exp.add_argument("--address", help="existing Ray cluster to use (default: $RAY_ADDRESS)")
     budget = search.add_argument_group("budget (overrides the space's)")
     budget.add_argument("--num-samples", type=_positive_int, help="number of trials")
@@ -82,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continue an interrupted search where it stopped.",
     )
     resume.add_argument("name")
-    resume.add_argument("--storage")
+    resume.add_argument("--storage", help=STORAGE_HELP)
     resume.add_argument(
         "--restart-errored",
         action="store_true",
@@ -95,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ranked trials of an experiment (best first).",
     )
     board.add_argument("name")
-    board.add_argument("--storage")
+    board.add_argument("--storage", help=STORAGE_HELP)
     board.add_argument("--top", type=_positive_int, metavar="K")
     board.add_argument(
         "--format", default="table", choices=["table", "csv", "parquet", "json", "markdown"]
@@ -117,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "showing them, under STORAGE/NAME/report/.",
     )
     report.add_argument("name")
-    report.add_argument("--storage", help="results root (default: $TUNER_STORAGE or ./results)")
+    report.add_argument("--storage", help=STORAGE_HELP)
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -206,4 +212,4 @@ def _add_ranked_trial_args(parser: argparse.ArgumentParser) -> None:
     """NAME, --rank and --storage: which experiment's which ranked trial."""
     parser.add_argument("name")
     parser.add_argument("--rank", type=_positive_int, default=1, help="trial rank (default: 1)")
-    parser.add_argument("--storage", help="results root (default: $TUNER_STORAGE or ./results)")
+    parser.add_argument("--storage", help=STORAGE_HELP)

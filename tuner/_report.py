@@ -75,7 +75,7 @@ class _Results:
     def kind(self, key: str) -> str:
         """The distribution of ``key`` in the space (``choice`` when unknown and not numeric)."""
         if self.space is not None and key in self.space.distributions:
-            return next(iter(self.space.distributions[key]))
+            return self.space.distributions[key].kind
         numeric = pd.api.types.is_numeric_dtype(self.board[key])
         return (
             "uniform" if numeric and not pd.api.types.is_bool_dtype(self.board[key]) else "choice"
@@ -270,34 +270,19 @@ def _hyperparameters(exp: _Results, fig: Figure) -> None:
 
 
 def _categories(exp: _Results, key: str, values: list[Any]) -> list[Any]:
-    if exp.space is not None and key in exp.space.distributions:
-        choices = list(exp.space.distributions[key].get("choice", []))
-        if all(v in choices for v in values):
-            return choices
+    dist = exp.space.distributions.get(key) if exp.space is not None else None
+    if dist is not None and dist.kind == "choice" and all(dist.contains(v) for v in values):
+        return list(dist.args)
     return sorted(set(values), key=str)
 
 
 def param_importances(exp: _Results) -> tuple[dict[str, float], str, int]:
     """(importance per searched key, evaluator name, trials used), or raise ``_Skip``."""
     import optuna
-    from optuna.distributions import (
-        BaseDistribution,
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
 
     if exp.space is None:
         raise _Skip("tuner.json (the experiment's search space) is missing")
-    dists: dict[str, BaseDistribution] = {}
-    for key, spec in exp.space.distributions.items():
-        ((kind, args),) = spec.items()
-        if kind == "choice":
-            dists[key] = CategoricalDistribution(args)
-        elif kind == "randint":
-            dists[key] = IntDistribution(int(args[0]), int(args[1]) - 1)  # high is exclusive
-        else:
-            dists[key] = FloatDistribution(args[0], args[1], log=kind == "loguniform")
+    dists = {key: dist.to_optuna() for key, dist in exp.space.distributions.items()}
     if not dists:
         raise _Skip("the space searches no hyperparameter")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

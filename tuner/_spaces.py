@@ -44,6 +44,89 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 
 
 @dataclass(frozen=True)
+class Distribution:
+    """How one searched key is drawn: ``kind`` (one of :data:`DISTRIBUTIONS`) and its
+    ``args`` (the values of a choice; ``(low, high)`` otherwise, randint's high excluded,
+    as in Ray Tune).
+
+    >>> d = Distribution("randint", (2, 5))
+    >>> d.edges(), d.contains(4), d.contains(5), d.to_yaml()
+    ([2, 4], True, False, {'randint': [2, 5]})
+    """
+
+    kind: str
+    args: tuple[Any, ...]
+
+    @classmethod
+    def parse(cls, key: str, spec: dict[str, Any], fail: Any) -> Distribution:
+        """``{kind: args}`` from a space file, checked (``fail(message)`` makes the error)."""
+        if len(spec) != 1:
+            raise fail(f"{key}: give exactly one of {', '.join(DISTRIBUTIONS)}")
+        ((kind, args),) = spec.items()
+        if kind not in DISTRIBUTIONS:
+            raise fail(
+                f"{key}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}"
+            )
+        if not isinstance(args, list) or not args:
+            raise fail(f"{key}: {kind} needs a list, e.g. {kind}: [low, high]")
+        if kind == "choice":
+            return cls(kind, tuple(args))
+        if len(args) != 2 or not all(
+            isinstance(a, int | float) and not isinstance(a, bool) for a in args
+        ):
+            raise fail(f"{key}: {kind} needs two numbers [low, high], got {args!r}")
+        low, high = args
+        if low >= high:
+            raise fail(f"{key}: {kind} low must be < high, got [{low}, {high}]")
+        if kind == "loguniform" and low <= 0:
+            raise fail(f"{key}: loguniform needs low > 0, got {low}")
+        if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
+            raise fail(f"{key}: randint bounds must be integers, got [{low}, {high}]")
+        if kind == "randint":
+            return cls(kind, (int(low), int(high)))
+        return cls(kind, (float(low), float(high)))
+
+    def to_tune(self) -> Any:
+        """The Ray Tune domain (``tune.loguniform(low, high)``, ``tune.choice([...])``...)."""
+        if self.kind == "choice":
+            return tune.choice(list(self.args))
+        return getattr(tune, self.kind)(*self.args)
+
+    def to_optuna(self) -> Any:
+        """The same distribution as Optuna's (an int range includes its high there)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.args))
+        if self.kind == "randint":
+            return IntDistribution(self.args[0], self.args[1] - 1)
+        low, high = self.args
+        return FloatDistribution(low, high, log=self.kind == "loguniform")
+
+    def edges(self) -> list[Any]:
+        """Every value of a choice, else the lowest and highest value that can be drawn."""
+        if self.kind == "randint":
+            return [self.args[0], self.args[1] - 1]
+        return list(self.args)
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.args
+        low, high = self.args
+        if self.kind == "randint":
+            return isinstance(value, int) and low <= value < high
+        return isinstance(value, int | float) and low <= value <= high
+
+    def to_yaml(self) -> dict[str, list[Any]]:
+        """The ``{kind: [args]}`` form of a space file."""
+        return {self.kind: list(self.args)}
+
+
+@dataclass(frozen=True)
 class Budget:
     """How much searching to do, and with what resources per trial."""
 
@@ -112,7 +195,7 @@ class SearchSpace:
     name: str
     source: str
     constants: dict[str, Any]
-    distributions: dict[str, dict[str, list[Any]]]
+    distributions: dict[str, Distribution]
     budget: Budget
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
@@ -124,12 +207,7 @@ class SearchSpace:
     def param_space(self) -> dict[str, Any]:
         """Ray Tune ``param_space``: constants plus ``tune.*`` domains, max_epochs and seed."""
         space: dict[str, Any] = dict(self.constants)
-        for key, spec in self.distributions.items():
-            ((kind, args),) = spec.items()
-            if kind == "choice":
-                space[key] = tune.choice(list(args))
-            else:
-                space[key] = getattr(tune, kind)(*args)
+        space |= {key: dist.to_tune() for key, dist in self.distributions.items()}
         space["max_epochs"] = self.budget.max_epochs
         space["seed"] = self.budget.seed
         return space
@@ -137,12 +215,7 @@ class SearchSpace:
     def possible_values(self, key: str) -> list[Any]:
         """Every value ``key`` can take, or the edges of its range."""
         if key in self.distributions:
-            ((kind, args),) = self.distributions[key].items()
-            if kind == "choice":
-                return list(args)
-            if kind == "randint":
-                return [args[0], args[1] - 1]
-            return list(args)
+            return self.distributions[key].edges()
         if key in self.constants:
             return [self.constants[key]]
         return [getattr(TrialConfig(), key)]
@@ -153,7 +226,7 @@ class SearchSpace:
             "name": self.name,
             "description": self.description,
             "source": self.source,
-            "params": {**self.constants, **self.distributions},
+            "params": {**self.constants, **{k: d.to_yaml() for k, d in self.distributions.items()}},
             "budget": dataclasses.asdict(self.budget),
             "points_to_evaluate": self.points_to_evaluate,
         }
@@ -216,7 +289,7 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
         raise fail("'params' must be a mapping of trial keys")
     trial_keys = set(TrialConfig.field_names()) - {"max_epochs", "seed"}
     constants: dict[str, Any] = {}
-    distributions: dict[str, dict[str, list[Any]]] = {}
+    distributions: dict[str, Distribution] = {}
     for key, value in params.items():
         if key not in trial_keys:
             hint = " (set it under 'budget')" if key in ("max_epochs", "seed") else ""
@@ -224,7 +297,7 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
                 f"unknown key {key!r}{hint}; trial keys are: {', '.join(sorted(trial_keys))}"
             )
         if isinstance(value, dict):
-            distributions[key] = _parse_distribution(key, value, fail)
+            distributions[key] = Distribution.parse(key, value, fail)
         else:
             constants[key] = value
 
@@ -255,9 +328,12 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
                 "which the space does not search (only searched keys may be given)"
             )
         for key, value in point.items():
-            _check_in_domain(
-                key, value, distributions[key], lambda m, i=i: fail(f"points_to_evaluate[{i}]: {m}")
-            )
+            dist = distributions[key]
+            if not dist.contains(value):
+                raise fail(
+                    f"points_to_evaluate[{i}]: {key}={value!r} is outside its distribution "
+                    f"{dist.kind} {list(dist.args)}"
+                )
         try:
             TrialConfig.from_dict({**constants, **point})
         except ConfigError as exc:
@@ -277,44 +353,6 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
     except ConfigError as exc:
         raise fail(str(exc)) from None
     return space
-
-
-def _parse_distribution(key: str, spec: dict[str, Any], fail: Any) -> dict[str, list[Any]]:
-    if len(spec) != 1:
-        raise fail(f"{key}: give exactly one of {', '.join(DISTRIBUTIONS)}")
-    ((kind, args),) = spec.items()
-    if kind not in DISTRIBUTIONS:
-        raise fail(f"{key}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}")
-    if not isinstance(args, list) or not args:
-        raise fail(f"{key}: {kind} needs a list, e.g. {kind}: [low, high]")
-    if kind == "choice":
-        return {kind: list(args)}
-    if len(args) != 2 or not all(
-        isinstance(a, int | float) and not isinstance(a, bool) for a in args
-    ):
-        raise fail(f"{key}: {kind} needs two numbers [low, high], got {args!r}")
-    low, high = args
-    if low >= high:
-        raise fail(f"{key}: {kind} low must be < high, got [{low}, {high}]")
-    if kind == "loguniform" and low <= 0:
-        raise fail(f"{key}: loguniform needs low > 0, got {low}")
-    if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
-        raise fail(f"{key}: randint bounds must be integers, got [{low}, {high}]")
-    if kind == "randint":
-        return {kind: [int(low), int(high)]}
-    return {kind: [float(low), float(high)]}
-
-
-def _check_in_domain(key: str, value: Any, spec: dict[str, list[Any]], fail: Any) -> None:
-    ((kind, args),) = spec.items()
-    if kind == "choice":
-        ok = value in args
-    elif kind == "randint":
-        ok = isinstance(value, int) and args[0] <= value < args[1]
-    else:
-        ok = isinstance(value, int | float) and args[0] <= value <= args[1]
-    if not ok:
-        raise fail(f"{key}={value!r} is outside its distribution {kind} {args}")
 
 
 def _validate_edges(space: SearchSpace) -> None:

@@ -190,8 +190,14 @@ class Storage:
                     "first (or check the endpoint)"
                 )
         probe = f".write-test-{os.getpid()}"
-        self.write_bytes(probe, b"probe")
-        self.delete(probe)
+        try:
+            self.write_bytes(probe, b"probe")
+            self.delete(probe)
+        except UsageError as exc:
+            if not self.is_local:
+                raise
+            reason = str(exc).rsplit(": ", 1)[-1]
+            raise UsageError(f"storage {self.display()} is not writable: {reason}") from None
 
     def _info(self, rel: str) -> Any:
         return self._call(lambda: self.fs.get_file_info(self.path(rel)), rel)
@@ -213,7 +219,12 @@ class Storage:
                 raise UsageError(f"storage {where}: the bucket does not exist") from None
             if isinstance(exc, FileNotFoundError):
                 raise
-            reason = exc.strerror if self.is_local and exc.strerror else scrub(str(exc))
+            if self.is_local and exc.errno:
+                reason = os.strerror(exc.errno)
+            elif code == "NETWORK_CONNECTION":
+                reason = f"cannot reach the object store ({scrub(str(exc)).splitlines()[0]})"
+            else:
+                reason = scrub(str(exc))
             raise UsageError(f"storage {where}: {reason}") from None
 
 

@@ -25,6 +25,7 @@ Example:
     >>> import tempfile
     >>> from tuner._storage import Storage
     >>> exp = Experiment(Storage.parse(tempfile.mkdtemp()), "exp")
+    >>> exp.write_json("tuner.json", {})
     >>> guard = StorageGuard(exp)
     >>> guard.problem() is None
     True
@@ -98,7 +99,6 @@ def make_reserve(exp: Experiment) -> None:
     if not exp.storage.is_local:
         return
     exp_dir = Path(exp.path())
-    exp_dir.mkdir(parents=True, exist_ok=True)
     path = exp_dir / RESERVE_FILE
     try:
         with open(path, "wb") as f:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,7 +153,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_refit(args: argparse.Namespace) -> int:
     from tuner._refit import refit
 
-    record = refit(_experiment(args), args.rank)
+    exp = _experiment(args)
+    record = refit(exp, args.rank)
     val = record["search_val_acc"]
     print(
         f"Refit of trial {record['trial_id']} (rank {record['rank']}): test_acc "
@@ -161,7 +163,9 @@ def _cmd_refit(args: argparse.Namespace) -> int:
         f"{record['wall_time_s']:.0f} s"
     )
     print(f"  checkpoint: {record['checkpoint']}")
-    print(f"  export it with: python -m tuner export {args.name} --rank {args.rank} --refit ...")
+    where = f" --storage {shlex.quote(exp.storage.uri)}" if args.storage else ""
+    command = f"python -m tuner export {args.name}{where} --rank {args.rank} --refit"
+    print(f"  export it with: {command} --output DIR")
     return 0
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli, run_tuner
+from conftest import experiment_at, run_cli, run_tuner
 
 import trainables
+from tuner._report import _load, draw_report
 from tuner.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
@@ -243,7 +244,7 @@ def test_bad_input_exits_2_with_one_message(finished, tmp_path, capsys, args, me
 def test_an_ensemble_predicts_the_mean_of_its_members_probabilities(
     finished, flowers, board, tmp_path, method
 ):
-    _, storage, _ = finished
+    _, storage, exp = finished
     out = tmp_path / method
     args = ("--storage", str(storage), "--output", str(out), "--ensemble", "2")
     code, stdout, err = run_cli("export", "e2e", *args, "--ensemble-method", method)
@@ -274,6 +275,12 @@ def test_an_ensemble_predicts_the_mean_of_its_members_probabilities(
         model.load_state_dict(state, strict=True)
     # `predict` uses an ensemble export unchanged.
     assert main(["predict", str(out), str(photos[0]), "--top", "1"]) == 0
+    # Its test accuracy is listed beside the trials, in the leaderboard and the report.
+    code, table, _ = run_cli("leaderboard", "e2e", "--storage", str(storage))
+    made = [line for line in table.splitlines() if line.startswith(f"{method} ensemble of 2 (")]
+    assert len(made) == 1 and f"test_acc {ensemble['test_acc']:.4f}" in made[0], table
+    report = draw_report(_load(experiment_at(exp)), tmp_path / "report")
+    assert f"| {method} ensemble of 2 (" in Path(report.markdown).read_text()
 
 
 @pytest.mark.parametrize(
@@ -319,6 +326,9 @@ def test_refit_trains_the_chosen_config_on_train_and_val_and_scores_it_on_test(
     assert all(torch.equal(exported[k], v) for k, v in state["model"].items())
     config = json.loads((out / "config.json").read_text())
     assert config["source_checkpoint"] == str(exp / "refit" / trial_id)
+    code, table, _ = run_cli("leaderboard", "e2e", "--storage", str(storage))
+    made = [line for line in table.splitlines() if line.startswith("refit of rank 1 (")]
+    assert len(made) == 1 and f"test_acc {record['test_acc']:.4f} (val_acc -)" in made[0], table
 
 
 def test_export_refit_without_a_refit_says_how_to_make_one(finished, tmp_path):

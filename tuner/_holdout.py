@@ -6,6 +6,11 @@ trials are evaluated on the experiment's test split and kept in
 ``test_scores.json`` (trial id -> checkpoint and ``test_acc``); the
 leaderboard shows them as ``test_acc``. A trial is scored again only when
 its best checkpoint changed.
+
+The models made from the search afterwards are scored on the same split and
+listed beside the trials (:func:`made_models`): each refit (``refit.json``)
+and each exported ensemble (``ensembles.json``, one entry per method and size,
+the latest export).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from tuner._experiment import TEST_SCORES, Experiment
+from tuner._experiment import ENSEMBLES, REFIT_DIR, TEST_SCORES, Experiment
 
 if TYPE_CHECKING:
     from tuner._inference import Preprocessing
@@ -100,3 +105,70 @@ def score_module_on_test(
     if not result.ok:
         return None
     return float((result.logits.argmax(1) == labels).float().mean())
+
+
+def record_ensemble(
+    exp: Experiment,
+    method: str,
+    members: list[dict[str, Any]],
+    val_acc: float,
+    test_acc: float | None,
+) -> None:
+    """Keep an exported ensemble's scores (replacing an earlier one of the same method and
+    size): ``members`` as ``{"trial_id", "rank", "weight"}``."""
+    size = int(sum(m["weight"] for m in members))
+    entries = [
+        e
+        for e in exp.read_json(ENSEMBLES, [])
+        if not (e.get("method") == method and e.get("size") == size)
+    ]
+    entries.append(
+        {
+            "method": method,
+            "size": size,
+            "members": members,
+            "val_acc": val_acc,
+            "test_acc": test_acc,
+        }
+    )
+    exp.write_json(ENSEMBLES, entries)
+
+
+def made_models(exp: Experiment) -> list[dict[str, Any]]:
+    """Refits and exported ensembles of ``exp``: ``model`` (what it is), ``val_acc`` (None
+    for a refit: it trained on the validation photos) and ``test_acc``."""
+    rows = []
+    for trial_id in exp.storage.list(exp.rel(REFIT_DIR), dirs=True):
+        refit = exp.read_json(f"{REFIT_DIR}/{trial_id}/refit.json")
+        if isinstance(refit, dict):
+            rows.append(
+                {
+                    "model": f"refit of rank {refit['rank']} ({trial_id}) on train + val, "
+                    f"{refit['epochs']} epoch(s)",
+                    "val_acc": None,
+                    "test_acc": refit["test_acc"],
+                }
+            )
+    for entry in exp.read_json(ENSEMBLES, []):
+        picks = ", ".join(f"rank {m['rank']} x{m['weight']:g}" for m in entry["members"])
+        rows.append(
+            {
+                "model": f"{entry['method']} ensemble of {entry['size']} ({picks})",
+                "val_acc": entry["val_acc"],
+                "test_acc": entry["test_acc"],
+            }
+        )
+    return rows
+
+
+def accuracy_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def made_model_lines(exp: Experiment) -> list[str]:
+    """One line per refit or exported ensemble, with its accuracy on the test split."""
+    acc = accuracy_text
+    return [
+        f"{row['model']}: test_acc {acc(row['test_acc'])} (val_acc {acc(row['val_acc'])})"
+        for row in made_models(exp)
+    ]

@@ -33,6 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from tuner._experiment import REPORT_DIR, Experiment
+from tuner._holdout import accuracy_text, made_models
 from tuner._leaderboard import best_config, build_leaderboard, render
 from tuner._spaces import SearchSpace
 
@@ -64,6 +65,7 @@ class _Results:
     board: pd.DataFrame
     histories: dict[str, pd.DataFrame]
     space: SearchSpace | None
+    made: list[dict[str, Any]] = field(default_factory=list)  # refits, exported ensembles
 
     @property
     def searched(self) -> list[str]:
@@ -95,7 +97,7 @@ def _load(experiment: Experiment) -> _Results:
         if "epoch" in df and "val_acc" in df and not df.empty
     }
     space = experiment.record().search_space() if experiment.has_record() else None
-    return _Results(experiment.name, board, histories, space)
+    return _Results(experiment.name, board, histories, space, made_models(experiment))
 
 
 def write_report(experiment: Experiment) -> Report:
@@ -394,6 +396,12 @@ def _markdown(exp: _Results, report: Report) -> str:
         ]
     else:
         lines.append("No trial has a finite val_acc yet.")
+    if exp.made:
+        lines += ["", "## Models made from the search (test split)", ""]
+        lines += ["| model | val_acc | test_acc |", "|---|---|---|"]
+        for row in exp.made:
+            val, test = accuracy_text(row["val_acc"]), accuracy_text(row["test_acc"])
+            lines.append(f"| {row['model']} | {val} | {test} |")
     for path in map(Path, report.figures):
         title, caption = _CAPTIONS[path.stem]
         lines += ["", f"## {title}", "", f"![{title}]({path.name})", "", caption]

@@ -61,9 +61,14 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from tuner._holdout import made_model_lines
     from tuner._leaderboard import build_leaderboard, render
 
-    out = render(build_leaderboard(_experiment(args)), args.format, args.top)
+    exp = _experiment(args)
+    out = render(build_leaderboard(exp), args.format, args.top)
+    if args.format == "table" and not args.output:
+        made = made_model_lines(exp)
+        out = "\n".join([str(out), *(["", "Made from the search:"] if made else []), *made])
     if args.output:
         path = Path(args.output)
         try:
@@ -172,7 +177,7 @@ def _cmd_refit(args: argparse.Namespace) -> int:
 def _export_ensemble(args: argparse.Namespace) -> int:
     from tuner._ensemble import choose_ensemble
     from tuner._export import export_ensemble
-    from tuner._holdout import score_module_on_test
+    from tuner._holdout import record_ensemble, score_module_on_test
     from tuner._leaderboard import build_leaderboard
 
     exp = _experiment(args)
@@ -181,6 +186,16 @@ def _export_ensemble(args: argparse.Namespace) -> int:
     test_acc = score_module_on_test(exp, ensemble.module(), ensemble.members[0].preprocessing)
     for path in export_ensemble(ensemble, Path(args.output), test_acc):
         print(f"Wrote {path}")
+    record_ensemble(
+        exp,
+        args.ensemble_method,
+        [
+            {"trial_id": m.trial_id, "rank": m.rank, "weight": w}
+            for m, w in zip(ensemble.members, ensemble.weights, strict=True)
+        ],
+        ensemble.val_acc,
+        test_acc,
+    )
     members = ", ".join(
         f"rank {m.rank} x{w:g}" for m, w in zip(ensemble.members, ensemble.weights, strict=True)
     )

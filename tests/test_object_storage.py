@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,14 +77,21 @@ def s3_search(s3, small_flowers, tmp_path_factory):
     space, cwd = write_space(tmp, epochs=2), tmp / "cwd"
     cwd.mkdir()
     uri = s3_uri(s3, f"{S3_BUCKET}/results")
+    staged = set(ray_staging("remote"))
     proc = run_search(space, small_flowers, uri, "remote", timeout=600, cwd=cwd)
-    return proc, uri, experiment(uri, "remote"), cwd
+    return proc, uri, experiment(uri, "remote"), cwd, set(ray_staging("remote")) - staged
+
+
+def ray_staging(name: str) -> list[Path]:
+    """Ray Tune's local staging folders of experiments called ``name`` (in its sessions)."""
+    ray_tmp = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
+    return list(ray_tmp.glob(f"session_*/artifacts/*/{name}"))
 
 
 def test_a_search_on_s3_keeps_every_file_in_the_bucket_and_none_on_disk(s3_search):
     from tuner._study import local_journal
 
-    proc, uri, exp, cwd = s3_search
+    proc, uri, exp, cwd, staged_now = s3_search
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     files = set(exp.storage.list(exp.name, dirs=False))
     assert files >= {
@@ -105,6 +113,7 @@ def test_a_search_on_s3_keeps_every_file_in_the_bucket_and_none_on_disk(s3_searc
     assert exp.record().storage == uri
     assert list(cwd.iterdir()) == []  # nothing written where the search ran
     assert not local_journal(exp).exists()  # the driver's copy of the journal is gone
+    assert not staged_now  # nor Ray's staging copy in its session folder
     secret = S3_ENV["AWS_SECRET_ACCESS_KEY"]
     for name in ("tuner.json", "leaderboard.csv", "best_config.json"):
         assert secret not in exp.storage.read_text(exp.rel(name))
@@ -114,7 +123,7 @@ def test_a_search_on_s3_keeps_every_file_in_the_bucket_and_none_on_disk(s3_searc
 def test_every_command_reads_the_experiment_from_its_uri(s3_search, tmp_path):
     import json
 
-    proc, uri, exp, _ = s3_search
+    proc, uri, exp, _, _ = s3_search
     assert proc.returncode == 0
     board = board_of(exp)
     csv = run_tuner("leaderboard", "remote", "--storage", uri, "--format", "csv", cwd=tmp_path)

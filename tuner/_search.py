@@ -383,7 +383,26 @@ def finish(exp: Experiment, budget: Budget, say: Print) -> int:
         say(f"The search was interrupted. Continue it with:\n  {exp.resume_command()}")
         return 1
     forget_journal(exp)  # the study is in the storage; a remote one's local copy goes
+    _drop_driver_staging(exp)
     return 0
+
+
+def _drop_driver_staging(exp: Experiment) -> None:
+    """Delete Ray Tune's local staging copy of a finished remote experiment.
+
+    Ray stages the experiment state and the trials' results and logs under its
+    session folder (``/tmp/ray/session_*/artifacts/TIMESTAMP/NAME/``) before
+    uploading them; once the search has finished they are in the bucket, and
+    that copy is the only trace of the experiment left on this disk.
+    """
+    import shutil
+
+    from ray.train.constants import _get_ray_train_session_dir
+
+    if exp.storage.is_local:
+        return
+    for folder in Path(_get_ray_train_session_dir()).glob(f"*/{exp.name}"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _record(req: SearchRequest, cache_size: int, resources: dict[str, float]) -> RunRecord:

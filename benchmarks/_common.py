@@ -201,9 +201,9 @@ def run_search(
 
 def experiment_at(exp_dir: Path) -> Any:
     """The :class:`tuner.Experiment` whose local folder is ``exp_dir``."""
-    from tuner import Experiment, Storage
+    from tuner import Experiment
 
-    return Experiment(Storage.parse(str(exp_dir.parent)), exp_dir.name)
+    return Experiment.from_folder(exp_dir)
 
 
 def trial_results(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:

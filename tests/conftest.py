@@ -70,9 +70,9 @@ def free_port() -> int:
 
 def experiment_at(folder: Path) -> Any:
     """The :class:`tuner.Experiment` whose local folder is ``folder``."""
-    from tuner import Experiment, Storage
+    from tuner import Experiment
 
-    return Experiment(Storage.parse(str(folder.parent)), folder.name)
+    return Experiment.from_folder(folder)
 
 
 def make_subset(flowers: Path, dest: Path, per_class: int) -> Path:

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables import DataError, Split, make_split, prepare_data, scan_folder
+from trainables import DataError, make_split, prepare_data, scan_folder
+from tuner import Experiment
 
 
 def test_split_is_stratified_deterministic_and_disjoint(flowers):
@@ -28,8 +29,9 @@ def test_split_is_stratified_deterministic_and_disjoint(flowers):
 
 def test_split_json_round_trip(tmp_path, synthetic):
     split = make_split(scan_folder(synthetic), seed=3)
-    split.save(tmp_path / "split.json")
-    again = Split.load(tmp_path / "split.json")
+    exp = Experiment.from_folder(tmp_path / "exp")
+    exp.write_split(split)
+    again = exp.split()
     assert again.train == split.train and again.val == split.val
     assert again.classes == split.classes and again.root == split.root
 
@@ -76,8 +78,9 @@ def test_a_trials_data_holds_no_test_photo(synthetic, tmp_path):
     rows = np.concatenate([cache.train_x, cache.val_x])
     for photo in test_pixels:
         assert not (rows == photo).all(axis=(1, 2, 3)).any()
-    split.save(tmp_path / "split.json")
-    loaded = Split.load(tmp_path / "split.json")
+    exp = Experiment.from_folder(tmp_path / "exp")
+    exp.write_split(split)
+    loaded = exp.split()
     assert loaded.test == split.test and loaded.test_fraction == 0.2
 
 

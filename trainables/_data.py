@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -143,15 +142,6 @@ class Split:
             test=[(str(p), int(y)) for p, y in data.get("test", [])],
             test_fraction=float(data.get("test_fraction", 0.0)),
         )
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> Split:
-        return cls.from_json(json.loads(Path(path).read_text()))
 
 
 @dataclass

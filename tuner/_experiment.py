@@ -17,10 +17,12 @@ the same to all of them. It does not import Ray: Ray Tune's own files
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -92,6 +94,12 @@ class Experiment:
     def __init__(self, storage: Storage, name: str) -> None:
         self.storage = storage
         self.name = validate_name(name)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike[str]) -> Experiment:
+        """The experiment whose local folder is ``folder`` (``STORAGE/NAME``)."""
+        path = Path(folder).expanduser().resolve()
+        return cls(Storage.parse(str(path.parent)), path.name)
 
     @classmethod
     def open(cls, storage: Storage, name: str) -> Experiment:

@@ -47,8 +47,14 @@ _BASE_COLUMNS = [
 ]
 
 
-def build_leaderboard(exp: Experiment) -> pd.DataFrame:
-    """One row per trial, best first, with the columns of DESIGN.md."""
+def build_leaderboard(
+    exp: Experiment, histories: dict[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
+    """One row per trial, best first, with the columns of DESIGN.md.
+
+    ``histories`` (trial id -> :meth:`Experiment.history`) saves reading the trials'
+    results again when the caller has them.
+    """
     import logging
 
     from ray.tune import ExperimentAnalysis
@@ -61,9 +67,9 @@ def build_leaderboard(exp: Experiment) -> pd.DataFrame:
         raise UsageError(
             f"{exp.display()} holds no Ray Tune experiment state (yet); was the search started?"
         ) from None
-    rows = []
+    rows, known = [], histories or {}
     for trial in analysis.trials:
-        df = exp.history(trial.trial_id)
+        df = known[trial.trial_id] if trial.trial_id in known else exp.history(trial.trial_id)
         cfg = {k: trial.config.get(k, getattr(TrialConfig(), k)) for k in TrialConfig.field_names()}
         rows.append(_trial_row(exp, trial, df, cfg))
     columns = _BASE_COLUMNS + list(TrialConfig.field_names()) + ["checkpoint"]

@@ -90,10 +90,11 @@ class _Results:
 
 
 def _load(experiment: Experiment) -> _Results:
-    board = build_leaderboard(experiment)
+    every = experiment.histories()
+    board = build_leaderboard(experiment, every)
     histories = {
         trial_id: df
-        for trial_id, df in experiment.histories().items()
+        for trial_id, df in every.items()
         if "epoch" in df and "val_acc" in df and not df.empty
     }
     space = experiment.record().search_space() if experiment.has_record() else None

@@ -210,15 +210,15 @@ class StorageGuard(tune.Callback):
             return
         # The newest failure is the last one in the file.
         last = text.rsplit("Failure # ", 1)[-1]
-        error = disk_error(last)
+        error, refused = disk_error(last), _upload_error(last)
         if error:
             self._stop(
                 f"the storage of {self.exp_dir} {_DISK_ERRORS[error]}: trial {trial.trial_id} "
                 f"could not save its checkpoint ({error})"
             )
-        elif _upload_error(last):
+        elif refused:
             self._stop(
-                f"the storage {self.exp.display()} refused an upload ({_upload_error(last)}): "
+                f"the storage {self.exp.display()} refused an upload ({refused}): "
                 f"trial {trial.trial_id} could not save its checkpoint"
             )
 

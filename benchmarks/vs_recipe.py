@@ -10,7 +10,8 @@ writes to ``split.json``):
   StepLR 7/0.1, batch 32, RandomResizedCrop + horizontal flip + colour jitter,
   a plain PIL Dataset + ``DataLoader(num_workers = the CPUs)`` fp32 loop, 12
   epochs on the training photos; its last epoch's model is scored on test.
-* **search**: ``tuner search --space lite`` on the same split, then its
+* **search**: ``tuner search --space lite-accurate`` (``--space`` to change) on
+  the same split, then its
   exported model (rank 1: what ``tuner export`` writes), its refit on train +
   val (``tuner refit``) and two ensembles of 3 (``tuner export --ensemble 3``,
   greedy on val and the plain top 3), each scored on the test split.
@@ -61,10 +62,10 @@ VAL_FRACTION, TEST_FRACTION = 0.2, 0.15
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Test accuracy and wall time of the classic fine-tuning recipe vs a "
-        "`tuner search --space lite` (exported, refit and ensemble models), same split.",
+        "`tuner search` (exported, refit and ensemble models), same split.",
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder")
-    parser.add_argument("--space", default="lite", help="space of the search")
+    parser.add_argument("--space", default="lite-accurate", help="space of the search")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split, the recipe and the search"
     )

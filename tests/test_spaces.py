@@ -18,9 +18,12 @@ def test_builtin_spaces_parse_into_ray_tune_distributions(name):
     assert isinstance(params["batch_size"], Categorical)
     assert isinstance(params["step_size"], Integer)
     assert isinstance(params["freeze_depth"], Integer)
-    # Every space searches the augmentation strength; the fast ones over a few values,
-    # so trials share the frozen activations of augmented views on disk.
-    if name in ("lite", "lite-accurate", "smoke"):
+    # Every space searches the augmentation strength unless it says why not; the fast
+    # ones over a few values, so trials share the frozen activations of augmented views.
+    if name == "lite-accurate":
+        assert params["aug_strength"] == 0.0
+        assert "Augmentation is left out" in space.description
+    elif name in ("lite", "smoke"):
         assert isinstance(params["aug_strength"], Categorical)
         assert 0.0 in space.possible_values("aug_strength")
         assert max(space.possible_values("aug_strength")) >= 0.3

@@ -3,6 +3,8 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import pyarrow.fs as pafs
+from fsspec.implementations.local import LocalFileSystem
 from ray.tune import Checkpoint
 
 from tuner._pruning import CheckpointPruner
@@ -11,8 +13,8 @@ from tuner._pruning import CheckpointPruner
 class FakeTrial:
     """The parts of a Ray Tune trial the pruner reads: its checkpoint manager's view."""
 
-    def __init__(self, folder: Path, trial_id: str = "t1") -> None:
-        self.trial_id, self.folder, self.results = trial_id, folder, []
+    def __init__(self, folder: Path, trial_id: str = "t1", fs: pafs.FileSystem | None = None):
+        self.trial_id, self.folder, self.results, self.fs = trial_id, folder, [], fs
         self.run_metadata = SimpleNamespace(checkpoint_manager=self)
 
     def report(self, val_acc: float) -> None:
@@ -20,7 +22,7 @@ class FakeTrial:
         path.mkdir(parents=True)
         self.results.append(
             SimpleNamespace(
-                checkpoint=Checkpoint.from_directory(str(path)),
+                checkpoint=Checkpoint(str(path), filesystem=self.fs or pafs.LocalFileSystem()),
                 metrics={"val_acc": val_acc, "epoch": len(self.results) + 1},
             )
         )
@@ -65,3 +67,42 @@ def test_after_resume_what_the_restored_state_names_as_latest_stays(tmp_path):
     trial.report(0.2)
     pruner.get_state()  # the restored state is a completed save: below #4 may go
     assert trial.on_disk() == [0, 1, 4, 5]
+
+
+class CountingFileSystem(LocalFileSystem):
+    """A local file system that counts what is asked of it, like requests to a bucket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []
+
+    def info(self, path, **kwargs):
+        self.requests.append(f"info {path}")
+        return super().info(path, **kwargs)
+
+    def rm(self, path, recursive=False, maxdepth=None):
+        self.requests.append(f"rm {path}")
+        return super().rm(path, recursive=recursive, maxdepth=maxdepth)
+
+
+def test_a_state_save_asks_storage_only_for_the_checkpoints_it_deletes(tmp_path):
+    counting = CountingFileSystem()
+    trial = FakeTrial(tmp_path / "trial_t1", fs=pafs.PyFileSystem(pafs.FSSpecHandler(counting)))
+    pruner = CheckpointPruner()
+    pruner.on_step_begin(0, [trial])
+    for acc in (0.9, 0.8, 0.5, 0.4, 0.3, 0.2):
+        trial.report(acc)
+    pruner.get_state()
+    pruner.get_state()  # below #5 may go: #2, #3, #4
+    assert trial.on_disk() == [0, 1, 5]
+    deleting = list(counting.requests)
+    assert deleting and all(r.endswith(("_000002", "_000003", "_000004")) for r in deleting)
+    counting.requests.clear()
+    for _ in range(5):  # nothing new: nothing asked of storage
+        pruner.get_state()
+    assert counting.requests == []
+    trial.report(0.1)
+    pruner.get_state()
+    pruner.get_state()  # #5 goes: requests about #5 only
+    assert trial.on_disk() == [0, 1, 6]
+    assert counting.requests and all(r.endswith("_000005") for r in counting.requests)

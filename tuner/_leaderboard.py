@@ -144,19 +144,29 @@ def _trial_row(
     return row
 
 
+def recorded_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
+    """(epoch, val_acc, folder) of every checkpoint Ray recorded for ``trial``, deleted
+    or not (the folder as a path of the checkpoint's file system)."""
+    return [
+        (int(r.metrics["epoch"]), float(r.metrics["val_acc"]), r.checkpoint.path)
+        for r in trial.run_metadata.checkpoint_manager.best_checkpoint_results
+        if "epoch" in r.metrics and "val_acc" in r.metrics
+    ]
+
+
 def kept_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
-    """(epoch, val_acc, folder) of every checkpoint of ``trial`` still on storage (the
-    folder as a path of the checkpoint's file system)."""
+    """:func:`recorded_checkpoints` of ``trial`` still on storage."""
     import pyarrow.fs as pafs
 
-    kept = []
-    for result in trial.run_metadata.checkpoint_manager.best_checkpoint_results:
-        metrics, checkpoint = result.metrics, result.checkpoint
-        if "epoch" not in metrics or "val_acc" not in metrics:
-            continue
-        if checkpoint.filesystem.get_file_info(checkpoint.path).type == pafs.FileType.Directory:
-            kept.append((int(metrics["epoch"]), float(metrics["val_acc"]), checkpoint.path))
-    return kept
+    results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
+    if not results:
+        return []
+    fs = results[0].checkpoint.filesystem  # a trial's checkpoints share one file system
+    return [
+        c
+        for c in recorded_checkpoints(trial)
+        if fs.get_file_info(c[2]).type == pafs.FileType.Directory
+    ]
 
 
 def _typed(board: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,11 @@ after ``resume`` the state it restored counts as the first) and it is not one
 of the trial's :data:`KEEP_BEST` best by val_acc. When the search ends,
 everything but the best and the latest goes.
 
+The pruner asks storage nothing: it works from what Ray recorded of each
+trial's checkpoints and remembers what it deleted, so a state save makes one
+request per checkpoint it deletes (on object storage, a few requests per
+trial over a search), not one per checkpoint kept.
+
 Example:
     >>> pruner = CheckpointPruner()
     >>> pruner.get_state() is None  # nothing for Ray to store
@@ -27,7 +32,7 @@ from typing import Any
 
 from ray import tune
 
-from tuner._leaderboard import kept_checkpoints
+from tuner._leaderboard import recorded_checkpoints
 
 KEEP_BEST = 2
 _INDEX = re.compile(r"checkpoint_(\d+)$")
@@ -64,6 +69,9 @@ class CheckpointPruner(tune.Callback):
         self._trials: list[Any] = []
         # trial_id -> latest checkpoint index at the last two experiment-state saves.
         self._saved: list[dict[str, int]] = []
+        # Deleted by this pruner: never among the best again (the best of a growing
+        # set stay or drop out, they do not come back), so never asked about again.
+        self._deleted: set[str] = set()
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if not self._saved:
@@ -88,6 +96,8 @@ class CheckpointPruner(tune.Callback):
         if not results:
             return
         fs = results[0].checkpoint.filesystem  # a trial's checkpoints share one file system
-        for path in prunable(kept_checkpoints(trial), safe_below):
-            with contextlib.suppress(OSError):
+        alive = [c for c in recorded_checkpoints(trial) if c[2] not in self._deleted]
+        for path in prunable(alive, safe_below):
+            with contextlib.suppress(OSError):  # already gone (deleted before a resume)
                 fs.delete_dir(path)
+            self._deleted.add(path)

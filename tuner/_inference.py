@@ -145,6 +145,15 @@ def load_checkpoint(exp: Experiment, folder: str) -> dict[str, Any]:
         return load_state(Path(local))
 
 
+def model_from_state(state: dict[str, Any], n_classes: int) -> nn.Module:
+    """The eval-mode model a checkpoint state holds, channels-last as :func:`classify`
+    feeds it."""
+    cfg = state["config"]
+    model = build_model(cfg["model"], n_classes, pretrained=False, image_size=cfg["image_size"])
+    model.load_state_dict(state["model"])
+    return model.eval().to(memory_format=torch.channels_last)
+
+
 def load_ranked_trial(exp: Experiment, rank: int, board: pd.DataFrame | None = None) -> RankedTrial:
     """Load the best checkpoint of the ``rank``-th trial of the leaderboard (1 = best).
 
@@ -171,9 +180,7 @@ def load_ranked_trial(exp: Experiment, rank: int, board: pd.DataFrame | None = N
         raise UsageError(f"trial {trial_id} (rank {rank}): {exc}") from None
     cfg = dict(state["config"])
     classes = [str(c) for c in state["classes"]]
-    model = build_model(cfg["model"], len(classes), pretrained=False, image_size=cfg["image_size"])
-    model.load_state_dict(state["model"])
-    model.eval().to(memory_format=torch.channels_last)  # as classify() feeds it
+    model = model_from_state(state, len(classes))
     val_acc = float(row["val_acc"])
     return RankedTrial(
         experiment=exp,

@@ -154,14 +154,17 @@ def recorded_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
     ]
 
 
+def checkpoint_filesystem(trial: Any) -> Any:
+    """The file system of ``trial``'s checkpoints (they share one), or None before any."""
+    results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
+    return results[0].checkpoint.filesystem if results else None
+
+
 def kept_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
     """:func:`recorded_checkpoints` of ``trial`` still on storage."""
     import pyarrow.fs as pafs
 
-    results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
-    if not results:
-        return []
-    fs = results[0].checkpoint.filesystem  # a trial's checkpoints share one file system
+    fs = checkpoint_filesystem(trial)
     return [
         c
         for c in recorded_checkpoints(trial)

@@ -32,7 +32,7 @@ from typing import Any
 
 from ray import tune
 
-from tuner._leaderboard import recorded_checkpoints
+from tuner._leaderboard import checkpoint_filesystem, recorded_checkpoints
 
 KEEP_BEST = 2
 _INDEX = re.compile(r"checkpoint_(\d+)$")
@@ -92,10 +92,9 @@ class CheckpointPruner(tune.Callback):
             self._prune(trial, _latest_index(trial))
 
     def _prune(self, trial: Any, safe_below: int) -> None:
-        results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
-        if not results:
+        fs = checkpoint_filesystem(trial)
+        if fs is None:
             return
-        fs = results[0].checkpoint.filesystem  # a trial's checkpoints share one file system
         alive = [c for c in recorded_checkpoints(trial) if c[2] not in self._deleted]
         for path in prunable(alive, safe_below):
             with contextlib.suppress(OSError):  # already gone (deleted before a resume)

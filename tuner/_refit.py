@@ -30,7 +30,7 @@ from trainables import (
 )
 from tuner._errors import UsageError
 from tuner._experiment import REFIT_DIR, Experiment
-from tuner._inference import RankedTrial, load_checkpoint
+from tuner._inference import RankedTrial, load_checkpoint, model_from_state
 from tuner._storage import Storage
 
 REFIT_RECORD = "refit.json"
@@ -104,8 +104,6 @@ def refit(exp: Experiment, rank: int, say: Callable[[str], None] = print) -> dic
 
 def load_refit(trial: RankedTrial) -> RankedTrial:
     """``trial`` with the model and checkpoint of its refit (UsageError if there is none)."""
-    from trainables import build_model
-
     exp, folder = trial.experiment, f"{REFIT_DIR}/{trial.trial_id}"
     record = exp.read_json(f"{folder}/{REFIT_RECORD}")
     try:
@@ -117,11 +115,8 @@ def load_refit(trial: RankedTrial) -> RankedTrial:
             f"trial {trial.trial_id} (rank {trial.rank}) has no refit model; make one with: "
             f"python -m tuner refit {trial.experiment.name} --rank {trial.rank}"
         ) from None
-    cfg = state["config"]
-    model = build_model(cfg["model"], len(trial.classes), False, cfg["image_size"])
-    model.load_state_dict(state["model"])
-    model.eval()
     return dataclasses.replace(
-        trial, model=model, checkpoint=exp.display(folder), config=dict(cfg), val_acc=None,
+        trial, model=model_from_state(state, len(trial.classes)), checkpoint=exp.display(folder),
+        config=dict(state["config"]), val_acc=None,
         best_epoch=int(record["epochs"]),
     )  # fmt: skip

@@ -13,11 +13,16 @@ writes to ``split.json``):
 * **search**: ``tuner search --space lite`` (``--space lite-accurate`` for
   Lite1/Lite2) on the same split, then its
   exported model (rank 1: what ``tuner export`` writes), its refit on train +
-  val (``tuner refit``) and two ensembles of 3 (``tuner export --ensemble 3``,
-  greedy on val and the plain top 3), each scored on the test split.
+  val (``tuner refit``, ``tuner export --refit``) and two ensembles of 3
+  (``tuner export --ensemble 3``, greedy on val and the plain top 3). Each is
+  scored on the test split through its export folder (``model.ts`` and
+  ``config.json``, what ``predict`` reads).
 
 Prints each test accuracy and wall time, and ``test_acc_gain`` (the search's
-exported model minus the recipe).
+exported model minus the recipe). The gains are paired, photo by photo, on
+one test split of a few hundred photos, so each comes with a 95 % bootstrap
+interval and the photos only one side got right: a gain inside its interval's
+noise is not a difference between the two.
 
     uv run python benchmarks/vs_recipe.py           # ~45 min on 2 CPUs
     uv run python benchmarks/vs_recipe.py --seed 1  # another split, recipe and search
@@ -35,7 +40,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from _common import (
     DEFAULT_DATA,
@@ -56,8 +63,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import trainables
+from tuner._export import load_export
+from tuner._inference import classify_labelled
 
 VAL_FRACTION, TEST_FRACTION = 0.2, 0.15
+BOOTSTRAP = 10_000
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,8 +107,9 @@ class Photos(Dataset[tuple[torch.Tensor, int]]):
             return self.tf(img.convert("RGB")), label
 
 
-def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, float]:
-    """The classic recipe: fine-tune Lite0 on train, report val per epoch, score test."""
+def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, Any]:
+    """The classic recipe: fine-tune Lite0 on train, report val per epoch, score test
+    (``test_right``: whether each test photo, in split order, was classified right)."""
     size = args.recipe_size
     mean, std = trainables.normalization("efficientnet_lite0")
     train_tf = transforms.Compose(
@@ -138,13 +149,9 @@ def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, f
     test = loader(split.test, eval_tf, False)
 
     @torch.no_grad()
-    def accuracy(batches: DataLoader) -> float:
+    def right(batches: DataLoader) -> np.ndarray:
         model.eval()
-        right = total = 0
-        for x, y in batches:
-            right += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-        return right / max(total, 1)
+        return np.concatenate([(model(x).argmax(1) == y).numpy() for x, y in batches])
 
     t0 = time.perf_counter()
     val_acc = 0.0
@@ -155,10 +162,33 @@ def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, f
             loss_fn(model(x), y).backward()
             optimizer.step()
         scheduler.step()
-        val_acc = accuracy(val)
+        val_acc = float(right(val).mean())
         print(f"  recipe epoch {epoch}: val_acc {val_acc:.4f} ({time.perf_counter() - t0:.0f} s)")
     wall = time.perf_counter() - t0
-    return {"val_acc": val_acc, "test_acc": accuracy(test), "wall_s": wall}
+    test_right = right(test)
+    return {"val_acc": val_acc, "test_acc": float(test_right.mean()), "test_right": test_right,
+            "wall_s": wall}  # fmt: skip
+
+
+def test_right(folder: Path, split: trainables.Split) -> np.ndarray:
+    """Whether the exported model in ``folder`` classifies each test photo right (split order)."""
+    exported = load_export(folder)
+    result, labels = classify_labelled(
+        exported.model, split.root, split.test, exported.preprocessing
+    )
+    if result.failed:
+        raise SystemExit(f"{folder}: unreadable test photos {sorted(result.failed)}")
+    return (result.logits.argmax(1) == labels).numpy()
+
+
+def paired_gain(search: np.ndarray, recipe: np.ndarray, seed: int) -> dict[str, float]:
+    """Test accuracy gain of one model over the recipe on the same photos, its 95 %
+    bootstrap interval (photos resampled, pairs kept), and the photos only one got right."""
+    diff = search.astype(np.float64) - recipe.astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(diff), (BOOTSTRAP, len(diff)))
+    low, high = np.percentile(diff[draws].mean(axis=1), [2.5, 97.5])
+    return {"gain": float(diff.mean()), "low": float(low), "high": float(high),
+            "only_search": int((diff > 0).sum()), "only_recipe": int((diff < 0).sum())}  # fmt: skip
 
 
 def tuner(*args: str) -> str:
@@ -191,7 +221,7 @@ def main() -> None:
         print(f"split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test")
         recipe = run_recipe(split, args)
         name = f"recipe (Lite0 {args.recipe_size} px, {args.recipe_epochs} epochs)"
-        rows.append([name, recipe["val_acc"], recipe["test_acc"], recipe["wall_s"]])
+        rows.append([name, recipe["val_acc"], recipe["test_acc"], "", "", recipe["wall_s"]])
 
         storage = tmp / "results"
         flags = ["--seed", str(args.seed), "--test-fraction", str(TEST_FRACTION)]
@@ -200,42 +230,66 @@ def main() -> None:
         if [p for p, _ in saved["test"]] != [p for p, _ in split.test]:
             raise SystemExit("the search's test split differs from the recipe's")
         board = json.loads((run.exp_dir / "best_config.json").read_text())
-        rows.append(["search: exported rank 1", board["val_acc"], board["test_acc"], run.wall_s])
 
         where = ("--storage", str(storage))
         t0 = time.perf_counter()
         refit = tuner("refit", "vs", *where)
         refit_acc = float(re.search(r"test_acc ([\d.]+)", refit).group(1))  # type: ignore[union-attr]
         refit_s = time.perf_counter() - t0
-        rows.append(["search + refit on train+val", None, refit_acc, run.wall_s + refit_s])
-        for method in ("greedy", "top"):
+        contenders = {  # name: (export flags, val_acc, test_acc the tuner reported, wall s)
+            "rank 1": ((), board["val_acc"], board["test_acc"], run.wall_s),
+            "refit": (("--refit",), None, refit_acc, run.wall_s + refit_s),
+            "greedy": (("--ensemble", "3", "--ensemble-method", "greedy"), None, None, 0.0),
+            "top": (("--ensemble", "3", "--ensemble-method", "top"), None, None, 0.0),
+        }
+        labels = {
+            "rank 1": "search: exported rank 1",
+            "refit": "search + refit on train+val",
+            "greedy": "search: ensemble of 3 (greedy)",
+            "top": "search: ensemble of 3 (top)",
+        }
+        gains: dict[str, dict[str, float]] = {}
+        for key, (export_flags, val_acc, reported, wall) in contenders.items():
             t0 = time.perf_counter()
-            out = tuner(
-                "export", "vs", *where, "--output", str(tmp / method), "--ensemble", "3",
-                "--ensemble-method", method,
-            )  # fmt: skip
-            config = json.loads((tmp / method / "config.json").read_text())["ensemble"]
-            rows.append([f"search: ensemble of 3 ({method})", config["val_acc"],
-                         config["test_acc"], run.wall_s + time.perf_counter() - t0])  # fmt: skip
-            print(f"  {out.strip().splitlines()[-1]}")
+            out = tuner("export", "vs", *where, "--output", str(tmp / key), *export_flags)
+            if "--ensemble" in export_flags:
+                config = json.loads((tmp / key / "config.json").read_text())["ensemble"]
+                val_acc, reported = config["val_acc"], config["test_acc"]
+                wall = run.wall_s + time.perf_counter() - t0
+                print(f"  {out.strip().splitlines()[-1]}")
+            right = test_right(tmp / key, split)
+            if abs(float(right.mean()) - reported) > 0.5 / len(right):
+                raise SystemExit(
+                    f"{key}: export scores {right.mean():.4f} on test, the tuner said {reported}"
+                )
+            gains[key] = paired_gain(right, recipe["test_right"], args.seed)
+            g = gains[key]
+            rows.append([labels[key], val_acc, float(right.mean()),
+                         f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]",
+                         f"{g['only_search']} / {g['only_recipe']}", wall])  # fmt: skip
 
     print()
-    print_table(["model", "val_acc", f"test_acc ({len(split.test)} photos)", "wall s"], rows)
+    n = len(split.test)
+    headers = ["model", "val_acc", f"test_acc ({n} photos)", "gain vs recipe [95% CI]",
+               "right only here / only recipe", "wall s"]  # fmt: skip
+    print_table(headers, rows)
     print(f"# at the end: {load_line()}")
-    test = {row[0]: float(row[2]) for row in rows}
-    recipe_acc = recipe["test_acc"]
+    test = {key: float(rows[i + 1][2]) for i, key in enumerate(contenders)}
     print_headlines(
         {
-            "recipe_test_acc": recipe_acc,
-            "search_test_acc": test["search: exported rank 1"],
-            "refit_test_acc": test["search + refit on train+val"],
-            "ensemble_greedy_test_acc": test["search: ensemble of 3 (greedy)"],
-            "ensemble_top_test_acc": test["search: ensemble of 3 (top)"],
+            "recipe_test_acc": recipe["test_acc"],
+            "search_test_acc": test["rank 1"],
+            "refit_test_acc": test["refit"],
+            "ensemble_greedy_test_acc": test["greedy"],
+            "ensemble_top_test_acc": test["top"],
             "recipe_wall_s": recipe["wall_s"],
             "search_wall_s": run.wall_s,
-            "test_acc_gain": test["search: exported rank 1"] - recipe_acc,
-            "refit_test_acc_gain": test["search + refit on train+val"] - recipe_acc,
-            "ensemble_test_acc_gain": test["search: ensemble of 3 (greedy)"] - recipe_acc,
+            "test_acc_gain": gains["rank 1"]["gain"],
+            "test_acc_gain_ci95_low": gains["rank 1"]["low"],
+            "test_acc_gain_ci95_high": gains["rank 1"]["high"],
+            "refit_test_acc_gain": gains["refit"]["gain"],
+            "ensemble_test_acc_gain": gains["greedy"]["gain"],
+            "ensemble_top_test_acc_gain": gains["top"]["gain"],
         }
     )
 

@@ -26,7 +26,7 @@ noise is not a difference between the two.
 
     uv run python benchmarks/vs_recipe.py           # ~45 min on 2 CPUs
     uv run python benchmarks/vs_recipe.py --seed 1  # another split, recipe and search
-    uv run python benchmarks/vs_recipe.py --space lite-accurate  # Lite1/Lite2, ~55 min
+    uv run python benchmarks/vs_recipe.py --space lite-accurate  # Lite1/Lite2, ~60 min
     uv run python benchmarks/vs_recipe.py --quick   # same code paths, a few minutes
 """
 

@@ -288,8 +288,8 @@ def main() -> None:
             "test_acc_gain_ci95_low": gains["rank 1"]["low"],
             "test_acc_gain_ci95_high": gains["rank 1"]["high"],
             "refit_test_acc_gain": gains["refit"]["gain"],
-            "ensemble_test_acc_gain": gains["greedy"]["gain"],
-            "ensemble_top_test_acc_gain": gains["top"]["gain"],
+            "ensemble_test_acc_gain": gains["top"]["gain"],
+            "ensemble_greedy_test_acc_gain": gains["greedy"]["gain"],
         }
     )
 

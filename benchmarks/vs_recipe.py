@@ -170,7 +170,7 @@ def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, A
             "wall_s": wall}  # fmt: skip
 
 
-def test_right(folder: Path, split: trainables.Split) -> np.ndarray:
+def right_on_test(folder: Path, split: trainables.Split) -> np.ndarray:
     """Whether the exported model in ``folder`` classifies each test photo right (split order)."""
     exported = load_export(folder)
     result, labels = classify_labelled(
@@ -257,7 +257,7 @@ def main() -> None:
                 val_acc, reported = config["val_acc"], config["test_acc"]
                 wall = run.wall_s + time.perf_counter() - t0
                 print(f"  {out.strip().splitlines()[-1]}")
-            right = test_right(tmp / key, split)
+            right = right_on_test(tmp / key, split)
             if abs(float(right.mean()) - reported) > 0.5 / len(right):
                 raise SystemExit(
                     f"{key}: export scores {right.mean():.4f} on test, the tuner said {reported}"

@@ -22,12 +22,17 @@ Prints each test accuracy and wall time, and ``test_acc_gain`` (the search's
 exported model minus the recipe). The gains are paired, photo by photo, on
 one test split of a few hundred photos, so each comes with a 95 % bootstrap
 interval and the photos only one side got right: a gain inside its interval's
-noise is not a difference between the two.
+noise is not a difference between the two. ``--record FILE`` keeps every
+model's photo-by-photo result; ``--pool FILE...`` reads several such records
+(one per split) and prints each contender's gain over all their photos, with
+the interval drawn split by split (photos resampled within each split).
 
     uv run python benchmarks/vs_recipe.py           # ~45 min on 2 CPUs
     uv run python benchmarks/vs_recipe.py --seed 1  # another split, recipe and search
     uv run python benchmarks/vs_recipe.py --space lite-accurate  # Lite1/Lite2, ~60 min
     uv run python benchmarks/vs_recipe.py --quick   # same code paths, a few minutes
+    uv run python benchmarks/vs_recipe.py --seed 3 --record s3.json  # keep the results
+    uv run python benchmarks/vs_recipe.py --pool s0.json s1.json s2.json  # over splits
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +91,52 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=len(os.sched_getaffinity(0)), help="recipe's loaders"
     )
+    parser.add_argument(
+        "--reuse", type=Path, metavar="KEPT",
+        help="run the recipe only, against the search kept (--keep) in this folder "
+        "(its space and seed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--record", type=Path, help="write every model's right/wrong per test photo to this JSON"
+    )
+    parser.add_argument(
+        "--pool", type=Path, nargs="+", metavar="RECORD",
+        help="no run: gains over the photos of these records' splits (one per split)",
+    )  # fmt: skip
     add_search_flags(parser, "12 photos/class, recipe 1 epoch at 64 px, smoke search")
     args = parser.parse_args()
+    if args.record is not None and not args.record.parent.is_dir():
+        parser.error(f"--record: no folder {args.record.parent}")
+    if args.reuse is not None:
+        missing = [k for k in ("results/vs/tuner.json", *EXPORTS) if not (args.reuse / k).exists()]
+        if missing:
+            parser.error(f"--reuse: {args.reuse} is not a folder kept by --keep (no {missing[0]})")
+        kept = json.loads((args.reuse / "results" / "vs" / "tuner.json").read_text())
+        args.space, args.seed = kept["space_name"], kept["space"]["budget"]["seed"]
+    if args.pool:
+        args.records = [read_record(path, parser) for path in args.pool]
+        seeds = [r["seed"] for r in args.records]
+        if len(set(seeds)) < len(seeds):
+            parser.error(f"--pool: records of the same split (seeds {seeds}); pool each once")
+        if len({r["space"] for r in args.records}) > 1:
+            parser.error("--pool: the records come from searches of different spaces")
     if args.quick:
         args.recipe_epochs, args.recipe_size, args.space = 1, 64, "smoke"
     return args
+
+
+def read_record(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """A ``--record`` file, or a usage error that says what is wrong with it."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"--pool: cannot read {path}: {exc}")
+    if not isinstance(record, dict) or not {"seed", "space", "recipe", "models"} <= set(record):
+        parser.error(f"--pool: {path} is not a record written by vs_recipe.py --record")
+    n = len(record["recipe"]["right"])
+    if any(len(model["right"]) != n for model in record["models"].values()):
+        parser.error(f"--pool: {path}: its models were scored on other photos than the recipe")
+    return record
 
 
 class Photos(Dataset[tuple[torch.Tensor, int]]):
@@ -181,12 +228,16 @@ def right_on_test(folder: Path, split: trainables.Split) -> np.ndarray:
     return (result.logits.argmax(1) == labels).numpy()
 
 
-def paired_gain(search: np.ndarray, recipe: np.ndarray, seed: int) -> dict[str, float]:
-    """Test accuracy gain of one model over the recipe on the same photos, its 95 %
-    bootstrap interval (photos resampled, pairs kept), and the photos only one got right."""
-    diff = search.astype(np.float64) - recipe.astype(np.float64)
-    draws = np.random.default_rng(seed).integers(0, len(diff), (BOOTSTRAP, len(diff)))
-    low, high = np.percentile(diff[draws].mean(axis=1), [2.5, 97.5])
+def paired_gain(pairs: list[tuple[np.ndarray, np.ndarray]], seed: int) -> dict[str, float]:
+    """Test accuracy gain of a model over the recipe, over the photos of one or more splits
+    (``pairs``: per split, whether each test photo was right by the model and by the
+    recipe), its 95 % bootstrap interval (photos resampled within each split, pairs
+    kept), and the photos only one side got right."""
+    diffs = [search.astype(np.float64) - recipe.astype(np.float64) for search, recipe in pairs]
+    rng = np.random.default_rng(seed)
+    sums = sum(d[rng.integers(0, len(d), (BOOTSTRAP, len(d)))].sum(axis=1) for d in diffs)
+    diff = np.concatenate(diffs)
+    low, high = np.percentile(np.asarray(sums) / len(diff), [2.5, 97.5])
     return {"gain": float(diff.mean()), "low": float(low), "high": float(high),
             "only_search": int((diff > 0).sum()), "only_recipe": int((diff < 0).sum())}  # fmt: skip
 
@@ -201,8 +252,95 @@ def tuner(*args: str) -> str:
     return proc.stdout
 
 
+EXPORTS = {  # contender: (label, `tuner export` flags)
+    "rank 1": ("search: exported rank 1", ()),
+    "refit": ("search + refit on train+val", ("--refit",)),
+    "greedy": (
+        "search: ensemble of 3 (greedy)",
+        ("--ensemble", "3", "--ensemble-method", "greedy"),
+    ),
+    "top": ("search: ensemble of 3 (top)", ("--ensemble", "3", "--ensemble-method", "top")),
+}
+
+
+def run_search_side(
+    args: argparse.Namespace, data: Path, storage: Path, tmp: Path
+) -> dict[str, float]:
+    """Search, refit rank 1 and export every contender under ``tmp``; the wall time (s)
+    from the search's start to each contender's export."""
+    flags = ["--seed", str(args.seed), "--test-fraction", str(TEST_FRACTION)]
+    run = run_search(args.space, data, storage, "vs", flags, verbose=args.verbose)
+    where = ("--storage", str(storage))
+    t0 = time.perf_counter()
+    tuner("refit", "vs", *where)
+    walls = {"rank 1": run.wall_s, "refit": run.wall_s + time.perf_counter() - t0}
+    for key, (_, export_flags) in EXPORTS.items():
+        t0 = time.perf_counter()
+        out = tuner("export", "vs", *where, "--output", str(tmp / key), *export_flags)
+        if key in ("greedy", "top"):
+            walls[key] = run.wall_s + time.perf_counter() - t0
+            print(f"  {out.strip().splitlines()[-1]}")
+    return walls
+
+
+def tuner_figures(folder: Path) -> tuple[float | None, float]:
+    """The val_acc (None for a refit) and test_acc the tuner recorded for an export folder."""
+    config = json.loads((folder / "config.json").read_text())
+    if "ensemble" in config:
+        return config["ensemble"]["val_acc"], config["ensemble"]["test_acc"]
+    if config["val_acc"] is None:  # a refit: its own record, next to its checkpoint
+        refit = json.loads((Path(config["source_checkpoint"]) / "refit.json").read_text())
+        return None, refit["test_acc"]
+    scores = json.loads((Path(config["experiment"]) / "test_scores.json").read_text())
+    return config["val_acc"], scores[config["trial_id"]]["test_acc"]
+
+
+@contextmanager
+def reuse_or_work_dir(args: argparse.Namespace) -> Iterator[Path]:
+    """The kept folder of ``--reuse``, else a fresh work folder (kept with ``--keep``)."""
+    if args.reuse:
+        yield args.reuse
+    else:
+        with work_dir(args.keep, "bench-vs-recipe-") as tmp:
+            yield tmp
+
+
+def pool(records: list[dict[str, Any]]) -> None:
+    """Each model's gain over the recipe across the splits of ``records``, and pooled."""
+    seeds = [r["seed"] for r in records]
+    print(f"# The search vs the classic recipe over {len(records)} splits (seeds {seeds}), "
+          f"--space {records[0]['space']}")  # fmt: skip
+    keys = [k for k in records[0]["models"] if all(k in r["models"] for r in records)]
+    recipe = [np.asarray(r["recipe"]["right"], dtype=bool) for r in records]
+    rows, gains = [], {}
+    for key in keys:
+        right = [np.asarray(r["models"][key]["right"], dtype=bool) for r in records]
+        per_split = [m.mean() - c.mean() for m, c in zip(right, recipe, strict=True)]
+        gains[key] = g = paired_gain(list(zip(right, recipe, strict=True)), 0)
+        rows.append([records[0]["models"][key]["label"], float(np.concatenate(right).mean()),
+                     f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]",
+                     " ".join(f"{x:+.3f}" for x in per_split),
+                     f"{g['only_search']} / {g['only_recipe']}"])  # fmt: skip
+    n = sum(len(r) for r in recipe)
+    print(f"recipe: test_acc {np.concatenate(recipe).mean():.4f} over {n} photos")
+    headers = ["model", f"test_acc ({n} photos)", "gain vs recipe [95% CI]",
+               f"gain per split (seeds {' '.join(map(str, seeds))})",
+               "right only here / only recipe"]  # fmt: skip
+    print_table(headers, rows)
+    figures: dict[str, object] = {"splits": len(records)}
+    for key, name in (("rank 1", "test_acc_gain"), ("refit", "refit_test_acc_gain"),
+                      ("top", "ensemble_test_acc_gain")):  # fmt: skip
+        if key in gains:
+            figures[f"pooled_{name}"] = gains[key]["gain"]
+            figures[f"pooled_{name}_ci95_low"] = gains[key]["low"]
+    print_headlines(figures)
+
+
 def main() -> None:
     args = parse_args()
+    if args.pool:
+        pool(args.records)
+        return
     data = check_data(args.data)
     print(f"# The search vs the classic recipe, {environment_line()}")
     print(
@@ -212,9 +350,9 @@ def main() -> None:
     )
     print(f"# {load_line()}")
     rows = []
-    with work_dir(args.keep, "bench-vs-recipe-") as tmp:
+    with reuse_or_work_dir(args) as tmp:
         if args.quick:
-            data = make_subset(data, tmp / "photos", per_class=12)
+            data = tmp / "photos" if args.reuse else make_subset(data, tmp / "photos", 12)
         split = trainables.make_split(
             trainables.scan_folder(data), VAL_FRACTION, args.seed, test_fraction=TEST_FRACTION
         )
@@ -224,74 +362,61 @@ def main() -> None:
         rows.append([name, recipe["val_acc"], recipe["test_acc"], "", "", recipe["wall_s"]])
 
         storage = tmp / "results"
-        flags = ["--seed", str(args.seed), "--test-fraction", str(TEST_FRACTION)]
-        run = run_search(args.space, data, storage, "vs", flags, verbose=args.verbose)
-        saved = json.loads((run.exp_dir / "split.json").read_text())
+        walls = {} if args.reuse else run_search_side(args, data, storage, tmp)
+        saved = json.loads((storage / "vs" / "split.json").read_text())
         if [p for p, _ in saved["test"]] != [p for p, _ in split.test]:
-            raise SystemExit("the search's test split differs from the recipe's")
-        board = json.loads((run.exp_dir / "best_config.json").read_text())
-
-        where = ("--storage", str(storage))
-        t0 = time.perf_counter()
-        refit = tuner("refit", "vs", *where)
-        refit_acc = float(re.search(r"test_acc ([\d.]+)", refit).group(1))  # type: ignore[union-attr]
-        refit_s = time.perf_counter() - t0
-        contenders = {  # name: (export flags, val_acc, test_acc the tuner reported, wall s)
-            "rank 1": ((), board["val_acc"], board["test_acc"], run.wall_s),
-            "refit": (("--refit",), None, refit_acc, run.wall_s + refit_s),
-            "greedy": (("--ensemble", "3", "--ensemble-method", "greedy"), None, None, 0.0),
-            "top": (("--ensemble", "3", "--ensemble-method", "top"), None, None, 0.0),
-        }
-        labels = {
-            "rank 1": "search: exported rank 1",
-            "refit": "search + refit on train+val",
-            "greedy": "search: ensemble of 3 (greedy)",
-            "top": "search: ensemble of 3 (top)",
-        }
+            print(f"error: the search's test split differs from the recipe's (--seed {args.seed}?)",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(2)
         gains: dict[str, dict[str, float]] = {}
-        for key, (export_flags, val_acc, reported, wall) in contenders.items():
-            t0 = time.perf_counter()
-            out = tuner("export", "vs", *where, "--output", str(tmp / key), *export_flags)
-            if "--ensemble" in export_flags:
-                config = json.loads((tmp / key / "config.json").read_text())["ensemble"]
-                val_acc, reported = config["val_acc"], config["test_acc"]
-                wall = run.wall_s + time.perf_counter() - t0
-                print(f"  {out.strip().splitlines()[-1]}")
+        models: dict[str, dict[str, Any]] = {}
+        for key, (label, _) in EXPORTS.items():
+            val_acc, reported = tuner_figures(tmp / key)
             right = right_on_test(tmp / key, split)
             if abs(float(right.mean()) - reported) > 0.5 / len(right):
                 raise SystemExit(
                     f"{key}: export scores {right.mean():.4f} on test, the tuner said {reported}"
                 )
-            gains[key] = paired_gain(right, recipe["test_right"], args.seed)
+            wall = walls.get(key)
+            gains[key] = paired_gain([(right, recipe["test_right"])], args.seed)
+            models[key] = {"label": label, "val_acc": val_acc, "wall_s": wall,
+                           "right": right.astype(int).tolist()}  # fmt: skip
             g = gains[key]
-            rows.append([labels[key], val_acc, float(right.mean()),
+            rows.append([label, val_acc, float(right.mean()),
                          f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]",
-                         f"{g['only_search']} / {g['only_recipe']}", wall])  # fmt: skip
+                         f"{g['only_search']} / {g['only_recipe']}", wall or ""])  # fmt: skip
 
+    if args.record is not None:
+        recipe_record = {k: v for k, v in recipe.items() if k != "test_right"}
+        recipe_record["right"] = recipe["test_right"].astype(int).tolist()
+        record = {"seed": args.seed, "space": args.space, "data": str(data),
+                  "test": [path for path, _ in split.test], "search_wall_s": walls.get("rank 1"),
+                  "recipe": recipe_record, "models": models}  # fmt: skip
+        args.record.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.record}")
     print()
     n = len(split.test)
     headers = ["model", "val_acc", f"test_acc ({n} photos)", "gain vs recipe [95% CI]",
                "right only here / only recipe", "wall s"]  # fmt: skip
     print_table(headers, rows)
     print(f"# at the end: {load_line()}")
-    test = {key: float(rows[i + 1][2]) for i, key in enumerate(contenders)}
-    print_headlines(
-        {
-            "recipe_test_acc": recipe["test_acc"],
-            "search_test_acc": test["rank 1"],
-            "refit_test_acc": test["refit"],
-            "ensemble_greedy_test_acc": test["greedy"],
-            "ensemble_top_test_acc": test["top"],
-            "recipe_wall_s": recipe["wall_s"],
-            "search_wall_s": run.wall_s,
-            "test_acc_gain": gains["rank 1"]["gain"],
-            "test_acc_gain_ci95_low": gains["rank 1"]["low"],
-            "test_acc_gain_ci95_high": gains["rank 1"]["high"],
-            "refit_test_acc_gain": gains["refit"]["gain"],
-            "ensemble_test_acc_gain": gains["top"]["gain"],
-            "ensemble_greedy_test_acc_gain": gains["greedy"]["gain"],
-        }
-    )
+    test = {key: float(rows[i + 1][2]) for i, key in enumerate(EXPORTS)}
+    figures = {
+        "recipe_test_acc": recipe["test_acc"],
+        "search_test_acc": test["rank 1"],
+        "refit_test_acc": test["refit"],
+        "ensemble_greedy_test_acc": test["greedy"],
+        "ensemble_top_test_acc": test["top"],
+        "recipe_wall_s": recipe["wall_s"],
+        "search_wall_s": walls.get("rank 1"),
+        "test_acc_gain": gains["rank 1"]["gain"],
+        "test_acc_gain_ci95_low": gains["rank 1"]["low"],
+        "test_acc_gain_ci95_high": gains["rank 1"]["high"],
+        "refit_test_acc_gain": gains["refit"]["gain"],
+        "ensemble_test_acc_gain": gains["top"]["gain"],
+        "ensemble_greedy_test_acc_gain": gains["greedy"]["gain"],
+    }
+    print_headlines({name: value for name, value in figures.items() if value is not None})
 
 
 if __name__ == "__main__":

@@ -319,10 +319,12 @@ def test_refit_trains_the_chosen_config_on_train_and_val_and_scores_it_on_test(
     assert state["config"]["seed"] == board.loc[0, "seed"]
     # `export --refit` exports the refit model, not the search checkpoint.
     out = tmp_path / "refit-export"
-    code, _, err = run_cli(
+    code, printed, err = run_cli(
         "export", "e2e", "--storage", str(storage), "--output", str(out), "--refit"
     )
     assert code == 0, err
+    said = f"the refit of trial {trial_id} (rank 1, retrained on train+val for {record['epochs']}"
+    assert said in printed, printed
     exported = torch.load(out / "model.pt", weights_only=True)
     assert all(torch.equal(exported[k], v) for k, v in state["model"].items())
     config = json.loads((out / "config.json").read_text())

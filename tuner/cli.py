@@ -151,7 +151,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         trial = load_refit(trial)
     for path in export_trial(trial, Path(args.output)):
         print(f"Wrote {path}")
-    print(f"Exported trial {trial.trial_id} (rank {trial.rank}, val_acc {trial.val_acc})")
+    if args.refit:
+        print(f"Exported the refit of trial {trial.trial_id} (rank {trial.rank}, retrained on "
+              f"train+val for {trial.best_epoch} epoch(s))")  # fmt: skip
+    else:
+        print(f"Exported trial {trial.trial_id} (rank {trial.rank}, val_acc {trial.val_acc:.4f})")
     return 0
 
 

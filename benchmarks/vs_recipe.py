@@ -111,6 +111,9 @@ def parse_args() -> argparse.Namespace:
         missing = [k for k in ("results/vs/tuner.json", *EXPORTS) if not (args.reuse / k).exists()]
         if missing:
             parser.error(f"--reuse: {args.reuse} is not a folder kept by --keep (no {missing[0]})")
+        if args.quick != (args.reuse / "photos").is_dir():
+            run = "a --quick run" if args.quick else "a full run"
+            parser.error(f"--reuse: {args.reuse} was not kept by {run}; pass --quick with both")
         kept = json.loads((args.reuse / "results" / "vs" / "tuner.json").read_text())
         args.space, args.seed = kept["space_name"], kept["space"]["budget"]["seed"]
     if args.pool:

@@ -155,7 +155,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"Exported the refit of trial {trial.trial_id} (rank {trial.rank}, retrained on "
               f"train+val for {trial.best_epoch} epoch(s))")  # fmt: skip
     else:
-        print(f"Exported trial {trial.trial_id} (rank {trial.rank}, val_acc {trial.val_acc:.4f})")
+        val = "-" if trial.val_acc is None else f"{trial.val_acc:.4f}"
+        print(f"Exported trial {trial.trial_id} (rank {trial.rank}, val_acc {val})")
     return 0
 
 

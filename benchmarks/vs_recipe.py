@@ -56,6 +56,7 @@ from _common import (
     add_search_flags,
     check_data,
     environment_line,
+    experiment_at,
     load_line,
     make_subset,
     print_headlines,
@@ -69,8 +70,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import trainables
+from tuner._experiment import REFIT_DIR
 from tuner._export import load_export
+from tuner._holdout import load_scores
 from tuner._inference import classify_labelled
+from tuner._refit import REFIT_RECORD
 
 VAL_FRACTION, TEST_FRACTION = 0.2, 0.15
 BOOTSTRAP = 10_000
@@ -114,8 +118,8 @@ def parse_args() -> argparse.Namespace:
         if args.quick != (args.reuse / "photos").is_dir():
             run = "a --quick run" if args.quick else "a full run"
             parser.error(f"--reuse: {args.reuse} was not kept by {run}; pass --quick with both")
-        kept = json.loads((args.reuse / "results" / "vs" / "tuner.json").read_text())
-        args.space, args.seed = kept["space_name"], kept["space"]["budget"]["seed"]
+        kept = experiment_at(args.reuse / "results" / "vs").record()
+        args.space, args.seed = kept.space_name, kept.space["budget"]["seed"]
     if args.pool:
         args.records = [read_record(path, parser) for path in args.pool]
         seeds = [r["seed"] for r in args.records]
@@ -286,16 +290,16 @@ def run_search_side(
     return walls
 
 
-def tuner_figures(folder: Path) -> tuple[float | None, float]:
-    """The val_acc (None for a refit) and test_acc the tuner recorded for an export folder."""
+def tuner_figures(folder: Path, exp: Any) -> tuple[float | None, float]:
+    """The val_acc (None for a refit) and test_acc the tuner recorded in experiment ``exp``
+    for the export folder ``folder``."""
     config = json.loads((folder / "config.json").read_text())
     if "ensemble" in config:
         return config["ensemble"]["val_acc"], config["ensemble"]["test_acc"]
     if config["val_acc"] is None:  # a refit: its own record, next to its checkpoint
-        refit = json.loads((Path(config["source_checkpoint"]) / "refit.json").read_text())
+        refit = exp.read_json(f"{REFIT_DIR}/{config['trial_id']}/{REFIT_RECORD}")
         return None, refit["test_acc"]
-    scores = json.loads((Path(config["experiment"]) / "test_scores.json").read_text())
-    return config["val_acc"], scores[config["trial_id"]]["test_acc"]
+    return config["val_acc"], load_scores(exp)[config["trial_id"]]["test_acc"]
 
 
 @contextmanager
@@ -366,15 +370,15 @@ def main() -> None:
 
         storage = tmp / "results"
         walls = {} if args.reuse else run_search_side(args, data, storage, tmp)
-        saved = json.loads((storage / "vs" / "split.json").read_text())
-        if [p for p, _ in saved["test"]] != [p for p, _ in split.test]:
+        exp = experiment_at(storage / "vs")
+        if [p for p, _ in exp.split().test] != [p for p, _ in split.test]:
             print(f"error: the search's test split differs from the recipe's (--seed {args.seed}?)",
                   file=sys.stderr)  # fmt: skip
             raise SystemExit(2)
         gains: dict[str, dict[str, float]] = {}
         models: dict[str, dict[str, Any]] = {}
         for key, (label, _) in EXPORTS.items():
-            val_acc, reported = tuner_figures(tmp / key)
+            val_acc, reported = tuner_figures(tmp / key, exp)
             right = right_on_test(tmp / key, split)
             if abs(float(right.mean()) - reported) > 0.5 / len(right):
                 raise SystemExit(

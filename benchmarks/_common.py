@@ -31,6 +31,7 @@ SPACES = ROOT / "search_spaces"
 # Lines of `tuner search` output worth showing live (the full output goes to a log file).
 _ECHO_PREFIXES = (
     "Split:",
+    "Decoded",
     "Search:",
     "Results:",
     "Trials:",
@@ -40,7 +41,7 @@ _ECHO_PREFIXES = (
     "error",
     "Error",
 )
-_CACHE_RE = re.compile(r"decoded at (\d+)px in ([\d.]+)s \((\d+) MiB, one copy shared")
+_CACHE_RE = re.compile(r"Decoded \d+ photos at (\d+)px in ([\d.]+)s .*?\((\d+) MiB on disk")
 
 
 def add_search_flags(parser: argparse.ArgumentParser, quick_help: str) -> None:
@@ -120,7 +121,7 @@ class SearchRun:
 
     @property
     def cache(self) -> tuple[int, float, int] | None:
-        """(decoded px, decode seconds, MiB) from the search's "Split:" line."""
+        """(decoded px, decode seconds, MiB) from the search's "Decoded" line (None if reused)."""
         match = _CACHE_RE.search(self.output)
         if match is None:
             return None
@@ -136,15 +137,16 @@ def run_search(
     *,
     verbose: bool = False,
     watcher: Watcher | None = None,
+    cache: Path | None = None,
 ) -> SearchRun:
     """Run ``python -m tuner search`` as a user would; stream it to a log, echo key lines.
 
-    Each search starts with an empty frozen-activation cache of its own, so its
-    time includes computing them. Exits the benchmark (with the tail of the
-    log) if the search fails.
+    Each search starts with an empty cache of its own (decoded photos, frozen
+    activations), so its time includes filling it, unless ``cache`` names one
+    to share. Exits the benchmark (with the tail of the log) if the search fails.
     """
     storage.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TUNER_CACHE": str(storage / f"{name}-cache")}
+    env = {**os.environ, "TUNER_CACHE": str(cache or storage / f"{name}-cache")}
     log = storage / f"{name}.log"
     cmd = [
         sys.executable,

@@ -216,14 +216,7 @@ def subset_cache(
     rng = np.random.default_rng(seed)
     train = np.sort(rng.choice(len(cache.train_y), size=n_train, replace=False))
     val = np.sort(rng.choice(len(cache.val_y), size=min(n_val, len(cache.val_y)), replace=False))
-    return trainables.ImageCache(
-        classes=cache.classes,
-        size=cache.size,
-        train_x=np.ascontiguousarray(cache.train_x[train]),
-        train_y=cache.train_y[train],
-        val_x=np.ascontiguousarray(cache.val_x[val]),
-        val_y=cache.val_y[val],
-    )
+    return cache.subset(train, val)
 
 
 def augment_seconds_per_image(

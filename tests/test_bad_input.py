@@ -241,7 +241,7 @@ def test_class_names_with_spaces_and_non_ascii(tmp_path):
     root = two_classes(tmp_path / "d", {"wild rose": 3, "pâquerette": 3})
     usable, decoded = screen(scan_folder(root), 16)
     assert usable.classes == ["pâquerette", "wild rose"] and len(usable.files) == 6
-    assert decoded.shape == (6, 3, 16, 16)
+    assert decoded.pixels.array().shape == (6, 3, 16, 16)
 
 
 @pytest.mark.parametrize(

@@ -184,12 +184,14 @@ def test_the_optuna_study_is_persisted_for_optuna_tools(finished):
     assert {"lr", "batch_size", "freeze_depth", "optimizer"} <= set(study.best_params)
 
 
-def test_test_searches_keep_frozen_activations_out_of_the_users_home(finished, own_feature_cache):
-    """The e2e search's frozen trials (pretrained Lite0) stored activations in the test
-    run's own cache folder, which every test search inherits as ``$TUNER_CACHE``."""
+def test_test_searches_keep_their_caches_out_of_the_users_home(finished, own_feature_cache):
+    """The e2e search decoded its photos, and its frozen trials (pretrained Lite0) stored
+    activations, in the test run's own cache folder, which every test search inherits as
+    ``$TUNER_CACHE``."""
     proc, _, _ = finished
     assert proc.returncode == 0
-    assert list((own_feature_cache / "features").glob("*.pt"))
+    assert list((own_feature_cache / "features").glob("*-val.npy"))
+    assert list((own_feature_cache / "decoded").glob("*/pixels.u8"))
 
 
 def test_the_top_trials_are_scored_once_on_the_held_out_test_split(finished, capsys):

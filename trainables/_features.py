@@ -18,12 +18,13 @@ head trains), ``freeze_depth = 1..3`` the feature map of the last frozen stage.
 The cache is used when it fits in :func:`max_cache_bytes` (default 1 GiB,
 ``$TUNER_FEATURE_CACHE_MB``); otherwise the frozen stages simply run every step.
 
-The activations are also kept on disk, keyed by model, weights, image size,
-depth, augmentation strength and the exact decoded photos, so the next trial
-with the same key loads them instead. They live in ``$TUNER_CACHE/features``
-(default ``~/.cache/flower-tune/features``), which is kept under 4 GiB by
-removing the least recently used entries; ``TUNER_FEATURE_CACHE=off``
-disables it.
+The activations are written to disk as they are computed (``.npy`` files,
+mapped: a trial's own memory does not hold them), keyed by model, weights,
+image size, depth, augmentation strength and the exact decoded photos, so the
+next trial with the same key maps them instead. They live in
+``$TUNER_CACHE/features`` (default ``~/.cache/flower-tune/features``), which
+is kept under 4 GiB by removing the least recently used entries;
+``TUNER_FEATURE_CACHE=off`` keeps them in the trial's memory instead.
 
 Example:
     >>> from trainables import TrialConfig
@@ -41,20 +42,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
 from trainables._models import frozen_output_part
+from trainables._store import cache_root
 
-_BATCH = 32  # Lite0 runs ~1.5x faster per image at 32 than at 128 on CPU
+BATCH = 32  # Lite0 runs ~1.5x faster per image at 32 than at 128 on CPU
 # Augmented views of each training photo whose frozen activations are kept.
 AUGMENTED_VIEWS = 4
-_DISK_BUDGET_BYTES = 4 << 30
+FEATURE_DISK_BUDGET = 4 << 30
 
 
 def max_cache_bytes() -> int:
@@ -94,92 +96,90 @@ def views_for(cfg: TrialConfig) -> int:
 def _cache_dir() -> Path | None:
     if os.environ.get("TUNER_FEATURE_CACHE", "").lower() in ("off", "0", "false"):
         return None
-    root = os.environ.get("TUNER_CACHE") or Path.home() / ".cache" / "flower-tune"
-    return Path(root) / "features"
+    return cache_root() / "features"
 
 
 def feature_key(cfg: TrialConfig, data: ImageCache, weights: str) -> str:
-    """Identifies activations: model, weights, image size, depth, views and the decoded photos."""
+    """Identifies activations: model, weights, image size, depth, views and the decoded photos
+    (the decoded entry's key and the train and val rows of it)."""
     h = hashlib.blake2b(digest_size=16)
     views = views_for(cfg)
     aug = f"{cfg.aug_strength!r}x{views}" if views else "plain"
     h.update(f"{cfg.model}|{weights}|{cfg.image_size}|{cfg.freeze_depth}|{data.size}|".encode())
-    h.update(f"{aug}|".encode())
-    for array in (data.train_x, data.val_x):
-        h.update(np.ascontiguousarray(array).data)
+    h.update(f"{aug}|{data.key}|".encode())
+    for rows in (data.train_rows, data.val_rows):
+        h.update(np.ascontiguousarray(rows, dtype=np.int64).data)
+        h.update(b"|")
     return h.hexdigest()
 
 
-def in_batches(
-    compute: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """``compute`` over ``x`` in batches, concatenated as ``dtype``, without gradients."""
-    with torch.no_grad():
-        return torch.cat([compute(x[i : i + _BATCH]).to(dtype) for i in range(0, len(x), _BATCH)])
-
-
-def _entry(key: str | None) -> Path | None:
+def _entry(key: str | None, part: str) -> Path | None:
     folder = _cache_dir() if key else None
-    return folder / f"{key}.pt" if folder else None
+    return folder / f"{key}-{part}.npy" if folder else None
 
 
-def load_features(
-    key: str | None, shape: tuple[tuple[int, ...], tuple[int, ...]]
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(train, val) activations stored under ``key``, or None.
-
-    ``shape`` gives the leading dimensions expected of each (rows, or views
-    and rows); a stored entry that does not match them, or cannot be read,
-    counts as absent.
-    """
-    path = _entry(key)
+def load_features(key: str | None, part: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The activations ``part`` ("train", "val", "views") stored under ``key``, mapped
+    read-only, or None. ``shape`` gives the leading dimensions expected (rows, or views
+    and rows); an entry that does not match them, or cannot be read, counts as absent."""
+    path = _entry(key, part)
     if path is None or not path.is_file():
         return None
     try:
-        stored = torch.load(path, weights_only=True)
-        train_f, val_f = stored["train"], stored["val"]
-        if (train_f.shape[: len(shape[0])], val_f.shape[: len(shape[1])]) == shape:
+        stored = np.load(path, mmap_mode="r")
+        if stored.shape[: len(shape)] == shape:
             os.utime(path)  # recently used: pruned last
-            return train_f, val_f
-    except Exception:  # a damaged cache entry is recomputed, never fatal
+            return stored
+    except (OSError, ValueError):  # a damaged cache entry is recomputed, never fatal
         pass
     return None
 
 
-def store_features(key: str | None, train_f: torch.Tensor, val_f: torch.Tensor) -> None:
-    """Keep (train, val) activations under ``key`` for later trials (best effort)."""
-    path = _entry(key)
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"train": train_f.cpu(), "val": val_f.cpu()}, tmp)
-        os.replace(tmp, path)
-        prune(path.parent, _DISK_BUDGET_BYTES)
-    except OSError:
-        pass  # the cache is an optimisation; a read-only home must not fail a trial
+class FeatureFile:
+    """Activations being computed: a writable map on disk (or an array in memory when the
+    disk cache is off or unwritable), renamed into the cache by :meth:`keep` when full."""
 
+    def __init__(self, key: str | None, part: str, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path = _entry(key, part)
+        self.tmp: Path | None = None
+        self.array: np.ndarray
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f"{self.path.stem}.", dir=self.path.parent)
+                os.close(fd)
+                self.tmp = Path(name)
+                self.array = np.lib.format.open_memmap(self.tmp, "w+", dtype, shape)
+                return
+            except OSError:  # the cache is an optimisation; a read-only home must not fail
+                self.discard()
+        self.array = np.empty(shape, dtype)
 
-def cached_features(
-    key: str | None,
-    compute_train: Callable[[], torch.Tensor],
-    compute_val: Callable[[], torch.Tensor],
-    shape: tuple[tuple[int, ...], tuple[int, ...]],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) activations from the disk cache, or computed and stored."""
-    stored = load_features(key, shape)
-    if stored is not None:
-        return stored
-    train_f, val_f = compute_train(), compute_val()
-    store_features(key, train_f, val_f)
-    return train_f, val_f
+    def keep(self) -> np.ndarray:
+        """The full array, from now on mapped read-only from the cache (when there is one)."""
+        if self.tmp is None or self.path is None:
+            return self.array
+        try:
+            flush = getattr(self.array, "flush", None)
+            if flush:
+                flush()
+            os.replace(self.tmp, self.path)
+            self.tmp = None
+            prune(self.path.parent, FEATURE_DISK_BUDGET)
+            return np.load(self.path, mmap_mode="r")
+        except OSError:
+            return self.array
+
+    def discard(self) -> None:
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
 
 
 def prune(folder: Path, budget_bytes: int) -> list[Path]:
     """Remove the least recently used entries until ``folder`` holds at most ``budget_bytes``."""
     entries = []
-    for path in folder.glob("*.pt"):
+    for path in folder.glob("*.npy"):
         try:
             stat = path.stat()
         except OSError:

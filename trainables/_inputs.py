@@ -13,17 +13,22 @@
   computed as epochs 1..V first use them, then kept; later epochs draw one
   view per photo.
 
-Every tensor a step indexes or combines (photos or activations, labels, the
-per-epoch order) lives on ``precision.device``: this module moves them there,
-in one place, whatever device they were decoded, computed or loaded on.
+Photos and activations stay on the host, memory-mapped from disk
+(:class:`Rows`); :func:`stream` gathers each batch's rows on a background
+thread while the previous step computes, into pinned memory on a GPU, and
+copies them to the device without blocking (on a side CUDA stream). So a
+trial's device memory and its own host memory do not grow with the number
+of photos. Labels and augmentation parameters live on the device.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,13 +38,12 @@ from trainables._augment import apply_params, augment_batch, draw_params, eval_t
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
 from trainables._features import (
+    BATCH,
+    FeatureFile,
     cache_fits,
     cache_part,
-    cached_features,
     feature_key,
-    in_batches,
     load_features,
-    store_features,
     views_for,
 )
 from trainables._models import STEM, normalization, pretrained_weights_file, run_parts
@@ -49,14 +53,99 @@ InputKind = Literal["images", "activations", "views"]
 
 # Augmented views are drawn from this seed (not the trial's), so trials share them.
 _VIEW_SEED = 20_231_123
+_PREFETCH = 2  # batches gathered ahead of the step
 
 
-def _on(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A tensor of ``array`` on ``device``; on the CPU a view of it, without a copy."""
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor over ``array`` without a copy (a read-only map is never written)."""
     with warnings.catch_warnings():
-        # The object store maps arrays read-only; nothing here writes to them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.asarray(array)).to(device)
+        return torch.from_numpy(np.asarray(array))
+
+
+class Rows:
+    """Rows ``rows`` of a host array (a memory map, usually): ``gather`` copies a batch of them."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self.array = array
+        self.rows = np.arange(len(array)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.source = _tensor(array)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.array.shape[1:])
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """A new CPU tensor of the rows at positions ``idx`` (a CPU index tensor)."""
+        at = torch.from_numpy(self.rows[idx.numpy()])
+        return self.source.index_select(0, at)
+
+
+def stream(
+    gather: Callable[[torch.Tensor], torch.Tensor],
+    batches: Sequence[torch.Tensor],
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
+    """``gather(idx)`` of each batch, on ``device``, prepared ahead on a background thread.
+
+    On a GPU each batch is gathered into pinned memory and copied on a side
+    stream without blocking; the step's stream waits for that copy alone.
+    """
+    cuda = device.type == "cuda"
+    copies = torch.cuda.Stream(device) if cuda else None
+    ready: queue.Queue[Any] = queue.Queue(maxsize=_PREFETCH)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for idx in batches:
+                host = gather(idx)
+                if copies is not None:
+                    host = host.pin_memory()
+                    with torch.cuda.stream(copies):
+                        moved = host.to(device, non_blocking=True)
+                        done = torch.cuda.Event()
+                        done.record(copies)
+                    item: Any = (moved, done)
+                else:
+                    item = (host.to(device), None)
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as exc:  # handed to the step, raised there
+            put(exc)
+
+    worker = threading.Thread(target=work, name="batch-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            batch, done = item
+            if done is not None:
+                current = torch.cuda.current_stream(device)
+                current.wait_event(done)
+                batch.record_stream(current)
+            yield batch
+    finally:
+        stop.set()
+        worker.join()
 
 
 class AugmentedViews:
@@ -65,55 +154,59 @@ class AugmentedViews:
     View ``v`` of photo ``i`` is the prefix's output on the photo augmented
     with the ``(v, i)``-th parameters of one fixed seeded draw, so it is the
     same whichever trial, epoch or batch computes it. :meth:`rows` computes
-    the pairs it is asked for that are still missing; once all are there,
-    ``on_complete`` gets the full tensor (to keep it on disk).
+    the pairs it is asked for that are still missing, into a file mapped from
+    the disk cache; once all are there, the file is kept for later trials.
     """
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: Rows,
         image_size: int,
         strength: float,
         views: int,
         prefix: Callable[[torch.Tensor], torch.Tensor],
-        on_complete: Callable[[torch.Tensor], None],
-        stored: torch.Tensor | None = None,
+        key: str | None,
+        stored: np.ndarray | None = None,
     ) -> None:
         self.images, self.image_size, self.views = images, image_size, views
-        self.prefix, self.on_complete = prefix, on_complete
-        n, device = len(images), images.device
+        self.prefix, self.key = prefix, key
+        n = len(images)
         self.params = draw_params(views * n, strength, torch.Generator().manual_seed(_VIEW_SEED))
-        self.store = stored.to(device) if stored is not None else None
-        self.done = torch.full((views, n), stored is not None, dtype=torch.bool, device=device)
+        self.file: FeatureFile | None = None
+        self.store = _tensor(stored) if stored is not None else None
+        self.done = torch.full((views, n), stored is not None, dtype=torch.bool)
         self.complete = stored is not None
 
     def __len__(self) -> int:
         return self.views
 
-    def rows(self, view: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Activations (float16) of view ``view[j]`` of photo ``idx[j]`` for every j."""
+    def rows(self, view: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Activations (float16, on ``device``) of view ``view[j]`` of photo ``idx[j]``."""
+        view, idx = view.cpu(), idx.cpu()
         missing = None if self.complete else ~self.done[view, idx]
         if missing is not None and bool(missing.any()):
             mv, mi = view[missing], idx[missing]
-            flat = (mv * len(self.images) + mi).cpu()
-            params = self.params.select(flat)
+            params = self.params.select(mv * len(self.images) + mi)
+            photos = self.images.gather(mi).to(device)
             with torch.no_grad():
-                out = self.prefix(apply_params(self.images[mi], self.image_size, params))
+                out = self.prefix(apply_params(photos, self.image_size, params.to(device)))
             if self.store is None:
                 shape = (self.views, len(self.images), *out.shape[1:])
-                self.store = torch.empty(shape, dtype=torch.float16, device=out.device)
-            self.store[mv, mi] = out.to(torch.float16)
+                self.file = FeatureFile(self.key, "views", shape, np.float16)
+                self.store = torch.from_numpy(self.file.array)
+            self.store[mv, mi] = out.to("cpu", torch.float16)
             self.done[mv, mi] = True
             if bool(self.done.all()):
                 self.complete = True
-                self.on_complete(self.store)
+                if self.file is not None:
+                    self.store = _tensor(self.file.keep())
         assert self.store is not None
-        return self.store[view, idx]
+        return self.store[view, idx].to(device)
 
 
 @dataclass(frozen=True)
 class TrainInputs:
-    """A trial's training and validation inputs, all on one device.
+    """A trial's training and validation inputs: host rows streamed to ``device``.
 
     ``train`` holds one row per training photo: decoded images (``images``,
     and the source of ``views``) or activations; ``start`` is the first part
@@ -122,69 +215,111 @@ class TrainInputs:
 
     kind: InputKind
     start: int
-    train: torch.Tensor
+    train: Rows
     train_labels: torch.Tensor
-    val: torch.Tensor
+    val: Rows  # decoded images (cropped per batch) or activations
     val_labels: torch.Tensor
     image_size: int
     strength: float
     mean: Sequence[float]
     std: Sequence[float]
+    device: torch.device
     views: AugmentedViews | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.train.device
 
     def __len__(self) -> int:
         return len(self.train_labels)
 
+    def train_batches(
+        self, batches: Sequence[torch.Tensor], generator: torch.Generator, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(network input, labels) of each batch of training rows in ``epoch`` (1, 2, ...).
+
+        Random draws (augmentation, which view) come from ``generator`` in
+        batch order, whatever is prepared ahead.
+        """
+        if self.views is not None:
+            for idx in batches:
+                yield self.train_batch(idx, generator, epoch)
+            return
+        for idx, rows in zip(batches, stream(self.train.gather, batches, self.device), strict=True):
+            yield self._train_input(rows, generator), self.train_labels[idx.to(self.device)]
+
     def train_batch(
         self, idx: torch.Tensor, generator: torch.Generator, epoch: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(network input, labels) of training rows ``idx`` in ``epoch`` (1, 2, ...).
-
-        Random draws (augmentation, which view) come from ``generator``.
-        """
-        idx = idx.to(self.device)
+        """(network input, labels) of training rows ``idx`` in ``epoch``, without prefetching."""
+        labels = self.train_labels[idx.to(self.device)]
         if self.views is not None:
             n_views = len(self.views)
             if epoch <= n_views:  # epoch k: view k of every photo
                 view = torch.full((len(idx),), epoch - 1, dtype=torch.long)
             else:
                 view = torch.randint(n_views, (len(idx),), generator=generator)
-            x = self.to_network(self.views.rows(view.to(self.device), idx))
-        elif self.kind == "images":
-            images = augment_batch(self.train[idx], self.image_size, self.strength, generator)
-            x = self.to_network(images)
-        else:
-            x = self.to_network(self.train[idx])
-        return x, self.train_labels[idx]
+            return self.to_network(self.views.rows(view, idx.cpu(), self.device)), labels
+        rows = self.train.gather(idx.cpu()).to(self.device)
+        return self._train_input(rows, generator), labels
+
+    def _train_input(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.kind == "images":
+            rows = augment_batch(rows, self.image_size, self.strength, generator)
+        return self.to_network(rows)
+
+    def val_batches(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(network input, labels) of the validation rows, ``size`` at a time, in order."""
+        batches = list(torch.arange(len(self.val)).split(size))
+        crop = eval_transform(self.image_size)
+        for idx, rows in zip(batches, stream(self.val.gather, batches, self.device), strict=True):
+            x = crop(rows) if self.kind == "images" else rows
+            yield self.to_network(x), self.val_labels[idx.to(self.device)]
 
     def to_network(self, x: torch.Tensor) -> torch.Tensor:
         """Stored rows -> what part ``start`` takes (normalised images; fp32 activations)."""
-        images = self.kind == "images"
+        images = self.start == STEM
         x = normalize(x, self.mean, self.std, torch.float32) if images else x.float()
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def _compute(
+    prefix: Callable[[torch.Tensor], torch.Tensor],
+    rows: Rows,
+    inputs: TrainInputs,
+    key: str | None,
+    part: str,
+) -> np.ndarray:
+    """The prefix's fp32 output for every row (centre-cropped photos), streamed batch by
+    batch into a file of the disk cache."""
+    crop = eval_transform(inputs.image_size)
+    batches = list(torch.arange(len(rows)).split(BATCH))
+    out: FeatureFile | None = None
+    for idx, photos in zip(batches, stream(rows.gather, batches, inputs.device), strict=True):
+        with torch.no_grad():
+            features = prefix(crop(photos)).float().cpu().numpy()
+        if out is None:
+            out = FeatureFile(key, part, (len(rows), *features.shape[1:]), np.float32)
+        out.array[int(idx[0]) : int(idx[-1]) + 1] = features
+    assert out is not None
+    return out.keep()
 
 
 def build_inputs(
     cfg: TrialConfig, data: ImageCache, model: nn.Module, precision: Precision
 ) -> TrainInputs:
-    """Choose and prepare the trial's inputs on ``precision.device`` (see the module doc).
+    """Choose and prepare the trial's inputs for ``precision.device`` (see the module doc).
 
     ``model`` must already be on that device and frozen to ``cfg.freeze_depth``.
     """
     device = precision.device
+    data = data.local()
     mean, std = normalization(cfg.model)
-    train_x, train_y, val_y = (_on(a, device) for a in (data.train_x, data.train_y, data.val_y))
-    val_x = eval_transform(cfg.image_size)(_on(data.val_x, device))
+    pixels = data.pixels.array()
+    train_y, val_y = (torch.from_numpy(y).to(device) for y in (data.train_y, data.val_y))
+    train, val = Rows(pixels, data.train_rows), Rows(pixels, data.val_rows)
     images = TrainInputs(
-        "images", STEM, train_x, train_y, val_x, val_y, cfg.image_size, cfg.aug_strength,
-        mean, std,
+        "images", STEM, train, train_y, val, val_y, cfg.image_size, cfg.aug_strength,
+        mean, std, device,
     )  # fmt: skip
     part = cache_part(cfg)
-    if part is None:
+    if part is None or not len(val):
         return images
 
     def prefix(batch: torch.Tensor) -> torch.Tensor:
@@ -194,7 +329,8 @@ def build_inputs(
 
     model.eval()  # frozen modules stay in eval mode for training too
     with torch.no_grad():
-        per_photo = prefix(val_x[:1]).numel()
+        one = eval_transform(cfg.image_size)(val.gather(torch.arange(1)).to(device))
+        per_photo = prefix(one).numel()
     views = views_for(cfg)
     if not cache_fits(per_photo, len(train_y), len(val_y), views):
         return images
@@ -202,25 +338,20 @@ def build_inputs(
     weights = pretrained_weights_file(cfg.model).name if cfg.pretrained else None
     key = feature_key(cfg, data, weights) if weights else None
     n = len(train_y)
+    val_f = load_features(key, "val", (len(val_y),))
+    if val_f is None:
+        val_f = _compute(prefix, val, images, key, "val")
     if views:
-        stored = load_features(key, ((views, n), (len(val_y),)))
-        val_f = stored[1] if stored else in_batches(prefix, val_x, torch.float32)
-        lazy = AugmentedViews(
-            train_x, cfg.image_size, cfg.aug_strength, views, prefix,
-            lambda train_f: store_features(key, train_f, val_f),
-            stored=stored[0] if stored else None,
-        )  # fmt: skip
+        stored = load_features(key, "views", (views, n))
+        lazy = AugmentedViews(train, cfg.image_size, cfg.aug_strength, views, prefix, key, stored)
         return TrainInputs(
-            "views", part, train_x, train_y, val_f.to(device), val_y, cfg.image_size,
-            cfg.aug_strength, mean, std, views=lazy,
+            "views", part, train, train_y, Rows(val_f), val_y, cfg.image_size,
+            cfg.aug_strength, mean, std, device, views=lazy,
         )  # fmt: skip
-    train_f, val_f = cached_features(
-        key,
-        lambda: in_batches(prefix, eval_transform(cfg.image_size)(train_x), torch.float32),
-        lambda: in_batches(prefix, val_x, torch.float32),
-        ((n,), (len(val_y),)),
-    )
+    train_f = load_features(key, "train", (n,))
+    if train_f is None:
+        train_f = _compute(prefix, train, images, key, "train")
     return TrainInputs(
-        "activations", part, train_f.to(device), train_y, val_f.to(device), val_y,
-        cfg.image_size, cfg.aug_strength, mean, std,
+        "activations", part, Rows(train_f), train_y, Rows(val_f), val_y,
+        cfg.image_size, cfg.aug_strength, mean, std, device,
     )  # fmt: skip

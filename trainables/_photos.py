@@ -32,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_PROBE_SIZE = 32  # what ``probe_files`` decodes to (JPEGs then decode at reduced scale)
 
 
 def load_photo(source: str | os.PathLike[str] | bytes, size: int | None = None) -> Image.Image:
@@ -97,6 +98,27 @@ def decode_one(path: str | os.PathLike[str], size: int) -> Decoded:
 
 def _decode_job(job: tuple[str, int]) -> Decoded:
     return decode_one(*job)
+
+
+def _probe_job(path: str) -> tuple[str | None, str | None]:
+    _, reason, digest = decode_one(path, _PROBE_SIZE)
+    return reason, digest
+
+
+def probe_files(
+    paths: Sequence[str | os.PathLike[str]], workers: int | None = None
+) -> tuple[dict[int, str], list[str | None]]:
+    """Whether each photo decodes (index -> reason for those that do not) and its digest,
+    on all cores, keeping no pixels: memory does not grow with the number of files."""
+    jobs = [os.fspath(p) for p in paths]
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    if workers > 1 and len(jobs) > 64:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_probe_job, jobs, chunksize=32))
+    else:
+        results = [_probe_job(job) for job in jobs]
+    failures = {i: reason for i, (reason, _) in enumerate(results) if reason is not None}
+    return failures, [digest for _, digest in results]
 
 
 def decode_files(

@@ -144,11 +144,10 @@ def train_epoch(training: Training, inputs: TrainInputs, epoch: int) -> EpochRes
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen, diverged = 0, False
-    for step, first in enumerate(range(0, len(order), cfg.batch_size)):
-        idx = order[first : first + cfg.batch_size]
-        if len(idx) < 2 and seen:  # BatchNorm cannot train on a single image
-            break
-        x, labels = inputs.train_batch(idx, generator, epoch)
+    batches = list(order.split(cfg.batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a single image
+        batches.pop()
+    for step, (x, labels) in enumerate(inputs.train_batches(batches, generator, epoch)):
         logits = training.forward(x, inputs.start)
         loss = training.loss_fn(logits, labels)
         training.optimizer.zero_grad(set_to_none=True)
@@ -158,9 +157,9 @@ def train_epoch(training: Training, inputs: TrainInputs, epoch: int) -> EpochRes
             nn.utils.clip_grad_norm_(training.params, cfg.grad_clip)
         training.scaler.step(training.optimizer)
         training.scaler.update()
-        loss_sum += loss.detach() * len(idx)
+        loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(1) == labels).sum()
-        seen += len(idx)
+        seen += len(labels)
         if step % _DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
             diverged = True
             break
@@ -181,10 +180,8 @@ def evaluate(training: Training, inputs: TrainInputs) -> tuple[float, float]:
     loss_sum = torch.zeros((), device=inputs.device)
     correct = torch.zeros((), device=inputs.device, dtype=torch.long)
     y = inputs.val_labels
-    for first in range(0, len(y), _EVAL_BATCH):
-        x = inputs.to_network(inputs.val[first : first + _EVAL_BATCH])
+    for x, labels in inputs.val_batches(_EVAL_BATCH):
         logits = training.forward(x, inputs.start)
-        labels = y[first : first + _EVAL_BATCH]
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     n = max(len(y), 1)

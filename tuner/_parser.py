@@ -37,6 +37,15 @@ _positive_float = _number(float, 0, inclusive=False)
 _non_negative_float = _number(float, 0, inclusive=True)
 
 
+def _cache_dir(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="local folder of the decoded photos and frozen activations, reused by later "
+        "commands (default: $TUNER_CACHE, else ~/.cache/flower-tune)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuner",
@@ -55,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--data", help="photo folder, ImageFolder layout (default: $TUNER_DATA)")
     exp.add_argument("--storage", help=STORAGE_HELP)
     exp.add_argument("--address", help="existing Ray cluster to use (default: $RAY_ADDRESS)")
+    _cache_dir(exp)
     budget = search.add_argument_group("budget (overrides the space's)")
     budget.add_argument("--num-samples", type=_positive_int, help="number of trials")
     budget.add_argument("--max-epochs", type=_positive_int, help="epochs per trial at most")
@@ -89,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("name")
     resume.add_argument("--storage", help=STORAGE_HELP)
+    _cache_dir(resume)
     resume.add_argument(
         "--restart-errored",
         action="store_true",
@@ -177,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "STORAGE/NAME/refit/TRIAL_ID/; `export --refit` exports it.",
     )
     _add_ranked_trial_args(refit)
+    _cache_dir(refit)
 
     predict = sub.add_parser(
         "predict",

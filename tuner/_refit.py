@@ -67,7 +67,7 @@ def refit(exp: Experiment, rank: int, say: Callable[[str], None] = print) -> dic
     epochs = max(1, trial.best_epoch)
     config = {**trial.config, "max_epochs": epochs}
     try:
-        data = decode_for_refit(split, saved.cache_size)
+        data = decode_for_refit(split, saved.cache_size, say=say)
     except DataError as exc:
         raise UsageError(f"refit: {exc}; refit scores its model on the test split") from None
     say(

@@ -19,6 +19,7 @@ from typing import Any
 from trainables import (
     SPLIT_FILE,
     DataError,
+    Decoded,
     ImageCache,
     Split,
     WeightsUnavailableError,
@@ -30,6 +31,7 @@ from trainables import (
     split_screened,
     train_classifier,
 )
+from trainables._features import FEATURE_DISK_BUDGET, max_cache_bytes
 from tuner._cluster import check_storage_reachable, local_resources, start_ray
 from tuner._datacheck import describe
 from tuner._errors import UsageError
@@ -74,12 +76,22 @@ def check_weights(space: SearchSpace) -> None:
             raise UsageError(str(exc)) from None
 
 
+def feature_reserve(space: SearchSpace) -> int:
+    """Disk the space's frozen activations may take in the cache: up to the activation
+    limit per (depth, augmentation) it can draw, within the folder's LRU budget."""
+    depths = [d for d in space.possible_values("freeze_depth") if d]
+    if not depths or True not in space.possible_values("pretrained"):
+        return 0
+    combos = len(depths) * len(space.possible_values("aug_strength"))
+    return min(FEATURE_DISK_BUDGET, combos * max_cache_bytes())
+
+
 def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
-    """Scan, decode once and split (in memory; nothing written yet)."""
+    """Scan, decode once into the disk cache (or reuse it) and split; nothing else written."""
     size = cache_size_for(max(req.space.possible_values("image_size")))
-    t0 = time.perf_counter()
     try:
-        usable, decoded = screen(scan_folder(req.data_dir), size)
+        scan = scan_folder(req.data_dir)
+        usable, decoded = screen(scan, size, reserve=feature_reserve(req.space), say=say)
         for line in describe(usable):
             say(line)
         split, cache = split_screened(
@@ -94,11 +106,27 @@ def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
         raise UsageError(f"data: {exc}") from None
     say(
         f"Split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test "
-        f"photos (test held out: no trial sees it), decoded at {size}px "
-        f"in {time.perf_counter() - t0:.1f}s ({cache.nbytes / 2**20:.0f} MiB, one copy "
-        "shared by all trials)"
+        "photos (test held out: no trial sees it)"
     )
+    say(decode_line(decoded))
     return split, cache
+
+
+def decode_line(decoded: Decoded) -> str:
+    """What the decode did: reused an entry, or decoded (how fast, how large, where)."""
+    folder = decoded.pixels.path.parent
+    size, n = decoded.pixels.size, decoded.pixels.count
+    mib = decoded.pixels.nbytes / 2**20
+    if decoded.reused:
+        return (
+            f"Decoded photos reused: {n} at {size}px in {folder} ({mib:.0f} MiB, "
+            f"checked in {decoded.seconds:.1f}s)"
+        )
+    return (
+        f"Decoded {n} photos at {size}px in {decoded.seconds:.2f}s "
+        f"({n / max(decoded.seconds, 1e-9):.0f}/s) into {folder} ({mib:.0f} MiB on disk, "
+        "memory-mapped by every trial on this node; later commands reuse it)"
+    )
 
 
 def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float]:
@@ -276,7 +304,7 @@ def resume(name: str, storage: Storage, restart_errored: bool = False, say: Prin
     space = record.search_space()
     split = exp.split()
     try:
-        cache = decode_split(split, record.cache_size)
+        cache = decode_split(split, record.cache_size, say=say)
     except DataError as exc:
         raise UsageError(f"data: {exc}") from None
     say(

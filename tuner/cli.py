@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -228,11 +229,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from trainables import DataError, scan_folder, screen
+    from trainables import DataError, check_folder, scan_folder
     from tuner._datacheck import describe, summary
 
     try:
-        usable, _ = screen(scan_folder(args.dir), size=64)
+        usable = check_folder(scan_folder(args.dir))
     except DataError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -271,6 +272,10 @@ def _is_bad_input(exc: Exception) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache_dir", None):
+        # The one cache setting: this process, and the Ray workers of a cluster it starts,
+        # read $TUNER_CACHE.
+        os.environ["TUNER_CACHE"] = str(Path(args.cache_dir).expanduser().resolve())
     try:
         return _COMMANDS[args.command](args)
     except Exception as exc:

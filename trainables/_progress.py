@@ -1,0 +1,87 @@
+"""Progress of a long step: a tqdm bar on a terminal, else a plain line every ~30 s.
+
+Example:
+    >>> lines = []
+    >>> with Progress(3, "decoding", "photo", say=lines.append, every_s=0) as bar:
+    ...     bar.update(2)
+    ...     bar.update(1)
+    >>> lines[-1].startswith("decoding: 3/3 photos")
+    True
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+LINE_EVERY_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Progress:
+    """Counts ``total`` items of ``unit``; shows rate and time left.
+
+    On a terminal (stderr) a tqdm bar; otherwise (logs, pipes, Ray workers)
+    ``say`` gets a line at most every ``every_s`` seconds and one at the end.
+    ``quiet`` shows nothing.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str,
+        quiet: bool = False,
+        say: Callable[[str], None] | None = None,
+        every_s: float = LINE_EVERY_S,
+    ) -> None:
+        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.done, self.t0 = 0, time.perf_counter()
+        self.last = self.t0
+        self.quiet, self.said = quiet, False
+        self.bar: Any = None
+        self.say = say or (lambda line: print(line, flush=True))
+        if not quiet and say is None and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=False, leave=False)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        # A step shorter than one interval says nothing; a longer one also says when it ends.
+        due = now - self.last >= self.every_s or (self.done >= self.total and self.said)
+        if not self.quiet and due:
+            self.last, self.said = now, True
+            self.say(self.line(now))
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.t0, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate else 0.0
+        tail = (
+            f", {_duration(left)} left" if self.done < self.total else f" in {_duration(elapsed)}"
+        )
+        return f"{self.desc}: {self.done}/{self.total} {self.unit}s ({rate:.0f}/s{tail})"
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -274,7 +274,7 @@ def main() -> None:
                 r.first_epoch_s,
                 r.images_per_s,
                 r.wall_s,
-            ]  # fmt: skip
+            ]
             for r in results
         ],
     )

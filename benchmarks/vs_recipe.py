@@ -149,7 +149,9 @@ def read_record(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
 class Photos(Dataset[tuple[torch.Tensor, int]]):
     """(path, label) pairs read with PIL, as in any tutorial."""
 
-    def __init__(self, root: Path, files: list[tuple[str, int]], tf: transforms.Compose) -> None:
+    def __init__(
+        self, root: trainables.PhotoSource, files: list[tuple[str, int]], tf: transforms.Compose
+    ) -> None:
         self.root, self.files, self.tf = root, files, tf
 
     def __len__(self) -> int:
@@ -157,7 +159,7 @@ class Photos(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.files[i]
-        with Image.open(self.root / path) as img:
+        with Image.open(self.root.local_path(path)) as img:
             return self.tf(img.convert("RGB")), label
 
 

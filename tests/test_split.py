@@ -74,7 +74,7 @@ def test_a_trials_data_holds_no_test_photo(synthetic, tmp_path):
     # Each decoded row is the photo of its split entry: none is a test photo.
     from trainables import decode_files
 
-    test_pixels, _, _ = decode_files([split.root / p for p, _ in split.test], 24)
+    test_pixels, _, _ = decode_files([split.root.local_path(p) for p, _ in split.test], 24)
     rows = np.concatenate([cache.train_x, cache.val_x])
     for photo in test_pixels:
         assert not (rows == photo).all(axis=(1, 2, 3)).any()
@@ -103,7 +103,7 @@ def test_a_refit_trains_on_train_and_val_and_scores_on_test_only(synthetic):
     cache = decode_for_refit(split, 24)
     assert len(cache.train_y) == len(split.train) + len(split.val)
     assert len(cache.val_y) == len(split.test)
-    test_pixels, _, _ = decode_files([split.root / p for p, _ in split.test], 24)
+    test_pixels, _, _ = decode_files([split.root.local_path(p) for p, _ in split.test], 24)
     assert np.array_equal(cache.val_x, test_pixels)
     for photo in test_pixels:
         assert not (cache.train_x == photo).all(axis=(1, 2, 3)).any()

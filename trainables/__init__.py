@@ -55,11 +55,11 @@ from trainables._photos import (
     decode_files,
     decode_one,
     load_photo,
-    probe_files,
     resize_center_crop,
 )
 from trainables._precision import Precision, choose_precision, cpu_has_native_bf16
 from trainables._progress import Progress
+from trainables._source import PhotoSource, SourceError, decode_rels, probe_rels
 from trainables._store import (
     CacheSpaceError,
     Decoded,
@@ -87,10 +87,12 @@ __all__ = [
     "Decoded",
     "FolderScan",
     "ImageCache",
+    "PhotoSource",
     "PixelFile",
     "Precision",
     "Progress",
     "Skipped",
+    "SourceError",
     "Split",
     "TrainInputs",
     "TrialConfig",
@@ -108,6 +110,7 @@ __all__ = [
     "decode_files",
     "decode_for_refit",
     "decode_one",
+    "decode_rels",
     "decode_split",
     "decode_to_disk",
     "draw_params",
@@ -126,7 +129,7 @@ __all__ = [
     "normalize",
     "prepare_data",
     "pretrained_weights_file",
-    "probe_files",
+    "probe_rels",
     "resize_center_crop",
     "save_state",
     "scan_folder",

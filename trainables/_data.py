@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables._photos import IMAGE_EXTENSIONS, probe_files
+from trainables._source import PhotoSource, SourceError, probe_rels
 from trainables._store import CacheSpaceError, Decoded, PixelFile, decode_to_disk
 
 # Decoded photos are kept a little larger than the training size so that
@@ -64,7 +64,7 @@ class Skipped:
 class FolderScan:
     """Photos per class found under ``root``: candidates, or after :func:`screen` usable ones."""
 
-    root: Path
+    root: PhotoSource
     classes: list[str]
     files: list[tuple[str, int]]  # (path relative to root, class index)
     skipped: list[Skipped] = field(default_factory=list)
@@ -107,7 +107,7 @@ class Split:
     it never reaches a trial and only scores the chosen models at the end.
     """
 
-    root: Path
+    root: PhotoSource
     classes: list[str]
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
@@ -120,7 +120,7 @@ class Split:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "root": str(self.root),
+            "root": self.root.record(),
             "classes": self.classes,
             "seed": self.seed,
             "val_fraction": self.val_fraction,
@@ -135,7 +135,7 @@ class Split:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Split:
         return cls(
-            root=Path(data["root"]),
+            root=_source(data["root"]),
             classes=list(data["classes"]),
             train=[(str(p), int(y)) for p, y in data["train"]],
             val=[(str(p), int(y)) for p, y in data["val"]],
@@ -187,12 +187,12 @@ class ImageCache:
         """This cache with its pixels on this node: the file, or a decode into this node's cache."""
         if self.pixels.path.is_file() or not self.root:
             return self
-        decoded = decode_to_disk(self.root, self.entry_files, self.size)
+        decoded = decode_to_disk(_source(self.root), self.entry_files, self.size)
         needed = np.concatenate([self.train_rows, self.val_rows])
         lost = sorted(i for i in decoded.failed if i in set(needed.tolist()))
         if lost:
             raise DataError(
-                f"{Path(self.root) / self.entry_files[lost[0]]} can no longer be decoded on this "
+                f"{self.root}: {self.entry_files[lost[0]]} can no longer be decoded on this "
                 f"node: {decoded.failed[lost[0]]}"
             )
         self.pixels = decoded.pixels
@@ -211,34 +211,32 @@ def cache_size_for(image_size: int) -> int:
     return round(image_size / CROP_RATIO)
 
 
-def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
-    """List class folders and candidate image files (by extension) under ``root``."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise DataError(f"data folder {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"data path {root} is a file, not a folder of class folders")
-    classes = sorted(
-        d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))
+def _source(location: str | os.PathLike[str] | PhotoSource) -> PhotoSource:
+    if isinstance(location, PhotoSource):
+        return location
+    try:
+        return PhotoSource.parse(location)
+    except SourceError as exc:
+        raise DataError(str(exc)) from None
+
+
+def scan_folder(root: str | os.PathLike[str] | PhotoSource) -> FolderScan:
+    """List class folders and candidate image files (by extension) under ``root``: a local
+    folder or a URI (``s3://BUCKET/PREFIX``, ...). Each local folder is visited once,
+    links leaving the folder and files that are not regular are skipped with a reason."""
+    source = _source(root)
+    try:
+        classes, files, skipped = source.walk()
+    except SourceError as exc:
+        raise DataError(str(exc)) from None
+    except OSError as exc:
+        raise DataError(f"cannot list {source.display()}: {exc}") from None
+    return FolderScan(
+        root=source,
+        classes=classes,
+        files=files,
+        skipped=[Skipped(path, reason) for path, reason in skipped],
     )
-    if not classes:
-        raise DataError(
-            f"{root} has no class folders; expected ImageFolder layout ROOT/CLASS/photo.jpg"
-        )
-    files: list[tuple[str, int]] = []
-    skipped: list[Skipped] = []
-    for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in sorted(filenames):
-                rel = os.path.relpath(os.path.join(dirpath, fname), root)
-                if fname.startswith("."):
-                    skipped.append(Skipped(rel, "hidden file"))
-                elif Path(fname).suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.append(Skipped(rel, "not an image file extension"))
-                else:
-                    files.append((rel, label))
-    return FolderScan(root=root, classes=classes, files=files, skipped=skipped)
 
 
 def make_split(
@@ -299,7 +297,7 @@ def make_split(
 
 
 def _decode(
-    root: Path,
+    root: PhotoSource,
     files: list[tuple[str, int]],
     size: int,
     workers: int | None,
@@ -325,7 +323,7 @@ def _decoded_split(
     decoded = _decode(split.root, files, size, workers, cache_dir, say)
     if decoded.failed:
         i, reason = next(iter(sorted(decoded.failed.items())))
-        raise DataError(f"{split.root / files[i][0]} can no longer be decoded: {reason}")
+        raise DataError(f"{split.root}: {files[i][0]} can no longer be decoded: {reason}")
     return decoded, {p: i for i, (p, _) in enumerate(files)}
 
 
@@ -442,7 +440,7 @@ def screen(
 
 def check_folder(scan: FolderScan, workers: int | None = None) -> FolderScan:
     """:func:`screen` without keeping any pixels: what ``data check`` reports."""
-    failures, digests = probe_files([scan.root / p for p, _ in scan.files], workers)
+    failures, digests = probe_rels(scan.root, [p for p, _ in scan.files], workers)
     return _usable(scan, failures, digests)
 
 
@@ -465,5 +463,5 @@ def _cache_from(split: Split, decoded: Decoded, index: dict[str, int], size: int
     val_rows, val_y = rows(split.val)
     return ImageCache(
         list(split.classes), size, decoded.pixels, train_rows, train_y, val_rows, val_y,
-        key=decoded.key, root=str(split.root), entry_files=decoded.entry_files,
+        key=decoded.key, root=split.root.record(), entry_files=decoded.entry_files,
     )  # fmt: skip

@@ -24,15 +24,15 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_PROBE_SIZE = 32  # what ``probe_files`` decodes to (JPEGs then decode at reduced scale)
 
 
 def load_photo(source: str | os.PathLike[str] | bytes, size: int | None = None) -> Image.Image:
@@ -81,6 +81,11 @@ def decode_one(path: str | os.PathLike[str], size: int) -> Decoded:
         return None, "permission denied", None
     except OSError as exc:
         return None, f"cannot read file: {exc.strerror or exc}", None
+    return decode_bytes(data, size)
+
+
+def decode_bytes(data: bytes, size: int) -> Decoded:
+    """:func:`decode_one` of a file's bytes."""
     if not data:
         return None, "empty file (0 bytes)", None
     try:
@@ -91,6 +96,8 @@ def decode_one(path: str | os.PathLike[str], size: int) -> Decoded:
         return None, f"too large for Pillow's decompression-bomb limit ({exc})", None
     except UnidentifiedImageError:
         return None, "not an image Pillow can read (wrong extension or corrupt header)", None
+    except MemoryError:
+        return None, "too large to decode in this process's memory", None
     except Exception as exc:  # any other decoder failure: truncated data, bad codec state, ...
         return None, f"corrupt or truncated image ({type(exc).__name__}: {exc})", None
     return array, None, hashlib.sha1(data, usedforsecurity=False).hexdigest()
@@ -100,43 +107,24 @@ def _decode_job(job: tuple[str, int]) -> Decoded:
     return decode_one(*job)
 
 
-def _probe_job(path: str) -> tuple[str | None, str | None]:
-    _, reason, digest = decode_one(path, _PROBE_SIZE)
-    return reason, digest
-
-
-def probe_files(
-    paths: Sequence[str | os.PathLike[str]], workers: int | None = None
-) -> tuple[dict[int, str], list[str | None]]:
-    """Whether each photo decodes (index -> reason for those that do not) and its digest,
-    on all cores, keeping no pixels: memory does not grow with the number of files."""
-    jobs = [os.fspath(p) for p in paths]
+def run_jobs(
+    fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int | None = None
+) -> list[Any]:
+    """``fn`` of each job, in order: on up to ``workers`` processes (default: this node's
+    CPUs, at most 8) when there are enough jobs to pay for them."""
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     if workers > 1 and len(jobs) > 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_probe_job, jobs, chunksize=32))
-    else:
-        results = [_probe_job(job) for job in jobs]
-    failures = {i: reason for i, (reason, _) in enumerate(results) if reason is not None}
-    return failures, [digest for _, digest in results]
+            return list(pool.map(fn, jobs, chunksize=32))
+    return [fn(job) for job in jobs]
 
 
-def decode_files(
-    paths: Sequence[str | os.PathLike[str]], size: int, workers: int | None = None
+def stack(
+    results: Sequence[Decoded], size: int
 ) -> tuple[np.ndarray, dict[int, str], list[str | None]]:
-    """Decode photos to an ``(N, 3, size, size)`` uint8 array, on all cores.
-
-    Returns the array (rows of unusable files are zero), a map from the index
-    of each unusable file to the reason, and each file's content digest.
-    """
-    out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
-    jobs = [(os.fspath(p), size) for p in paths]
-    workers = workers or min(len(os.sched_getaffinity(0)), 8)
-    if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_decode_job, jobs, chunksize=32))
-    else:
-        results = [_decode_job(job) for job in jobs]
+    """Decoded photos as one ``(N, 3, size, size)`` array (zero rows where one failed), the
+    reason of each failure by index, and each file's content digest."""
+    out = np.zeros((len(results), 3, size, size), dtype=np.uint8)
     failures: dict[int, str] = {}
     digests: list[str | None] = []
     for i, (array, reason, digest) in enumerate(results):
@@ -146,3 +134,11 @@ def decode_files(
         else:
             out[i] = array
     return out, failures, digests
+
+
+def decode_files(
+    paths: Sequence[str | os.PathLike[str]], size: int, workers: int | None = None
+) -> tuple[np.ndarray, dict[int, str], list[str | None]]:
+    """Decode local photos to an ``(N, 3, size, size)`` uint8 array, on all cores (see
+    :func:`stack` for what it returns). For a few photos at a time: the array is in memory."""
+    return stack(run_jobs(_decode_job, [(os.fspath(p), size) for p in paths], workers), size)

@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
-from trainables._photos import IMAGE_EXTENSIONS
+from trainables._photos import IMAGE_EXTENSIONS, Decoded, decode_bytes, run_jobs, stack
 
 # Query keys pyarrow would read credentials from: never accepted in a URI.
 _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
@@ -47,6 +47,9 @@ LEAVES = "link leaves the data folder"
 BROKEN = "broken symbolic link"
 
 Listing = tuple[list[str], list[tuple[str, int]], list[tuple[str, str]]]
+_PROBE_SIZE = 32  # what ``probe_rels`` decodes to (JPEGs then decode at reduced scale)
+# Larger files are skipped unread: no photo is this large, a link to a device may be endless.
+MAX_FILE_BYTES = 256 << 20
 
 
 class SourceError(ValueError):
@@ -118,6 +121,44 @@ class PhotoSource:
         if self._fs is None and not self.is_local:
             self._fs = pafs.FileSystem.from_uri(self.location)[0]
         return self._fs
+
+    def record(self) -> str:
+        """What an experiment records to open this source again: the resolved folder, or
+        the URI as given (it carries no credentials)."""
+        return self.root if self.is_local else self.location
+
+    def __str__(self) -> str:
+        return self.display()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PhotoSource) and other.record() == self.record()
+
+    def __hash__(self) -> int:
+        return hash(self.record())
+
+    def local_path(self, rel: str) -> Path:
+        """The local path of ``rel`` (a local source only)."""
+        if not self.is_local:
+            raise SourceError(f"{self.display()} is not a local folder")
+        return Path(self._path(rel))
+
+    def decode(self, rel: str, size: int) -> Decoded:
+        """(CHW uint8 array, None, sha1) of photo ``rel`` at ``size`` px, or (None, reason, None):
+        never raises for a bad file."""
+        try:
+            path = self._path(rel)
+            if self.is_local and os.path.islink(path) and not os.path.exists(path):
+                return None, BROKEN, None
+            data = self.read(rel, MAX_FILE_BYTES)
+        except FileNotFoundError:
+            return None, "file not found", None
+        except PermissionError:
+            return None, "permission denied", None
+        except SourceError as exc:
+            return None, str(exc), None
+        except OSError as exc:
+            return None, f"cannot read file: {exc.strerror or exc}", None
+        return decode_bytes(data, size)
 
     def display(self) -> str:
         """The folder as a user names it: a local path, or ``scheme://bucket/prefix``."""
@@ -319,3 +360,32 @@ def _local_file_reason(entry: os.DirEntry[str]) -> str | None:
             return BROKEN
         return f"cannot read file: {exc.strerror}"
     return None if stat.S_ISREG(st.st_mode) else NOT_REGULAR
+
+
+def _decode_job(job: tuple[PhotoSource, str, int]) -> Decoded:
+    source, rel, size = job
+    return source.decode(rel, size)
+
+
+def _probe_job(job: tuple[PhotoSource, str]) -> tuple[str | None, str | None]:
+    source, rel = job
+    _, reason, digest = source.decode(rel, _PROBE_SIZE)
+    return reason, digest
+
+
+def decode_rels(
+    source: PhotoSource, rels: Sequence[str], size: int, workers: int | None = None
+) -> tuple[Any, dict[int, str], list[str | None]]:
+    """Photos ``rels`` of ``source`` decoded at ``size`` px into one in-memory array, on all
+    cores (see :func:`trainables._photos.stack`): for a chunk of photos at a time."""
+    return stack(run_jobs(_decode_job, [(source, rel, size) for rel in rels], workers), size)
+
+
+def probe_rels(
+    source: PhotoSource, rels: Sequence[str], workers: int | None = None
+) -> tuple[dict[int, str], list[str | None]]:
+    """Whether each photo decodes (index -> reason for those that do not) and its digest,
+    on all cores, keeping no pixels: memory does not grow with the number of files."""
+    results = run_jobs(_probe_job, [(source, rel) for rel in rels], workers)
+    failures = {i: reason for i, (reason, _) in enumerate(results) if reason is not None}
+    return failures, [digest for _, digest in results]

@@ -51,8 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from trainables._photos import decode_one
 from trainables._progress import Progress
+from trainables._source import PhotoSource
 
 # Bumped whenever decode_one would produce other pixels for the same file.
 DECODER_VERSION = 1
@@ -119,21 +119,7 @@ class Decoded:
     entry_files: list[str] = field(default_factory=list)  # the entry's rows, in order
 
 
-def fingerprints(root: Path, files: Sequence[str]) -> list[tuple[int, int]]:
-    """(bytes, mtime_ns) of each file; (-1, -1) where it cannot be stat'ed."""
-    out = []
-    for rel in files:
-        try:
-            st = os.stat(root / rel)
-            out.append((st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((-1, -1))
-    return out
-
-
-def entry_key(
-    root: Path, size: int, files: Sequence[str], prints: Sequence[tuple[int, int]]
-) -> str:
+def entry_key(root: str, size: int, files: Sequence[str], prints: Sequence[tuple[int, int]]) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(f"v{DECODER_VERSION}|{size}|{root}|{len(files)}|".encode())
     for rel, (nbytes, mtime) in zip(files, prints, strict=True):
@@ -181,7 +167,7 @@ def _load_index(folder: Path) -> dict[str, Any] | None:
 def _lookup(
     folder: Path,
     key: str,
-    root: Path,
+    root: str,
     size: int,
     files: Sequence[str],
     prints: list[tuple[int, int]],
@@ -196,12 +182,12 @@ def _lookup(
             head = json.loads((entry / HEAD_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if head != {"version": DECODER_VERSION, "size": size, "root": str(root)}:
+        if head != {"version": DECODER_VERSION, "size": size, "root": root}:
             continue
         index = _load_index(entry)
         if not index or index.get("version") != DECODER_VERSION:
             continue
-        if index["size"] != size or index["root"] != str(root):
+        if index["size"] != size or index["root"] != root:
             continue
         where = {rel: i for i, (rel, *_rest) in enumerate(index["files"])}
         rows = np.full(len(files), -1, dtype=np.int64)
@@ -235,18 +221,18 @@ def _locked(path: Path) -> Any:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-Job = tuple[str, int, list[tuple[int, str]]]
+Job = tuple[str, PhotoSource, int, list[tuple[int, str]]]
 Result = list[tuple[int, str | None, str | None]]
 
 
 def _write_rows(job: Job) -> Result:
     """Worker: decode each ``(row, path)`` and write it at its offset in the file."""
-    target, size, items = job
+    target, source, size, items = job
     out: Result = []
     fd = os.open(target, os.O_WRONLY)
     try:
-        for row, path in items:
-            array, reason, digest = decode_one(path, size)
+        for row, rel in items:
+            array, reason, digest = source.decode(rel, size)
             if array is not None:
                 os.pwrite(fd, np.ascontiguousarray(array).tobytes(), row * row_bytes(size))
             out.append((row, reason, digest))
@@ -256,7 +242,7 @@ def _write_rows(job: Job) -> Result:
 
 
 def decode_to_disk(
-    root: str | os.PathLike[str],
+    root: PhotoSource | str | os.PathLike[str],
     files: Sequence[str],
     size: int,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -265,7 +251,8 @@ def decode_to_disk(
     say: Callable[[str], None] | None = None,
     reserve: int = 0,
 ) -> Decoded:
-    """The photos ``files`` (relative to ``root``) decoded at ``size`` px, on disk and mapped.
+    """The photos ``files`` (relative to ``root``: a folder or URI) decoded at ``size`` px,
+    on disk and mapped.
 
     Reuses an entry holding them all unchanged; otherwise checks the disk
     space first (:class:`CacheSpaceError`), then decodes on ``workers``
@@ -274,12 +261,13 @@ def decode_to_disk(
     will also write to the cache disk, counted in the space check.
     """
     t0 = time.perf_counter()
-    root = Path(root)
+    source = root if isinstance(root, PhotoSource) else PhotoSource.parse(root)
+    where = source.record()
     folder = decoded_folder(Path(cache_dir) if cache_dir else None)
-    prints = fingerprints(root, files)
-    key = entry_key(root, size, files, prints)
+    prints = source.fingerprint(files)
+    key = entry_key(where, size, files, prints)
     if folder.is_dir():
-        found = _lookup(folder, key, root, size, files, prints)
+        found = _lookup(folder, key, where, size, files, prints)
         if found:
             found.seconds = time.perf_counter() - t0
             return found
@@ -296,7 +284,7 @@ def decode_to_disk(
     )
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / f"{key}.lock"):
-        found = _lookup(folder, key, root, size, files, prints)  # decoded meanwhile
+        found = _lookup(folder, key, where, size, files, prints)  # decoded meanwhile
         if found:
             found.seconds = time.perf_counter() - t0
             return found
@@ -306,7 +294,7 @@ def decode_to_disk(
         target = partial / PIXELS_FILE
         with open(target, "wb") as f:
             f.truncate(needed_bytes(len(files), size))
-        results = _decode_all(target, root, files, size, workers, quiet, say)
+        results = _decode_all(target, source, files, size, workers, quiet, say)
         failed = {i: r or "unusable" for i, r, _ in results if r is not None}
         digests: list[str | None] = [None] * len(files)
         for i, _, digest in results:
@@ -316,14 +304,14 @@ def decode_to_disk(
         index = {
             "version": DECODER_VERSION,
             "size": size,
-            "root": str(root),
+            "root": where,
             "files": [[rel, *fp] for rel, fp in zip(files, prints, strict=True)],
             "failed": {str(i): r for i, r in sorted(failed.items())},
             "digests": digests,
             "created": time.time(),
         }
         (partial / INDEX_FILE).write_text(json.dumps(index))
-        head = {"version": DECODER_VERSION, "size": size, "root": str(root)}
+        head = {"version": DECODER_VERSION, "size": size, "root": where}
         (partial / HEAD_FILE).write_text(json.dumps(head))
         shutil.rmtree(folder / key, ignore_errors=True)
         os.replace(partial, folder / key)
@@ -335,16 +323,17 @@ def decode_to_disk(
 
 def _decode_all(
     target: Path,
-    root: Path,
+    source: PhotoSource,
     files: Sequence[str],
     size: int,
     workers: int | None,
     quiet: bool,
     say: Callable[[str], None] | None,
 ) -> Result:
-    items = [(i, os.fspath(root / rel)) for i, rel in enumerate(files)]
+    items = list(enumerate(files))
     jobs: list[Job] = [
-        (os.fspath(target), size, items[s : s + _CHUNK]) for s in range(0, len(items), _CHUNK)
+        (os.fspath(target), source, size, items[s : s + _CHUNK])
+        for s in range(0, len(items), _CHUNK)
     ]
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     results: Result = []
@@ -352,7 +341,7 @@ def _decode_all(
         if workers <= 1 or len(jobs) <= 2:
             for job in jobs:
                 results += _write_rows(job)
-                progress.update(len(job[2]))
+                progress.update(len(job[3]))
             return results
         with ProcessPoolExecutor(max_workers=workers) as pool:
             pending = {pool.submit(_write_rows, job) for job in jobs}

@@ -15,6 +15,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
+from trainables import cache_root
 from tuner._errors import UsageError
 
 FLOWERS_URL = (
@@ -27,22 +28,19 @@ _HOW_TO = (
 )
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNER_CACHE", Path.home() / ".cache" / "flower-tune"))
-
-
-def resolve_data_dir(data: str | None, download: bool = True) -> Path:
-    """The photo folder to use, downloading the default set if needed and allowed."""
+def resolve_data_dir(data: str | None, download: bool = True) -> str:
+    """The photo folder (resolved) or URI to use, downloading the default set if needed and
+    allowed."""
     chosen = data or os.environ.get("TUNER_DATA")
     if chosen:
-        return Path(chosen).expanduser().resolve()
+        return chosen if "://" in chosen else str(Path(chosen).expanduser().resolve())
     folder = cache_root() / "flower_photos"
     if (folder / ".complete").is_file():
         _verify_recorded_checksum(folder)
-        return folder
+        return str(folder)
     if not download:
         raise UsageError(f"no --data given and the flower photos are not cached. {_HOW_TO}")
-    return _download_flowers(folder)
+    return str(_download_flowers(folder))
 
 
 def _download_flowers(folder: Path) -> Path:

@@ -26,9 +26,11 @@ from torch import nn
 
 from trainables import (
     CheckpointError,
+    PhotoSource,
     build_model,
     cache_size_for,
     decode_files,
+    decode_rels,
     eval_transform,
     load_state,
     normalization,
@@ -83,7 +85,10 @@ class Classified:
 
 @torch.no_grad()
 def classify(
-    model: Callable[[torch.Tensor], torch.Tensor], paths: Sequence[str | Path], prep: Preprocessing
+    model: Callable[[torch.Tensor], torch.Tensor],
+    paths: Sequence[str | Path],
+    prep: Preprocessing,
+    source: PhotoSource | None = None,
 ) -> Classified:
     """fp32 logits of ``model`` (in eval mode) for each readable photo of ``paths``.
 
@@ -96,7 +101,11 @@ def classify(
     ok: list[int] = []
     failed: dict[int, str] = {}
     for start in range(0, len(paths), CHUNK):
-        raw, bad, _ = decode_files(list(paths[start : start + CHUNK]), prep.resize)
+        chunk = [str(p) for p in paths[start : start + CHUNK]]
+        if source is None:
+            raw, bad, _ = decode_files(chunk, prep.resize)
+        else:
+            raw, bad, _ = decode_rels(source, chunk, prep.resize)
         failed.update({start + i: reason for i, reason in bad.items()})
         rows = [i for i in range(len(raw)) if i not in bad]
         ok += [start + i for i in rows]
@@ -109,13 +118,13 @@ def classify(
 
 def classify_labelled(
     model: Callable[[torch.Tensor], torch.Tensor],
-    root: Path,
+    root: PhotoSource,
     files: Sequence[tuple[str, int]],
     prep: Preprocessing,
 ) -> tuple[Classified, torch.Tensor]:
     """:func:`classify` over ``(path under root, label)`` pairs, and the labels of the
     rows it could read (in the order of ``logits``)."""
-    result = classify(model, [root / p for p, _ in files], prep)
+    result = classify(model, [p for p, _ in files], prep, root)
     return result, torch.tensor([files[i][1] for i in result.ok], dtype=torch.long)
 
 
@@ -240,7 +249,7 @@ def _experiment_split(trial: RankedTrial) -> Any:
     return split
 
 
-def evaluate_folder(trial: RankedTrial, data_dir: Path) -> dict[str, Any]:
+def evaluate_folder(trial: RankedTrial, data_dir: str | Path) -> dict[str, Any]:
     """Metrics of ``trial`` on a labelled ImageFolder tree with the experiment's classes."""
     from trainables import DataError, scan_folder
 
@@ -273,7 +282,7 @@ def evaluate_test_split(trial: RankedTrial) -> dict[str, Any]:
 
 def _evaluate_files(
     trial: RankedTrial,
-    root: Path,
+    root: PhotoSource,
     files: Sequence[tuple[str, int]],
     skipped: list[dict[str, str]],
     where: str,

@@ -57,7 +57,7 @@ class SearchRequest:
     space: SearchSpace
     name: str
     storage: Storage
-    data_dir: Path
+    data_dir: str  # a local folder (resolved) or a URI
     address: str | None = None
 
 
@@ -330,7 +330,7 @@ def _start_again(exp: Experiment, say: Print) -> int:
     starts again from its recorded request."""
     record = exp.record()
     request = SearchRequest(
-        record.search_space(), exp.name, exp.storage, Path(record.data_dir), record.address
+        record.search_space(), exp.name, exp.storage, record.data_dir, record.address
     )
     say(f"{exp.name} was stopped before its first trial was recorded; starting it again")
     for leftover in (TUNER_FILE, SPLIT_FILE, JOURNAL_FILE):
@@ -447,7 +447,7 @@ def _record(req: SearchRequest, cache_size: int, resources: dict[str, float]) ->
             "budget": resolved["budget"],
             "points_to_evaluate": resolved["points_to_evaluate"],
         },
-        data_dir=str(req.data_dir),
+        data_dir=req.data_dir,
         storage=req.storage.uri,
         address=req.address,
         cache_size=cache_size,

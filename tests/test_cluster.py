@@ -117,6 +117,36 @@ def test_a_search_on_an_existing_cluster_uses_both_nodes(cluster, small_flowers,
     assert len(nodes) == 2, proc.stdout[-6000:]
 
 
+def test_a_node_that_cannot_see_the_drivers_decoded_photos_decodes_its_own(
+    cluster, small_flowers, tmp_path
+):
+    """The driver decodes into a folder the second node cannot see (its private tmpfs
+    shadows it): trials there decode the photos once into that node's own cache. Nothing
+    photo-sized goes through Ray's object store."""
+    address, shadow = cluster
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("image_size: 96", "image_size: 80"))  # 91 px: its own entry
+    driver_cache = shadow / "driver-cache"
+    proc = run_search(
+        space, small_flowers, tmp_path / "shared", "c4", "--address", address,
+        "--cache-dir", str(driver_cache), timeout=600, env=AUTH,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    experiment = experiment_at(tmp_path / "shared" / "c4")
+    nodes = {r["node_id"] for t in experiment.trial_ids() for r in experiment.reports(t)}
+    assert len(nodes) == 2, proc.stdout[-6000:]
+    (driver_entry,) = (driver_cache / "decoded").glob("*/pixels.u8")
+    # The second node's trials decoded into its $TUNER_CACHE (the test session's, which this
+    # process can see), from the photos, the same rows as the driver's.
+    node_entries = [
+        p.parent
+        for p in (Path(os.environ["TUNER_CACHE"]) / "decoded").glob("*/head.json")
+        if json.loads(p.read_text()) == {"version": 1, "size": 91, "root": str(small_flowers)}
+    ]
+    assert len(node_entries) == 1, proc.stdout[-3000:]
+    assert (node_entries[0] / "pixels.u8").read_bytes() == driver_entry.read_bytes()
+
+
 def test_a_two_node_search_on_object_storage_needs_no_shared_folder(
     cluster, s3, small_flowers, tmp_path
 ):

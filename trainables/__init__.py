@@ -67,6 +67,7 @@ from trainables._store import (
     cache_root,
     check_space,
     decode_to_disk,
+    find_decoded,
     needed_bytes,
 )
 from trainables._train import evaluate, fit, train_epoch
@@ -117,6 +118,7 @@ __all__ = [
     "ensure_pretrained_weights",
     "eval_transform",
     "evaluate",
+    "find_decoded",
     "fit",
     "freeze",
     "head",

@@ -241,6 +241,23 @@ def _write_rows(job: Job) -> Result:
     return out
 
 
+def find_decoded(
+    root: PhotoSource | str | os.PathLike[str],
+    files: Sequence[str],
+    size: int,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Decoded | None:
+    """The rows of ``files`` in an entry that holds them all unchanged, or None: nothing
+    is decoded."""
+    source = root if isinstance(root, PhotoSource) else PhotoSource.parse(root)
+    folder = decoded_folder(Path(cache_dir) if cache_dir else None)
+    if not folder.is_dir():
+        return None
+    prints = source.fingerprint(files)
+    key = entry_key(source.record(), size, files, prints)
+    return _lookup(folder, key, source.record(), size, files, prints)
+
+
 def decode_to_disk(
     root: PhotoSource | str | os.PathLike[str],
     files: Sequence[str],

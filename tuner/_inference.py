@@ -32,6 +32,7 @@ from trainables import (
     decode_files,
     decode_rels,
     eval_transform,
+    find_decoded,
     load_state,
     normalization,
     normalize,
@@ -92,17 +93,25 @@ def classify(
 ) -> Classified:
     """fp32 logits of ``model`` (in eval mode) for each readable photo of ``paths``.
 
-    Photos are decoded ``CHUNK`` at a time (in parallel) and run ``BATCH`` at a
-    time, so memory stays bounded for any number of files. An unreadable file
-    is reported in ``failed``, never raised.
+    Photos are decoded ``CHUNK`` at a time (in parallel), or read from the
+    decoded photos of ``source`` when a search decoded them at this size, and run
+    ``BATCH`` at a time, so memory stays bounded for any number of files. An
+    unreadable file is reported in ``failed``, never raised.
     """
     crop = eval_transform(prep.image_size)
     logits: list[torch.Tensor] = []
     ok: list[int] = []
     failed: dict[int, str] = {}
+    names = [str(p) for p in paths]
+    # Photos of a source decoded at this size before (a search's) are read from its map.
+    stored = find_decoded(source, names, prep.resize) if source is not None else None
     for start in range(0, len(paths), CHUNK):
-        chunk = [str(p) for p in paths[start : start + CHUNK]]
-        if source is None:
+        chunk = names[start : start + CHUNK]
+        if stored is not None:
+            at = stored.rows[start : start + CHUNK]
+            raw = stored.pixels.array()[np.maximum(at, 0)]
+            bad = {i - start: r for i, r in stored.failed.items() if start <= i < start + CHUNK}
+        elif source is None:
             raw, bad, _ = decode_files(chunk, prep.resize)
         else:
             raw, bad, _ = decode_rels(source, chunk, prep.resize)

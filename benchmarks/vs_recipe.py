@@ -71,9 +71,9 @@ from torchvision import transforms
 
 import trainables
 from tuner._experiment import REFIT_DIR
-from tuner._export import load_export
 from tuner._holdout import load_scores
 from tuner._inference import classify_labelled
+from tuner._predict import load_export
 from tuner._refit import REFIT_RECORD
 
 VAL_FRACTION, TEST_FRACTION = 0.2, 0.15

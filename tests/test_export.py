@@ -222,7 +222,7 @@ def test_predict_prints_readable_lines_and_errors_on_stderr(exported, flowers, t
         (["evaluate", "nope", "--data", "{tmp}"], "no experiment 'nope'"),
         (["export", "e2e", "--output", "{tmp}/file.txt/out"], "cannot create"),
         (["predict", "{tmp}", "photo.jpg"], "is not an exported model folder"),
-        (["predict", "{tmp}/corrupt", "photo.jpg"], "is not a readable export"),
+        (["predict", "{tmp}/corrupt", "photo.jpg"], "is not a usable export"),
     ],
 )
 def test_bad_input_exits_2_with_one_message(finished, tmp_path, capsys, args, message):
@@ -341,3 +341,219 @@ def test_export_refit_without_a_refit_says_how_to_make_one(finished, tmp_path):
         "export", "e2e", "--storage", str(storage), "--output", str(out), "--refit", "--rank", "2"
     )
     assert code == 2 and "python -m tuner refit e2e --rank 2" in err
+
+
+class Payload(torch.nn.Module):
+    """What a crafted model.ts could do when run: write into a file through a shared map."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mapped = torch.from_file(self.path, True, 64, dtype=torch.uint8)
+        mapped.fill_(1)
+        return torch.zeros(x.shape[0], 5) + mapped.sum().float() * 0
+
+
+def test_predict_runs_no_code_from_the_export_unless_trusted(exported, flowers, tmp_path):
+    import shutil
+
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(bytes(64))
+    crafted = tmp_path / "crafted"
+    shutil.copytree(exported, crafted)
+    torch.jit.save(torch.jit.script(Payload(str(victim))), str(crafted / "model.ts"))
+    photo = str(sorted((flowers / "roses").glob("*.jpg"))[100])
+    plain = run_tuner("predict", str(exported), photo, "--json")
+    safe = run_tuner("predict", str(crafted), photo, "--json")
+    assert plain.returncode == 0 and safe.returncode == 0, safe.stderr[-2000:]
+    assert victim.read_bytes() == bytes(64)  # model.ts never ran
+    assert json.loads(safe.stdout)["results"] == json.loads(plain.stdout)["results"]
+    # Trusted, the real TorchScript export answers like the state_dict...
+    trusted = run_tuner("predict", str(exported), photo, "--json", "--trust-model")
+    assert trusted.returncode == 0, trusted.stderr[-2000:]
+    for a, b in zip(
+        json.loads(trusted.stdout)["results"][0]["predictions"],
+        json.loads(plain.stdout)["results"][0]["predictions"],
+        strict=True,
+    ):
+        assert a["class"] == b["class"] and a["probability"] == pytest.approx(
+            b["probability"], abs=1e-4
+        )
+    # ... and the crafted one does what its author wrote: the payload is real.
+    assert run_tuner("predict", str(crafted), photo, "--trust-model").returncode == 0
+    assert victim.read_bytes() == bytes([1]) * 64
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image_size": 0}, "image_size 0 is not a whole number of 32-1024 px"),
+        ({"image_size": 100000000}, "image_size 100000000 is not"),
+        ({"num_classes": 3}, "num_classes 3 != 5 labels"),
+        ({"mean": [0.5, 0.5]}, "mean [0.5, 0.5] is not three finite numbers"),
+        ({"std": [1, 0, 1]}, "must be positive"),
+        ({"model": "os.system"}, "model 'os.system' is none of"),
+    ],
+)
+def test_a_tampered_export_config_exits_2_with_one_message(exported, tmp_path, change, message):
+    import shutil
+
+    folder = tmp_path / "tampered"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text()) | change
+    (folder / "config.json").write_text(json.dumps(config))
+    proc = run_tuner("predict", str(folder), "photo.jpg")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_export_refuses_a_non_empty_folder_and_force_replaces_it_whole(finished, tmp_path):
+    _, storage, _ = finished
+    out = tmp_path / "out"
+    (out / "members" / "old").mkdir(parents=True)
+    (out / "members" / "old" / "model.pt").write_text("an earlier ensemble's member")
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    args = ("export", "e2e", "--storage", str(storage), "--output", str(out))
+    code, _, err = run_cli(*args)
+    assert code == 2 and "is not empty" in err and "--force" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    code, _, err = run_cli(*args, "--force")
+    assert code == 0, err[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "labels.json", "model.onnx", "model.pt", "model.pt2", "model.ts",
+    ]  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
+
+
+SLOW_EXPORT = """
+import sys, time
+import tuner._export as export
+real = export._save_state_dict
+def slow(module, path):
+    real(module, path)
+    print("wrote", path, flush=True)
+    time.sleep(30)
+export._save_state_dict = slow
+from tuner.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_export_killed_midway_leaves_no_output_folder(finished, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    _, storage, _ = finished
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EXPORT, "export", "e2e", "--storage", str(storage),
+         "--output", str(out), "--ensemble", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the first member's state_dict is written: midway
+    assert line.startswith("wrote"), line
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert all(p.name.startswith(".out.") for p in tmp_path.iterdir())
+
+
+def test_predict_on_a_folder_writes_one_csv_row_per_photo_that_agrees_with_evaluate(
+    finished, exported, tmp_path
+):
+    import csv
+
+    _, storage, exp = finished
+    split = json.loads((exp / "split.json").read_text())
+    folder = tmp_path / "test photos"
+    for rel, _ in split["test"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).symlink_to(Path(split["root"]) / rel)
+    (folder / "daisy" / "notes.txt").write_text("not a photo, not listed")
+    (folder / "daisy" / "broken.jpg").write_text("not a photo, listed with an error")
+    out = tmp_path / "predictions.csv"
+    code, stdout, _ = run_cli("predict", str(exported), str(folder), "--output", str(out))
+    assert code == 1 and f"Wrote {out}" in stdout  # 1: one photo could not be read
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(split["test"]) + 1
+    broken = [r for r in rows if r["image"].endswith("broken.jpg")]
+    assert len(broken) == 1 and broken[0]["error"] and not broken[0]["class_1"]
+    scored = [r for r in rows if not r["error"]]
+    right = [Path(r["image"]).relative_to(folder).parts[0] == r["class_1"] for r in scored]
+    code, metrics, err = run_cli("evaluate", "e2e", "--storage", str(storage))
+    assert code == 0, err
+    assert sum(right) / len(right) == pytest.approx(json.loads(metrics)["accuracy"])
+    assert all(float(r["probability_1"]) >= float(r["probability_2"]) for r in scored)
+
+
+def readme_snippet() -> str:
+    """The README's code block after ``<!-- snippet: deploy -->``."""
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- snippet: deploy -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+RUN_SNIPPET = """
+import json, sys
+snippet, folder, photos = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+for photo in photos:
+    sys.argv = ["snippet", folder, photo]
+    exec(compile(snippet, "README", "exec"), {"__name__": "__main__"})
+assert not [m for m in sys.modules if m.split(".")[0] in ("tuner", "trainables")]
+"""
+
+ONNX_LINES = """session = ort.InferenceSession(f"{folder}/model.onnx")
+probabilities = session.run(None, {"image": pixels})[0][0]
+"""
+PROGRAM_LINES = """import torch
+program = torch.export.load(f"{folder}/model.pt2").module()
+probabilities = program(torch.from_numpy(pixels))[0].detach().numpy()
+"""
+
+
+@pytest.mark.parametrize("kind", ["single", "ensemble"])
+def test_the_readme_snippet_answers_like_predict_with_onnx_and_torch_export(
+    finished, flowers, tmp_path, kind
+):
+    import subprocess
+    import sys
+
+    _, storage, _ = finished
+    out = tmp_path / kind
+    extra = ("--ensemble", "2") if kind == "ensemble" else ()
+    code, _, err = run_cli("export", "e2e", "--storage", str(storage), "--output", str(out), *extra)
+    assert code == 0, err[-3000:]
+    deploy = json.loads((out / "config.json").read_text())["deploy"]
+    assert deploy["input"]["dtype"] == "uint8" and deploy["output"]["shape"] == ["N", 5]
+    photos = [str(p) for p, _ in unseen_photos(flowers)]
+    proc = run_tuner("predict", str(out), *photos, "--json", "--top", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = [
+        {p["class"]: p["probability"] for p in r["predictions"]}
+        for r in json.loads(proc.stdout)["results"]
+    ]
+    snippet = readme_snippet()
+    assert ONNX_LINES in snippet
+    for variant in (snippet, snippet.replace(ONNX_LINES, PROGRAM_LINES)):
+        ran = subprocess.run(
+            [sys.executable, "-c", RUN_SNIPPET, variant, str(out), json.dumps(photos)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        answers = [json.loads(line) for line in ran.stdout.splitlines()]
+        assert len(answers) == len(photos)
+        for got, want in zip(answers, expected, strict=True):
+            assert max(got, key=got.get) == max(want, key=want.get)
+            for label, probability in want.items():
+                assert got[label] == pytest.approx(probability, abs=1e-4)

@@ -282,3 +282,24 @@ def test_guard_stops_a_search_whose_uploads_the_store_refuses(s3, tmp_path, monk
     writable = StorageGuard(exp)
     writable._last_probe = 0.0
     assert writable.problem() is None  # a writable bucket: nothing to say
+
+
+def test_list_reads_experiments_in_a_bucket(s3_search):
+    import json
+
+    from conftest import run_cli
+    from test_listing import live_lock
+
+    from tuner._lock import LOCK_FILE
+
+    _, uri, exp, _, _ = s3_search
+    code, out, err = run_cli("list", "--storage", uri, "--format", "json")
+    assert code == 0, err
+    (row,) = [r for r in json.loads(out) if r["name"] == "remote"]
+    assert row["status"] == "finished" and row["trials_ended"] == row["trials_asked"]
+    exp.write_json(LOCK_FILE, live_lock())
+    try:
+        code, out, _ = run_cli("list", "--storage", uri, "--format", "json")
+        assert [r["status"] for r in json.loads(out) if r["name"] == "remote"] == ["running"]
+    finally:
+        exp.delete(LOCK_FILE)

@@ -85,8 +85,13 @@ def test_leaderboard_command_formats(finished, tmp_path, capsys):
     rows = json.loads(out)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
     code, out, _ = cli(capsys, *base, "--top", "2")
-    table = out.strip().split("\n\n")[0]  # then the refits and ensembles made, if any
+    same, table = out.strip().split("\n\n")[:2]  # then the refits and ensembles made, if any
     assert code == 0 and len(table.splitlines()) == 3  # header + 2
+    # The configuration every trial shares is listed once, not as columns.
+    assert same.startswith("Same in every trial: model=efficientnet_lite0, pretrained=True")
+    header = table.splitlines()[0].split()
+    assert "model" not in header and "lr" in header and "momentum" not in header
+    assert "test_acc" in header
     _, out, _ = cli(capsys, *base, "--format", "markdown", "--top", "1")
     assert out.startswith("| rank | trial_id | status |")
     path = tmp_path / "board.parquet"
@@ -358,3 +363,11 @@ def test_the_estimate_pickles_after_ray_swapped_print(monkeypatch, capsys):
     for seconds in (1.0, 1.0, 1.0):
         restored.on_trial_result(0, [], None, {"epoch_time_s": seconds})
     assert "Estimate: about" in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_search_says_so_without_starting_ray(finished, capsys):
+    _, storage, _ = finished
+    code, out, err = cli(capsys, "resume", "e2e", "--storage", str(storage))
+    assert code == 0, err
+    assert "e2e is finished" in out and "tuner leaderboard e2e" in out
+    assert "Resuming" not in out and "Trials:" not in out

@@ -13,7 +13,7 @@ from conftest import S3_BUCKET, s3_uri
 from PIL import Image
 
 from trainables import scan_folder
-from trainables._source import PhotoSource, SourceError
+from trainables._source import LEAVES, PhotoSource, SourceError
 
 # (relative path, kind): kind is an image format or raw bytes.
 TREE = {
@@ -110,8 +110,12 @@ def test_links_to_folders_outside_the_root_are_skipped_with_their_reason(tree, t
     (tree / "tulips").symlink_to(outside)
     classes, files, skipped = PhotoSource.parse(tree).walk()
     assert (classes, files) == before[:2]
-    assert ("daisy/away", "link leaves the data folder") in skipped
-    assert ("tulips", "link leaves the data folder") in skipped
+    assert ("daisy/away", LEAVES) in skipped
+    assert ("tulips", LEAVES) in skipped
+    assert LEAVES.startswith("link leaves the data folder")
+    # Asked to, the links are followed.
+    _, followed, skipped = PhotoSource.parse(tree, follow_links=True).walk()
+    assert not [s for s in skipped if s[1] == LEAVES] and len(followed) > len(files)
 
 
 def test_links_to_photos_anywhere_are_listed_like_scan_folder(tree, tmp_path):

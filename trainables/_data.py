@@ -211,20 +211,25 @@ def cache_size_for(image_size: int) -> int:
     return round(image_size / CROP_RATIO)
 
 
-def _source(location: str | os.PathLike[str] | PhotoSource) -> PhotoSource:
+def _source(
+    location: str | os.PathLike[str] | PhotoSource, follow_links: bool = False
+) -> PhotoSource:
     if isinstance(location, PhotoSource):
         return location
     try:
-        return PhotoSource.parse(location)
+        return PhotoSource.parse(location, follow_links)
     except SourceError as exc:
         raise DataError(str(exc)) from None
 
 
-def scan_folder(root: str | os.PathLike[str] | PhotoSource) -> FolderScan:
+def scan_folder(
+    root: str | os.PathLike[str] | PhotoSource, follow_links: bool = False
+) -> FolderScan:
     """List class folders and candidate image files (by extension) under ``root``: a local
-    folder or a URI (``s3://BUCKET/PREFIX``, ...). Each local folder is visited once,
-    links leaving the folder and files that are not regular are skipped with a reason."""
-    source = _source(root)
+    folder or a URI (``s3://BUCKET/PREFIX``, ...). Each local folder is visited once;
+    folder links leaving it (unless ``follow_links``) and files that are not regular are
+    skipped with a reason."""
+    source = _source(root, follow_links)
     try:
         classes, files, skipped = source.walk()
     except SourceError as exc:

@@ -44,10 +44,12 @@ from trainables._features import (
     cache_part,
     feature_key,
     load_features,
+    on_disk,
     views_for,
 )
 from trainables._models import STEM, normalization, pretrained_weights_file, run_parts
 from trainables._precision import Precision
+from trainables._progress import Progress
 
 InputKind = Literal["images", "activations", "views"]
 
@@ -291,12 +293,14 @@ def _compute(
     crop = eval_transform(inputs.image_size)
     batches = list(torch.arange(len(rows)).split(BATCH))
     out: FeatureFile | None = None
-    for idx, photos in zip(batches, stream(rows.gather, batches, inputs.device), strict=True):
-        with torch.no_grad():
-            features = prefix(crop(photos)).float().cpu().numpy()
-        if out is None:
-            out = FeatureFile(key, part, (len(rows), *features.shape[1:]), np.float32)
-        out.array[int(idx[0]) : int(idx[-1]) + 1] = features
+    with Progress(len(rows), f"frozen activations ({part})", "photo") as progress:
+        for idx, photos in zip(batches, stream(rows.gather, batches, inputs.device), strict=True):
+            with torch.no_grad():
+                features = prefix(crop(photos)).float().cpu().numpy()
+            if out is None:
+                out = FeatureFile(key, part, (len(rows), *features.shape[1:]), np.float32)
+            out.array[int(idx[0]) : int(idx[-1]) + 1] = features
+            progress.update(len(idx))
     assert out is not None
     return out.keep()
 
@@ -312,7 +316,9 @@ def build_inputs(
     data = data.local()
     mean, std = normalization(cfg.model)
     pixels = data.pixels.array()
-    train_y, val_y = (torch.from_numpy(y).to(device) for y in (data.train_y, data.val_y))
+    train_y, val_y = (
+        torch.tensor(y, dtype=torch.long, device=device) for y in (data.train_y, data.val_y)
+    )
     train, val = Rows(pixels, data.train_rows), Rows(pixels, data.val_rows)
     images = TrainInputs(
         "images", STEM, train, train_y, val, val_y, cfg.image_size, cfg.aug_strength,
@@ -332,11 +338,11 @@ def build_inputs(
         one = eval_transform(cfg.image_size)(val.gather(torch.arange(1)).to(device))
         per_photo = prefix(one).numel()
     views = views_for(cfg)
-    if not cache_fits(per_photo, len(train_y), len(val_y), views):
-        return images
-
     weights = pretrained_weights_file(cfg.model).name if cfg.pretrained else None
     key = feature_key(cfg, data, weights) if weights else None
+    if not cache_fits(per_photo, len(train_y), len(val_y), views, on_disk(key)):
+        return images
+
     n = len(train_y)
     val_f = load_features(key, "val", (len(val_y),))
     if val_f is None:

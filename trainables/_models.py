@@ -83,7 +83,7 @@ def ensure_pretrained_weights(model: ModelName, download: bool = True) -> Path:
     path = pretrained_weights_file(model)
     if path.is_file():
         return path
-    error = "not installed" if model in LITE_MODELS else "not in the cache"
+    error = "are not installed" if model in LITE_MODELS else "are not in the cache"
     if download and model not in LITE_MODELS:
         import socket
 
@@ -97,11 +97,11 @@ def ensure_pretrained_weights(model: ModelName, download: bool = True) -> Path:
             if path.is_file():
                 return path
         except Exception as exc:  # network errors come in many types
-            error = f"download failed ({type(exc).__name__}: {exc})"
+            error = f"could not be downloaded ({type(exc).__name__}: {exc})"
         finally:
             socket.setdefaulttimeout(previous)
     raise WeightsUnavailableError(
-        f"pretrained {model} weights {path.name} are {error}.\n"
+        f"pretrained {model} weights {path.name} {error}.\n"
         f"  Expected at: {path}\n"
         f"  (torchvision looks in $TORCH_HOME/hub/checkpoints/, here {path.parent}).\n"
         "  Fixes: copy the file there from a machine with internet access; or use "

@@ -33,6 +33,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Bytes a photo may take once decoded (after JPEG's reduced-scale decoding): larger ones
+# are skipped before their pixels are decoded. 256 MiB: a 9,000 x 9,000 RGB photo.
+MAX_DECODED_BYTES = 256 << 20
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3}
+_BYTES_PER_PIXEL |= {"LAB": 3, "HSV": 3} | dict.fromkeys(_HIGH_BIT_MODES[:4], 2)
+
+
+class TooLargeError(ValueError):
+    """A photo whose decoded pixels would exceed :data:`MAX_DECODED_BYTES`."""
 
 
 def load_photo(source: str | os.PathLike[str] | bytes, size: int | None = None) -> Image.Image:
@@ -45,18 +54,40 @@ def load_photo(source: str | os.PathLike[str] | bytes, size: int | None = None) 
     with Image.open(stream) as opened:
         if size is not None:
             opened.draft("RGB", (size, size))
+        width, height = opened.size
+        decoded = width * height * _BYTES_PER_PIXEL.get(opened.mode, 4)
+        if decoded > MAX_DECODED_BYTES:
+            raise TooLargeError(
+                f"{width} x {height} {opened.mode} pixels take {decoded / 2**20:.0f} MiB decoded, "
+                f"over the {MAX_DECODED_BYTES >> 20} MiB a photo may take"
+            )
         img: Image.Image = ImageOps.exif_transpose(opened)
         if img.mode in _HIGH_BIT_MODES:
-            # 16-bit (and 32-bit int) images: map 0..65535 onto 0..255, no clipping;
-            # float images are taken as 0..1.
-            values = np.asarray(img, dtype=np.float64)
-            scale = 255.0 if img.mode == "F" else 255.0 / 65535.0
-            img = Image.fromarray((values * scale).round().clip(0, 255).astype(np.uint8))
+            img = _to_8_bit(img, size)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img = Image.alpha_composite(background, rgba)
         return img.convert("RGB")
+
+
+def _to_8_bit(img: Image.Image, size: int | None) -> Image.Image:
+    """16-bit (and 32-bit int) images: 0..65535 onto 0..255; float images taken as 0..1.
+
+    Shrunk first (box filter, in the image's own mode) to twice ``size``, then
+    converted in integer (or float32) arithmetic: never a float64 copy of a large image.
+    """
+    if size is not None and min(img.size) > 2 * size:
+        scale = 2 * size / min(img.size)
+        shape = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(shape, Image.Resampling.BOX)
+    values = np.asarray(img)
+    if img.mode == "F":
+        out = np.clip(values.astype(np.float32) * 255 + 0.5, 0, 255)
+    else:
+        wide = np.clip(values.astype(np.int64), 0, 65535)
+        out = (wide * 255 + 32767) // 65535
+    return Image.fromarray(out.astype(np.uint8))
 
 
 def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
@@ -94,6 +125,8 @@ def decode_bytes(data: bytes, size: int) -> Decoded:
             array = resize_center_crop(load_photo(data, size), size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return None, f"too large for Pillow's decompression-bomb limit ({exc})", None
+    except TooLargeError as exc:
+        return None, f"too large: {exc}", None
     except UnidentifiedImageError:
         return None, "not an image Pillow can read (wrong extension or corrupt header)", None
     except MemoryError:

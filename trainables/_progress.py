@@ -77,11 +77,15 @@ class Progress:
         )
         return f"{self.desc}: {self.done}/{self.total} {self.unit}s ({rate:.0f}/s{tail})"
 
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
     def __exit__(
         self,
         kind: type[BaseException] | None,
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.close()

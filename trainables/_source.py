@@ -43,7 +43,7 @@ _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
 HIDDEN = "hidden file"
 NOT_IMAGE = "not an image file extension"
 NOT_REGULAR = "not a regular file"
-LEAVES = "link leaves the data folder"
+LEAVES = "link leaves the data folder (--follow-links follows it)"
 BROKEN = "broken symbolic link"
 
 Listing = tuple[list[str], list[tuple[str, int]], list[tuple[str, str]]]
@@ -77,21 +77,33 @@ class PhotoSource:
     resolved local folder, or the bucket path inside the file system.
     """
 
-    def __init__(self, location: str, root: str, is_local: bool, fs: Any = None) -> None:
+    def __init__(
+        self, location: str, root: str, is_local: bool, fs: Any = None, follow_links: bool = False
+    ) -> None:
         self.location = location
         self.root = root
         self.is_local = is_local
+        self.follow_links = follow_links
         self._fs = fs
 
     @classmethod
-    def parse(cls, location: str | os.PathLike[str]) -> PhotoSource:
-        """A local path (``~`` expanded, resolved) or a URI; SourceError if unusable."""
+    def parse(cls, location: str | os.PathLike[str], follow_links: bool = False) -> PhotoSource:
+        """A local path (``~`` expanded, resolved) or a URI; SourceError if unusable.
+
+        ``follow_links``: folder links that leave a local folder are followed too (each
+        folder is still visited once)."""
         given = os.fspath(location)
         if "://" not in given:
-            return cls(given, str(Path(given).expanduser().resolve()), True)
+            return cls(given, str(Path(given).expanduser().resolve()), True, None, follow_links)
         parts = urlsplit(given)
-        keys = {k.lower() for k, _ in parse_qsl(parts.query)}
-        if parts.username or parts.password or keys & _SECRET_KEYS:
+        query = parse_qsl(parts.query)
+        keys = {k.lower() for k, _ in query}
+        if (
+            parts.username
+            or parts.password
+            or keys & _SECRET_KEYS
+            or any("@" in v for _, v in query)
+        ):
             raise SourceError(
                 "data URI must not carry credentials (they would be recorded with the "
                 "experiment); give them the usual way: AWS_ACCESS_KEY_ID / "
@@ -102,15 +114,21 @@ class PhotoSource:
         except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
             raise SourceError(f"data {parts.scheme}://{parts.netloc}{parts.path}: {exc}") from None
         if isinstance(fs, pafs.LocalFileSystem):
-            return cls(given, str(Path(path).resolve()), True)
+            return cls(given, str(Path(path).resolve()), True, None, follow_links)
         return cls(given, path.rstrip("/"), False, fs)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location, "root": self.root, "is_local": self.is_local}
+        return {
+            "location": self.location,
+            "root": self.root,
+            "is_local": self.is_local,
+            "follow_links": self.follow_links,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.location, self.root = state["location"], state["root"]
         self.is_local, self._fs = state["is_local"], None
+        self.follow_links = bool(state.get("follow_links", False))
 
     def __repr__(self) -> str:
         return f"PhotoSource({self.location!r})"
@@ -231,6 +249,8 @@ class PhotoSource:
         return classes, files, skipped
 
     def _inside(self, path: str) -> bool:
+        if self.follow_links:
+            return True
         target = os.path.realpath(path)
         return os.path.commonpath([self.root, target]) == self.root
 

@@ -37,9 +37,23 @@ def start_ray(address: str | None, say: Callable[[str], None]) -> dict[str, floa
         nodes = alive_nodes()
         say(f"Ray cluster at {address}: {len(nodes)} node(s)")
     else:
-        # "local": never attach to some other Ray instance running on this machine.
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        # "local": never attach to some other Ray instance running on this machine. Ray
+        # turns token authentication on for it (kept) and says so on stderr at every
+        # start: not news to a user who did not start the cluster.
+        notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+        notice.addFilter(_drop_token_notice)
+        try:
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        finally:
+            notice.removeFilter(_drop_token_notice)
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _drop_token_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def alive_nodes() -> list[dict[str, object]]:

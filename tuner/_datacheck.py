@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainables import FolderScan
+from tuner._errors import printable
 
 
 def summary(usable: FolderScan) -> dict[str, Any]:
@@ -26,15 +27,16 @@ def summary(usable: FolderScan) -> dict[str, Any]:
 def describe(usable: FolderScan) -> list[str]:
     """Human-readable lines: counts per class, skipped files, ambiguous labels."""
     counts = usable.counts()
-    lines = [f"{usable.root}: {len(usable.files)} usable photos in {len(counts)} classes"]
-    lines += [f"  {name}: {n}" for name, n in counts.items()]
+    root = printable(usable.root)
+    lines = [f"{root}: {len(usable.files)} usable photos in {len(counts)} classes"]
+    lines += [f"  {printable(name)}: {n}" for name, n in counts.items()]
     if usable.skipped:
         lines.append(f"Skipped {len(usable.skipped)} file(s):")
-        lines += [f"  {s.path}: {s.reason}" for s in usable.skipped]
+        lines += [f"  {printable(s.path)}: {printable(s.reason)}" for s in usable.skipped]
     if usable.ambiguous:
         lines.append(
             f"Warning: {len(usable.ambiguous)} photo(s) are filed under more than one class "
             "(ambiguous label; both copies are kept):"
         )
-        lines += ["  " + " = ".join(group) for group in usable.ambiguous]
+        lines += ["  " + " = ".join(printable(p) for p in group) for group in usable.ambiguous]
     return lines

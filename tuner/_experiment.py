@@ -45,12 +45,12 @@ REFIT_DIR = "refit"
 REPORT_DIR = "report"
 RESULT_FILE = "result.json"
 TRIAL_PREFIX = "trial_"
-_STATE_GLOB = "experiment_state-*.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+STATE_GLOB = "experiment_state-*.json"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def validate_name(name: str) -> str:
-    if not _NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid experiment name {name!r}: use letters, digits, '.', '_' and '-' "
             "(no path separators, no '..')"
@@ -73,6 +73,7 @@ class RunRecord:
     resources: dict[str, float]
     command: str = ""
     ray_version: str = ""
+    follow_links: bool = False
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     @classmethod
@@ -132,7 +133,7 @@ class Experiment:
 
     def has_state(self) -> bool:
         """Whether Ray Tune saved the experiment's state (a trial may have run)."""
-        return bool(self.storage.list(self.name, _STATE_GLOB, dirs=False))
+        return bool(self.storage.list(self.name, STATE_GLOB, dirs=False))
 
     def has_record(self) -> bool:
         return self.storage.exists(self.rel(TUNER_FILE))
@@ -211,6 +212,6 @@ def experiment_names(storage: Storage) -> list[str]:
     """The experiments Ray Tune saved state for under ``storage``."""
     names = []
     for name in storage.list(dirs=True):
-        if _NAME_RE.match(name) and Experiment(storage, name).has_state():
+        if NAME_RE.match(name) and Experiment(storage, name).has_state():
             names.append(name)
     return names

@@ -7,8 +7,14 @@ An export folder holds:
   ``EfficientNet.from_name("efficientnet-lite0", num_classes=N, image_size=S)``, or
   lite1 / lite2),
   readable with ``torch.load(..., weights_only=True)``;
-- ``model.ts``: the same model as TorchScript (fp32, eval mode), usable with
-  nothing but ``torch``;
+- ``model.onnx`` (checked with onnxruntime) and ``model.pt2`` (a ``torch.export``
+  program): the model with its input scaling, normalisation and softmax inside,
+  taking ``uint8`` RGB ``N x 3 x S x S`` photos (resized and centre-cropped as
+  ``config.json`` says) and returning float32 class probabilities; ``config.json``
+  states that contract under ``deploy``;
+- ``model.ts``: the model as TorchScript (fp32, eval mode) on normalised input,
+  returning logits: what ``predict --trust-model`` runs (TorchScript is
+  deprecated in current torch; it stays while that option uses it);
 - ``labels.json``: the class names in output-index order;
 - ``config.json``: the trial configuration plus the preprocessing
   (``image_size``, ``resize``, ``mean``, ``std``) and where it came from.
@@ -18,7 +24,8 @@ averaged probabilities, as log-probabilities), ``labels.json`` and
 ``config.json`` (with an ``ensemble`` section), and one state_dict per member
 under ``members/TRIAL_ID/model.pt``.
 
-``predict`` reads only ``model.ts``, ``labels.json`` and ``config.json``.
+``predict`` (:mod:`tuner._predict`) reads ``model.pt`` into the architecture
+``config.json`` names, running no code from the folder.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
+import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +45,67 @@ import torch
 
 from tuner._ensemble import Ensemble
 from tuner._errors import UsageError
-from tuner._inference import Preprocessing, RankedTrial, classify
+from tuner._inference import Preprocessing, RankedTrial
 
 MODEL_STATE = "model.pt"
 MODEL_SCRIPT = "model.ts"
+MODEL_ONNX = "model.onnx"
+MODEL_PROGRAM = "model.pt2"
 LABELS = "labels.json"
 CONFIG = "config.json"
-EXPORT_FILES = (MODEL_STATE, MODEL_SCRIPT, LABELS, CONFIG)
+EXPORT_FILES = (MODEL_STATE, MODEL_ONNX, MODEL_PROGRAM, MODEL_SCRIPT, LABELS, CONFIG)
 PREPROCESSING = (
     "RGB with EXIF orientation applied (JPEGs decoded with DCT downscaling to no less than "
     "resize px); shorter side resized to resize px (bilinear) and centre-cropped to a square; "
     "centre-cropped to image_size; scaled to [0, 1]; (x - mean) / std per channel"
 )
-# TorchScript and eager logits may differ by float rounding, never by more.
+# TorchScript, ONNX and eager outputs may differ by float rounding, never by more.
 _TRACE_ATOL = 1e-4
 
 
-def export_trial(trial: RankedTrial, output: Path) -> list[Path]:
+class Deployed(torch.nn.Module):
+    """``model`` with what can live in the graph: uint8 RGB photos in, probabilities out."""
+
+    def __init__(self, model: torch.nn.Module, prep: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", torch.tensor(prep.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(prep.std).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image.float() / 255.0 - self.mean) / self.std
+        return self.model(x).float().softmax(1)
+
+
+def deploy_contract(prep: Preprocessing, n_classes: int) -> dict[str, Any]:
+    """What ``model.onnx`` and ``model.pt2`` take and return (written to config.json)."""
+    size = prep.image_size
+    return {
+        "onnx": MODEL_ONNX,
+        "torch_export": MODEL_PROGRAM,
+        "input": {
+            "name": "image",
+            "dtype": "uint8",
+            "layout": "NCHW",
+            "shape": ["N", 3, size, size],
+            "values": "RGB 0-255, the photo prepared as 'preprocessing' says up to the "
+            "centre crop to image_size; scaling and normalisation are inside the model",
+        },
+        "output": {
+            "name": "probabilities",
+            "dtype": "float32",
+            "shape": ["N", n_classes],
+            "values": "class probabilities in labels.json order, summing to 1 (an ensemble: "
+            "the weighted mean of its members' probabilities)",
+        },
+        "torchscript": f"{MODEL_SCRIPT}: logits of the normalised float32 input (an ensemble: "
+        "the log of its averaged probabilities); run by predict --trust-model",
+    }
+
+
+def export_trial(trial: RankedTrial, output: Path, force: bool = False) -> list[Path]:
     """Write the four export files of ``trial`` into ``output``; return their paths.
 
     The TorchScript model is checked against the checkpoint's model on a
@@ -72,10 +124,12 @@ def export_trial(trial: RankedTrial, output: Path) -> list[Path]:
         "experiment": trial.experiment.display(),
     }
     states = {MODEL_STATE: model}
-    return _write_export(output, model, trial.preprocessing, trial.classes, config, states)
+    return _write_export(output, model, trial.preprocessing, trial.classes, config, states, force)
 
 
-def export_ensemble(ensemble: Ensemble, output: Path, test_acc: float | None) -> list[Path]:
+def export_ensemble(
+    ensemble: Ensemble, output: Path, test_acc: float | None, force: bool = False
+) -> list[Path]:
     """Write an ensemble's export: one TorchScript ``model.ts`` averaging its members'
     probabilities, ``members/TRIAL_ID/model.pt`` state_dicts, labels and config."""
     first = ensemble.members[0]
@@ -104,7 +158,8 @@ def export_ensemble(ensemble: Ensemble, output: Path, test_acc: float | None) ->
     }
     states = {f"members/{m.trial_id}/{MODEL_STATE}": m.model for m in ensemble.members}
     module = ensemble.module()
-    return _write_export(output, module, first.preprocessing, first.classes, config, states)
+    prep, classes = first.preprocessing, first.classes
+    return _write_export(output, module, prep, classes, config, states, force)
 
 
 def _write_export(
@@ -114,37 +169,109 @@ def _write_export(
     classes: list[str],
     config: dict[str, Any],
     states: dict[str, torch.nn.Module],
+    force: bool = False,
 ) -> list[Path]:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {output}: {exc.strerror or exc}") from None
     size = prep.image_size
-    with torch.no_grad(), _quiet_jit():
+    with torch.no_grad(), quiet_jit():
         traced = torch.jit.trace(model, torch.zeros(1, 3, size, size))
         probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
         if not torch.allclose(traced(probe), model(probe), atol=_TRACE_ATOL):
             raise RuntimeError(f"the TorchScript export to {output} disagrees with the model")
+    deployed = Deployed(model, prep).eval()
+    config = config | {"deploy": deploy_contract(prep, len(classes))}
     writers: dict[str, Callable[[Path], object]] = {
         name: functools.partial(_save_state_dict, module) for name, module in states.items()
     }
     writers |= {
+        MODEL_ONNX: lambda p: _save_onnx(deployed, size, p),
+        MODEL_PROGRAM: lambda p: _save_program(deployed, size, p),
         MODEL_SCRIPT: lambda p: _save_script(traced, p),
         LABELS: lambda p: Path(p).write_text(json.dumps(classes, indent=2) + "\n"),
         CONFIG: lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"),
     }
-    written = []
-    for name, write in writers.items():
-        path = output / name
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write(tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-        written.append(path)
-    return written
+    with staged(output, force) as staging:
+        for name, write in writers.items():
+            path = staging / name
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write(path)
+            except OSError as exc:
+                raise UsageError(f"cannot write {output / name}: {exc.strerror or exc}") from None
+    return [output / name for name in writers]
+
+
+def check_output(output: Path, force: bool) -> None:
+    """UsageError unless ``output`` can take an export: absent, an empty folder, or any
+    folder with ``force``."""
+    if output.is_file() or (output.exists() and not output.is_dir()):
+        raise UsageError(f"--output {output} is a file; give a folder")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise UsageError(
+            f"--output {output} is not empty; choose another folder, or add --force to "
+            "replace it whole"
+        )
+
+
+@contextmanager
+def staged(output: Path, force: bool) -> Iterator[Path]:
+    """A new hidden folder beside ``output`` to write into; renamed to ``output`` at the
+    end (replacing it whole with ``force``), removed if anything fails: an export is
+    written whole or not at all."""
+    check_output(output, force)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    except OSError as exc:
+        raise UsageError(f"cannot create {output}: {exc.strerror or exc}") from None
+    try:
+        yield staging
+        check_output(output, force)  # nothing new appeared meanwhile
+        if output.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
+            os.replace(output, old / output.name)
+            os.replace(staging, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _photos(n: int, size: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+def _batch_dim() -> Any:
+    return {"image": {0: torch.export.Dim("batch", min=1, max=4096)}}
+
+
+def _save_onnx(deployed: Deployed, size: int, path: Path) -> None:
+    """``deployed`` as ONNX, checked with onnxruntime against the model itself."""
+    import onnxruntime as ort
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            deployed, (_photos(2, size, 0),), str(path), input_names=["image"],
+            output_names=["probabilities"], dynamic_shapes=_batch_dim(), dynamo=True,
+        )  # fmt: skip
+        probe = _photos(3, size, 1)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        answer = torch.from_numpy(session.run(None, {"image": probe.numpy()})[0])
+        if not torch.allclose(answer, deployed(probe), atol=_TRACE_ATOL):
+            raise RuntimeError(f"the ONNX export {path.name} disagrees with the model")
+
+
+def _save_program(deployed: Deployed, size: int, path: Path) -> None:
+    """``deployed`` as a ``torch.export`` program, checked against the model itself."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(deployed, (_photos(2, size, 0),), dynamic_shapes=_batch_dim())
+        probe = _photos(3, size, 1)
+        if not torch.allclose(program.module()(probe), deployed(probe), atol=_TRACE_ATOL):
+            raise RuntimeError(f"the torch.export program {path.name} disagrees with the model")
+        torch.export.save(program, str(path))
 
 
 def _save_state_dict(model: torch.nn.Module, path: Path) -> None:
@@ -152,7 +279,7 @@ def _save_state_dict(model: torch.nn.Module, path: Path) -> None:
 
 
 @contextmanager
-def _quiet_jit() -> Iterator[None]:
+def quiet_jit() -> Iterator[None]:
     """Silence TorchScript's deprecation notices: the export format is TorchScript by contract."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
@@ -160,78 +287,5 @@ def _quiet_jit() -> Iterator[None]:
 
 
 def _save_script(module: torch.jit.ScriptModule, path: Path) -> None:
-    with _quiet_jit():
+    with quiet_jit():
         torch.jit.save(module, str(path))
-
-
-@dataclass
-class ExportedModel:
-    """An export folder loaded for prediction (TorchScript, labels, preprocessing)."""
-
-    folder: Path
-    model: torch.jit.ScriptModule
-    labels: list[str]
-    preprocessing: Preprocessing
-
-
-def load_export(folder: Path) -> ExportedModel:
-    """Read an export folder; UsageError if it is not one."""
-    missing = [name for name in (MODEL_SCRIPT, LABELS, CONFIG) if not (folder / name).is_file()]
-    if not folder.is_dir() or missing:
-        raise UsageError(
-            f"{folder} is not an exported model folder (missing {', '.join(missing)}); "
-            "create one with: python -m tuner export NAME --output DIR"
-        )
-    try:
-        labels = [str(c) for c in json.loads((folder / LABELS).read_text())]
-        config = json.loads((folder / CONFIG).read_text())
-        prep = Preprocessing(
-            image_size=int(config["image_size"]),
-            mean=tuple(float(v) for v in config["mean"]),
-            std=tuple(float(v) for v in config["std"]),
-        )
-        with _quiet_jit():
-            model = torch.jit.load(str(folder / MODEL_SCRIPT), map_location="cpu")
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise UsageError(
-            f"{folder} is not a readable export ({type(exc).__name__}: {exc})"
-        ) from None
-    model.eval()
-    return ExportedModel(folder=folder, model=model, labels=labels, preprocessing=prep)
-
-
-def predict_images(
-    exported: ExportedModel, images: Sequence[str], top: int
-) -> list[dict[str, Any]]:
-    """Top-``top`` classes with probabilities for each image, in the order given.
-
-    Each entry is ``{"image", "predictions": [{"class", "probability"}]}``, or
-    ``{"image", "error"}`` for an image that could not be read.
-    """
-    classified = classify(exported.model, images, exported.preprocessing)
-    probs = classified.logits.softmax(1)
-    k = min(top, len(exported.labels))
-    results: list[dict[str, Any]] = [
-        {"image": image, "error": classified.failed.get(i, "")} for i, image in enumerate(images)
-    ]
-    for row, i in enumerate(classified.ok):
-        values, indices = probs[row].topk(k)
-        predictions = [
-            {"class": exported.labels[int(j)], "probability": float(v)}
-            for v, j in zip(values, indices, strict=True)
-        ]
-        results[i] = {"image": images[i], "predictions": predictions}
-    return results
-
-
-def format_predictions(results: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
-    """Human-readable predictions (stdout) and one error line per failed image (stderr)."""
-    lines: list[str] = []
-    errors: list[str] = []
-    for result in results:
-        if "error" in result:
-            errors.append(f"{result['image']}: error: {result['error']}")
-            continue
-        lines.append(result["image"])
-        lines += [f"  {p['probability']:7.2%}  {p['class']}" for p in result["predictions"]]
-    return "\n".join(lines), errors

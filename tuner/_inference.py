@@ -27,6 +27,7 @@ from torch import nn
 from trainables import (
     CheckpointError,
     PhotoSource,
+    Progress,
     build_model,
     cache_size_for,
     decode_files,
@@ -103,6 +104,7 @@ def classify(
     ok: list[int] = []
     failed: dict[int, str] = {}
     names = [str(p) for p in paths]
+    progress = Progress(len(names), "classifying", "photo", quiet=len(names) <= CHUNK)
     # Photos of a source decoded at this size before (a search's) are read from its map.
     stored = find_decoded(source, names, prep.resize) if source is not None else None
     for start in range(0, len(paths), CHUNK):
@@ -122,6 +124,8 @@ def classify(
             images = crop(torch.from_numpy(raw[rows[b : b + BATCH]]))
             x = normalize(images, prep.mean, prep.std, torch.float32)
             logits.append(model(x.contiguous(memory_format=torch.channels_last)).float())
+        progress.update(len(chunk))
+    progress.close()
     return Classified(torch.cat(logits) if logits else torch.empty(0, 0), ok, failed)
 
 

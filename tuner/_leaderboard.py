@@ -1,8 +1,11 @@
 """The ranked record of every trial of an experiment, and its file formats.
 
-Read from Ray Tune's own experiment state (``ExperimentAnalysis``), so it
-works on finished, interrupted and running experiments without writing to
-them, and lists exactly the trials the experiment knows.
+Read from Ray Tune's own experiment state (the newest ``experiment_state-*.json``),
+so it works on finished, interrupted and running experiments without writing to
+them, and lists exactly the trials the experiment knows. Only plain JSON is read
+from it (trial id, status, config): the values Ray stores as cloudpickle are never
+decoded, so an experiment folder someone else can write to cannot run code here.
+Results and checkpoints come from each trial's ``result.json`` and folder.
 """
 
 from __future__ import annotations
@@ -10,13 +13,21 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from trainables import SPLIT_FILE, TrialConfig
 from tuner._errors import UsageError
-from tuner._experiment import BEST_CONFIG, LEADERBOARD_CSV, LEADERBOARD_PARQUET, Experiment
+from tuner._experiment import (
+    BEST_CONFIG,
+    LEADERBOARD_CSV,
+    LEADERBOARD_PARQUET,
+    STATE_GLOB,
+    TRIAL_PREFIX,
+    Experiment,
+)
 from tuner._holdout import attach_test_scores
 
 FORMATS = ("table", "csv", "parquet", "json", "markdown")
@@ -47,6 +58,46 @@ _BASE_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class TrialRecord:
+    """What the experiment state says of one trial: its id, Ray's status, its config."""
+
+    trial_id: str
+    status: str  # Ray's, lower case: pending, running, paused, terminated, error
+    config: dict[str, Any]
+
+
+def _pickled(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("_type") == "CLOUDPICKLE_FALLBACK"
+
+
+def read_trials(exp: Experiment) -> list[TrialRecord]:
+    """The trials of ``exp``'s newest saved state (UsageError if there is none)."""
+    states = sorted(exp.storage.list(exp.name, STATE_GLOB, dirs=False))
+    if not states:
+        raise UsageError(
+            f"{exp.display()} holds no Ray Tune experiment state (yet); was the search started?"
+        )
+    try:
+        data = json.loads(exp.storage.read_text(exp.rel(states[-1])))
+        trials = []
+        for entry in data["trial_data"]:
+            state = json.loads(entry[0])
+            config = state.get("config")
+            plain = (
+                {k: v for k, v in config.items() if not _pickled(v)}
+                if isinstance(config, dict)
+                else {}
+            )
+            trials.append(TrialRecord(str(state["trial_id"]), str(state["status"]).lower(), plain))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise UsageError(
+            f"{exp.display(states[-1])} is not an experiment state this tool can read "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    return trials
+
+
 def build_leaderboard(
     exp: Experiment, histories: dict[str, pd.DataFrame] | None = None
 ) -> pd.DataFrame:
@@ -55,22 +106,11 @@ def build_leaderboard(
     ``histories`` (trial id -> :meth:`Experiment.history`) saves reading the trials'
     results again when the caller has them.
     """
-    import logging
-
-    from ray.tune import ExperimentAnalysis
-
-    # A trial that has not reported yet has no result file; that is not worth a warning.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    try:
-        analysis = ExperimentAnalysis(exp.path(), storage_filesystem=exp.storage.fs)
-    except ValueError:
-        raise UsageError(
-            f"{exp.display()} holds no Ray Tune experiment state (yet); was the search started?"
-        ) from None
     rows, known = [], histories or {}
-    for trial in analysis.trials:
+    defaults = TrialConfig()
+    for trial in read_trials(exp):
         df = known[trial.trial_id] if trial.trial_id in known else exp.history(trial.trial_id)
-        cfg = {k: trial.config.get(k, getattr(TrialConfig(), k)) for k in TrialConfig.field_names()}
+        cfg = {k: trial.config.get(k, getattr(defaults, k)) for k in TrialConfig.field_names()}
         rows.append(_trial_row(exp, trial, df, cfg))
     columns = _BASE_COLUMNS + list(TrialConfig.field_names()) + ["checkpoint"]
     board = pd.DataFrame(rows, columns=columns[1:])
@@ -88,6 +128,18 @@ def build_leaderboard(
     return _typed(board.reset_index(drop=True))
 
 
+def kept_checkpoints(exp: Experiment, trial_id: str) -> list[tuple[int, float, str]]:
+    """(epoch, val_acc, folder) of every checkpoint ``trial_id`` reported that is still on
+    storage (the folder as a path of the storage's file system)."""
+    folder = exp.rel(f"{TRIAL_PREFIX}{trial_id}")
+    present = set(exp.storage.list(folder, "checkpoint_*", dirs=True))
+    return [
+        (int(r["epoch"]), float(r["val_acc"]), exp.storage.path(folder, r["checkpoint_dir_name"]))
+        for r in exp.reports(trial_id)
+        if r.get("checkpoint_dir_name") in present and "epoch" in r and "val_acc" in r
+    ]
+
+
 def standard_error(accuracy: float, n: int) -> float:
     """Binomial standard error of an accuracy measured on ``n`` photos (NaN if unknown)."""
     if not n or not math.isfinite(accuracy):
@@ -96,9 +148,9 @@ def standard_error(accuracy: float, n: int) -> float:
 
 
 def _trial_row(
-    exp: Experiment, trial: Any, df: pd.DataFrame, cfg: dict[str, Any]
+    exp: Experiment, trial: TrialRecord, df: pd.DataFrame, cfg: dict[str, Any]
 ) -> dict[str, Any]:
-    ray_status = str(trial.status).lower()
+    ray_status = trial.status
     has_results = not df.empty and "val_acc" in df
     diverged = bool(
         has_results and "diverged" in df and df["diverged"].fillna(False).astype(bool).any()
@@ -132,7 +184,8 @@ def _trial_row(
         if not valid.empty:
             top = float(valid["val_acc"].max())
             # The checkpoint Ray kept for a best epoch; among tied epochs, the latest.
-            tied = [(epoch, path) for epoch, acc, path in kept_checkpoints(trial) if acc == top]
+            kept = kept_checkpoints(exp, trial.trial_id)
+            tied = [(epoch, path) for epoch, acc, path in kept if acc == top]
             epoch, path = (
                 max(tied) if tied else (int(valid.loc[valid["val_acc"] == top, "epoch"].max()), "")
             )
@@ -142,34 +195,6 @@ def _trial_row(
                 val_acc=top, best_epoch=epoch, val_loss=float(best["val_loss"]), checkpoint=shown
             )
     return row
-
-
-def recorded_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
-    """(epoch, val_acc, folder) of every checkpoint Ray recorded for ``trial``, deleted
-    or not (the folder as a path of the checkpoint's file system)."""
-    return [
-        (int(r.metrics["epoch"]), float(r.metrics["val_acc"]), r.checkpoint.path)
-        for r in trial.run_metadata.checkpoint_manager.best_checkpoint_results
-        if "epoch" in r.metrics and "val_acc" in r.metrics
-    ]
-
-
-def checkpoint_filesystem(trial: Any) -> Any:
-    """The file system of ``trial``'s checkpoints (they share one), or None before any."""
-    results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
-    return results[0].checkpoint.filesystem if results else None
-
-
-def kept_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
-    """:func:`recorded_checkpoints` of ``trial`` still on storage."""
-    import pyarrow.fs as pafs
-
-    fs = checkpoint_filesystem(trial)
-    return [
-        c
-        for c in recorded_checkpoints(trial)
-        if fs.get_file_info(c[2]).type == pafs.FileType.Directory
-    ]
 
 
 def _typed(board: pd.DataFrame) -> pd.DataFrame:
@@ -259,18 +284,37 @@ def render(board: pd.DataFrame, fmt: str, top: int | None = None) -> str | bytes
         buf = io.BytesIO()
         board.to_parquet(buf, index=False)
         return buf.getvalue()
-    shown = board.drop(columns=["checkpoint"]) if fmt == "table" else board
     if fmt == "markdown":
         return _markdown(board)
     if fmt == "table":
-        return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        return _table(board)
     raise UsageError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+
+
+def _cell(value: Any) -> str:
+    """A value as the table and markdown show it: ``-`` when missing."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _table(board: pd.DataFrame) -> str:
+    """The varying columns as a table; the configuration shared by every trial listed once
+    above it (every column stays in csv, parquet and json)."""
+    shown = board.drop(columns=["checkpoint"])
+    fields = [c for c in TrialConfig.field_names() if c in shown]
+    constant = [c for c in fields if len(shown) and shown[c].nunique(dropna=False) == 1]
+    table = shown.drop(columns=constant).astype(object).map(_cell).to_string(index=False)
+    if not constant:
+        return table
+    same = ", ".join(f"{c}={_cell(_plain(board[c].iloc[0]))}" for c in constant)
+    return f"Same in every trial: {same}\n\n{table}"
 
 
 def _markdown(board: pd.DataFrame) -> str:
     cols = list(board.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in board.iterrows():
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        cells = [_cell(_plain(v)) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

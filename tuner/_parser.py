@@ -46,6 +46,15 @@ def _cache_dir(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
     )
 
 
+def _follow_links(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="also follow folder links that lead out of the photo folder (each folder is "
+        "still listed once)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuner",
@@ -65,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--storage", help=STORAGE_HELP)
     exp.add_argument("--address", help="existing Ray cluster to use (default: $RAY_ADDRESS)")
     _cache_dir(exp)
+    _follow_links(exp)
     budget = search.add_argument_group("budget (overrides the space's)")
     budget.add_argument("--num-samples", type=_positive_int, help="number of trials")
     budget.add_argument("--max-epochs", type=_positive_int, help="epochs per trial at most")
@@ -105,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start errored trials over instead of from their checkpoints",
     )
+
+    listing = sub.add_parser(
+        "list",
+        help="the experiments in a storage, newest first",
+        description="Each experiment in the storage: status (running, interrupted, finished), "
+        "trials ended of those asked, best val_acc and its test_acc, space, created.",
+    )
+    listing.add_argument("--storage", help=STORAGE_HELP)
+    listing.add_argument("--format", default="table", choices=["table", "csv", "json", "markdown"])
 
     board = sub.add_parser(
         "leaderboard",
@@ -158,7 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
         "averaging the probabilities of K trials' best checkpoints.",
     )
     _add_ranked_trial_args(export)
-    export.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+    export.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="folder to write (absent or empty; it appears whole when the export is done)",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace a non-empty --output folder whole"
+    )
     export.add_argument(
         "--refit",
         action="store_true",
@@ -197,11 +224,26 @@ def build_parser() -> argparse.ArgumentParser:
         "exported model folder (from `export`). Exit 1 if any image could not be read.",
     )
     predict.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by `export`")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument(
+        "images", nargs="+", metavar="IMAGE|FOLDER", help="photos, or folders searched recursively"
+    )
     predict.add_argument(
         "--top", type=_positive_int, default=3, metavar="K", help="classes per image (default: 3)"
     )
     predict.add_argument("--json", action="store_true", help="print one JSON object")
+    predict.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write one row per photo to FILE.csv (image, class_1, probability_1, ..., error) "
+        "or FILE.json instead of printing",
+    )
+    predict.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="run the folder's TorchScript model.ts (it runs code its author wrote); by "
+        "default the project builds the architecture config.json names and loads only the "
+        "tensors of model.pt",
+    )
 
     data = sub.add_parser(
         "data",
@@ -216,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and identical photos filed under different classes. Exit 2 if a search could not "
         "use the folder.",
     )
-    check.add_argument("dir", metavar="DIR")
+    check.add_argument("dir", metavar="DIR", help="photo folder or URI (s3://BUCKET/PREFIX, ...)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
+    _follow_links(check)
     return parser
 
 

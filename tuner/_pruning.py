@@ -32,10 +32,24 @@ from typing import Any
 
 from ray import tune
 
-from tuner._leaderboard import checkpoint_filesystem, recorded_checkpoints
-
 KEEP_BEST = 2
 _INDEX = re.compile(r"checkpoint_(\d+)$")
+
+
+def recorded_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
+    """(epoch, val_acc, folder) of every checkpoint Ray recorded for ``trial``, deleted
+    or not (the folder as a path of the checkpoint's file system)."""
+    return [
+        (int(r.metrics["epoch"]), float(r.metrics["val_acc"]), r.checkpoint.path)
+        for r in trial.run_metadata.checkpoint_manager.best_checkpoint_results
+        if "epoch" in r.metrics and "val_acc" in r.metrics
+    ]
+
+
+def checkpoint_filesystem(trial: Any) -> Any:
+    """The file system of ``trial``'s checkpoints (they share one), or None before any."""
+    results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
+    return results[0].checkpoint.filesystem if results else None
 
 
 def _index(path: str) -> int:

@@ -46,6 +46,11 @@ def _train(
 
     def report(metrics: dict[str, Any], folder: Path) -> None:
         history.append(metrics)
+        print(
+            f"refit: epoch {metrics['epoch']}/{cfg.max_epochs} done in "
+            f"{metrics['epoch_time_s']:.0f} s (train_loss {metrics['train_loss']:.4f})",
+            flush=True,
+        )
         if metrics["epoch"] == cfg.max_epochs or metrics.get("diverged"):
             storage.upload(folder / CHECKPOINT_FILE, f"{dest}/{CHECKPOINT_FILE}")
         shutil.rmtree(folder, ignore_errors=True)

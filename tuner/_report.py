@@ -167,18 +167,26 @@ def _learning_curves(exp: _Results, fig: Figure) -> None:
             zorder=3 if best else 2,
             label=f"{label} (best)" if best else label,
         )
-        if row["stopped_early"]:
+        if row["stopped_early"]:  # its last epoch, in its own colour
             last = df.iloc[-1]
-            ax.plot(last["epoch"], last["val_acc"], "x", ms=10, mew=2.5, color="black", zorder=4)
+            ax.plot(
+                last["epoch"], last["val_acc"], "x", ms=10, mew=2.5, zorder=4,
+                color=_BEST_COLOUR if best else colour,
+            )  # fmt: skip
+    rungs = []
     if exp.space is not None:
         budget = exp.space.budget
         rung = min(budget.grace_period, budget.max_epochs)
         while rung < budget.max_epochs:
             ax.axvline(rung, color="grey", ls=":", lw=1)
+            rungs.append(rung)
             rung *= budget.reduction_factor
     handles, labels = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], ls="none", marker="x", ms=9, mew=2.5, color="black"))
-    labels.append("stopped early by ASHA")
+    handles.append(Line2D([], [], ls="none", marker="x", ms=9, mew=2.5, color="grey"))
+    labels.append("x: last epoch of a trial ASHA stopped (in its colour)")
+    if rungs:
+        handles.append(Line2D([], [], ls=":", lw=1, color="grey"))
+        labels.append(f"ASHA rung (epoch {', '.join(map(str, rungs))})")
     ax.legend(handles, labels, fontsize="small", loc="best")
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_acc")
@@ -279,6 +287,11 @@ def _categories(exp: _Results, key: str, values: list[Any]) -> list[Any]:
     return sorted(set(values), key=str)
 
 
+# Below this many trials with a val_acc, importances are drawn with a caveat: fANOVA and
+# PED-ANOVA fit a model of val_acc on the trials, which a handful of points cannot pin down.
+MIN_IMPORTANCE_TRIALS = 10
+
+
 def param_importances(exp: _Results) -> tuple[dict[str, float], str, int]:
     """(importance per searched key, evaluator name, trials used), or raise ``_Skip``."""
     import optuna
@@ -335,7 +348,8 @@ def _importance(exp: _Results, fig: Figure) -> None:
     ax.set_xlabel(f"importance for val_acc ({evaluator}, normalised to sum 1)")
     ax.set_ylabel("hyperparameter")
     ax.set_xlim(0, max(1.0, max(importances.values()) * 1.15))
-    ax.set_title(f"{exp.name}: hyperparameter importance ({used} trials)")
+    caveat = "" if used >= MIN_IMPORTANCE_TRIALS else ": too few to rely on"
+    ax.set_title(f"{exp.name}: hyperparameter importance ({used} trials{caveat})")
     ax.grid(alpha=0.3, axis="x")
 
 
@@ -350,7 +364,8 @@ _CAPTIONS = {
     "learning_curves": (
         "Learning curves",
         "Validation accuracy per epoch of every trial. The thick red line is the best trial; "
-        "an x marks the last epoch of a trial ASHA stopped early; dotted lines are ASHA's rungs.",
+        "an x, in the trial's colour, marks the last epoch of a trial ASHA stopped early (a "
+        "trial stopped after one epoch is that x alone); dotted lines are ASHA's rungs.",
     ),
     "best_so_far": (
         "Best val_acc over time",
@@ -363,7 +378,9 @@ _CAPTIONS = {
     ),
     "importance": (
         "Hyperparameter importance",
-        "Importances computed by Optuna on a study rebuilt from the trials' best val_acc.",
+        "Importances computed by Optuna on a study rebuilt from the trials' best val_acc. "
+        f"With fewer than {MIN_IMPORTANCE_TRIALS} trials the title says so: a model of val_acc "
+        "fitted to so few points is noise more than a measurement.",
     ),
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from tuner._errors import UsageError
 from tuner._experiment import JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
 from tuner._holdout import attach_test_scores, score_top_trials, test_lines
 from tuner._leaderboard import best_config, build_leaderboard, tie_note, write_leaderboard
+from tuner._listing import is_finished
 from tuner._pruning import CheckpointPruner
 from tuner._spaces import Budget, SearchSpace
 from tuner._storage import Storage
@@ -59,6 +61,7 @@ class SearchRequest:
     storage: Storage
     data_dir: str  # a local folder (resolved) or a URI
     address: str | None = None
+    follow_links: bool = False
 
 
 def default_name(space: SearchSpace) -> str:
@@ -90,7 +93,7 @@ def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
     """Scan, decode once into the disk cache (or reuse it) and split; nothing else written."""
     size = cache_size_for(max(req.space.possible_values("image_size")))
     try:
-        scan = scan_folder(req.data_dir)
+        scan = scan_folder(req.data_dir, req.follow_links)
         usable, decoded = screen(scan, size, reserve=feature_reserve(req.space), say=say)
         for line in describe(usable):
             say(line)
@@ -104,10 +107,12 @@ def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
         )
     except DataError as exc:
         raise UsageError(f"data: {exc}") from None
-    say(
-        f"Split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test "
-        "photos (test held out: no trial sees it)"
+    test = (
+        f"{len(split.test)} test photos (held out: no trial sees it)"
+        if split.test
+        else "no test split (--test-fraction 0)"
     )
+    say(f"Split: {len(split.train)} train / {len(split.val)} val photos, {test}")
     say(decode_line(decoded))
     return split, cache
 
@@ -250,7 +255,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     exp.write_record(_record(req, cache.size, resources))
     make_reserve(exp)
     budget = req.space.budget
-    concurrent = budget.max_concurrent or _fits(cluster, resources)
+    concurrent = min(budget.max_concurrent or _fits(cluster, resources), budget.num_samples)
     say(
         f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
         f"{budget.max_epochs} epochs, ASHA grace {budget.grace_period} / reduction "
@@ -300,6 +305,13 @@ def resume(name: str, storage: Storage, restart_errored: bool = False, say: Prin
     if exp.has_record() and not exp.has_state():
         return _start_again(exp, say)
     exp = Experiment.open(storage, name)
+    if is_finished(exp):
+        where = f" --storage {shlex.quote(storage.uri)}"
+        say(
+            f"{name} is finished: every trial it asked for has ended; nothing to resume. "
+            f"Its results: python -m tuner leaderboard {name}{where}"
+        )
+        return 0
     record = exp.record()
     space = record.search_space()
     split = exp.split()
@@ -330,8 +342,9 @@ def _start_again(exp: Experiment, say: Print) -> int:
     starts again from its recorded request."""
     record = exp.record()
     request = SearchRequest(
-        record.search_space(), exp.name, exp.storage, record.data_dir, record.address
-    )
+        record.search_space(), exp.name, exp.storage, record.data_dir, record.address,
+        record.follow_links,
+    )  # fmt: skip
     say(f"{exp.name} was stopped before its first trial was recorded; starting it again")
     for leftover in (TUNER_FILE, SPLIT_FILE, JOURNAL_FILE):
         exp.delete(leftover)
@@ -453,5 +466,6 @@ def _record(req: SearchRequest, cache_size: int, resources: dict[str, float]) ->
         cache_size=cache_size,
         resources=resources,
         command=" ".join(sys.argv),
+        follow_links=req.follow_links,
         ray_version=ray.__version__,
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,10 +144,18 @@ class Storage:
                 with self.fs.open_output_stream(target) as f:
                     f.write(data)
                 return
-            tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.tmp")
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-            os.replace(tmp, target)
+            # Created exclusively (never through a file planted under a predictable name).
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{posixpath.basename(target)}.", dir=posixpath.dirname(target)
+            )
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
         self._call(write, rel)
 
@@ -230,8 +239,10 @@ class Storage:
 
 def _refuse_credentials(uri: str) -> None:
     parts = urlsplit(uri)
-    keys = {k.lower() for k, _ in parse_qsl(parts.query)}
-    if parts.password or parts.username or keys & _SECRET_KEYS:
+    query = parse_qsl(parts.query)
+    keys = {k.lower() for k, _ in query}
+    # A user:password@ in the URI, or in a value such as endpoint_override=user:pw@host.
+    if parts.password or parts.username or keys & _SECRET_KEYS or any("@" in v for _, v in query):
         raise UsageError(
             "storage URI must not carry credentials (they would be recorded with the "
             "experiment); give them the usual way: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "

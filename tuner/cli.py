@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuner._errors import UsageError
+from tuner._errors import UsageError, printable
 from tuner._parser import build_parser
 
 if TYPE_CHECKING:
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from tuner._datasets import resolve_data_dir
-    from tuner._experiment import validate_name
+    from tuner._experiment import Experiment, validate_name
+    from tuner._lock import WriterLock
     from tuner._search import SearchRequest, default_name, run_search
     from tuner._spaces import load_space
     from tuner._storage import Storage
@@ -44,21 +45,34 @@ def _cmd_search(args: argparse.Namespace) -> int:
         )
     )
     name = validate_name(args.name or default_name(space))
+    storage = Storage.parse(args.storage)
     request = SearchRequest(
         space=space,
         name=name,
-        storage=Storage.parse(args.storage),
+        storage=storage,
         data_dir=resolve_data_dir(args.data),
         address=args.address,
+        follow_links=args.follow_links,
     )
-    return run_search(request)
+    with WriterLock(Experiment(storage, name)):
+        return run_search(request)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    from tuner._experiment import Experiment
+    from tuner._lock import WriterLock
     from tuner._search import resume
     from tuner._storage import Storage
 
-    return resume(args.name, Storage.parse(args.storage), args.restart_errored)
+    storage = Storage.parse(args.storage)
+    with WriterLock(Experiment(storage, args.name)):
+        return resume(args.name, storage, args.restart_errored)
+
+
+def printable_json(data: object) -> str:
+    """JSON (non-ASCII kept readable) that any stdout can print: a file name's bytes that
+    are not UTF-8 become ``\\udcXX`` escapes, still valid JSON."""
+    return printable(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -80,6 +94,14 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
         raise UsageError("parquet is binary: give --output FILE")
     else:
         print(out)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from tuner._listing import list_experiments, render_list
+    from tuner._storage import Storage
+
+    print(render_list(list_experiments(Storage.parse(args.storage)), args.format))
     return 0
 
 
@@ -139,8 +161,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tuner._export import export_trial
+    from tuner._export import check_output, export_trial
 
+    check_output(Path(args.output), args.force)  # before any model is loaded
     if args.ensemble:
         if args.refit:
             raise UsageError("--ensemble and --refit cannot be combined")
@@ -150,7 +173,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from tuner._refit import load_refit
 
         trial = load_refit(trial)
-    for path in export_trial(trial, Path(args.output)):
+    for path in export_trial(trial, Path(args.output), args.force):
         print(f"Wrote {path}")
     if args.refit:
         print(f"Exported the refit of trial {trial.trial_id} (rank {trial.rank}, retrained on "
@@ -190,7 +213,7 @@ def _export_ensemble(args: argparse.Namespace) -> int:
     board = build_leaderboard(exp)
     ensemble = choose_ensemble(exp, board, args.ensemble, args.ensemble_method)
     test_acc = score_module_on_test(exp, ensemble.module(), ensemble.members[0].preprocessing)
-    for path in export_ensemble(ensemble, Path(args.output), test_acc):
+    for path in export_ensemble(ensemble, Path(args.output), test_acc, args.force):
         print(f"Wrote {path}")
     record_ensemble(
         exp,
@@ -210,14 +233,34 @@ def _export_ensemble(args: argparse.Namespace) -> int:
         f"Exported a {args.ensemble_method} ensemble of {len(ensemble.members)} trial(s) "
         f"({members}): val_acc {ensemble.val_acc:.4f}{test}"
     )
+    best = float(board["val_acc"].iloc[0])
+    if ensemble.val_acc < best:
+        print(
+            f"Note: the ensemble's val_acc is below rank 1's alone ({best:.4f}); on the "
+            "validation photos the single trial did better (export it with --rank 1)"
+        )
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tuner._export import format_predictions, load_export, predict_images
+    from tuner._predict import (
+        expand_images,
+        format_predictions,
+        load_export,
+        predict_images,
+        write_predictions,
+    )
 
-    results = predict_images(load_export(Path(args.model_dir)), args.images, args.top)
-    if args.json:
+    output = Path(args.output) if args.output else None
+    if output is not None and output.suffix.lower() not in (".csv", ".json"):
+        raise UsageError(f"--output {output}: give a .csv or .json file")
+    exported = load_export(Path(args.model_dir), trust_model=args.trust_model)
+    results = predict_images(exported, expand_images(args.images), args.top)
+    if output is not None:
+        write_predictions(results, output, args.top)
+        failed = sum("error" in r for r in results)
+        print(f"Wrote {output}: {len(results)} photo(s), {failed} unreadable")
+    elif args.json:
         print(json.dumps({"model_dir": args.model_dir, "results": results}, indent=2))
     else:
         text, errors = format_predictions(results)
@@ -233,11 +276,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from tuner._datacheck import describe, summary
 
     try:
-        usable = check_folder(scan_folder(args.dir))
+        usable = check_folder(scan_folder(args.dir, args.follow_links))
     except DataError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps(summary(usable), indent=2, ensure_ascii=False))
+        print(printable_json(summary(usable)))
     else:
         print("\n".join(describe(usable)))
     problem = usable.problem()
@@ -250,6 +293,7 @@ _COMMANDS = {
     "search": _cmd_search,
     "resume": _cmd_resume,
     "leaderboard": _cmd_leaderboard,
+    "list": _cmd_list,
     "spaces": _cmd_spaces,
     "report": _cmd_report,
     "evaluate": _cmd_evaluate,
@@ -281,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not _is_bad_input(exc):
             raise
-        print(f"tuner {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tuner {args.command}: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tuner: interrupted", file=sys.stderr)

@@ -1,0 +1,96 @@
+"""``tuner list``: the experiments of a storage, newest first, with how far each got.
+
+Status: **running** while a live ``search`` or ``resume`` holds the experiment's
+writer lock; **finished** when every trial the budget asked for has ended (or a
+time budget ended the search); **interrupted** otherwise (Ctrl-C, a killed
+driver, a full disk): ``resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from tuner._errors import UsageError
+from tuner._experiment import NAME_RE, TUNER_FILE, Experiment, experiment_names
+from tuner._leaderboard import build_leaderboard, read_trials
+from tuner._lock import LOCK_FILE, is_stale
+from tuner._storage import Storage
+
+COLUMNS = ["name", "status", "trials_ended", "trials_asked", "best_val_acc", "test_acc"]
+COLUMNS += ["space", "created"]
+_ENDED = {"terminated", "error"}
+
+
+def is_finished(exp: Experiment) -> bool:
+    """Whether every trial the budget asked for has ended (see the module doc)."""
+    return _row(exp, lock=False)["status"] == "finished"
+
+
+def _row(exp: Experiment, lock: bool = True) -> dict[str, Any]:
+    record = exp.record() if exp.has_record() else None
+    budget = record.search_space().budget if record else None
+    holder = exp.read_json(LOCK_FILE) if lock else None
+    running = isinstance(holder, dict) and not is_stale(holder)
+    row: dict[str, Any] = {
+        "name": exp.name,
+        "status": "running" if running else "interrupted",
+        "trials_ended": 0,
+        "trials_asked": budget.num_samples if budget else 0,
+        "best_val_acc": math.nan,
+        "test_acc": math.nan,
+        "space": record.space_name if record else "",
+        "created": record.created if record else "",
+    }
+    if not exp.has_state():
+        return row
+    try:
+        trials = read_trials(exp)
+        board = build_leaderboard(exp)
+    except UsageError:
+        return row
+    ended = sum(t.status in _ENDED for t in trials)
+    row["trials_ended"] = ended
+    if len(board):
+        row["best_val_acc"] = float(board["val_acc"].iloc[0])
+        row["test_acc"] = float(board["test_acc"].iloc[0])
+    timed = budget is not None and budget.time_budget_s is not None
+    complete = ended == len(trials) and (timed or ended >= row["trials_asked"])
+    if not running and complete:
+        row["status"] = "finished"
+    return row
+
+
+def list_experiments(storage: Storage) -> pd.DataFrame:
+    """One row per experiment in ``storage`` (a started search counts), newest first."""
+    names = set(experiment_names(storage))
+    for name in storage.list(dirs=True):
+        if NAME_RE.fullmatch(name) and ".." not in name and storage.exists(f"{name}/{TUNER_FILE}"):
+            names.add(name)
+    rows = [_row(Experiment(storage, name)) for name in sorted(names)]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.sort_values(["created", "name"], ascending=False).reset_index(drop=True)
+
+
+def render_list(table: pd.DataFrame, fmt: str) -> str:
+    """The list as a table (``-`` where nothing is known yet), csv, json or markdown."""
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "json":
+        return table.to_json(orient="records", indent=2)
+    if table.empty:
+        return "(no experiments)"
+    cells = table.astype(object).map(
+        lambda v: (
+            "-"
+            if (isinstance(v, float) and math.isnan(v)) or v == ""
+            else (f"{v:.4f}" if isinstance(v, float) else str(v))
+        )
+    )
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+        return "\n".join(lines)
+    return cells.to_string(index=False)

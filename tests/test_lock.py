@@ -54,7 +54,7 @@ def test_two_searches_of_one_name_started_together_one_runs(where, s3, small_flo
     assert codes == [0, 2], (first.stderr[-2000:], second.stderr[-2000:])
     loser = first if first.returncode == 2 else second
     lines = loser.stderr.strip().splitlines()
-    assert len(lines) == 1 and "is being written by 'tuner search" in lines[0], lines
+    assert len(lines) == 1 and "is being written by `tuner search" in lines[0], lines
     assert f"on {socket.gethostname()}" in lines[0] and "Traceback" not in loser.stderr
     exp = Experiment(Storage.parse(storage), "race")
     assert len(exp.trial_ids()) == 2 and exp.read_json(LOCK_FILE) is None  # released
@@ -86,7 +86,7 @@ def test_a_lock_of_a_dead_process_on_this_host_or_without_heartbeat_is_taken_ove
     assert is_stale(elsewhere | {"beat": now - STALE_S - 1})  # stopped beating
     assert is_stale({"garbage": True})
     exp.write_json(LOCK_FILE, elsewhere)
-    with pytest.raises(UsageError, match=r"being written by 'tuner x' \(process 1 on another"):
+    with pytest.raises(UsageError, match=r"being written by `tuner x` \(process 1 on another"):
         WriterLock(exp).acquire()
     exp.write_json(LOCK_FILE, here | {"pid": int(dead)})
     with WriterLock(exp) as lock:

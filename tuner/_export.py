@@ -255,6 +255,7 @@ def _save_onnx(deployed: Deployed, size: int, path: Path) -> None:
         torch.onnx.export(
             deployed, (_photos(2, size, 0),), str(path), input_names=["image"],
             output_names=["probabilities"], dynamic_shapes=_batch_dim(), dynamo=True,
+            external_data=False,
         )  # fmt: skip
         probe = _photos(3, size, 1)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tuner._errors import UsageError
+from tuner._errors import UsageError, printable
 from tuner._experiment import Experiment
 
 LOCK_FILE = ".writer.json"
@@ -60,8 +60,8 @@ def is_stale(holder: dict[str, Any], now: float | None = None) -> bool:
 
 def describe(holder: dict[str, Any]) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("since", 0))))
-    command = str(holder.get("command", "?"))
-    return f"{command!r} (process {holder.get('pid')} on {holder.get('host')}, since {since})"
+    command = printable(holder.get("command", "?"))
+    return f"`{command}` (process {holder.get('pid')} on {holder.get('host')}, since {since})"
 
 
 class WriterLock:
@@ -152,8 +152,8 @@ class WriterLock:
                 if left <= {GUARD_FILE}:  # the command wrote nothing else: no trace left
                     (folder / GUARD_FILE).unlink(missing_ok=True)
                     folder.rmdir()
-        except OSError:
-            pass  # a lock left behind is taken over as stale
+        except (OSError, UsageError):
+            pass  # storage gone read-only or away: a lock left behind is taken over as stale
 
     def __enter__(self) -> WriterLock:
         self.acquire()

@@ -54,6 +54,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         address=args.address,
         follow_links=args.follow_links,
     )
+    storage.check_writable()  # the lock is the first thing written: say why it cannot be
     with WriterLock(Experiment(storage, name)):
         return run_search(request)
 
@@ -65,14 +66,17 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from tuner._storage import Storage
 
     storage = Storage.parse(args.storage)
+    storage.check_writable()  # the lock is the first thing written: say why it cannot be
     with WriterLock(Experiment(storage, args.name)):
         return resume(args.name, storage, args.restart_errored)
 
 
 def printable_json(data: object) -> str:
     """JSON (non-ASCII kept readable) that any stdout can print: a file name's bytes that
-    are not UTF-8 become ``\\udcXX`` escapes, still valid JSON."""
-    return printable(json.dumps(data, indent=2, ensure_ascii=False))
+    are not UTF-8 become ``\\udcXX`` escapes, still valid JSON (JSON escapes control
+    characters itself)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:

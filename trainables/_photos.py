@@ -99,19 +99,27 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
 Decoded = tuple[np.ndarray | None, str | None, str | None]
 
 
+BROKEN_LINK = "broken symbolic link"
+
+
+def unreadable(exc: OSError) -> str:
+    """Why a photo file could not be read, as a skip reason."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot read file: {exc.strerror or exc}"
+
+
 def decode_one(path: str | os.PathLike[str], size: int) -> Decoded:
     """(CHW uint8 array, None, sha1 of the bytes) or (None, reason, None)."""
     if os.path.islink(path) and not os.path.exists(path):
-        return None, "broken symbolic link", None
+        return None, BROKEN_LINK, None
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
-        return None, "file not found", None
-    except PermissionError:
-        return None, "permission denied", None
     except OSError as exc:
-        return None, f"cannot read file: {exc.strerror or exc}", None
+        return None, unreadable(exc), None
     return decode_bytes(data, size)
 
 

@@ -36,7 +36,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
-from trainables._photos import IMAGE_EXTENSIONS, Decoded, decode_bytes, run_jobs, stack
+from trainables._photos import (
+    BROKEN_LINK,
+    IMAGE_EXTENSIONS,
+    Decoded,
+    decode_bytes,
+    run_jobs,
+    stack,
+    unreadable,
+)
 
 # Query keys pyarrow would read credentials from: never accepted in a URI.
 _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
@@ -44,7 +52,7 @@ HIDDEN = "hidden file"
 NOT_IMAGE = "not an image file extension"
 NOT_REGULAR = "not a regular file"
 LEAVES = "link leaves the data folder (--follow-links follows it)"
-BROKEN = "broken symbolic link"
+BROKEN = BROKEN_LINK
 
 Listing = tuple[list[str], list[tuple[str, int]], list[tuple[str, str]]]
 _PROBE_SIZE = 32  # what ``probe_rels`` decodes to (JPEGs then decode at reduced scale)
@@ -168,14 +176,10 @@ class PhotoSource:
             if self.is_local and os.path.islink(path) and not os.path.exists(path):
                 return None, BROKEN, None
             data = self.read(rel, MAX_FILE_BYTES)
-        except FileNotFoundError:
-            return None, "file not found", None
-        except PermissionError:
-            return None, "permission denied", None
         except SourceError as exc:
             return None, str(exc), None
         except OSError as exc:
-            return None, f"cannot read file: {exc.strerror or exc}", None
+            return None, unreadable(exc), None
         return decode_bytes(data, size)
 
     def display(self) -> str:

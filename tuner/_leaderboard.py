@@ -99,16 +99,18 @@ def read_trials(exp: Experiment) -> list[TrialRecord]:
 
 
 def build_leaderboard(
-    exp: Experiment, histories: dict[str, pd.DataFrame] | None = None
+    exp: Experiment,
+    histories: dict[str, pd.DataFrame] | None = None,
+    trials: list[TrialRecord] | None = None,
 ) -> pd.DataFrame:
     """One row per trial, best first, with the columns of DESIGN.md.
 
-    ``histories`` (trial id -> :meth:`Experiment.history`) saves reading the trials'
-    results again when the caller has them.
+    ``histories`` (trial id -> :meth:`Experiment.history`) and ``trials``
+    (:func:`read_trials`) save reading them again when the caller has them.
     """
     rows, known = [], histories or {}
     defaults = TrialConfig()
-    for trial in read_trials(exp):
+    for trial in read_trials(exp) if trials is None else trials:
         df = known[trial.trial_id] if trial.trial_id in known else exp.history(trial.trial_id)
         cfg = {k: trial.config.get(k, getattr(defaults, k)) for k in TrialConfig.field_names()}
         rows.append(_trial_row(exp, trial, df, cfg))

@@ -48,7 +48,7 @@ def _row(exp: Experiment, lock: bool = True) -> dict[str, Any]:
         return row
     try:
         trials = read_trials(exp)
-        board = build_leaderboard(exp)
+        board = build_leaderboard(exp, trials=trials)
     except UsageError:
         return row
     ended = sum(t.status in _ENDED for t in trials)

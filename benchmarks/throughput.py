@@ -126,7 +126,7 @@ class PlainLoop:
         self,
         root: Path,
         args: argparse.Namespace,
-        precision: trainables.Precision,
+        precision: trainables.ComputePolicy,
         channels_last: bool,
         workers: int,
     ) -> None:

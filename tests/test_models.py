@@ -93,7 +93,7 @@ def test_lite_pretrained_weights_load_strictly_from_their_packages(model, blocks
             assert torch.equal(mine[key], value), key
     assert net._fc.out_features == 5
     # Four stride stages, each opened by a stride-2 block (after the first's stride-1 block).
-    from trainables._models import lite_stages
+    from trainables._backbones import lite_stages
 
     stages = lite_stages(net)
     assert len(stages) == 4 and stages[0].start == 0 and stages[-1].stop == blocks

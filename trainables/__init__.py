@@ -63,7 +63,7 @@ if TYPE_CHECKING:
         load_photo,
         resize_center_crop,
     )
-    from trainables._precision import Precision, choose_precision, cpu_has_native_bf16
+    from trainables._precision import ComputePolicy, choose_precision, cpu_has_native_bf16
     from trainables._progress import Progress
     from trainables._source import PhotoSource, SourceError, decode_rels, probe_rels
     from trainables._store import (
@@ -98,7 +98,7 @@ _SOURCES = {
     "OPTIMIZERS": "_config",
     "PhotoSource": "_source",
     "PixelFile": "_store",
-    "Precision": "_precision",
+    "ComputePolicy": "_precision",
     "Progress": "_progress",
     "SPLIT_FILE": "_data",
     "Skipped": "_data",
@@ -172,6 +172,7 @@ __all__ = [
     "AugmentParams",
     "CacheSpaceError",
     "CheckpointError",
+    "ComputePolicy",
     "ConfigError",
     "DataError",
     "Decoded",
@@ -179,7 +180,6 @@ __all__ = [
     "ImageCache",
     "PhotoSource",
     "PixelFile",
-    "Precision",
     "Progress",
     "Skipped",
     "SourceError",

@@ -23,17 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-ModelName = Literal[
-    "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite1",
-    "efficientnet_lite2",
-]  # fmt: skip
-OptimizerName = Literal["sgd", "adam", "adamw"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+from trainables._backbones import N_STAGES, names
 
-MODELS: tuple[str, ...] = get_args(ModelName)
+OptimizerName = Literal["sgd", "adam", "adamw"]
+PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16"]  # what a config asks for
+
+MODELS: tuple[str, ...] = names()
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-MAX_FREEZE_DEPTH = 4
+PRECISIONS: tuple[str, ...] = get_args(PrecisionSetting)
+MAX_FREEZE_DEPTH = N_STAGES
 # Below this the stride-32 backbones end in a feature map under 1x1 pixel.
 MIN_IMAGE_SIZE = 32
 
@@ -49,7 +47,7 @@ class ConfigError(ValueError):
 class TrialConfig:
     """Hyperparameters of one fine-tuning trial (the keys a search space may set)."""
 
-    model: ModelName = "resnet18"
+    model: str = "resnet18"  # a name in the backbone registry (trainables/_backbones.py)
     pretrained: bool = True
     optimizer: OptimizerName = "sgd"
     lr: float = 1e-3
@@ -64,7 +62,7 @@ class TrialConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0
     max_epochs: int = 10
-    precision: Precision = "auto"
+    precision: PrecisionSetting = "auto"
     seed: int = 0
 
     @classmethod

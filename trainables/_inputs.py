@@ -48,7 +48,7 @@ from trainables._features import (
     views_for,
 )
 from trainables._models import STEM, normalization, pretrained_weights_file, run_parts
-from trainables._precision import Precision
+from trainables._precision import ComputePolicy
 from trainables._progress import Progress
 
 InputKind = Literal["images", "activations", "views"]
@@ -306,7 +306,7 @@ def _compute(
 
 
 def build_inputs(
-    cfg: TrialConfig, data: ImageCache, model: nn.Module, precision: Precision
+    cfg: TrialConfig, data: ImageCache, model: nn.Module, precision: ComputePolicy
 ) -> TrainInputs:
     """Choose and prepare the trial's inputs for ``precision.device`` (see the module doc).
 

@@ -16,10 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
+from trainables._backbones import backbone
+
 
 @dataclass(frozen=True)
-class Precision:
-    """Where and how a trial computes: device, autocast dtype, grad scaling."""
+class ComputePolicy:
+    """Where and how a trial computes: device, autocast dtype, grad scaling (the policy
+    that a config's ``precision`` setting resolves to on one device)."""
 
     device: torch.device
     autocast_dtype: torch.dtype | None
@@ -55,25 +58,28 @@ def prepare_device(device: torch.device, threads: int | None) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def choose_precision(requested: str, device: torch.device, model: str = "resnet18") -> Precision:
+def choose_precision(
+    requested: str, device: torch.device, model: str = "resnet18"
+) -> ComputePolicy:
     """Resolve ``precision: auto|fp32|bf16|fp16`` for ``device`` and ``model``.
 
     ``auto`` is bf16 autocast where the hardware runs it natively (recent
     GPUs; CPUs with AVX512-BF16/AMX), fp16 with a grad scaler on older GPUs,
-    fp32 elsewhere. On a CPU, EfficientNet-Lite0 stays in fp32: its depthwise
-    convolutions run slower in bf16 than in fp32 there (so do Lite1 and Lite2's).
+    fp32 elsewhere. On a CPU, a backbone whose registry entry says ``cpu_bf16=False``
+    stays in fp32 (EfficientNet-Lite0's depthwise convolutions run slower in bf16
+    than in fp32 there; so do Lite1 and Lite2's).
     """
     if requested == "fp32":
-        return Precision(device, None, False)
+        return ComputePolicy(device, None, False)
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
         if requested == "bf16" or (requested == "auto" and bf16_ok):
-            return Precision(device, torch.bfloat16, False)
-        return Precision(device, torch.float16, True)
-    cpu_auto_bf16 = cpu_has_native_bf16() and not model.startswith("efficientnet_lite")
+            return ComputePolicy(device, torch.bfloat16, False)
+        return ComputePolicy(device, torch.float16, True)
+    cpu_auto_bf16 = cpu_has_native_bf16() and backbone(model).cpu_bf16
     if requested == "bf16" or (requested == "auto" and cpu_auto_bf16):
-        return Precision(device, torch.bfloat16, False)
-    return Precision(device, None, False)
+        return ComputePolicy(device, torch.bfloat16, False)
+    return ComputePolicy(device, None, False)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -28,7 +28,7 @@ from trainables._config import TrialConfig
 from trainables._data import ImageCache
 from trainables._inputs import TrainInputs, build_inputs
 from trainables._models import build_model, freeze, run_parts, set_train_mode
-from trainables._precision import Precision, choose_precision, default_device, prepare_device
+from trainables._precision import ComputePolicy, choose_precision, default_device, prepare_device
 
 # How often (in steps) the loss is checked for NaN/inf during an epoch.
 _DIVERGENCE_CHECK_EVERY = 10
@@ -54,7 +54,7 @@ class Training:
     cfg: TrialConfig
     model: nn.Module
     frozen: list[nn.Module]
-    precision: Precision
+    precision: ComputePolicy
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -63,7 +63,7 @@ class Training:
     best_val_acc: float = 0.0
 
     @classmethod
-    def start(cls, cfg: TrialConfig, num_classes: int, precision: Precision) -> Training:
+    def start(cls, cfg: TrialConfig, num_classes: int, precision: ComputePolicy) -> Training:
         """A fresh model (frozen to ``cfg.freeze_depth``) on the precision's device."""
         model = build_model(cfg.model, num_classes, cfg.pretrained, cfg.image_size)
         frozen = freeze(model, cfg.model, cfg.freeze_depth)

@@ -71,7 +71,7 @@ def _weights(folder: Path, rel: str, model: str, n_classes: int, size: int) -> t
     path = (folder / rel).resolve()
     if folder.resolve() not in path.parents:
         raise _not_export(folder, f"{rel!r} lies outside the export folder")
-    net = build_model(model, n_classes, pretrained=False, image_size=size)  # type: ignore[arg-type]
+    net = build_model(model, n_classes, pretrained=False, image_size=size)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)

@@ -1,0 +1,65 @@
+"""The backbone registry: every entry keeps the contract the trainable relies on."""
+
+import pytest
+import torch
+
+from trainables import build_model, freeze, head, normalization, set_train_mode, stages
+from trainables._backbones import BACKBONES, N_STAGES, backbone, names
+from trainables._models import HEAD, N_PARTS, POOL, STEM, run_parts
+
+SIZE = 64
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_backbone_is_a_stem_and_four_stages_of_stride_4_to_32(name):
+    torch.manual_seed(0)
+    net = build_model(name, num_classes=3, pretrained=False, image_size=SIZE).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = run_parts(net, name, x, STEM, STEM + 1)
+        for stage in range(1, N_STAGES + 1):
+            out = run_parts(net, name, out, stage, stage + 1)
+            assert out.shape[-1] == SIZE // 2 ** (stage + 1), (name, stage, out.shape)
+        pooled = run_parts(net, name, out, POOL, POOL + 1)
+        assert pooled.dim() == 2
+        logits = run_parts(net, name, pooled, HEAD, N_PARTS)
+        # Part by part equals the whole network.
+        assert torch.allclose(logits, net(x), atol=1e-5)
+    assert logits.shape == (2, 3) and head(net, name).out_features == 3
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_backbone_freezes_all_but_its_head_at_full_depth(name):
+    net = build_model(name, num_classes=3, pretrained=False, image_size=SIZE)
+    frozen = freeze(net, name, N_STAGES)
+    assert len(stages(net, name)) == N_STAGES + 1
+    frozen_params = {id(p) for m in frozen for p in m.parameters()}
+    head_params = {id(p) for p in head(net, name).parameters()}
+    # Every parameter is frozen or belongs to the head part (the head layer and
+    # whatever the family runs between pooling and it).
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    assert head_params <= trainable
+    assert trainable.isdisjoint(frozen_params)
+    assert frozen_params | trainable == {id(p) for p in net.parameters()}
+    set_train_mode(net, frozen)
+    assert all(not m.training for m in frozen)
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_backbone_names_normalisation_weights_and_precision(name):
+    entry = backbone(name)
+    mean, std = normalization(name)
+    assert len(mean) == len(std) == 3 and all(s > 0 for s in std)
+    assert entry.input_size >= 32
+    assert entry.weights.file().name  # a file name, whether or not it is on this machine
+    assert isinstance(entry.cpu_bf16, bool)
+
+
+def test_an_unknown_backbone_names_the_choices():
+    with pytest.raises(KeyError, match="resnet18"):
+        backbone("vgg11")
+    from trainables import ConfigError, TrialConfig
+
+    with pytest.raises(ConfigError, match="efficientnet_lite0"):
+        TrialConfig.from_dict({"model": "vgg11"})
+    assert set(names()) == set(BACKBONES)

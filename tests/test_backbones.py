@@ -1,5 +1,7 @@
 """The backbone registry: every entry keeps the contract the trainable relies on."""
 
+import json
+
 import pytest
 import torch
 
@@ -63,3 +65,44 @@ def test_an_unknown_backbone_names_the_choices():
     with pytest.raises(ConfigError, match="efficientnet_lite0"):
         TrialConfig.from_dict({"model": "vgg11"})
     assert set(names()) == set(BACKBONES)
+
+
+def test_mobilenet_v3_large_runs_a_real_search_export_and_predict(small_flowers, tmp_path):
+    """The family added through the registry alone: its built-in space runs a real search
+    on random ImageNet-shaped weights saved where torch hub looks, and its rank 1 exports
+    (ONNX checked with onnxruntime) and predicts from the export folder."""
+    import os
+    import subprocess
+
+    from conftest import run_search, run_tuner
+
+    hub = tmp_path / "torch"
+    env = {**os.environ, "TORCH_HOME": str(hub)}
+    path = subprocess.run(
+        ["python", "-c", "import trainables; print(trainables.pretrained_weights_file("
+         "'mobilenet_v3_large'))"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert path.startswith(str(hub)) and path.endswith(".pth")
+    os.makedirs(os.path.dirname(path))
+    torch.manual_seed(0)
+    random_init = build_model("mobilenet_v3_large", 1000, pretrained=False)
+    torch.save(random_init.state_dict(), path)
+
+    storage = tmp_path / "results"
+    found = run_search(
+        "mobilenet", small_flowers, storage, "mnv3", "--num-samples", "2", "--max-epochs", "1",
+        env={"TORCH_HOME": str(hub)},
+    )  # fmt: skip
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert "mobilenet_v3_large" in found.stdout
+    out = tmp_path / "export"
+    exported = run_tuner("export", "mnv3", "--storage", str(storage), "--output", str(out))
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert {"model.pt", "model.onnx", "config.json"} <= {p.name for p in out.iterdir()}
+    photo = next(p for p in sorted(small_flowers.rglob("*.jpg")))
+    predicted = run_tuner("predict", str(out), str(photo), "--json", "--top", "5")
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    (result,) = json.loads(predicted.stdout)["results"]
+    probabilities = [p["probability"] for p in result["predictions"]]
+    assert len(probabilities) == 5 and abs(sum(probabilities) - 1) < 1e-3

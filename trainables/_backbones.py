@@ -187,6 +187,51 @@ def _stride(stride: Any) -> int:
     return int(stride[0] if isinstance(stride, (list, tuple)) else stride)
 
 
+class MobileNetV3(Family):
+    """torchvision's MobileNetV3: ``features`` (a stem conv, inverted residual blocks, a
+    final 1x1 conv), average pooling, and a two-layer ``classifier``.
+
+    The blocks are grouped by stride: a stage opens at each stride-2 block after
+    the stem; the final 1x1 conv closes stage 4. The whole classifier is the
+    head part (it trains at every freezing depth); its last layer is replaced.
+    """
+
+    def build(self, name: str, image_size: int | None) -> nn.Module:
+        import torchvision.models as tvm
+
+        net: nn.Module = getattr(tvm, name)(weights=None)
+        return net
+
+    def replace_head(self, net: Any, num_classes: int) -> None:
+        net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, num_classes)
+
+    def head(self, net: Any) -> nn.Linear:
+        layer = net.classifier[-1]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
+    def _bounds(self, net: Any) -> list[range]:
+        strided = [
+            i
+            for i, block in enumerate(net.features)
+            if i and max(c.stride[0] for c in block.modules() if isinstance(c, nn.Conv2d)) == 2
+        ]
+        starts = [0, *strided]
+        return [range(a, b) for a, b in zip(starts, [*strided, len(net.features)], strict=True)]
+
+    def stages(self, net: Any) -> list[list[nn.Module]]:
+        return [[net.features[i] for i in part] for part in self._bounds(net)]
+
+    def run_part(self, net: Any, part: int, x: Any) -> Any:
+        if part <= N_STAGES:
+            for i in self._bounds(net)[part]:
+                x = net.features[i](x)
+            return x
+        if part == N_STAGES + 1:
+            return torch.flatten(net.avgpool(x), 1)
+        return net.classifier(x)
+
+
 @dataclass(frozen=True)
 class Backbone:
     """One network a trial may fine-tune, and everything the project needs to know of it."""
@@ -223,6 +268,12 @@ BACKBONES: dict[str, Backbone] = {
         _lite(0, 224),
         _lite(1, 240),
         _lite(2, 260),
+        Backbone(
+            "mobilenet_v3_large",
+            MobileNetV3(),
+            TorchvisionWeights("MobileNet_V3_Large_Weights"),
+            cpu_bf16=False,  # depthwise convolutions, as in EfficientNet-Lite
+        ),
     )
 }
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 
 from tuner._errors import UsageError
+from tuner._internals import TOKEN_NOTICE_LOGGER
 from tuner._storage import Storage
 
 
@@ -40,16 +41,13 @@ def start_ray(address: str | None, say: Callable[[str], None]) -> dict[str, floa
         # "local": never attach to some other Ray instance running on this machine. Ray
         # turns token authentication on for it (kept) and says so on stderr at every
         # start: not news to a user who did not start the cluster.
-        notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+        notice = logging.getLogger(TOKEN_NOTICE_LOGGER)
         notice.addFilter(_drop_token_notice)
         try:
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         finally:
             notice.removeFilter(_drop_token_notice)
     return {k: float(v) for k, v in ray.cluster_resources().items()}
-
-
-_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def _drop_token_notice(record: logging.LogRecord) -> bool:

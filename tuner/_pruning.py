@@ -32,6 +32,8 @@ from typing import Any
 
 from ray import tune
 
+from tuner._internals import best_checkpoint_results, latest_checkpoint_result
+
 KEEP_BEST = 2
 _INDEX = re.compile(r"checkpoint_(\d+)$")
 
@@ -41,14 +43,14 @@ def recorded_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
     or not (the folder as a path of the checkpoint's file system)."""
     return [
         (int(r.metrics["epoch"]), float(r.metrics["val_acc"]), r.checkpoint.path)
-        for r in trial.run_metadata.checkpoint_manager.best_checkpoint_results
+        for r in best_checkpoint_results(trial)
         if "epoch" in r.metrics and "val_acc" in r.metrics
     ]
 
 
 def checkpoint_filesystem(trial: Any) -> Any:
     """The file system of ``trial``'s checkpoints (they share one), or None before any."""
-    results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
+    results = best_checkpoint_results(trial)
     return results[0].checkpoint.filesystem if results else None
 
 
@@ -72,7 +74,7 @@ def prunable(
 
 
 def _latest_index(trial: Any) -> int:
-    latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+    latest = latest_checkpoint_result(trial)
     return _index(latest.checkpoint.path) if latest is not None else -1
 
 

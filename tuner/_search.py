@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from trainables import (
@@ -38,6 +37,7 @@ from tuner._datacheck import describe
 from tuner._errors import UsageError
 from tuner._experiment import JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
 from tuner._holdout import attach_test_scores, score_top_trials, test_lines
+from tuner._internals import train_session_dir
 from tuner._leaderboard import best_config, build_leaderboard, tie_note, write_leaderboard
 from tuner._listing import is_finished
 from tuner._pruning import CheckpointPruner
@@ -438,11 +438,9 @@ def _drop_driver_staging(exp: Experiment) -> None:
     """
     import shutil
 
-    from ray.train.constants import _get_ray_train_session_dir
-
     if exp.storage.is_local:
         return
-    for folder in Path(_get_ray_train_session_dir()).glob(f"*/{exp.name}"):
+    for folder in train_session_dir().glob(f"*/{exp.name}"):
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
 from tuner._experiment import JOURNAL_FILE, Experiment
+from tuner._internals import HookedOptunaSearch, optuna_trial_id
 from tuner._storage import Storage
 
 
@@ -95,7 +95,7 @@ class JournalUpload(tune.Callback):
         self._upload()
 
 
-class MirroredOptunaSearch(OptunaSearch):
+class MirroredOptunaSearch(HookedOptunaSearch):
     """Ray's OptunaSearch, telling the study what the leaderboard tells (see the module doc).
 
     Ray's own searcher reports each result at its training iteration but not
@@ -115,40 +115,36 @@ class MirroredOptunaSearch(OptunaSearch):
     def _experiment(self) -> Experiment:
         return Experiment(Storage.parse(self._where[0]), self._where[1])
 
-    def _setup_study(self, mode: Any) -> None:
+    def study_storage(self) -> Any:
         # The journal storage pickled with a saved search names the file of the machine
         # that started it; this machine's copy is where the study continues.
-        self._storage = journal_storage(local_journal(self._experiment()))
-        super()._setup_study(mode)
+        return journal_storage(local_journal(self._experiment()))
 
     def restore(self, checkpoint_path: str) -> None:
         import optuna
 
         super().restore(checkpoint_path)
-        if self._ot_study is None:
+        if self.study is None:
             return
-        storage = journal_storage(local_journal(self._experiment()))
+        storage = self.study_storage()
         study = optuna.load_study(
-            study_name=self._ot_study.study_name,
+            study_name=self.study.study_name,
             storage=storage,
-            sampler=self._ot_study.sampler,
-            pruner=self._ot_study.pruner,
+            sampler=self.study.sampler,
+            pruner=self.study.pruner,
         )
-        self._storage, self._ot_study = storage, study
-        self._ot_trials = {
-            tid: optuna.Trial(study, trial._trial_id) for tid, trial in self._ot_trials.items()
-        }
+        self.rebind(storage, study)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id not in self._completed_trials and trial_id in self._ot_trials:
+        if trial_id not in self.completed and trial_id in self.optuna_trials:
             self._report(trial_id, result)
 
     def _report(self, trial_id: str, result: dict[str, Any]) -> None:
         epoch, acc = result.get("epoch"), result.get("val_acc")
         if epoch is None or acc is None or not math.isfinite(float(acc)):
             return
-        trial = self._ot_trials[trial_id]
-        frozen = trial.storage.get_trial(trial._trial_id)
+        trial = self.optuna_trials[trial_id]
+        frozen = trial.storage.get_trial(optuna_trial_id(trial))
         if frozen.state.is_finished():
             return  # told before a driver was killed; the restored Tune state did not know
         if int(epoch) not in frozen.intermediate_values:
@@ -167,7 +163,7 @@ class MirroredOptunaSearch(OptunaSearch):
     ) -> None:
         from optuna.trial import TrialState
 
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self.completed or trial_id not in self.optuna_trials:
             super().on_trial_complete(trial_id, result, error)
             return
         if result:
@@ -181,12 +177,12 @@ class MirroredOptunaSearch(OptunaSearch):
             state, value = TrialState.COMPLETE, result.get(self.metric)
             if value is None or not math.isfinite(float(value)):
                 state, value = TrialState.FAIL, None
-        assert self._ot_study is not None
-        ot_trial = self._ot_trials[trial_id]
+        assert self.study is not None
+        ot_trial = self.optuna_trials[trial_id]
         # A driver killed after telling Optuna but before Tune saved its state finishes
         # the trial again on resume: the study already has it.
-        self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)
-        self._completed_trials.add(trial_id)
+        self.study.tell(ot_trial, value, state=state, skip_if_finished=True)
+        self.completed.add(trial_id)
 
 
 def journal_storage(path: Path) -> Any:

@@ -1,0 +1,123 @@
+"""Each private Ray/Optuna use of ``tuner/_internals.py`` against the installed versions.
+
+A failure here means an upgrade removed or changed what the named use relies on:
+fix ``tuner/_internals.py`` (or pin the older version), nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuner import _internals as internals
+
+
+@pytest.fixture(scope="module")
+def live_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real two-epoch Tune run; a callback reads each trial's checkpoints while it is live."""
+    import ray
+    from ray import tune
+
+    seen: dict[str, Any] = {}
+
+    class Look(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            seen["best"] = internals.best_checkpoint_results(trial)
+            seen["latest"] = internals.latest_checkpoint_result(trial)
+            seen["session"] = internals.train_session_dir()
+
+    def trainable(config: dict[str, Any]) -> None:
+        for epoch in (1, 2):
+            folder = Path(tune.get_context().get_trial_dir()) / f"ckpt{epoch}"
+            folder.mkdir(exist_ok=True)
+            (folder / "w").write_text(str(epoch))
+            tune.report(
+                {"epoch": epoch, "val_acc": 0.5 * epoch},
+                checkpoint=tune.Checkpoint.from_directory(str(folder)),
+            )
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        tune.Tuner(
+            trainable,
+            run_config=tune.RunConfig(
+                storage_path=str(tmp_path_factory.mktemp("internals")),
+                callbacks=[Look()],
+                verbose=0,
+            ),
+        ).fit()
+    finally:
+        ray.shutdown()
+    return seen
+
+
+def test_checkpoint_bookkeeping_of_a_live_trial(live_trials):
+    """Use: the checkpoint pruner (tuner/_pruning.py) reads what a live trial registered
+    (it orders them itself)."""
+    best = live_trials["best"]
+    assert sorted(r.metrics["epoch"] for r in best) == [1, 2], (
+        "Ray's trial.run_metadata.checkpoint_manager.best_checkpoint_results changed"
+    )
+    latest = live_trials["latest"]
+    assert latest.metrics["epoch"] == 2 and latest.checkpoint.path.endswith("000001"), (
+        "Ray's trial.run_metadata.checkpoint_manager.latest_checkpoint_result changed"
+    )
+
+
+def test_train_session_dir_is_where_ray_stages_experiments(live_trials):
+    """Use: a finished remote search deletes Ray's staging copy (tuner/_search.py)."""
+    session = live_trials["session"]
+    assert session.name == "artifacts" and "session_" in str(session), (
+        f"ray.train.constants._get_ray_train_session_dir() now gives {session}"
+    )
+
+
+def test_token_notice_logger_is_the_one_ray_logs_through():
+    """Use: the local cluster's token notice is filtered (tuner/_cluster.py)."""
+    module = importlib.import_module(internals.TOKEN_NOTICE_LOGGER)
+    assert module.logger is logging.getLogger(internals.TOKEN_NOTICE_LOGGER)
+    assert "Token authentication is enabled" in Path(module.__file__).read_text()
+
+
+def test_hooked_optuna_search_reaches_the_study_trials_and_storage(tmp_path):
+    """Use: MirroredOptunaSearch (tuner/_study.py) tells its study what the leaderboard
+    tells, in the storage it chooses, and continues in a reloaded study on restore."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray import tune
+
+    chosen = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+
+    class Search(internals.HookedOptunaSearch):
+        def study_storage(self) -> Any:
+            return chosen
+
+    search = Search(space={"lr": tune.loguniform(1e-4, 1e-1)}, metric="val_acc", mode="max")
+    assert search.study is not None and search.study._storage is chosen, (
+        "OptunaSearch._setup_study no longer sets the study up in self._storage"
+    )
+    config = search.suggest("t1")
+    assert 1e-4 <= config["lr"] <= 1e-1
+    trial = search.optuna_trials["t1"]
+    assert isinstance(trial, optuna.Trial)
+    frozen = chosen.get_trial(internals.optuna_trial_id(trial))
+    assert frozen.number == trial.number and frozen.params == config
+
+    search.on_trial_complete("t1", {"val_acc": 0.7})
+    assert "t1" in search.completed
+    assert search.study.trials[0].value == 0.7
+
+    # On restore, the search continues in a study loaded from another storage.
+    search.suggest("t2")
+    elsewhere = JournalStorage(JournalFileBackend(str(tmp_path / "copy.log")))
+    optuna.copy_study(
+        from_study_name=search.study.study_name, from_storage=chosen, to_storage=elsewhere
+    )
+    reloaded = optuna.load_study(study_name=search.study.study_name, storage=elsewhere)
+    search.rebind(elsewhere, reloaded)
+    assert search.study is reloaded and search.optuna_trials["t2"].study is reloaded

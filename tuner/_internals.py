@@ -1,0 +1,97 @@
+"""Every private attribute or function of Ray and Optuna the tool relies on, in one place.
+
+Each exists because no public API gives the same thing (said below, per use);
+``tests/test_internals.py`` checks each against the installed versions, so an
+upgrade that removes or renames one fails there with the name of the use,
+not somewhere a user finds first.
+
+- Ray Tune's per-trial checkpoint bookkeeping (``trial.run_metadata.checkpoint_manager``):
+  which checkpoints a live trial registered, for the checkpoint pruner. After a
+  search the same facts come from each trial's ``result.json`` (public).
+- ``ray.train.constants._get_ray_train_session_dir``: where Ray stages a remote
+  experiment on the driver's disk, deleted once the search has uploaded it.
+- The logger Ray's token-authentication notice goes through, silenced for the
+  local cluster the tool starts itself.
+- Ray's ``OptunaSearch``: its Optuna study, storage, trials and completed set,
+  and ``_setup_study``, the only point where the study's storage can be chosen
+  on a restore (:class:`HookedOptunaSearch`).
+- ``optuna.Trial._trial_id``: the storage id of a live Optuna trial, to read
+  its frozen state from the storage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+# Ray's logger of "Token authentication is enabled ..." (ray/_private/authentication/).
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def best_checkpoint_results(trial: Any) -> list[Any]:
+    """The results (``.metrics``, ``.checkpoint``) of every checkpoint Ray Tune registered
+    for a live ``trial``, best first."""
+    return list(trial.run_metadata.checkpoint_manager.best_checkpoint_results)
+
+
+def latest_checkpoint_result(trial: Any) -> Any:
+    """The result of a live ``trial``'s latest checkpoint, or None before its first."""
+    return trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+
+
+def train_session_dir() -> Path:
+    """The folder under Ray's session where the driver stages experiments
+    (``/tmp/ray/session_*/artifacts``)."""
+    from ray.train.constants import _get_ray_train_session_dir
+
+    return Path(_get_ray_train_session_dir())
+
+
+def optuna_trial_id(trial: Any) -> int:
+    """The storage id of a live ``optuna.Trial`` (``trial.number`` counts within a study)."""
+    return int(trial._trial_id)
+
+
+class HookedOptunaSearch(OptunaSearch):
+    """Ray's ``OptunaSearch`` with the private state a subclass needs behind named members.
+
+    Override :meth:`study_storage` to choose the Optuna storage the study is set
+    up in (Ray calls ``_setup_study`` on a fresh search and on ``restore``).
+    """
+
+    def study_storage(self) -> Any:
+        """The Optuna storage to set the study up in (None: the one given to ``__init__``)."""
+        return None
+
+    def _setup_study(self, mode: Any) -> None:
+        storage = self.study_storage()
+        if storage is not None:
+            self._storage = storage
+        super()._setup_study(mode)
+
+    @property
+    def study(self) -> Any:
+        """The live ``optuna.Study`` (None before Ray set the search up)."""
+        return self._ot_study
+
+    @property
+    def optuna_trials(self) -> dict[str, Any]:
+        """Tune trial id -> its live ``optuna.Trial``."""
+        return self._ot_trials
+
+    @property
+    def completed(self) -> set[str]:
+        """The Tune trial ids already told to the study."""
+        return self._completed_trials
+
+    def rebind(self, storage: Any, study: Any) -> None:
+        """Continue in ``study`` (in ``storage``): the live trials are re-opened in it."""
+        import optuna
+
+        self._storage, self._ot_study = storage, study
+        self._ot_trials = {
+            tid: optuna.Trial(study, optuna_trial_id(trial))
+            for tid, trial in self._ot_trials.items()
+        }

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from trainables import settings
+
 ROOT = Path(__file__).resolve().parents[1]
-FLOWERS = Path(os.environ.get("TUNER_TEST_FLOWERS", ROOT.parent / "shared" / "data" / "flowers"))
+FLOWERS = settings().test_photos or ROOT.parent / "shared" / "data" / "flowers"
 
 
 # Fixtures that start Ray or a whole search once: with `pytest -n 2 --dist loadgroup`
@@ -50,6 +52,39 @@ def own_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tuner-cache")
     os.environ["TUNER_CACHE"] = str(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> None:
+    """Each test starts from the project's settings as the environment holds them (a
+    process otherwise reads them once)."""
+
+    settings.cache_clear()
+
+
+class Environ:
+    """``monkeypatch``'s environment changes, which the project's settings then read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._patch = monkeypatch
+
+    def set(self, key: str, value: str) -> None:
+        self._patch.setenv(key, value)
+        self._reread()
+
+    def delete(self, key: str) -> None:
+        self._patch.delenv(key, raising=False)
+        self._reread()
+
+    def _reread(self) -> None:
+        from trainables import settings
+
+        settings.cache_clear()
+
+
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch) -> Environ:
+    return Environ(monkeypatch)
 
 
 @pytest.fixture(scope="session")

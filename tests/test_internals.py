@@ -121,3 +121,34 @@ def test_hooked_optuna_search_reaches_the_study_trials_and_storage(tmp_path):
     reloaded = optuna.load_study(study_name=search.study.study_name, storage=elsewhere)
     search.rebind(elsewhere, reloaded)
     assert search.study is reloaded and search.optuna_trials["t2"].study is reloaded
+
+
+def test_run_callbacks_of_a_new_and_a_restored_tuner(tmp_path):
+    """Use: the driver reads its storage guard's verdict from the callbacks a restored
+    search runs with (tuner/_search.py)."""
+    from ray import tune
+
+    class Marker(tune.Callback):
+        pass
+
+    def trainable(config: dict[str, Any]) -> None:
+        tune.report({"x": 1})
+
+    marker = Marker()
+    new = tune.Tuner(
+        trainable,
+        run_config=tune.RunConfig(
+            name="cb", storage_path=str(tmp_path), callbacks=[marker], verbose=0
+        ),
+    )
+    assert marker in internals.run_callbacks(new), "Tuner._local_tuner.get_run_config() changed"
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        new.fit()
+        restored = tune.Tuner.restore(str(tmp_path / "cb"), trainable=trainable)
+        callbacks = internals.run_callbacks(restored)
+    finally:
+        ray.shutdown()
+    assert any(type(c).__name__ == "Marker" for c in callbacks)

@@ -257,7 +257,7 @@ def test_guard_stops_a_search_whose_uploads_the_store_refuses(s3, tmp_path, monk
     import types
 
     from tuner import Storage
-    from tuner._storage_guard import StorageGuard, tripped
+    from tuner._storage_guard import StorageGuard
 
     signals: list[int] = []
     monkeypatch.setattr("tuner._storage_guard.signal.raise_signal", signals.append)
@@ -270,7 +270,7 @@ def test_guard_stops_a_search_whose_uploads_the_store_refuses(s3, tmp_path, monk
     guard = StorageGuard(exp)
     guard.setup()
     guard.on_trial_error(0, [], types.SimpleNamespace(trial_id="t1", error_file=str(error_file)))
-    reason = tripped(exp)
+    reason = guard.tripped
     assert reason is not None and signals, reason
     assert "refused an upload (AWS Error NO_SUCH_BUCKET)" in reason
     assert f"s3://{S3_BUCKET}/guarded/g" in reason and "trial t1" in reason

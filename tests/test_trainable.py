@@ -112,10 +112,10 @@ def test_learns_something_on_separable_photos(cache):
     ],
 )
 def test_frozen_activations_are_computed_once_and_train_like_the_full_network(
-    cache, tmp_path, monkeypatch, model, depth, frozen_param, lr
+    cache, tmp_path, monkeypatch, environ, model, depth, frozen_param, lr
 ):
-    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
-    monkeypatch.delenv("TUNER_FEATURE_CACHE", raising=False)
+    environ.set("TUNER_CACHE", str(tmp_path))
+    environ.delete("TUNER_FEATURE_CACHE")
     cfg = TrialConfig.from_dict(
         {
             **CFG,
@@ -153,9 +153,9 @@ def test_frozen_activations_are_computed_once_and_train_like_the_full_network(
     assert not torch.equal(first[head], last[head])
 
 
-def test_activations_over_the_size_limit_are_not_cached(cache, tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
-    monkeypatch.delenv("TUNER_FEATURE_CACHE", raising=False)
+def test_activations_over_the_size_limit_are_not_cached(cache, tmp_path, monkeypatch, environ):
+    environ.set("TUNER_CACHE", str(tmp_path))
+    environ.delete("TUNER_FEATURE_CACHE")
     calls = []
     real = inputs_module._compute
     monkeypatch.setattr(inputs_module, "_compute", lambda *a: calls.append(1) or real(*a))
@@ -165,7 +165,7 @@ def test_activations_over_the_size_limit_are_not_cached(cache, tmp_path, monkeyp
     run(cfg.replace(max_epochs=1), cache)
     assert calls == [1, 1]  # val, then train
     # Stage 1's maps at 32 px: 24 x 8 x 8 floats per photo, ~6 KiB; 1 KiB allowed.
-    monkeypatch.setenv("TUNER_FEATURE_CACHE_MB", str(1 / 1024))
+    environ.set("TUNER_FEATURE_CACHE_MB", str(1 / 1024))
     assert prepared(cfg, cache, "cpu").kind == "images"
     reports = run(cfg.replace(max_epochs=1), cache)
     assert calls == [1, 1] and len(reports) == 1
@@ -194,9 +194,9 @@ def prepared(cfg, data, device):
 LITE = {**CFG, "model": "efficientnet_lite0", "pretrained": True, "optimizer": "adam", "lr": 1e-3}
 
 
-def test_augmented_trials_train_on_cached_views_one_drawn_per_photo(cache, tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
-    monkeypatch.delenv("TUNER_FEATURE_CACHE", raising=False)
+def test_augmented_trials_train_on_cached_views_one_drawn_per_photo(cache, tmp_path, environ):
+    environ.set("TUNER_CACHE", str(tmp_path))
+    environ.delete("TUNER_FEATURE_CACHE")
     cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 3, "aug_strength": 0.5, "max_epochs": 6})
     inputs = prepared(cfg, cache, "cpu")
     n, views = len(cache.train_y), AUGMENTED_VIEWS
@@ -237,7 +237,7 @@ def test_augmented_trials_train_on_cached_views_one_drawn_per_photo(cache, tmp_p
 
 @pytest.mark.parametrize("aug", [0.0, 0.5])
 def test_inputs_land_on_the_trials_device_whatever_device_prepared_them(
-    cache, tmp_path, monkeypatch, aug
+    cache, tmp_path, environ, aug
 ):
     """Activations computed on the CPU and mapped from disk reach the trial's device batch by
     batch (the rows stay on the host).
@@ -245,8 +245,8 @@ def test_inputs_land_on_the_trials_device_whatever_device_prepared_them(
     ``meta`` stands in for an accelerator on a machine without one: it holds
     tensors but no data, so a tensor left on the CPU shows up here.
     """
-    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
-    monkeypatch.delenv("TUNER_FEATURE_CACHE", raising=False)
+    environ.set("TUNER_CACHE", str(tmp_path))
+    environ.delete("TUNER_FEATURE_CACHE")
     cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 4, "aug_strength": aug})
     run(cfg, cache)  # computed on the CPU (every view in 3 epochs) and stored on disk
     on_cpu = prepared(cfg, cache, "cpu")
@@ -266,8 +266,8 @@ def test_inputs_land_on_the_trials_device_whatever_device_prepared_them(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("aug", [0.0, 0.5])
-def test_cached_activation_trials_run_on_the_gpu(cache, tmp_path, monkeypatch, aug):
-    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
+def test_cached_activation_trials_run_on_the_gpu(cache, tmp_path, environ, aug):
+    environ.set("TUNER_CACHE", str(tmp_path))
     cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 3, "aug_strength": aug})
     run(cfg.replace(max_epochs=1), cache)  # fills the disk cache on the default device
     reports = []

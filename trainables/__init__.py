@@ -65,6 +65,13 @@ if TYPE_CHECKING:
     )
     from trainables._precision import ComputePolicy, choose_precision, cpu_has_native_bf16
     from trainables._progress import Progress
+    from trainables._settings import (
+        RAY_DEFAULTS,
+        Settings,
+        apply_ray_defaults,
+        settings,
+        use_cache_dir,
+    )
     from trainables._source import PhotoSource, SourceError, decode_rels, probe_rels
     from trainables._store import (
         CacheSpaceError,
@@ -148,6 +155,11 @@ _SOURCES = {
     "set_train_mode": "_models",
     "split_screened": "_data",
     "stages": "_models",
+    "RAY_DEFAULTS": "_settings",
+    "Settings": "_settings",
+    "apply_ray_defaults": "_settings",
+    "settings": "_settings",
+    "use_cache_dir": "_settings",
     "train_classifier": "_trainable",
     "train_epoch": "_train",
 }
@@ -168,6 +180,7 @@ __all__ = [
     "MAX_FREEZE_DEPTH",
     "MODELS",
     "OPTIMIZERS",
+    "RAY_DEFAULTS",
     "SPLIT_FILE",
     "AugmentParams",
     "CacheSpaceError",
@@ -181,6 +194,7 @@ __all__ = [
     "PhotoSource",
     "PixelFile",
     "Progress",
+    "Settings",
     "Skipped",
     "SourceError",
     "Split",
@@ -188,6 +202,7 @@ __all__ = [
     "TrialConfig",
     "WeightsUnavailableError",
     "apply_params",
+    "apply_ray_defaults",
     "augment_batch",
     "build_inputs",
     "build_model",
@@ -226,8 +241,10 @@ __all__ = [
     "scan_folder",
     "screen",
     "set_train_mode",
+    "settings",
     "split_screened",
     "stages",
     "train_classifier",
     "train_epoch",
+    "use_cache_dir",
 ]

@@ -53,6 +53,7 @@ import numpy as np
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
 from trainables._models import frozen_output_part
+from trainables._settings import settings
 from trainables._store import cache_root
 
 BATCH = 32  # Lite0 runs ~1.5x faster per image at 32 than at 128 on CPU
@@ -65,9 +66,9 @@ def max_cache_bytes(on_disk: bool = True) -> int:
     """How large one trial's activation cache may grow (``$TUNER_FEATURE_CACHE_MB``):
     4 GiB when it is a mapped file of the disk cache, 1 GiB when it would be held in
     the trial's memory (the disk cache is off, or the weights have no name to key it)."""
-    megabytes = os.environ.get("TUNER_FEATURE_CACHE_MB", "")
-    if megabytes:
-        return int(float(megabytes) * (1 << 20))
+    megabytes = settings().feature_cache_mb
+    if megabytes is not None:
+        return int(megabytes * (1 << 20))
     return 4 << 30 if on_disk else 1 << 30
 
 
@@ -107,7 +108,7 @@ def views_for(cfg: TrialConfig) -> int:
 
 
 def _cache_dir() -> Path | None:
-    if os.environ.get("TUNER_FEATURE_CACHE", "").lower() in ("off", "0", "false"):
+    if not settings().feature_cache:
         return None
     return cache_root() / "features"
 

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from trainables._progress import Progress
+from trainables._settings import settings
 from trainables._source import PhotoSource
 
 # Bumped whenever decode_one would produce other pixels for the same file.
@@ -69,7 +70,7 @@ class CacheSpaceError(ValueError):
 
 def cache_root() -> Path:
     """The cache folder: ``$TUNER_CACHE``, else ``~/.cache/flower-tune``."""
-    return Path(os.environ.get("TUNER_CACHE") or Path.home() / ".cache" / "flower-tune")
+    return settings().cache_dir
 
 
 def row_bytes(size: int) -> int:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Must come first: Ray reads some of these settings when it is imported.
-from tuner import _environment  # noqa: F401
 from tuner._errors import UsageError
 
 if TYPE_CHECKING:

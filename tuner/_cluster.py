@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Callable
 
+from trainables import settings
 from tuner._errors import UsageError
 from tuner._internals import TOKEN_NOTICE_LOGGER
 from tuner._storage import Storage
@@ -29,7 +30,7 @@ def start_ray(address: str | None, say: Callable[[str], None]) -> dict[str, floa
     """
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or settings().ray_address
     if address:
         try:
             ray.init(address=address, logging_level=logging.WARNING)

@@ -15,7 +15,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from trainables import cache_root
+from trainables import cache_root, settings
 from tuner._errors import UsageError
 
 FLOWERS_URL = (
@@ -31,7 +31,7 @@ _HOW_TO = (
 def resolve_data_dir(data: str | None, download: bool = True) -> str:
     """The photo folder (resolved) or URI to use, downloading the default set if needed and
     allowed."""
-    chosen = data or os.environ.get("TUNER_DATA")
+    chosen = data or settings().data
     if chosen:
         return chosen if "://" in chosen else str(Path(chosen).expanduser().resolve())
     folder = cache_root() / "flower_photos"

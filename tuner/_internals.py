@@ -15,6 +15,9 @@ not somewhere a user finds first.
 - Ray's ``OptunaSearch``: its Optuna study, storage, trials and completed set,
   and ``_setup_study``, the only point where the study's storage can be chosen
   on a restore (:class:`HookedOptunaSearch`).
+- ``Tuner._local_tuner``: the callbacks a restored ``Tuner`` runs (unpickled from
+  the experiment, not the driver's own objects), so that the driver reads why its
+  storage guard stopped a resumed search.
 - ``optuna.Trial._trial_id``: the storage id of a live Optuna trial, to read
   its frozen state from the storage.
 """
@@ -47,6 +50,11 @@ def train_session_dir() -> Path:
     from ray.train.constants import _get_ray_train_session_dir
 
     return Path(_get_ray_train_session_dir())
+
+
+def run_callbacks(tuner: Any) -> list[Any]:
+    """The callbacks ``tuner`` (a ``ray.tune.Tuner``, new or restored) runs its search with."""
+    return list(tuner._local_tuner.get_run_config().callbacks or [])
 
 
 def optuna_trial_id(trial: Any) -> int:

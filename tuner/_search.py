@@ -8,7 +8,6 @@ starts, and every file needed to resume is written before the first trial.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
@@ -32,18 +31,19 @@ from trainables import (
     train_classifier,
 )
 from trainables._features import FEATURE_DISK_BUDGET, max_cache_bytes
+from trainables._settings import settings
 from tuner._cluster import check_storage_reachable, local_resources, start_ray
 from tuner._datacheck import describe
 from tuner._errors import UsageError
 from tuner._experiment import JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
 from tuner._holdout import attach_test_scores, score_top_trials, test_lines
-from tuner._internals import train_session_dir
+from tuner._internals import run_callbacks, train_session_dir
 from tuner._leaderboard import best_config, build_leaderboard, tie_note, write_leaderboard
 from tuner._listing import is_finished
 from tuner._pruning import CheckpointPruner
 from tuner._spaces import Budget, SearchSpace
 from tuner._storage import Storage
-from tuner._storage_guard import StorageGuard, make_reserve, release_reserve, tripped
+from tuner._storage_guard import StorageGuard, make_reserve, release_reserve
 from tuner._study import JournalUpload, fetch_journal, forget_journal, make_searcher
 
 METRIC = "val_acc"
@@ -244,7 +244,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             f"with: {exp.resume_command()} (or choose another --name)"
         )
     req.storage.check_writable()
-    if not (req.address or os.environ.get("RAY_ADDRESS")):
+    if not (req.address or settings().ray_address):
         _resources(req.space, local_resources())  # fail before decoding or starting Ray
     check_weights(req.space)
     split, cache = prepare_split(req, say)
@@ -357,7 +357,9 @@ def _fit_and_finish(tuner: Any, exp: Experiment, budget: Budget, say: Print) -> 
     try:
         if not _fit(tuner, exp, say):
             return 130
-        problem = tripped(exp)
+        problem = next(
+            (c.tripped for c in run_callbacks(tuner) if isinstance(c, StorageGuard)), None
+        )
         if problem:
             say(
                 f"\nStopped: {problem}.\nThe experiment state and each trial's last checkpoint "

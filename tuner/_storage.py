@@ -28,22 +28,20 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
+from trainables import settings
 from tuner._errors import UsageError
 
 DEFAULT_STORAGE = "results"
 # Query keys pyarrow would read credentials from: never accepted in a URI.
 _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
-_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS")
 _AWS_ERROR = re.compile(r"AWS Error ([A-Z_]+)")
 _DENIED = {"ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH"}
 
 
 def scrub(text: str) -> str:
     """``text`` without the value of any secret found in the environment."""
-    for key in _SECRET_ENV:
-        value = os.environ.get(key)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
+    for value in settings().secrets:
+        text = text.replace(value, "***")
     return text
 
 
@@ -68,7 +66,7 @@ class Storage:
     @classmethod
     def parse(cls, given: str | None = None) -> Storage:
         """``--storage``, else ``$TUNER_STORAGE``, else ``./results``; UsageError if unusable."""
-        chosen = given or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE
+        chosen = given or settings().storage or DEFAULT_STORAGE
         if "://" not in chosen:
             path = str(Path(chosen).expanduser().resolve())
             return cls(path, pafs.LocalFileSystem(), path)

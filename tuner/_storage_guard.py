@@ -87,10 +87,8 @@ class _ShortDiskErrors(logging.Filter):
         return True
 
 
-logging.getLogger("ray.tune.execution.tune_controller").addFilter(_ShortDiskErrors())
-
-# Why the guard of an experiment folder stopped its search (read by the driver).
-_TRIPPED: dict[str, str] = {}
+_SHORT_DISK_ERRORS = _ShortDiskErrors()
+_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
 
 
 def make_reserve(exp: Experiment) -> None:
@@ -128,11 +126,6 @@ def release_reserve(exp: Experiment) -> None:
             (Path(exp.path()) / RESERVE_FILE).unlink(missing_ok=True)
 
 
-def tripped(exp: Experiment) -> str | None:
-    """Why the guard stopped the search of ``exp``, or None if it did not."""
-    return _TRIPPED.get(exp.display())
-
-
 def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -146,9 +139,14 @@ class StorageGuard(tune.Callback):
         self.checkpoint_bytes = 0
         self._last_check = 0.0
         self._last_probe = time.monotonic()
+        # Why this guard stopped the search, read by the driver once ``fit`` returns.
+        self.tripped: str | None = None
 
     def setup(self, **info: Any) -> None:  # type: ignore[override]
-        _TRIPPED.pop(self.exp.display(), None)
+        self.tripped = None
+        controller = logging.getLogger(_CONTROLLER_LOGGER)
+        if _SHORT_DISK_ERRORS not in controller.filters:
+            controller.addFilter(_SHORT_DISK_ERRORS)
 
     def problem(self, running: int = 0) -> str | None:
         """What stops the storage from taking the next checkpoints, if anything."""
@@ -223,10 +221,9 @@ class StorageGuard(tune.Callback):
             )
 
     def _stop(self, reason: str) -> None:
-        key = self.exp.display()
-        if key in _TRIPPED:
+        if self.tripped:
             return
-        _TRIPPED[key] = reason
+        self.tripped = reason
         release_reserve(self.exp)  # room for Ray's last save
         # Ray logs the failed writes of its last save with tracebacks; the driver
         # prints one message instead.

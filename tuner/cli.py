@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainables import apply_ray_defaults, use_cache_dir
 from tuner._errors import UsageError, printable
 from tuner._parser import build_parser
 
@@ -320,10 +320,9 @@ def _is_bad_input(exc: Exception) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_ray_defaults()  # before anything imports Ray
     if getattr(args, "cache_dir", None):
-        # The one cache setting: this process, and the Ray workers of a cluster it starts,
-        # read $TUNER_CACHE.
-        os.environ["TUNER_CACHE"] = str(Path(args.cache_dir).expanduser().resolve())
+        use_cache_dir(Path(args.cache_dir).expanduser().resolve())
     try:
         return _COMMANDS[args.command](args)
     except Exception as exc:

@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts: photo folders, spaces, searches, results, output.
 
 Every benchmark ends its output with one ``NAME: VALUE`` line per headline
-figure (see DESIGN.md); :func:`print_headlines` writes them.
+figure (see docs/design.md); :func:`print_headlines` writes them.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class SearchRun:
         return int(match.group(1)), float(match.group(2)), int(match.group(3))
 
 
-def run_search(
+def benchmark_search(
     space: Path | str,
     data: Path,
     storage: Path,

@@ -47,6 +47,7 @@ from _common import (
     DEFAULT_DATA,
     SearchRun,
     add_search_flags,
+    benchmark_search,
     check_data,
     environment_line,
     load_line,
@@ -54,7 +55,6 @@ from _common import (
     median,
     print_headlines,
     print_table,
-    run_search,
     trial_results,
     work_dir,
     write_space,
@@ -300,7 +300,7 @@ def measure(
     concurrent: int, space: Path, data: Path, storage: Path, args: argparse.Namespace
 ) -> Measurement:
     sampler = PssSampler(args.interval)
-    run = run_search(
+    run = benchmark_search(
         space,
         data,
         storage,
@@ -363,7 +363,7 @@ def gpu_main(args: argparse.Namespace, data: Path) -> None:
                 },
                 budget={"num_samples": n, "max_epochs": epochs, "grace_period": epochs},
             )
-            run = run_search(
+            run = benchmark_search(
                 space,
                 data,
                 tmp / "results",

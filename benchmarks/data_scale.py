@@ -39,13 +39,13 @@ from typing import Any
 from _common import (
     DEFAULT_DATA,
     ROOT,
+    benchmark_search,
     check_data,
     descendant_pids,
     environment_line,
     experiment_at,
     print_headlines,
     print_table,
-    run_search,
     work_dir,
 )
 
@@ -184,7 +184,7 @@ def space_args(quick: bool) -> list[str]:
 def measure(folder: Path, photos: int, space: Path | str, storage: Path, args: Any) -> Result:
     sampler = Sampler()
     name = f"scale-{photos}"
-    run = run_search(
+    run = benchmark_search(
         space, folder, storage, name, space_args(args.quick), verbose=args.verbose, watcher=sampler
     )
     exp = experiment_at(run.exp_dir)

@@ -29,6 +29,7 @@ from _common import (
     DEFAULT_DATA,
     SearchRun,
     add_search_flags,
+    benchmark_search,
     check_data,
     environment_line,
     load_line,
@@ -36,7 +37,6 @@ from _common import (
     print_headlines,
     print_table,
     read_leaderboard,
-    run_search,
     work_dir,
     write_space,
 )
@@ -125,7 +125,9 @@ def main() -> None:
             ),
         }
         outcomes = [
-            outcome(label, run_search(space, data, tmp / "results", label, verbose=args.verbose))
+            outcome(
+                label, benchmark_search(space, data, tmp / "results", label, verbose=args.verbose)
+            )
             for label, space in spaces.items()
         ]
     asha, fifo = outcomes

@@ -20,13 +20,13 @@ from pathlib import Path
 from _common import (
     DEFAULT_DATA,
     add_search_flags,
+    benchmark_search,
     check_data,
     environment_line,
     load_line,
     make_subset,
     print_headlines,
     print_table,
-    run_search,
     trial_results,
     work_dir,
 )
@@ -89,7 +89,9 @@ def main() -> None:
     with work_dir(args.keep, "bench-tta-") as tmp:
         if args.quick:
             data = make_subset(data, tmp / "photos", per_class=12)
-        run = run_search(args.space, data, tmp / "results", "tta", flags, verbose=args.verbose)
+        run = benchmark_search(
+            args.space, data, tmp / "results", "tta", flags, verbose=args.verbose
+        )
         results = trial_results(run.exp_dir)
     # Every reported epoch, in the order they were reported: (seconds since launch, val_acc).
     epochs = sorted(

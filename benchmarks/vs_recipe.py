@@ -8,8 +8,12 @@ writes to ``split.json``):
 * **recipe**: the classic hand-tuned fine-tune a competent user would write:
   pretrained EfficientNet-Lite0 at 160 px, every layer trained, Adam 1e-3,
   StepLR 7/0.1, batch 32, RandomResizedCrop + horizontal flip + colour jitter,
-  a plain PIL Dataset + ``DataLoader(num_workers = the CPUs)`` fp32 loop, 12
-  epochs on the training photos; its last epoch's model is scored on test.
+  a plain PIL Dataset + ``DataLoader(num_workers = the CPUs)`` fp32 loop, its
+  fixed 12 epochs on every photo outside the test split (train + val: a recipe
+  of fixed epochs selects nothing on the val photos, so a user trains on them
+  too, as ``tuner refit`` does with the search's choice); its last epoch's
+  model is scored on test. (Records written before trained it on the train
+  split alone; ``--pool`` refuses to mix the two kinds.)
 * **search**: ``tuner search --space lite`` (``--space lite-accurate`` for
   Lite1/Lite2) on the same split, then its
   exported model (rank 1: what ``tuner export`` writes), its refit on train +
@@ -54,6 +58,7 @@ from _common import (
     DEFAULT_DATA,
     ROOT,
     add_search_flags,
+    benchmark_search,
     check_data,
     environment_line,
     experiment_at,
@@ -61,7 +66,6 @@ from _common import (
     make_subset,
     print_headlines,
     print_table,
-    run_search,
     work_dir,
 )
 from PIL import Image
@@ -71,8 +75,8 @@ from torchvision import transforms
 
 import trainables
 from tuner._experiment import REFIT_DIR
-from tuner._holdout import load_scores
 from tuner._inference import classify_labelled
+from tuner._leaderboard import load_scores
 from tuner._predict import load_export
 from tuner._refit import REFIT_RECORD
 
@@ -127,6 +131,11 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--pool: records of the same split (seeds {seeds}); pool each once")
         if len({r["space"] for r in args.records}) > 1:
             parser.error("--pool: the records come from searches of different spaces")
+        if len({recipe_trained_on(r) for r in args.records}) > 1:
+            parser.error(
+                "--pool: some records' recipes trained on train + val, others on the train "
+                "split alone; pool records of one kind"
+            )
     if args.quick:
         args.recipe_epochs, args.recipe_size, args.space = 1, 64, "smoke"
     return args
@@ -146,6 +155,11 @@ def read_record(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     return record
 
 
+def recipe_trained_on(record: dict[str, Any]) -> str:
+    """The photos a record's recipe trained on (records without the key: the train split)."""
+    return str(record["recipe"].get("trained_on", "train"))
+
+
 class Photos(Dataset[tuple[torch.Tensor, int]]):
     """(path, label) pairs read with PIL, as in any tutorial."""
 
@@ -163,8 +177,11 @@ class Photos(Dataset[tuple[torch.Tensor, int]]):
             return self.tf(img.convert("RGB")), label
 
 
+RECIPE_TRAINED_ON = "train+val"
+
+
 def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, Any]:
-    """The classic recipe: fine-tune Lite0 on train, report val per epoch, score test
+    """The classic recipe: fine-tune Lite0 on train + val for its fixed epochs, score test
     (``test_right``: whether each test photo, in split order, was classified right)."""
     size = args.recipe_size
     mean, std = trainables.normalization("efficientnet_lite0")
@@ -201,7 +218,7 @@ def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, A
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
     loss_fn = nn.CrossEntropyLoss()
-    train, val = loader(split.train, train_tf, True), loader(split.val, eval_tf, False)
+    train = loader(split.train + split.val, train_tf, True)
     test = loader(split.test, eval_tf, False)
 
     @torch.no_grad()
@@ -210,20 +227,27 @@ def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, A
         return np.concatenate([(model(x).argmax(1) == y).numpy() for x, y in batches])
 
     t0 = time.perf_counter()
-    val_acc = 0.0
     for epoch in range(1, args.recipe_epochs + 1):
         model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
         for x, y in train:
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            loss.backward()
             optimizer.step()
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
         scheduler.step()
-        val_acc = float(right(val).mean())
-        print(f"  recipe epoch {epoch}: val_acc {val_acc:.4f} ({time.perf_counter() - t0:.0f} s)")
+        print(f"  recipe epoch {epoch}: train_loss {loss_sum / seen:.4f}, train_acc "
+              f"{correct / seen:.4f} ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
     wall = time.perf_counter() - t0
     test_right = right(test)
-    return {"val_acc": val_acc, "test_acc": float(test_right.mean()), "test_right": test_right,
-            "wall_s": wall}  # fmt: skip
+    # No val_acc: the val photos are training photos here.
+    return {"val_acc": None, "test_acc": float(test_right.mean()), "test_right": test_right,
+            "wall_s": wall, "trained_on": RECIPE_TRAINED_ON,
+            "train_photos": len(split.train) + len(split.val)}  # fmt: skip
 
 
 def right_on_test(folder: Path, split: trainables.Split) -> np.ndarray:
@@ -272,13 +296,11 @@ EXPORTS = {  # contender: (label, `tuner export` flags)
 }
 
 
-def run_search_side(
-    args: argparse.Namespace, data: Path, storage: Path, tmp: Path
-) -> dict[str, float]:
+def search_side(args: argparse.Namespace, data: Path, storage: Path, tmp: Path) -> dict[str, float]:
     """Search, refit rank 1 and export every contender under ``tmp``; the wall time (s)
     from the search's start to each contender's export."""
     flags = ["--seed", str(args.seed), "--test-fraction", str(TEST_FRACTION)]
-    run = run_search(args.space, data, storage, "vs", flags, verbose=args.verbose)
+    run = benchmark_search(args.space, data, storage, "vs", flags, verbose=args.verbose)
     where = ("--storage", str(storage))
     t0 = time.perf_counter()
     tuner("refit", "vs", *where)
@@ -318,7 +340,8 @@ def pool(records: list[dict[str, Any]]) -> None:
     """Each model's gain over the recipe across the splits of ``records``, and pooled."""
     seeds = [r["seed"] for r in records]
     print(f"# The search vs the classic recipe over {len(records)} splits (seeds {seeds}), "
-          f"--space {records[0]['space']}")  # fmt: skip
+          f"--space {records[0]['space']}, recipe trained on "
+          f"{recipe_trained_on(records[0]).replace('+', ' + ')}")  # fmt: skip
     keys = [k for k in records[0]["models"] if all(k in r["models"] for r in records)]
     recipe = [np.asarray(r["recipe"]["right"], dtype=bool) for r in records]
     rows, gains = [], {}
@@ -354,8 +377,8 @@ def main() -> None:
     print(f"# The search vs the classic recipe, {environment_line()}")
     print(
         f"# split: val {VAL_FRACTION}, test {TEST_FRACTION}, seed {args.seed}; recipe: Lite0 at "
-        f"{args.recipe_size} px, {args.recipe_epochs} epochs, {args.workers} DataLoader "
-        f"workers, fp32; search: --space {args.space}"
+        f"{args.recipe_size} px, {args.recipe_epochs} epochs on train + val, {args.workers} "
+        f"DataLoader workers, fp32; search: --space {args.space} (trials train on train)"
     )
     print(f"# {load_line()}")
     rows = []
@@ -365,13 +388,14 @@ def main() -> None:
         split = trainables.make_split(
             trainables.scan_folder(data), VAL_FRACTION, args.seed, test_fraction=TEST_FRACTION
         )
-        print(f"split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test")
+        print(f"split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test; "
+              f"the recipe trains on {len(split.train) + len(split.val)}")  # fmt: skip
         recipe = run_recipe(split, args)
-        name = f"recipe (Lite0 {args.recipe_size} px, {args.recipe_epochs} epochs)"
-        rows.append([name, recipe["val_acc"], recipe["test_acc"], "", "", recipe["wall_s"]])
+        name = f"recipe (Lite0 {args.recipe_size} px, {args.recipe_epochs} epochs, train + val)"
+        rows.append([name, "", recipe["test_acc"], "", "", recipe["wall_s"]])
 
         storage = tmp / "results"
-        walls = {} if args.reuse else run_search_side(args, data, storage, tmp)
+        walls = {} if args.reuse else search_side(args, data, storage, tmp)
         exp = experiment_at(storage / "vs")
         if [p for p, _ in exp.split().test] != [p for p, _ in split.test]:
             print(f"error: the search's test split differs from the recipe's (--seed {args.seed}?)",

@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
         for fixture, group in _SHARED_FIXTURES.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(group))
+                item.add_marker(pytest.mark.slow)  # it waits for a search or a cluster
                 break
     # Real searches first: xdist hands out tests in this order, so a minutes-long
     # one started last would leave the other worker idle at the end.
@@ -51,6 +52,20 @@ def own_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     own folder, never in the user's ``~/.cache/flower-tune``."""
     folder = tmp_path_factory.mktemp("tuner-cache")
     os.environ["TUNER_CACHE"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test run's own config folder (``$XDG_CONFIG_HOME``, inherited by every command
+    a test starts), never the user's ``~/.config``: the key that signs experiment state
+    (``flower-tune/state.key``) is the run's. Both xdist workers share it, so an
+    experiment either writes, the other may resume."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "config"
+    folder.mkdir(exist_ok=True)
+    os.environ["XDG_CONFIG_HOME"] = str(folder)
+    settings.cache_clear()
     return folder
 
 
@@ -194,12 +209,21 @@ METRIC_KEYS = frozenset(
 )
 
 
-def run_search(
+def search_args(
+    space: str | Path, data: Path, storage: Path | str, name: str | None, *extra: str
+) -> list[str]:
+    """The arguments of ``tuner search`` (no ``--name`` when ``name`` is None): the one
+    place a test's search command line is built."""
+    args = ["search", "--space", str(space), "--data", str(data), "--storage", str(storage)]
+    return [*args, *(["--name", name] if name is not None else []), *extra]
+
+
+def cli_search(
     space: str | Path, data: Path, storage: Path | str, name: str, *extra: str, **kwargs: object
 ) -> subprocess.CompletedProcess[str]:
-    """``tuner search`` with the four arguments every test gives."""
-    args = ("search", "--space", str(space), "--data", str(data), "--storage", str(storage))
-    return run_tuner(*args, "--name", name, *extra, **kwargs)  # type: ignore[arg-type]
+    """``python -m tuner search`` as a user runs it, with the four arguments every test
+    gives."""
+    return run_tuner(*search_args(space, data, storage, name, *extra), **kwargs)  # type: ignore[arg-type]
 
 
 TINY_SPACE = """
@@ -234,7 +258,13 @@ def finished(small_flowers: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     space = tmp / "tiny.yaml"
     space.write_text(TINY_SPACE)
     storage = tmp / "results"
-    proc = run_search(space, small_flowers, storage, "e2e")
+    proc = cli_search(space, small_flowers, storage, "e2e")
+    if proc.returncode != 0:  # one clear failure instead of every test that reads it failing
+        pytest.fail(
+            f"the shared search exited {proc.returncode}:\n{proc.stdout[-4000:]}\n"
+            f"{proc.stderr[-4000:]}",
+            pytrace=False,
+        )
     return proc, storage, storage / "e2e"
 
 

@@ -67,6 +67,7 @@ def test_an_unknown_backbone_names_the_choices():
     assert set(names()) == set(BACKBONES)
 
 
+@pytest.mark.slow
 def test_mobilenet_v3_large_runs_a_real_search_export_and_predict(small_flowers, tmp_path):
     """The family added through the registry alone: its built-in space runs a real search
     on random ImageNet-shaped weights saved where torch hub looks, and its rank 1 exports
@@ -74,7 +75,7 @@ def test_mobilenet_v3_large_runs_a_real_search_export_and_predict(small_flowers,
     import os
     import subprocess
 
-    from conftest import run_search, run_tuner
+    from conftest import cli_search, run_tuner
 
     hub = tmp_path / "torch"
     env = {**os.environ, "TORCH_HOME": str(hub)}
@@ -90,7 +91,7 @@ def test_mobilenet_v3_large_runs_a_real_search_export_and_predict(small_flowers,
     torch.save(random_init.state_dict(), path)
 
     storage = tmp_path / "results"
-    found = run_search(
+    found = cli_search(
         "mobilenet", small_flowers, storage, "mnv3", "--num-samples", "2", "--max-epochs", "1",
         env={"TORCH_HOME": str(hub)},
     )  # fmt: skip

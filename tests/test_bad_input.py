@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, cli, make_subset, run_search, run_tuner
+from conftest import ROOT, cli, cli_search, make_subset, run_tuner, search_args
 from PIL import Image
 
 from trainables import CheckpointError, decode_one, load_photo, load_state, scan_folder, screen
@@ -26,7 +26,7 @@ from trainables import CheckpointError, decode_one, load_photo, load_state, scan
 
 def smoke_search(data: Path, storage: Path, *extra: str) -> list[str]:
     """The arguments of a `search --space smoke` over ``data`` into ``storage``."""
-    return ["search", "--space", "smoke", "--data", str(data), "--storage", str(storage), *extra]
+    return search_args("smoke", data, storage, None, *extra)
 
 
 def photo(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30), **save: object) -> Path:
@@ -128,7 +128,7 @@ def test_a_salted_search_with_diverging_trials_completes_and_skips_exactly_the_b
     root, bad, good = salted
     space = tmp_path / "salted.yaml"
     space.write_text(SALTED_SPACE)
-    proc = run_search(space, root, tmp_path / "r", "salted")
+    proc = cli_search(space, root, tmp_path / "r", "salted")
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = tmp_path / "r" / "salted"
     split = json.loads((exp / "split.json").read_text())

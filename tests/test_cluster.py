@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import S3_BUCKET, experiment_at, free_port, run_search, s3_uri
+from conftest import S3_BUCKET, cli_search, experiment_at, free_port, s3_uri
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +104,7 @@ def test_a_search_on_an_existing_cluster_uses_both_nodes(cluster, small_flowers,
     address, _ = cluster
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    proc = run_search(
+    proc = cli_search(
         space, small_flowers, tmp_path / "shared", "c1", "--address", address, timeout=600, env=AUTH
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -127,7 +127,7 @@ def test_a_node_that_cannot_see_the_drivers_decoded_photos_decodes_its_own(
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.replace("image_size: 96", "image_size: 80"))  # 91 px: its own entry
     driver_cache = shadow / "driver-cache"
-    proc = run_search(
+    proc = cli_search(
         space, small_flowers, tmp_path / "shared", "c4", "--address", address,
         "--cache-dir", str(driver_cache), timeout=600, env=AUTH,
     )  # fmt: skip
@@ -156,7 +156,7 @@ def test_a_two_node_search_on_object_storage_needs_no_shared_folder(
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     uri = s3_uri(s3, f"{S3_BUCKET}/cluster")
-    proc = run_search(
+    proc = cli_search(
         space, small_flowers, uri, "c3", "--address", address, timeout=600, env=AUTH, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -176,7 +176,7 @@ def test_a_node_local_storage_path_is_refused(cluster, small_flowers, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     storage = shadow / "results"
-    proc = run_search(
+    proc = cli_search(
         space, small_flowers, storage, "c2", "--address", address, timeout=300, env=AUTH
     )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -234,7 +234,7 @@ def test_four_trials_share_one_gpu_by_default(gpu_node, small_flowers, tmp_path)
         "  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
         "budget:\n  num_samples: 4\n  max_epochs: 4\n  grace_period: 4\n  cpus_per_trial: 0.5\n"
     )
-    proc = run_search(
+    proc = cli_search(
         space, small_flowers, tmp_path / "r", "g", "--address", gpu_node, timeout=600, env=AUTH
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_subset, run_search
+from conftest import ROOT, cli_search, make_subset
 from PIL import Image
 
 from trainables import decode_one
@@ -86,13 +86,14 @@ def test_a_16_bit_photo_maps_onto_8_bits_without_a_float64_copy(hostile):
     assert row[0] <= 8 and row[-1] >= 247 and (np.diff(row.astype(int)) >= 0).all()
 
 
+@pytest.mark.slow
 def test_a_search_on_the_folder_runs_on_its_usable_photos(hostile, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(
         "params:\n  model: efficientnet_lite0\n  image_size: 32\n  freeze_depth: 4\n"
         "  lr: {loguniform: [1.0e-3, 1.0e-2]}\nbudget:\n  num_samples: 1\n  max_epochs: 1\n"
     )
-    proc = run_search(space, hostile, tmp_path / "r", "hostile", "--test-fraction", "0")
+    proc = cli_search(space, hostile, tmp_path / "r", "hostile", "--test-fraction", "0")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     split = json.loads((tmp_path / "r" / "hostile" / "split.json").read_text())

@@ -15,6 +15,8 @@ import pytest
 
 from tuner import _internals as internals
 
+pytestmark = pytest.mark.slow  # each test starts Ray or a search of its own
+
 
 @pytest.fixture(scope="module")
 def live_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, S3_BUCKET, run_search, s3_uri
+from conftest import ROOT, S3_BUCKET, cli_search, s3_uri, search_args
 
 from tuner import Experiment, Storage
 from tuner._errors import UsageError
@@ -24,10 +24,8 @@ SPACE = (
 
 
 def search_command(space: Path, data: Path, storage: str, name: str) -> list[str]:
-    return [
-        sys.executable, "-m", "tuner", "search", "--space", str(space), "--data", str(data),
-        "--storage", storage, "--name", name, "--test-fraction", "0",
-    ]  # fmt: skip
+    args = search_args(space, data, storage, name, "--test-fraction", "0")
+    return [sys.executable, "-m", "tuner", *args]
 
 
 def race(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess[str]]:
@@ -94,10 +92,11 @@ def test_a_lock_of_a_dead_process_on_this_host_or_without_heartbeat_is_taken_ove
     assert not (tmp_path / "held").exists()  # nothing else was written: no trace left
 
 
+@pytest.mark.slow
 def test_a_failed_search_leaves_no_folder_and_no_lock(small_flowers, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.replace("image_size: 32", "image_size: 8"))
-    proc = run_search(space, small_flowers, tmp_path / "r", "bad")
+    proc = cli_search(space, small_flowers, tmp_path / "r", "bad")
     assert proc.returncode == 2
     assert not (tmp_path / "r" / "bad").exists()
 

@@ -17,9 +17,10 @@ import pytest
 from conftest import (
     S3_BUCKET,
     S3_ENV,
-    run_search,
+    cli_search,
     run_tuner,
     s3_uri,
+    search_args,
     start_s3_server,
 )
 
@@ -78,7 +79,7 @@ def s3_search(s3, small_flowers, tmp_path_factory):
     cwd.mkdir()
     uri = s3_uri(s3, f"{S3_BUCKET}/results")
     staged = set(ray_staging("remote"))
-    proc = run_search(space, small_flowers, uri, "remote", timeout=600, cwd=cwd)
+    proc = cli_search(space, small_flowers, uri, "remote", timeout=600, cwd=cwd)
     return proc, uri, experiment(uri, "remote"), cwd, set(ray_staging("remote")) - staged
 
 
@@ -153,9 +154,9 @@ def test_kill_9_then_resume_from_a_fresh_folder_given_only_the_uri(s3, small_flo
     first.mkdir()
     second.mkdir()
     exp = experiment(uri, "k9")
-    args = ["search", "--space", str(space), "--data", str(small_flowers), "--storage", uri]
+    args = search_args(space, small_flowers, uri, "k9")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tuner", *args, "--name", "k9"],
+        [sys.executable, "-m", "tuner", *args],
         cwd=first,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -210,7 +211,7 @@ def test_unusable_object_storage_exits_2_before_ray_starts(case, s3, small_flowe
         if case == "resume":
             proc = run_tuner("resume", "x", "--storage", uri, cwd=tmp_path)
         else:
-            proc = run_search("smoke", small_flowers, uri, "x", env=env, cwd=tmp_path)
+            proc = cli_search("smoke", small_flowers, uri, "x", env=env, cwd=tmp_path)
     finally:
         if server is not None:
             server.terminate()

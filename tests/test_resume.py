@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, cli, experiment_at, run_tuner
+from conftest import ROOT, cli, experiment_at, run_tuner, search_args
+
+from tuner._signing import write_signed
 
 pytestmark = pytest.mark.slow
 
@@ -44,20 +46,7 @@ def write_space(tmp: Path, num: int, epochs: int, size: int = 32) -> Path:
 def start_search(space: Path, data: Path, storage: Path, name: str) -> subprocess.Popen[str]:
     env = dict(os.environ)
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tuner",
-            "search",
-            "--space",
-            str(space),
-            "--data",
-            str(data),
-            "--storage",
-            str(storage),
-            "--name",
-            name,
-        ],
+        [sys.executable, "-m", "tuner", *search_args(space, data, storage, name)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -206,7 +195,8 @@ def test_resume_starts_a_search_again_when_its_driver_died_before_the_first_tria
     dest.mkdir(parents=True)
     saved.update(name="early", storage=str(storage))
     saved["space"]["budget"].update(num_samples=2, max_epochs=1, grace_period=1)
-    (dest / "tuner.json").write_text(json.dumps(saved))
+    # As the search writes it: signed with the user's key (tests/test_signing.py).
+    write_signed(experiment_at(dest), "tuner.json", json.dumps(saved).encode())
     (dest / "split.json").write_text('{"half": ')  # as a kill mid-write leaves it
     proc = run_tuner("resume", "early", "--storage", str(storage), timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

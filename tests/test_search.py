@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
-from conftest import METRIC_KEYS, cli, experiment_at, free_port, run_search
+from conftest import METRIC_KEYS, cli, cli_search, experiment_at, free_port
 
 from tuner._leaderboard import _BASE_COLUMNS
 from tuner.cli import main
@@ -134,7 +134,7 @@ def test_default_space_runs_with_weights_in_torch_home(tmp_path, small_flowers):
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     torch.save(torchvision.models.resnet18().state_dict(), checkpoints / "resnet18-f37072fd.pth")
-    proc = run_search(
+    proc = cli_search(
         "default",
         small_flowers,
         tmp_path / "r",
@@ -231,7 +231,7 @@ def test_a_time_budget_ends_the_search_cleanly_and_lists_trials_that_never_start
 
     space = tmp_path / "long.yaml"
     space.write_text(TINY_SPACE.replace("max_epochs: 3", "max_epochs: 200"))
-    proc = run_search(
+    proc = cli_search(
         space, small_flowers, tmp_path / "r", "tb", "--time-budget", "25",
         "--max-concurrent", "2", "--cpus-per-trial", "2",
     )  # fmt: skip
@@ -303,6 +303,7 @@ def test_optuna_dashboard_shows_the_same_trials_by_state(finished):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert len(trials) == len(board) == 5
     shown = Counter(t["state"].upper() for t in trials)
     expected = Counter(STATE_OF_STATUS[status] for status in board["status"])
     assert shown == expected
@@ -316,6 +317,7 @@ def test_tensorboard_event_files_hold_every_trials_val_acc(finished):
 
     _, _, exp = finished
     board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 5  # every trial of the tiny space, so the loop below checks each
     for trial_id, epochs in zip(board["trial_id"], board["epochs"], strict=True):
         (events,) = list((exp / f"trial_{trial_id}").glob("events.out.tfevents.*"))
         accumulator = EventAccumulator(str(events))

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trainables import RAY_DEFAULTS, Settings, settings, use_cache_dir
 
 
@@ -42,6 +44,7 @@ def test_read_once_until_the_cache_folder_is_changed(monkeypatch, tmp_path):
     assert settings().cache_dir == tmp_path / "c"
 
 
+@pytest.mark.slow
 def test_importing_the_packages_writes_nothing_into_the_environment():
     code = (
         # Ray writes some variables of its own when imported: import it first.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
-from conftest import ROOT, S3_BUCKET, cli, run_search, s3_uri
+from conftest import ROOT, S3_BUCKET, cli, cli_search, s3_uri
 from PIL import Image
 
 from trainables import (
@@ -140,6 +140,7 @@ def mapping_of(pid: int, name: str) -> dict[str, int]:
     return fields
 
 
+@pytest.mark.slow
 def test_two_trial_processes_share_one_mapped_copy_of_the_photos(small_flowers, tmp_path):
     """Two processes gather every training row: each maps the file's pages (resident,
     shared, none private or anonymous), and the kernel splits them between the two."""
@@ -190,6 +191,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(folder)], check=False)
 
 
+@pytest.mark.slow
 def test_a_decode_that_does_not_fit_the_cache_disk_is_refused_before_it_starts(
     flowers, small_disk, tmp_path
 ):
@@ -202,7 +204,7 @@ def test_a_decode_that_does_not_fit_the_cache_disk_is_refused_before_it_starts(
         "  lr: {loguniform: [1.0e-3, 1.0e-2]}\nbudget:\n  num_samples: 1\n  max_epochs: 1\n"
     )
     cache = small_disk / "cache"
-    proc = run_search(space, data, tmp_path / "r", "big", "--cache-dir", str(cache))
+    proc = cli_search(space, data, tmp_path / "r", "big", "--cache-dir", str(cache))
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
@@ -248,7 +250,7 @@ def test_a_search_reads_its_photos_from_a_bucket(s3, small_flowers, tmp_path, ca
         "  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
         "budget:\n  num_samples: 2\n  max_epochs: 1\n"
     )
-    proc = run_search(space, uri, tmp_path / "r", "from-bucket", timeout=600)  # type: ignore[arg-type]
+    proc = cli_search(space, uri, tmp_path / "r", "from-bucket", timeout=600)  # type: ignore[arg-type]
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Decoded 60 photos at 37px" in proc.stdout
     split = json.loads((tmp_path / "r" / "from-bucket" / "split.json").read_text())

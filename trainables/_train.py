@@ -211,7 +211,7 @@ def fit(
     """Train ``cfg`` on ``data`` for up to ``cfg.max_epochs`` epochs on ``device``.
 
     After every epoch ``report(metrics, checkpoint_dir)`` is called with the
-    metrics of DESIGN.md and a folder holding the full training state. With
+    metrics of docs/design.md and a folder holding the full training state. With
     ``resume_state`` (loaded from such a folder by
     :func:`trainables.load_state`) training continues at the next epoch.
     A non-finite loss ends training at once with ``diverged: True``.

@@ -15,37 +15,20 @@ the latest export).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
 
 from tuner._experiment import ENSEMBLES, REFIT_DIR, TEST_SCORES, Experiment
-
-if TYPE_CHECKING:
-    from tuner._inference import Preprocessing
-
-
-def load_scores(exp: Experiment) -> dict[str, dict[str, Any]]:
-    """trial id -> {"checkpoint", "test_acc", "n_images"} of the trials scored so far."""
-    scores = exp.read_json(TEST_SCORES, {})
-    return scores if isinstance(scores, dict) else {}
-
-
-def attach_test_scores(board: pd.DataFrame, exp: Experiment) -> pd.DataFrame:
-    """``board`` with ``test_acc`` (NaN where the best checkpoint was not scored)."""
-    scores = load_scores(exp)
-
-    def score(row: pd.Series) -> float:
-        entry = scores.get(str(row["trial_id"]), {})
-        same = entry.get("checkpoint") == str(row["checkpoint"])
-        return float(entry["test_acc"]) if same and "test_acc" in entry else math.nan
-
-    board = board.copy()
-    board["test_acc"] = board.apply(score, axis=1) if len(board) else pd.Series(dtype="float64")
-    return board.astype({"test_acc": "float64"})
+from tuner._inference import (
+    Preprocessing,
+    classify_labelled,
+    evaluate_test_split,
+    load_ranked_trial,
+)
+from tuner._leaderboard import load_scores
 
 
 def test_lines(board: pd.DataFrame) -> list[str]:
@@ -66,8 +49,6 @@ def score_top_trials(exp: Experiment, board: pd.DataFrame, top_k: int) -> dict[s
     Returns trial id -> test_acc of the trials scored (now or before); an empty
     dict when the experiment holds no test split.
     """
-    from tuner._inference import evaluate_test_split, load_ranked_trial
-
     split = exp.split()
     if not split.test or top_k <= 0:
         return {}
@@ -96,8 +77,6 @@ def score_module_on_test(
     exp: Experiment, model: Callable[[torch.Tensor], torch.Tensor], prep: Preprocessing
 ) -> float | None:
     """Accuracy of ``model`` on the experiment's test split (None without one)."""
-    from tuner._inference import classify_labelled
-
     split = exp.split()
     if not split.test:
         return None

@@ -91,8 +91,10 @@ def classify(
     paths: Sequence[str | Path],
     prep: Preprocessing,
     source: PhotoSource | None = None,
+    device: torch.device | None = None,
 ) -> Classified:
-    """fp32 logits of ``model`` (in eval mode) for each readable photo of ``paths``.
+    """fp32 logits (on the CPU) of ``model`` (in eval mode) for each readable photo of
+    ``paths``, its batches sent to ``device`` (the model's; default: left on the CPU).
 
     Photos are decoded ``CHUNK`` at a time (in parallel), or read from the
     decoded photos of ``source`` when a search decoded them at this size, and run
@@ -122,8 +124,10 @@ def classify(
         ok += [start + i for i in rows]
         for b in range(0, len(rows), BATCH):
             images = crop(torch.from_numpy(raw[rows[b : b + BATCH]]))
+            if device is not None:  # uint8 pixels travel; the device standardises them
+                images = images.to(device)
             x = normalize(images, prep.mean, prep.std, torch.float32)
-            logits.append(model(x.contiguous(memory_format=torch.channels_last)).float())
+            logits.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
         progress.update(len(chunk))
     progress.close()
     return Classified(torch.cat(logits) if logits else torch.empty(0, 0), ok, failed)
@@ -176,15 +180,9 @@ def model_from_state(state: dict[str, Any], n_classes: int) -> nn.Module:
     return model.eval().to(memory_format=torch.channels_last)
 
 
-def load_ranked_trial(exp: Experiment, rank: int, board: pd.DataFrame | None = None) -> RankedTrial:
-    """Load the best checkpoint of the ``rank``-th trial of the leaderboard (1 = best).
-
-    ``board`` saves reading the experiment again when the caller has it.
-    """
-    from tuner._leaderboard import build_leaderboard
-
-    if board is None:
-        board = build_leaderboard(exp)
+def load_ranked_trial(exp: Experiment, rank: int, board: pd.DataFrame) -> RankedTrial:
+    """Load the best checkpoint of the ``rank``-th trial of ``board``, the leaderboard of
+    ``exp`` (1 = best)."""
     if not 1 <= rank <= len(board):
         raise UsageError(
             f"rank {rank} is out of range: experiment {exp.name!r} has {len(board)} trial(s)"

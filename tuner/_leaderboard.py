@@ -25,10 +25,10 @@ from tuner._experiment import (
     LEADERBOARD_CSV,
     LEADERBOARD_PARQUET,
     STATE_GLOB,
+    TEST_SCORES,
     TRIAL_PREFIX,
     Experiment,
 )
-from tuner._holdout import attach_test_scores
 
 FORMATS = ("table", "csv", "parquet", "json", "markdown")
 
@@ -103,7 +103,7 @@ def build_leaderboard(
     histories: dict[str, pd.DataFrame] | None = None,
     trials: list[TrialRecord] | None = None,
 ) -> pd.DataFrame:
-    """One row per trial, best first, with the columns of DESIGN.md.
+    """One row per trial, best first, with the columns of docs/design.md.
 
     ``histories`` (trial id -> :meth:`Experiment.history`) and ``trials``
     (:func:`read_trials`) save reading them again when the caller has them.
@@ -128,6 +128,26 @@ def build_leaderboard(
     board["val_acc_se"] = [standard_error(acc, n_val) for acc in board["val_acc"]]
     board = attach_test_scores(board, exp)
     return _typed(board.reset_index(drop=True))
+
+
+def load_scores(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """trial id -> {"checkpoint", "test_acc", "n_images"} of the trials scored so far."""
+    scores = exp.read_json(TEST_SCORES, {})
+    return scores if isinstance(scores, dict) else {}
+
+
+def attach_test_scores(board: pd.DataFrame, exp: Experiment) -> pd.DataFrame:
+    """``board`` with ``test_acc`` (NaN where the best checkpoint was not scored)."""
+    scores = load_scores(exp)
+
+    def score(row: pd.Series) -> float:
+        entry = scores.get(str(row["trial_id"]), {})
+        same = entry.get("checkpoint") == str(row["checkpoint"])
+        return float(entry["test_acc"]) if same and "test_acc" in entry else math.nan
+
+    board = board.copy()
+    board["test_acc"] = board.apply(score, axis=1) if len(board) else pd.Series(dtype="float64")
+    return board.astype({"test_acc": "float64"})
 
 
 def kept_checkpoints(exp: Experiment, trial_id: str) -> list[tuple[int, float, str]]:

@@ -32,6 +32,15 @@ def _number(kind: type[int] | type[float], minimum: float, inclusive: bool) -> A
     return parse
 
 
+def _device(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (whether the machine has it is checked later)."""
+    value = text.strip().lower()
+    index = value.removeprefix("cuda:")
+    if value in ("cpu", "cuda", "auto") or (index != value and index.isascii() and index.isdigit()):
+        return value if index == value else f"cuda:{int(index)}"
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
+
+
 _positive_int = _number(int, 1, inclusive=True)
 _positive_float = _number(float, 0, inclusive=False)
 _non_negative_float = _number(float, 0, inclusive=True)
@@ -114,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart-errored",
         action="store_true",
         help="start errored trials over instead of from their checkpoints",
+    )
+    resume.add_argument(
+        "--trust-state",
+        action="store_true",
+        help="load the saved state even if it does not carry a signature of your state key "
+        "(it was written on another machine or account, or changed by someone else: loading "
+        "it runs code whoever can write to the storage put there)",
     )
 
     listing = sub.add_parser(
@@ -243,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the folder's TorchScript model.ts (it runs code its author wrote); by "
         "default the project builds the architecture config.json names and loads only the "
         "tensors of model.pt",
+    )
+    predict.add_argument(
+        "--device",
+        type=_device,
+        default="auto",
+        metavar="cpu|cuda|cuda:N|auto",
+        help="where the model runs and the photos' batches go (default: auto, a CUDA GPU "
+        "when there is one, else the CPU)",
     )
 
     data = sub.add_parser(

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,28 @@ class ExportedModel:
     model: Callable[[torch.Tensor], torch.Tensor]
     labels: list[str]
     preprocessing: Preprocessing
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # model, batches
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``predict --device`` names: ``cpu``, ``cuda``, ``cuda:N``, or ``auto`` (a
+    CUDA GPU when there is one, else the CPU); UsageError for a GPU this machine lacks."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {name}: this machine has no CUDA device that torch can use; "
+            "use --device cpu (or auto)"
+        )
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise UsageError(
+            f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
+    return device
 
 
 IMAGE_SIZES = range(32, 1025)  # what an export's config may ask for
@@ -80,8 +102,11 @@ def _weights(folder: Path, rel: str, model: str, n_classes: int, size: int) -> t
     return net.eval().to(memory_format=torch.channels_last)
 
 
-def load_export(folder: Path, trust_model: bool = False) -> ExportedModel:
-    """Read an export folder (UsageError if it is not a usable one).
+def load_export(
+    folder: Path, trust_model: bool = False, device: torch.device | None = None
+) -> ExportedModel:
+    """Read an export folder (UsageError if it is not a usable one), its model on ``device``
+    (default: the CPU).
 
     By default nothing of the author's code runs: the architecture named in
     ``config.json`` (one of the project's models) is built here and given the
@@ -89,6 +114,7 @@ def load_export(folder: Path, trust_model: bool = False) -> ExportedModel:
     ``weights_only=True``; every value of ``config.json`` used is checked first.
     ``trust_model`` runs ``model.ts`` instead (TorchScript runs code its author wrote).
     """
+    device = device or torch.device("cpu")
     if folder.is_file():
         raise UsageError(f"{folder} is a file; give the folder `export` wrote")
     missing = [name for name in (LABELS, CONFIG) if not (folder / name).is_file()]
@@ -117,7 +143,7 @@ def load_export(folder: Path, trust_model: bool = False) -> ExportedModel:
             raise _not_export(folder, f"no {MODEL_SCRIPT}")
         try:
             with quiet_jit():
-                model = torch.jit.load(str(folder / MODEL_SCRIPT), map_location="cpu").eval()
+                model = torch.jit.load(str(folder / MODEL_SCRIPT), map_location=device).eval()
         except (OSError, RuntimeError, ValueError) as exc:
             raise _not_export(folder, f"{MODEL_SCRIPT}: {type(exc).__name__}: {exc}") from None
     elif "ensemble" in config:
@@ -138,12 +164,12 @@ def load_export(folder: Path, trust_model: bool = False) -> ExportedModel:
             raise _not_export(folder, f"an ensemble member is incomplete ({exc})") from None
         if not all(math.isfinite(w) and w > 0 for w in weights):
             raise _not_export(folder, f"ensemble weights {weights} must be positive")
-        model = ProbabilityMean(nets, weights).eval()
+        model = ProbabilityMean(nets, weights).eval().to(device)
     else:
         model = _weights(
             folder, MODEL_STATE, str(config.get("model")), len(labels), prep.image_size
-        )
-    return ExportedModel(folder=folder, model=model, labels=labels, preprocessing=prep)
+        ).to(device)
+    return ExportedModel(folder, model, labels, prep, device)
 
 
 def predict_images(
@@ -154,7 +180,7 @@ def predict_images(
     Each entry is ``{"image", "predictions": [{"class", "probability"}]}``, or
     ``{"image", "error"}`` for an image that could not be read.
     """
-    classified = classify(exported.model, images, exported.preprocessing)
+    classified = classify(exported.model, images, exported.preprocessing, device=exported.device)
     probs = classified.logits.softmax(1)
     k = min(top, len(exported.labels))
     results: list[dict[str, Any]] = [

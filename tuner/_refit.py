@@ -65,8 +65,9 @@ def refit(exp: Experiment, rank: int, say: Callable[[str], None] = print) -> dic
 
     from tuner._cluster import start_ray
     from tuner._inference import load_ranked_trial
+    from tuner._leaderboard import build_leaderboard
 
-    trial = load_ranked_trial(exp, rank)
+    trial = load_ranked_trial(exp, rank, build_leaderboard(exp))
     saved = exp.record()
     split = exp.split()
     epochs = max(1, trial.best_epoch)

@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainables import (
@@ -36,11 +36,18 @@ from tuner._cluster import check_storage_reachable, local_resources, start_ray
 from tuner._datacheck import describe
 from tuner._errors import UsageError
 from tuner._experiment import JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
-from tuner._holdout import attach_test_scores, score_top_trials, test_lines
+from tuner._holdout import score_top_trials, test_lines
 from tuner._internals import run_callbacks, train_session_dir
-from tuner._leaderboard import best_config, build_leaderboard, tie_note, write_leaderboard
+from tuner._leaderboard import (
+    attach_test_scores,
+    best_config,
+    build_leaderboard,
+    tie_note,
+    write_leaderboard,
+)
 from tuner._listing import is_finished
 from tuner._pruning import CheckpointPruner
+from tuner._signing import check_signed, load_key, read_checked, signing_filesystem, write_signed
 from tuner._spaces import Budget, SearchSpace
 from tuner._storage import Storage
 from tuner._storage_guard import StorageGuard, make_reserve, release_reserve
@@ -210,9 +217,10 @@ def _run_config(exp: Experiment, space: SearchSpace, concurrent: int, say: Print
     return tune.RunConfig(
         callbacks=[StorageGuard(exp), CheckpointPruner(), estimate, JournalUpload(exp)],
         name=exp.name,
-        # Ray Tune writes through the same file system as every file of ours.
+        # Ray Tune writes through the same file system as every file of ours, signing the
+        # state that `resume` loads.
         storage_path=exp.storage.root,
-        storage_filesystem=exp.storage.fs,
+        storage_filesystem=signing_filesystem(exp),
         # Every checkpoint is registered; CheckpointPruner deletes old ones once no saved
         # experiment state can point at them (Ray's num_to_keep deletes them too early).
         checkpoint_config=tune.CheckpointConfig(
@@ -244,6 +252,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             f"with: {exp.resume_command()} (or choose another --name)"
         )
     req.storage.check_writable()
+    load_key()  # the key that signs the state: made (or found unreadable) now, not mid-search
     if not (req.address or settings().ray_address):
         _resources(req.space, local_resources())  # fail before decoding or starting Ray
     check_weights(req.space)
@@ -252,7 +261,9 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     resources = _resources(req.space, cluster)
     check_storage_reachable(req.storage)
     exp.write_split(split)
-    exp.write_record(_record(req, cache.size, resources))
+    write_signed(
+        exp, TUNER_FILE, json.dumps(asdict(_record(req, cache.size, resources)), indent=2).encode()
+    )
     make_reserve(exp)
     budget = req.space.budget
     concurrent = min(budget.max_concurrent or _fits(cluster, resources), budget.num_samples)
@@ -295,15 +306,25 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     return _fit_and_finish(tuner, exp, budget, say)
 
 
-def resume(name: str, storage: Storage, restart_errored: bool = False, say: Print = print) -> int:
+def resume(
+    name: str,
+    storage: Storage,
+    restart_errored: bool = False,
+    say: Print = print,
+    trust_state: bool = False,
+) -> int:
     """Continue an interrupted experiment exactly as it was set up, from any machine that
-    reaches its storage and its photos."""
+    reaches its storage and its photos.
+
+    Its state (Ray's pickles and ``tuner.json``) is loaded only if it carries a signature
+    of this user's key (:mod:`tuner._signing`), unless ``trust_state``.
+    """
     from ray import tune
 
     storage.check_writable()  # a resume writes: fail first on a missing bucket or a bad key
     exp = Experiment(storage, name)
     if exp.has_record() and not exp.has_state():
-        return _start_again(exp, say)
+        return _start_again(exp, _checked_record(exp, trust_state, say), say)
     exp = Experiment.open(storage, name)
     if is_finished(exp):
         where = f" --storage {shlex.quote(storage.uri)}"
@@ -312,7 +333,7 @@ def resume(name: str, storage: Storage, restart_errored: bool = False, say: Prin
             f"Its results: python -m tuner leaderboard {name}{where}"
         )
         return 0
-    record = exp.record()
+    record = _checked_record(exp, trust_state, say)
     space = record.search_space()
     split = exp.split()
     try:
@@ -332,15 +353,27 @@ def resume(name: str, storage: Storage, restart_errored: bool = False, say: Prin
         resume_unfinished=True,
         resume_errored=not restart_errored,
         restart_errored=restart_errored,
-        storage_filesystem=storage.fs,
+        # Checks each signed file again as Ray reads it (unless trusted).
+        storage_filesystem=signing_filesystem(exp, verify=not trust_state),
     )
     return _fit_and_finish(tuner, exp, space.budget, say)
 
 
-def _start_again(exp: Experiment, say: Print) -> int:
+def _checked_record(exp: Experiment, trust_state: bool, say: Print) -> RunRecord:
+    """``tuner.json``, once every signed file of ``exp`` verified (read once, checked)."""
+    if trust_state:
+        say("--trust-state: loading the saved state without checking its signatures")
+        return exp.record()
+    check_signed(exp)
+    try:
+        return RunRecord.from_json(json.loads(read_checked(exp, TUNER_FILE)))
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{exp.display(TUNER_FILE)} is unreadable") from None
+
+
+def _start_again(exp: Experiment, record: RunRecord, say: Print) -> int:
     """Run a search whose driver died before Ray saved any state: no trial ran, so it
     starts again from its recorded request."""
-    record = exp.record()
     request = SearchRequest(
         record.search_space(), exp.name, exp.storage, record.data_dir, record.address,
         record.follow_links,

@@ -68,7 +68,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     storage = Storage.parse(args.storage)
     storage.check_writable()  # the lock is the first thing written: say why it cannot be
     with WriterLock(Experiment(storage, args.name)):
-        return resume(args.name, storage, args.restart_errored)
+        return resume(args.name, storage, args.restart_errored, trust_state=args.trust_state)
 
 
 def printable_json(data: object) -> str:
@@ -150,8 +150,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _ranked_trial(args: argparse.Namespace) -> RankedTrial:
     """The ranked trial that NAME, --rank and --storage name, loaded."""
     from tuner._inference import load_ranked_trial
+    from tuner._leaderboard import build_leaderboard
 
-    return load_ranked_trial(_experiment(args), args.rank)
+    exp = _experiment(args)
+    return load_ranked_trial(exp, args.rank, build_leaderboard(exp))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -252,13 +254,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         format_predictions,
         load_export,
         predict_images,
+        resolve_device,
         write_predictions,
     )
 
     output = Path(args.output) if args.output else None
     if output is not None and output.suffix.lower() not in (".csv", ".json"):
         raise UsageError(f"--output {output}: give a .csv or .json file")
-    exported = load_export(Path(args.model_dir), trust_model=args.trust_model)
+    device = resolve_device(args.device)
+    exported = load_export(Path(args.model_dir), trust_model=args.trust_model, device=device)
     results = predict_images(exported, expand_images(args.images), args.top)
     if output is not None:
         write_predictions(results, output, args.top)

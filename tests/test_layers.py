@@ -1,0 +1,117 @@
+"""The import graph of the project: no cycle, and every arrow points down the layers.
+
+Each import is read with ``ast``, including the ones inside functions, so a
+lazy import cannot hide an arrow that runs back up.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Highest first. A module may import from its own layer and from the ones below it.
+LAYERS = [
+    "tuner.cli",  # the command line
+    "tuner.search",  # running a search
+    "tuner.results",  # what a search leaves: leaderboard, scores, exports, reports
+    "tuner.engine",  # Ray underneath, and Ray's and Optuna's private APIs
+    "tuner.storage",  # where an experiment lives: storage, its files, lock, signatures
+    "tuner.spaces",  # search spaces
+    "tuner._errors",  # the user-facing error every layer raises
+    "trainables",  # what runs inside a trial
+]
+FACES = {"tuner", "tuner.__main__"}  # the package face and `python -m tuner`: above all
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every project module ``path`` imports, wherever the import statement is."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    modules = {module_name(p) for p in project_files()}
+    return {m for m in found if m in modules and m != name}
+
+
+def project_files() -> list[Path]:
+    return sorted([*ROOT.glob("tuner/**/*.py"), *ROOT.glob("trainables/**/*.py")])
+
+
+def layer(module: str) -> int | None:
+    for index, prefix in enumerate(LAYERS):
+        if module == prefix or module.startswith(prefix + "."):
+            return index
+    return None
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports(p) for p in project_files()}
+
+
+def test_every_module_has_a_layer():
+    orphans = [m for m in graph() if m not in FACES and layer(m) is None]
+    assert not orphans, f"modules outside every layer of {LAYERS}: {orphans}"
+
+
+def test_no_import_runs_back_up_a_layer():
+    upward = [
+        f"{src} -> {dst}"
+        for src, targets in graph().items()
+        if src not in FACES
+        for dst in targets
+        if dst not in FACES and layer(dst) is not None and layer(dst) < layer(src)  # type: ignore[operator]
+    ]
+    assert not upward, "imports from a lower layer into a higher one:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle():
+    edges = graph()
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+
+
+def test_trainables_imports_nothing_from_tuner():
+    offending = [
+        f"{src} -> {dst}"
+        for src, targets in graph().items()
+        if src.startswith("trainables")
+        for dst in targets
+        if dst.startswith("tuner")
+    ]
+    assert not offending, offending

@@ -184,7 +184,7 @@ def main() -> None:
             if not board["status"].isin(list(STATE_OF_STATUS)).all():
                 problems.append(f"unfinished trials: {sorted(set(board['status']))}")
             sys.path.insert(0, str(ROOT))
-            from tuner._study import load_study
+            from tuner.search._study import load_study
 
             study = {
                 t.user_attrs.get("tune_trial_id"): t for t in load_study(experiment_at(exp)).trials

@@ -74,11 +74,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import trainables
-from tuner._experiment import REFIT_DIR
-from tuner._inference import classify_labelled
-from tuner._leaderboard import load_scores
-from tuner._predict import load_export
-from tuner._refit import REFIT_RECORD
+from tuner.results._inference import classify_labelled
+from tuner.results._leaderboard import load_scores
+from tuner.results._predict import load_export
+from tuner.storage._experiment import REFIT_DIR, REFIT_RECORD
 
 VAL_FRACTION, TEST_FRACTION = 0.2, 0.15
 BOOTSTRAP = 10_000

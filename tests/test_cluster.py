@@ -252,7 +252,7 @@ def test_four_trials_share_one_gpu_by_default(gpu_node, small_flowers, tmp_path)
 PROBE_LOCAL_RAY = """
 import json, subprocess
 import tuner
-from tuner._cluster import start_ray
+from tuner.engine._cluster import start_ray
 import ray
 start_ray(None, print)
 node = ray._private.worker.global_worker.node

@@ -16,8 +16,8 @@ import torch
 from conftest import experiment_at, run_cli, run_tuner
 
 import trainables
-from tuner._report import _load, draw_report
 from tuner.cli import main
+from tuner.results._report import _load, draw_report
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
 
@@ -431,7 +431,7 @@ def test_export_refuses_a_non_empty_folder_and_force_replaces_it_whole(finished,
 
 SLOW_EXPORT = """
 import sys, time
-import tuner._export as export
+import tuner.results._export as export
 real = export._save_state_dict
 def slow(module, path):
     real(module, path)

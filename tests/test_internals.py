@@ -1,7 +1,7 @@
-"""Each private Ray/Optuna use of ``tuner/_internals.py`` against the installed versions.
+"""Each private Ray/Optuna use of ``tuner/engine/_internals.py`` against the installed versions.
 
 A failure here means an upgrade removed or changed what the named use relies on:
-fix ``tuner/_internals.py`` (or pin the older version), nothing else.
+fix ``tuner/engine/_internals.py`` (or pin the older version), nothing else.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tuner import _internals as internals
+from tuner.engine import _internals as internals
 
 pytestmark = pytest.mark.slow  # each test starts Ray or a search of its own
 
@@ -58,7 +58,7 @@ def live_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_checkpoint_bookkeeping_of_a_live_trial(live_trials):
-    """Use: the checkpoint pruner (tuner/_pruning.py) reads what a live trial registered
+    """Use: the checkpoint pruner (tuner/search/_pruning.py) reads what a live trial registered
     (it orders them itself)."""
     best = live_trials["best"]
     assert sorted(r.metrics["epoch"] for r in best) == [1, 2], (
@@ -71,7 +71,7 @@ def test_checkpoint_bookkeeping_of_a_live_trial(live_trials):
 
 
 def test_train_session_dir_is_where_ray_stages_experiments(live_trials):
-    """Use: a finished remote search deletes Ray's staging copy (tuner/_search.py)."""
+    """Use: a finished remote search deletes Ray's staging copy (tuner/search/_run.py)."""
     session = live_trials["session"]
     assert session.name == "artifacts" and "session_" in str(session), (
         f"ray.train.constants._get_ray_train_session_dir() now gives {session}"
@@ -79,14 +79,14 @@ def test_train_session_dir_is_where_ray_stages_experiments(live_trials):
 
 
 def test_token_notice_logger_is_the_one_ray_logs_through():
-    """Use: the local cluster's token notice is filtered (tuner/_cluster.py)."""
+    """Use: the local cluster's token notice is filtered (tuner/engine/_cluster.py)."""
     module = importlib.import_module(internals.TOKEN_NOTICE_LOGGER)
     assert module.logger is logging.getLogger(internals.TOKEN_NOTICE_LOGGER)
     assert "Token authentication is enabled" in Path(module.__file__).read_text()
 
 
 def test_hooked_optuna_search_reaches_the_study_trials_and_storage(tmp_path):
-    """Use: MirroredOptunaSearch (tuner/_study.py) tells its study what the leaderboard
+    """Use: MirroredOptunaSearch (tuner/search/_study.py) tells its study what the leaderboard
     tells, in the storage it chooses, and continues in a reloaded study on restore."""
     import optuna
     from optuna.storages import JournalStorage
@@ -127,7 +127,7 @@ def test_hooked_optuna_search_reaches_the_study_trials_and_storage(tmp_path):
 
 def test_run_callbacks_of_a_new_and_a_restored_tuner(tmp_path):
     """Use: the driver reads its storage guard's verdict from the callbacks a restored
-    search runs with (tuner/_search.py)."""
+    search runs with (tuner/search/_run.py)."""
     from ray import tune
 
     class Marker(tune.Callback):

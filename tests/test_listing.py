@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import run_cli
 
-from tuner._lock import LOCK_FILE
+from tuner.storage._experiment import LOCK_FILE
 
 
 def live_lock() -> dict[str, object]:

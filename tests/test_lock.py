@@ -14,7 +14,8 @@ from conftest import ROOT, S3_BUCKET, cli_search, s3_uri, search_args
 
 from tuner import Experiment, Storage
 from tuner._errors import UsageError
-from tuner._lock import LOCK_FILE, STALE_S, WriterLock, is_stale
+from tuner.storage._experiment import LOCK_FILE
+from tuner.storage._lock import STALE_S, WriterLock, is_stale
 
 SPACE = (
     "params:\n  model: efficientnet_lite0\n  image_size: 32\n  freeze_depth: 4\n"
@@ -102,7 +103,7 @@ def test_a_failed_search_leaves_no_folder_and_no_lock(small_flowers, tmp_path):
 
 
 def test_a_name_with_a_trailing_newline_is_refused(tmp_path):
-    from tuner._experiment import validate_name
+    from tuner.storage._experiment import validate_name
 
     with pytest.raises(UsageError, match="invalid experiment name"):
         validate_name("ok\n")

@@ -63,7 +63,7 @@ def board_of(exp) -> pd.DataFrame:
 
 
 def assert_study_agrees(exp, board: pd.DataFrame) -> None:
-    from tuner._study import load_study
+    from tuner.search._study import load_study
 
     trials = {t.user_attrs["tune_trial_id"]: t for t in load_study(exp).trials}
     assert set(trials) == set(board["trial_id"])
@@ -90,7 +90,7 @@ def ray_staging(name: str) -> list[Path]:
 
 
 def test_a_search_on_s3_keeps_every_file_in_the_bucket_and_none_on_disk(s3_search):
-    from tuner._study import local_journal
+    from tuner.search._study import local_journal
 
     proc, uri, exp, cwd, staged_now = s3_search
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -147,7 +147,7 @@ def test_every_command_reads_the_experiment_from_its_uri(s3_search, tmp_path):
 
 
 def test_kill_9_then_resume_from_a_fresh_folder_given_only_the_uri(s3, small_flowers, tmp_path):
-    from tuner._study import local_journal
+    from tuner.search._study import local_journal
 
     uri = s3_uri(s3, f"{S3_BUCKET}/killed")
     space, first, second = write_space(tmp_path, epochs=3, size=96), tmp_path / "a", tmp_path / "b"
@@ -258,10 +258,10 @@ def test_guard_stops_a_search_whose_uploads_the_store_refuses(s3, tmp_path, monk
     import types
 
     from tuner import Storage
-    from tuner._storage_guard import StorageGuard
+    from tuner.search._guard import StorageGuard
 
     signals: list[int] = []
-    monkeypatch.setattr("tuner._storage_guard.signal.raise_signal", signals.append)
+    monkeypatch.setattr("tuner.search._guard.signal.raise_signal", signals.append)
     gone = Storage.parse(s3_uri(s3, "no-such-bucket/results"))
     with pytest.raises(OSError) as refused:
         gone.fs.open_output_stream("no-such-bucket/results/x/checkpoint.pt").close()
@@ -291,7 +291,7 @@ def test_list_reads_experiments_in_a_bucket(s3_search):
     from conftest import run_cli
     from test_listing import live_lock
 
-    from tuner._lock import LOCK_FILE
+    from tuner.storage._experiment import LOCK_FILE
 
     _, uri, exp, _, _ = s3_search
     code, out, err = run_cli("list", "--storage", uri, "--format", "json")

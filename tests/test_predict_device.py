@@ -10,7 +10,7 @@ import torch
 from conftest import cli, run_tuner
 
 import trainables
-from tuner._predict import load_export, predict_images, resolve_device
+from tuner.results._predict import load_export, predict_images, resolve_device
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
 

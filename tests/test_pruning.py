@@ -7,7 +7,7 @@ import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 from ray.tune import Checkpoint
 
-from tuner._pruning import CheckpointPruner
+from tuner.search._pruning import CheckpointPruner
 
 
 class FakeTrial:

@@ -11,8 +11,8 @@ import pytest
 from conftest import experiment_at, run_cli
 from PIL import Image
 
-from tuner._report import _load, _Skip, draw_report, param_importances
 from tuner.cli import main
+from tuner.results._report import _load, _Skip, draw_report, param_importances
 
 FIGURES = ("learning_curves", "best_so_far", "hyperparameters", "importance")
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, cli, experiment_at, run_tuner, search_args
 
-from tuner._signing import write_signed
+from tuner.storage._signing import write_signed
 
 pytestmark = pytest.mark.slow
 

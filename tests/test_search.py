@@ -11,8 +11,8 @@ import torch
 import torchvision
 from conftest import METRIC_KEYS, cli, cli_search, experiment_at, free_port
 
-from tuner._leaderboard import _BASE_COLUMNS
 from tuner.cli import main
+from tuner.results._leaderboard import _BASE_COLUMNS
 
 
 def test_search_writes_the_results_layout(finished):
@@ -178,7 +178,7 @@ def test_spaces_command_lists_and_shows(capsys):
 
 
 def test_the_optuna_study_is_persisted_for_optuna_tools(finished):
-    from tuner._study import load_study
+    from tuner.search._study import load_study
 
     _, _, exp = finished
     study = load_study(experiment_at(exp))
@@ -252,7 +252,7 @@ STATE_OF_STATUS = {"completed": "COMPLETE", "stopped_early": "PRUNED", "diverged
 
 def test_the_optuna_study_tells_what_the_leaderboard_tells(finished):
     """PRUNED exactly where ASHA stopped a trial; every reported epoch an intermediate value."""
-    from tuner._study import load_study
+    from tuner.search._study import load_study
 
     _, _, exp = finished
     board = pd.read_csv(exp / "leaderboard.csv").set_index("trial_id")
@@ -335,7 +335,7 @@ def test_the_search_says_how_long_it_will_take(finished):
 
 
 def test_the_estimate_scales_the_measured_epoch_time_by_the_work_left():
-    from tuner._estimate import TimeEstimate, expected_trial_epochs
+    from tuner.search._estimate import TimeEstimate, expected_trial_epochs
 
     assert expected_trial_epochs(24, 12, 1, 2) == pytest.approx(
         24 * (1 + 1 / 2 + 2 / 4 + 4 / 8) + 24 / 16 * 4
@@ -356,7 +356,7 @@ def test_the_estimate_pickles_after_ray_swapped_print(monkeypatch, capsys):
 
     from ray import cloudpickle
 
-    from tuner._estimate import TimeEstimate
+    from tuner.search._estimate import TimeEstimate
 
     estimate = TimeEstimate(trial_epochs=4, concurrent=1, say=print)
     monkeypatch.setattr(builtins, "print", lambda *a, **k: None)

@@ -49,7 +49,7 @@ def test_importing_the_packages_writes_nothing_into_the_environment():
     code = (
         # Ray writes some variables of its own when imported: import it first.
         "import os, json, ray, ray.tune, torch; before = dict(os.environ); "
-        "import tuner, tuner.cli, tuner._search, trainables, trainables._train; "
+        "import tuner, tuner.cli, tuner.search._run, trainables, trainables._train; "
         "print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))"
     )
     env = {k: v for k, v in __import__("os").environ.items() if k not in RAY_DEFAULTS}

@@ -19,7 +19,7 @@ from test_resume import saved_with_checkpoint, start_search, wait_for, write_spa
 from test_trust import Payload, plant
 
 from tuner import Experiment, Storage, UsageError
-from tuner import _signing as signing
+from tuner.storage import _signing as signing
 
 
 def test_the_key_is_made_once_0600_in_the_config_folder(environ, tmp_path):

@@ -2,7 +2,7 @@ import pytest
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
 
 from tuner import UsageError, available_spaces, load_space
-from tuner._spaces import parse_space
+from tuner.spaces._spaces import parse_space
 
 
 def test_builtin_spaces_exist():

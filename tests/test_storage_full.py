@@ -19,7 +19,8 @@ import pytest
 from conftest import ROOT, experiment_at
 
 from tuner._errors import UsageError
-from tuner._storage_guard import RESERVE_FILE, StorageGuard, make_reserve
+from tuner.search._guard import StorageGuard, make_reserve
+from tuner.storage._experiment import RESERVE_FILE
 
 pytestmark = pytest.mark.slow
 

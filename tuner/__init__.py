@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any
 from tuner._errors import UsageError
 
 if TYPE_CHECKING:
-    from tuner._experiment import Experiment, RunRecord
-    from tuner._leaderboard import best_config, build_leaderboard, render, write_leaderboard
-    from tuner._search import SearchRequest, resume, run_search
-    from tuner._spaces import Budget, SearchSpace, available_spaces, load_space, parse_space
-    from tuner._storage import Storage
+    from tuner.results._leaderboard import best_config, build_leaderboard, render, write_leaderboard
+    from tuner.search._run import SearchRequest, resume, run_search
+    from tuner.spaces._spaces import Budget, SearchSpace, available_spaces, load_space, parse_space
+    from tuner.storage._experiment import Experiment, RunRecord
+    from tuner.storage._storage import Storage
 
 # Where the public names live, lightest first.
 _MODULES = (
-    "tuner._spaces",
-    "tuner._storage",
-    "tuner._experiment",
-    "tuner._leaderboard",
-    "tuner._search",
+    "tuner.spaces._spaces",
+    "tuner.storage._storage",
+    "tuner.storage._experiment",
+    "tuner.results._leaderboard",
+    "tuner.search._run",
 )
 
 

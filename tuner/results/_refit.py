@@ -29,11 +29,16 @@ from trainables import (
     fit,
 )
 from tuner._errors import UsageError
-from tuner._experiment import REFIT_DIR, Experiment
-from tuner._inference import RankedTrial, load_checkpoint, model_from_state
-from tuner._storage import Storage
-
-REFIT_RECORD = "refit.json"
+from tuner.engine._cluster import start_ray
+from tuner.results._inference import (
+    RankedTrial,
+    load_checkpoint,
+    load_ranked_trial,
+    model_from_state,
+)
+from tuner.results._leaderboard import build_leaderboard
+from tuner.storage._experiment import REFIT_DIR, REFIT_RECORD, Experiment
+from tuner.storage._storage import Storage
 
 
 def _train(
@@ -62,10 +67,6 @@ def _train(
 def refit(exp: Experiment, rank: int, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Refit the ``rank``-th trial of ``exp`` (see the module doc); its record."""
     import ray
-
-    from tuner._cluster import start_ray
-    from tuner._inference import load_ranked_trial
-    from tuner._leaderboard import build_leaderboard
 
     trial = load_ranked_trial(exp, rank, build_leaderboard(exp))
     saved = exp.record()

@@ -32,26 +32,33 @@ from trainables import (
 )
 from trainables._features import FEATURE_DISK_BUDGET, max_cache_bytes
 from trainables._settings import settings
-from tuner._cluster import check_storage_reachable, local_resources, start_ray
-from tuner._datacheck import describe
 from tuner._errors import UsageError
-from tuner._experiment import JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
-from tuner._holdout import score_top_trials, test_lines
-from tuner._internals import run_callbacks, train_session_dir
-from tuner._leaderboard import (
+from tuner.engine._cluster import check_storage_reachable, local_resources, start_ray
+from tuner.engine._internals import run_callbacks, train_session_dir
+from tuner.results._holdout import score_top_trials, test_lines
+from tuner.results._leaderboard import (
     attach_test_scores,
     best_config,
     build_leaderboard,
     tie_note,
     write_leaderboard,
 )
-from tuner._listing import is_finished
-from tuner._pruning import CheckpointPruner
-from tuner._signing import check_signed, load_key, read_checked, signing_filesystem, write_signed
-from tuner._spaces import Budget, SearchSpace
-from tuner._storage import Storage
-from tuner._storage_guard import StorageGuard, make_reserve, release_reserve
-from tuner._study import JournalUpload, fetch_journal, forget_journal, make_searcher
+from tuner.results._listing import is_finished
+from tuner.search._datacheck import describe
+from tuner.search._estimate import TimeEstimate, expected_trial_epochs
+from tuner.search._guard import StorageGuard, make_reserve, release_reserve
+from tuner.search._pruning import CheckpointPruner
+from tuner.search._study import JournalUpload, fetch_journal, forget_journal, make_searcher
+from tuner.spaces._spaces import Budget, SearchSpace
+from tuner.storage._experiment import JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
+from tuner.storage._signing import (
+    check_signed,
+    load_key,
+    read_checked,
+    signing_filesystem,
+    write_signed,
+)
+from tuner.storage._storage import Storage
 
 METRIC = "val_acc"
 SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
@@ -210,8 +217,6 @@ def _reporter(space: SearchSpace) -> Any:
 def _run_config(exp: Experiment, space: SearchSpace, concurrent: int, say: Print) -> Any:
     from ray import tune
 
-    from tuner._estimate import TimeEstimate
-
     budget = space.budget
     estimate = TimeEstimate(_trial_epochs(budget), concurrent, say)
     return tune.RunConfig(
@@ -233,8 +238,6 @@ def _run_config(exp: Experiment, space: SearchSpace, concurrent: int, say: Print
 
 
 def _trial_epochs(budget: Budget) -> float:
-    from tuner._estimate import expected_trial_epochs
-
     return expected_trial_epochs(
         budget.num_samples, budget.max_epochs, budget.grace_period, budget.reduction_factor
     )
@@ -317,7 +320,7 @@ def resume(
     reaches its storage and its photos.
 
     Its state (Ray's pickles and ``tuner.json``) is loaded only if it carries a signature
-    of this user's key (:mod:`tuner._signing`), unless ``trust_state``.
+    of this user's key (:mod:`tuner.storage._signing`), unless ``trust_state``.
     """
     from ray import tune
 

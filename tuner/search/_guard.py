@@ -23,7 +23,7 @@ went away) trips it, and so does a probe object the driver cannot write
 
 Example:
     >>> import tempfile
-    >>> from tuner._storage import Storage
+    >>> from tuner.storage._storage import Storage
     >>> exp = Experiment(Storage.parse(tempfile.mkdtemp()), "exp")
     >>> exp.write_json("tuner.json", {})
     >>> guard = StorageGuard(exp)
@@ -46,10 +46,9 @@ from typing import Any
 from ray import tune
 
 from tuner._errors import UsageError
-from tuner._experiment import Experiment
-from tuner._storage import object_store_error
+from tuner.storage._experiment import RESERVE_FILE, Experiment
+from tuner.storage._storage import object_store_error
 
-RESERVE_FILE = ".tuner-reserve"
 RESERVE_BYTES = 32 * 2**20
 # Room kept free beyond the next checkpoints: trial results, logs, the state itself.
 _MARGIN_BYTES = 8 * 2**20

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from trainables import settings
 from tuner._errors import UsageError
-from tuner._internals import TOKEN_NOTICE_LOGGER
-from tuner._storage import Storage
+from tuner.engine._internals import TOKEN_NOTICE_LOGGER
+from tuner.storage._storage import Storage
 
 
 def local_resources() -> dict[str, float]:

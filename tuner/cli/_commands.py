@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING
 
 from trainables import apply_ray_defaults, use_cache_dir
 from tuner._errors import UsageError, printable
-from tuner._parser import build_parser
+from tuner.cli._parser import build_parser
 
 if TYPE_CHECKING:
-    from tuner._experiment import Experiment
-    from tuner._inference import RankedTrial
+    from tuner.results._inference import RankedTrial
+    from tuner.storage._experiment import Experiment
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from tuner._datasets import resolve_data_dir
-    from tuner._experiment import Experiment, validate_name
-    from tuner._lock import WriterLock
-    from tuner._search import SearchRequest, default_name, run_search
-    from tuner._spaces import load_space
-    from tuner._storage import Storage
+    from tuner.cli._datasets import resolve_data_dir
+    from tuner.search._run import SearchRequest, default_name, run_search
+    from tuner.spaces._spaces import load_space
+    from tuner.storage._experiment import Experiment, validate_name
+    from tuner.storage._lock import WriterLock
+    from tuner.storage._storage import Storage
 
     space = load_space(args.space)
     space = space.with_budget(
@@ -60,10 +60,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from tuner._experiment import Experiment
-    from tuner._lock import WriterLock
-    from tuner._search import resume
-    from tuner._storage import Storage
+    from tuner.search._run import resume
+    from tuner.storage._experiment import Experiment
+    from tuner.storage._lock import WriterLock
+    from tuner.storage._storage import Storage
 
     storage = Storage.parse(args.storage)
     storage.check_writable()  # the lock is the first thing written: say why it cannot be
@@ -80,8 +80,8 @@ def printable_json(data: object) -> str:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from tuner._holdout import made_model_lines
-    from tuner._leaderboard import build_leaderboard, render
+    from tuner.results._holdout import made_model_lines
+    from tuner.results._leaderboard import build_leaderboard, render
 
     exp = _experiment(args)
     out = render(build_leaderboard(exp), args.format, args.top)
@@ -102,15 +102,15 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from tuner._listing import list_experiments, render_list
-    from tuner._storage import Storage
+    from tuner.results._listing import list_experiments, render_list
+    from tuner.storage._storage import Storage
 
     print(render_list(list_experiments(Storage.parse(args.storage)), args.format))
     return 0
 
 
 def _cmd_spaces(args: argparse.Namespace) -> int:
-    from tuner._spaces import available_spaces, load_space
+    from tuner.spaces._spaces import available_spaces, load_space
 
     if args.name:
         print(json.dumps(load_space(args.name).to_dict(), indent=2))
@@ -129,14 +129,14 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
 
 def _experiment(args: argparse.Namespace) -> Experiment:
     """The experiment that NAME and --storage name (UsageError if there is none)."""
-    from tuner._experiment import Experiment
-    from tuner._storage import Storage
+    from tuner.storage._experiment import Experiment
+    from tuner.storage._storage import Storage
 
     return Experiment.open(Storage.parse(args.storage), args.name)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tuner._report import write_report
+    from tuner.results._report import write_report
 
     report = write_report(_experiment(args))
     for path in report.figures:
@@ -149,15 +149,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _ranked_trial(args: argparse.Namespace) -> RankedTrial:
     """The ranked trial that NAME, --rank and --storage name, loaded."""
-    from tuner._inference import load_ranked_trial
-    from tuner._leaderboard import build_leaderboard
+    from tuner.results._inference import load_ranked_trial
+    from tuner.results._leaderboard import build_leaderboard
 
     exp = _experiment(args)
     return load_ranked_trial(exp, args.rank, build_leaderboard(exp))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tuner._inference import evaluate_folder, evaluate_test_split
+    from tuner.results._inference import evaluate_folder, evaluate_test_split
 
     trial = _ranked_trial(args)
     data = Path(args.data) if args.data else None
@@ -167,7 +167,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tuner._export import check_output, export_trial
+    from tuner.results._export import check_output, export_trial
 
     check_output(Path(args.output), args.force)  # before any model is loaded
     if args.ensemble:
@@ -176,7 +176,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return _export_ensemble(args)
     trial = _ranked_trial(args)
     if args.refit:
-        from tuner._refit import load_refit
+        from tuner.results._refit import load_refit
 
         trial = load_refit(trial)
     for path in export_trial(trial, Path(args.output), args.force):
@@ -191,7 +191,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_refit(args: argparse.Namespace) -> int:
-    from tuner._refit import refit
+    from tuner.results._refit import refit
 
     exp = _experiment(args)
     record = refit(exp, args.rank)
@@ -210,10 +210,10 @@ def _cmd_refit(args: argparse.Namespace) -> int:
 
 
 def _export_ensemble(args: argparse.Namespace) -> int:
-    from tuner._ensemble import choose_ensemble
-    from tuner._export import export_ensemble
-    from tuner._holdout import record_ensemble, score_module_on_test
-    from tuner._leaderboard import build_leaderboard
+    from tuner.results._ensemble import choose_ensemble
+    from tuner.results._export import export_ensemble
+    from tuner.results._holdout import record_ensemble, score_module_on_test
+    from tuner.results._leaderboard import build_leaderboard
 
     exp = _experiment(args)
     board = build_leaderboard(exp)
@@ -249,7 +249,7 @@ def _export_ensemble(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tuner._predict import (
+    from tuner.results._predict import (
         expand_images,
         format_predictions,
         load_export,
@@ -281,7 +281,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from trainables import DataError, check_folder, scan_folder
-    from tuner._datacheck import describe, summary
+    from tuner.search._datacheck import describe, summary
 
     try:
         usable = check_folder(scan_folder(args.dir, args.follow_links))

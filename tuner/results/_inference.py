@@ -26,6 +26,7 @@ from torch import nn
 
 from trainables import (
     CheckpointError,
+    DataError,
     PhotoSource,
     Progress,
     build_model,
@@ -37,9 +38,10 @@ from trainables import (
     load_state,
     normalization,
     normalize,
+    scan_folder,
 )
 from tuner._errors import UsageError
-from tuner._experiment import Experiment
+from tuner.storage._experiment import Experiment
 
 # Photos decoded at once, and run through the model at once: bound memory on large folders.
 # Batches of 16 in channels-last run a Lite1/Lite2 forward ~3x faster on a CPU than
@@ -262,8 +264,6 @@ def _experiment_split(trial: RankedTrial) -> Any:
 
 def evaluate_folder(trial: RankedTrial, data_dir: str | Path) -> dict[str, Any]:
     """Metrics of ``trial`` on a labelled ImageFolder tree with the experiment's classes."""
-    from trainables import DataError, scan_folder
-
     expected = _experiment_split(trial).classes
     try:
         scan = scan_folder(data_dir)

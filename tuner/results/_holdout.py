@@ -21,14 +21,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tuner._experiment import ENSEMBLES, REFIT_DIR, TEST_SCORES, Experiment
-from tuner._inference import (
+from tuner.results._inference import (
     Preprocessing,
     classify_labelled,
     evaluate_test_split,
     load_ranked_trial,
 )
-from tuner._leaderboard import load_scores
+from tuner.results._leaderboard import load_scores
+from tuner.storage._experiment import ENSEMBLES, REFIT_DIR, TEST_SCORES, Experiment
 
 
 def test_lines(board: pd.DataFrame) -> list[str]:

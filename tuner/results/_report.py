@@ -32,12 +32,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from tuner._experiment import REPORT_DIR, Experiment
-from tuner._holdout import accuracy_text, made_models
-from tuner._leaderboard import best_config, build_leaderboard, render
-from tuner._spaces import SearchSpace
+from tuner._errors import UsageError
+from tuner.results._holdout import accuracy_text, made_models
+from tuner.results._leaderboard import best_config, build_leaderboard, render
+from tuner.spaces._spaces import SearchSpace
+from tuner.storage._experiment import REPORT_DIR, REPORT_FILE, Experiment
 
-REPORT_FILE = "report.md"
 _LOG_KEYS = ("lr", "weight_decay")
 _BEST_COLOUR = "tab:red"
 _MAX_LABELLED_TRIALS = 10
@@ -104,7 +104,6 @@ def _load(experiment: Experiment) -> _Results:
 def write_report(experiment: Experiment) -> Report:
     """Draw every figure that the experiment's results allow and write ``report.md``,
     both under ``NAME/report/`` in the experiment's storage."""
-    from tuner._errors import UsageError
 
     results = _load(experiment)
     if results.board.empty:

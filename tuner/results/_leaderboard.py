@@ -20,7 +20,7 @@ import pandas as pd
 
 from trainables import SPLIT_FILE, TrialConfig
 from tuner._errors import UsageError
-from tuner._experiment import (
+from tuner.storage._experiment import (
     BEST_CONFIG,
     LEADERBOARD_CSV,
     LEADERBOARD_PARQUET,

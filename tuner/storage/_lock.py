@@ -28,10 +28,8 @@ from types import TracebackType
 from typing import Any
 
 from tuner._errors import UsageError, printable
-from tuner._experiment import Experiment
+from tuner.storage._experiment import GUARD_FILE, LOCK_FILE, Experiment
 
-LOCK_FILE = ".writer.json"
-GUARD_FILE = ".writer.guard"
 BEAT_S = 15.0
 STALE_S = 120.0
 SETTLE_S = 1.0

@@ -24,7 +24,7 @@ averaged probabilities, as log-probabilities), ``labels.json`` and
 ``config.json`` (with an ``ensemble`` section), and one state_dict per member
 under ``members/TRIAL_ID/model.pt``.
 
-``predict`` (:mod:`tuner._predict`) reads ``model.pt`` into the architecture
+``predict`` (:mod:`tuner.results._predict`) reads ``model.pt`` into the architecture
 ``config.json`` names, running no code from the folder.
 """
 
@@ -43,9 +43,9 @@ from typing import Any
 
 import torch
 
-from tuner._ensemble import Ensemble
 from tuner._errors import UsageError
-from tuner._inference import Preprocessing, RankedTrial
+from tuner.results._ensemble import Ensemble
+from tuner.results._inference import Preprocessing, RankedTrial
 
 MODEL_STATE = "model.pt"
 MODEL_SCRIPT = "model.ts"

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from tuner._errors import UsageError
-from tuner._experiment import Experiment
-from tuner._inference import RankedTrial, classify_labelled, load_ranked_trial
+from tuner.results._inference import RankedTrial, classify_labelled, load_ranked_trial
+from tuner.storage._experiment import Experiment
 
 METHODS = ("greedy", "top")
 

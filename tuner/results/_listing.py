@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 
 from tuner._errors import UsageError
-from tuner._experiment import NAME_RE, TUNER_FILE, Experiment, experiment_names
-from tuner._leaderboard import build_leaderboard, read_trials
-from tuner._lock import LOCK_FILE, is_stale
-from tuner._storage import Storage
+from tuner.results._leaderboard import build_leaderboard, read_trials
+from tuner.storage._experiment import LOCK_FILE, NAME_RE, TUNER_FILE, Experiment, experiment_names
+from tuner.storage._lock import is_stale
+from tuner.storage._storage import Storage
 
 COLUMNS = ["name", "status", "trials_ended", "trials_asked", "best_val_acc", "test_acc"]
 COLUMNS += ["space", "created"]

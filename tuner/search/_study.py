@@ -39,9 +39,9 @@ from typing import Any
 
 from ray import tune
 
-from tuner._experiment import JOURNAL_FILE, Experiment
-from tuner._internals import HookedOptunaSearch, optuna_trial_id
-from tuner._storage import Storage
+from tuner.engine._internals import HookedOptunaSearch, optuna_trial_id
+from tuner.storage._experiment import JOURNAL_FILE, Experiment
+from tuner.storage._storage import Storage
 
 
 def local_journal(exp: Experiment) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 
 from ray import tune
 
-from tuner._internals import best_checkpoint_results, latest_checkpoint_result
+from tuner.engine._internals import best_checkpoint_results, latest_checkpoint_result
 
 KEEP_BEST = 2
 _INDEX = re.compile(r"checkpoint_(\d+)$")

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from tuner._ensemble import ProbabilityMean
+from trainables import IMAGE_EXTENSIONS, MODELS, build_model
 from tuner._errors import UsageError, printable
-from tuner._export import CONFIG, LABELS, MODEL_SCRIPT, MODEL_STATE, quiet_jit
-from tuner._inference import Preprocessing, classify
+from tuner.results._ensemble import ProbabilityMean
+from tuner.results._export import CONFIG, LABELS, MODEL_SCRIPT, MODEL_STATE, quiet_jit
+from tuner.results._inference import Preprocessing, classify
 
 
 @dataclass
@@ -86,8 +87,6 @@ def _preprocessing(folder: Path, config: dict[str, Any]) -> Preprocessing:
 def _weights(folder: Path, rel: str, model: str, n_classes: int, size: int) -> torch.nn.Module:
     """The allow-listed architecture ``model`` with the tensors of ``folder/rel`` (data
     only: ``weights_only``)."""
-    from trainables import MODELS, build_model
-
     if model not in MODELS:
         raise _not_export(folder, f"model {model!r} is none of {', '.join(MODELS)}")
     path = (folder / rel).resolve()
@@ -199,8 +198,6 @@ def predict_images(
 def expand_images(items: Sequence[str]) -> list[str]:
     """The photos named: files as given, folders replaced by the image files under them
     (recursively, sorted)."""
-    from trainables import IMAGE_EXTENSIONS
-
     photos: list[str] = []
     for item in items:
         path = Path(item)

@@ -47,17 +47,15 @@ import secrets
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from trainables import settings
 from tuner._errors import UsageError
+from tuner.storage._experiment import SIGNATURES_FILE, Experiment
 
-if TYPE_CHECKING:
-    from tuner._experiment import Experiment
-
-SIGNATURES_FILE = ".state-signatures"
 SIGNED = (
     "tuner.json",
     "*.pkl",
@@ -80,8 +78,6 @@ def is_signed(name: str) -> bool:
 
 def key_path() -> Path:
     """``$XDG_CONFIG_HOME/flower-tune/state.key``, else ``~/.config/flower-tune/state.key``."""
-    from trainables import settings
-
     return settings().config_dir / "state.key"
 
 

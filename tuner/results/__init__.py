@@ -1,0 +1,18 @@
+"""What a search leaves and what is made from it: the leaderboard, scores on the test
+split, inference, refits, ensembles, exports, predictions, reports and the list of
+experiments in a storage."""
+
+from tuner.results._inference import evaluate_folder, evaluate_test_split, load_ranked_trial
+from tuner.results._leaderboard import best_config, build_leaderboard, render, write_leaderboard
+from tuner.results._listing import list_experiments
+
+__all__ = [
+    "best_config",
+    "build_leaderboard",
+    "evaluate_folder",
+    "evaluate_test_split",
+    "list_experiments",
+    "load_ranked_trial",
+    "render",
+    "write_leaderboard",
+]

@@ -22,6 +22,7 @@ LAYERS = [
     "tuner.storage",  # where an experiment lives: storage, its files, lock, signatures
     "tuner.spaces",  # search spaces
     "tuner._errors",  # the user-facing error every layer raises
+    "tuner._lazy",  # package faces that import on first use
     "trainables",  # what runs inside a trial
 ]
 FACES = {"tuner", "tuner.__main__"}  # the package face and `python -m tuner`: above all

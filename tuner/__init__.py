@@ -11,36 +11,38 @@ instead of after importing Ray and torch (seconds on a 2-core machine):
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tuner._errors import UsageError
+from tuner._lazy import lazy_names
 
 if TYPE_CHECKING:
-    from tuner.results._leaderboard import best_config, build_leaderboard, render, write_leaderboard
-    from tuner.search._run import SearchRequest, resume, run_search
-    from tuner.spaces._spaces import Budget, SearchSpace, available_spaces, load_space, parse_space
-    from tuner.storage._experiment import Experiment, RunRecord
-    from tuner.storage._storage import Storage
+    from tuner.results import best_config, build_leaderboard, render, write_leaderboard
+    from tuner.search import SearchRequest, resume, run_search
+    from tuner.spaces import Budget, SearchSpace, available_spaces, load_space, parse_space
+    from tuner.storage import Experiment, RunRecord, Storage
 
-# Where the public names live, lightest first.
-_MODULES = (
-    "tuner.spaces._spaces",
-    "tuner.storage._storage",
-    "tuner.storage._experiment",
-    "tuner.results._leaderboard",
-    "tuner.search._run",
+# Where the public names live; each package's face imports them on first use.
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "Budget": "spaces",
+        "Experiment": "storage",
+        "RunRecord": "storage",
+        "SearchRequest": "search",
+        "SearchSpace": "spaces",
+        "Storage": "storage",
+        "available_spaces": "spaces",
+        "best_config": "results",
+        "build_leaderboard": "results",
+        "load_space": "spaces",
+        "parse_space": "spaces",
+        "render": "results",
+        "resume": "search",
+        "run_search": "search",
+        "write_leaderboard": "results",
+    },
 )
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module when the name is first used (PEP 562)."""
-    if name in __all__:
-        for module in map(importlib.import_module, _MODULES):
-            if hasattr(module, name):
-                globals()[name] = value = getattr(module, name)
-                return value
-    raise AttributeError(f"module 'tuner' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -3,6 +3,22 @@ photo set. Each command imports what it needs when it runs, so ``--help`` and us
 errors answer without loading Ray or torch (``python -m tuner --help``: 0.04 s; with
 every command's modules imported first: 4.5 s on a 2-core machine)."""
 
-from tuner.cli._commands import main
+from __future__ import annotations
 
-__all__ = ["main"]
+from typing import TYPE_CHECKING
+
+from tuner._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from tuner.cli._commands import main
+
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "main": "_commands",
+    },
+)
+
+__all__ = [
+    "main",
+]

@@ -373,3 +373,23 @@ def test_resume_of_a_finished_search_says_so_without_starting_ray(finished, caps
     assert code == 0, err
     assert "e2e is finished" in out and "tuner leaderboard e2e" in out
     assert "Resuming" not in out and "Trials:" not in out
+
+
+def test_resume_writes_the_leaderboard_a_driver_killed_at_the_end_did_not(finished, tmp_path):
+    """Killed after Ray's last save, before the leaderboard: resume writes it (no Ray)."""
+    import shutil
+
+    from conftest import run_tuner
+
+    _, _, exp = finished
+    copy = tmp_path / "results"
+    shutil.copytree(exp, copy / "e2e", ignore=shutil.ignore_patterns(".writer.*"))
+    expected = pd.read_csv(copy / "e2e" / "leaderboard.csv")
+    for name in ("leaderboard.csv", "leaderboard.parquet", "best_config.json"):
+        (copy / "e2e" / name).unlink()
+    proc = run_tuner("resume", "e2e", "--storage", str(copy))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "writing its leaderboard" in proc.stdout and "Resuming" not in proc.stdout
+    written = pd.read_csv(copy / "e2e" / "leaderboard.csv")
+    assert written["trial_id"].tolist() == expected["trial_id"].tolist()
+    assert (copy / "e2e" / "best_config.json").is_file()

@@ -50,7 +50,7 @@ from tuner.search._guard import StorageGuard, make_reserve, release_reserve
 from tuner.search._pruning import CheckpointPruner
 from tuner.search._study import JournalUpload, fetch_journal, forget_journal, make_searcher
 from tuner.spaces._spaces import Budget, SearchSpace
-from tuner.storage._experiment import JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
+from tuner.storage._experiment import BEST_CONFIG, JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
 from tuner.storage._signing import (
     check_signed,
     load_key,
@@ -330,6 +330,11 @@ def resume(
         return _start_again(exp, _checked_record(exp, trust_state, say), say)
     exp = Experiment.open(storage, name)
     if is_finished(exp):
+        if exp.read_json(BEST_CONFIG) is None:
+            # Killed after Ray's last save but before the leaderboard was written.
+            say(f"{name}: every trial has ended; writing its leaderboard")
+            record = _checked_record(exp, trust_state, say)
+            return finish(exp, record.search_space().budget, say)
         where = f" --storage {shlex.quote(storage.uri)}"
         say(
             f"{name} is finished: every trial it asked for has ended; nothing to resume. "
@@ -476,7 +481,9 @@ def _drop_driver_staging(exp: Experiment) -> None:
     """
     import shutil
 
-    if exp.storage.is_local:
+    import ray
+
+    if exp.storage.is_local or not ray.is_initialized():
         return
     for folder in train_session_dir().glob(f"*/{exp.name}"):
         shutil.rmtree(folder, ignore_errors=True)

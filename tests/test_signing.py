@@ -37,7 +37,7 @@ def test_a_write_killed_at_any_step_leaves_state_that_verifies(environ, tmp_path
     environ.set("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     exp = Experiment(Storage.parse(str(tmp_path / "r")), "x")
     signing.write_signed(exp, "tuner.pkl", b"v1")
-    real = signing._write_whole
+    real = signing.write_whole
     for steps in (0, 1):  # killed before the signature is written, then before the file
         done: list[str] = []
 
@@ -47,10 +47,10 @@ def test_a_write_killed_at_any_step_leaves_state_that_verifies(environ, tmp_path
             done.append(path)
             real(fs, path, data)
 
-        monkeypatch.setattr(signing, "_write_whole", dies)
+        monkeypatch.setattr(signing, "write_whole", dies)
         with pytest.raises(KeyboardInterrupt):
             signing.write_signed(exp, "tuner.pkl", b"v2")
-        monkeypatch.setattr(signing, "_write_whole", real)
+        monkeypatch.setattr(signing, "write_whole", real)
         assert (tmp_path / "r" / "x" / "tuner.pkl").read_bytes() == b"v1"
         assert signing.unverified(exp) == []
     for version in (b"v2", b"v3", b"v4", b"v5"):  # the last KEEP versions stay valid

@@ -55,6 +55,7 @@ import pyarrow.fs as pafs
 from trainables import settings
 from tuner._errors import UsageError
 from tuner.storage._experiment import SIGNATURES_FILE, Experiment
+from tuner.storage._storage import write_whole
 
 SIGNED = (
     "tuner.json",
@@ -153,24 +154,6 @@ def _direct(fs: Any) -> Any:
     return fs
 
 
-def _write_whole(fs: Any, path: str, data: bytes) -> None:
-    """Write ``path``: readers see the old file or the new one, never a part of it."""
-    if not isinstance(fs, pafs.LocalFileSystem):
-        with fs.open_output_stream(path) as f:  # an object is replaced by one PUT
-            f.write(data)
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{posixpath.basename(path)}.", suffix=".partial",
-                               dir=posixpath.dirname(path))  # fmt: skip
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class SigningHandler(pafs.FileSystemHandler):
     """The real file system ``fs``, signing (and, if ``verify``, checking on read) the
     :func:`is_signed` files directly in ``folder``. Pickles without the key."""
@@ -203,8 +186,8 @@ class SigningHandler(pafs.FileSystemHandler):
             kept = [d for d in signatures.get(name, []) if d != digest]
             signatures[name] = [*kept[-(KEEP - 1) :], digest]
             record = json.dumps({"version": 1, "files": signatures}, indent=1).encode()
-            _write_whole(self._writer, signatures_path, record)  # the signature first,
-            _write_whole(self._writer, path, data)  # then the file it signs
+            write_whole(self._writer, signatures_path, record)  # the signature first,
+            write_whole(self._writer, path, data)  # then the file it signs
             self._written[path] = digest
 
     def _checked(self, path: str) -> bytes:

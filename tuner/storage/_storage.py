@@ -51,6 +51,26 @@ def object_store_error(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def write_whole(fs: Any, path: str, data: bytes) -> None:
+    """Write ``path``: readers see the old file or the new one, never a part of it. On a
+    local disk through a temporary file created exclusively (never through a file
+    planted under a predictable name) and renamed over ``path``."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as f:  # an object is replaced by one PUT
+            f.write(data)
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{posixpath.basename(path)}.", suffix=".partial",
+                               dir=posixpath.dirname(path))  # fmt: skip
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @dataclass(frozen=True)
 class Storage:
     """A file system and the root path of the experiments in it.
@@ -138,22 +158,7 @@ class Storage:
 
         def write() -> None:
             self.fs.create_dir(posixpath.dirname(target), recursive=True)
-            if not self.is_local:
-                with self.fs.open_output_stream(target) as f:
-                    f.write(data)
-                return
-            # Created exclusively (never through a file planted under a predictable name).
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{posixpath.basename(target)}.", dir=posixpath.dirname(target)
-            )
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_whole(self.fs, target, data)
 
         self._call(write, rel)
 

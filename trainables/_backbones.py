@@ -100,14 +100,18 @@ class Family:
         raise NotImplementedError
 
 
-class ResNet(Family):
-    """torchvision's ResNets: conv1/bn1 stem, ``layer1``-``layer4``, ``fc``."""
+class TorchvisionFamily(Family):
+    """A family whose members torchvision builds by name (``torchvision.models.NAME``)."""
 
     def build(self, name: str, image_size: int | None) -> nn.Module:
         import torchvision.models as tvm
 
         net: nn.Module = getattr(tvm, name)(weights=None)
         return net
+
+
+class ResNet(TorchvisionFamily):
+    """torchvision's ResNets: conv1/bn1 stem, ``layer1``-``layer4``, ``fc``."""
 
     def replace_head(self, net: Any, num_classes: int) -> None:
         net.fc = nn.Linear(net.fc.in_features, num_classes)
@@ -187,7 +191,7 @@ def _stride(stride: Any) -> int:
     return int(stride[0] if isinstance(stride, (list, tuple)) else stride)
 
 
-class MobileNetV3(Family):
+class MobileNetV3(TorchvisionFamily):
     """torchvision's MobileNetV3: ``features`` (a stem conv, inverted residual blocks, a
     final 1x1 conv), average pooling, and a two-layer ``classifier``.
 
@@ -195,12 +199,6 @@ class MobileNetV3(Family):
     the stem; the final 1x1 conv closes stage 4. The whole classifier is the
     head part (it trains at every freezing depth); its last layer is replaced.
     """
-
-    def build(self, name: str, image_size: int | None) -> nn.Module:
-        import torchvision.models as tvm
-
-        net: nn.Module = getattr(tvm, name)(weights=None)
-        return net
 
     def replace_head(self, net: Any, num_classes: int) -> None:
         net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, num_classes)

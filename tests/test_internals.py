@@ -42,16 +42,21 @@ def live_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 checkpoint=tune.Checkpoint.from_directory(str(folder)),
             )
 
+    storage = tmp_path_factory.mktemp("internals")
+    look = Look()
+    new = tune.Tuner(
+        trainable,
+        run_config=tune.RunConfig(
+            name="run", storage_path=str(storage), callbacks=[look], verbose=0
+        ),
+    )
+    seen["new_callbacks"] = internals.run_callbacks(new)
+    seen["look"] = look
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
-        tune.Tuner(
-            trainable,
-            run_config=tune.RunConfig(
-                storage_path=str(tmp_path_factory.mktemp("internals")),
-                callbacks=[Look()],
-                verbose=0,
-            ),
-        ).fit()
+        new.fit()
+        restored = tune.Tuner.restore(str(storage / "run"), trainable=trainable)
+        seen["restored_callbacks"] = internals.run_callbacks(restored)
     finally:
         ray.shutdown()
     return seen
@@ -125,32 +130,10 @@ def test_hooked_optuna_search_reaches_the_study_trials_and_storage(tmp_path):
     assert search.study is reloaded and search.optuna_trials["t2"].study is reloaded
 
 
-def test_run_callbacks_of_a_new_and_a_restored_tuner(tmp_path):
+def test_run_callbacks_of_a_new_and_a_restored_tuner(live_trials):
     """Use: the driver reads its storage guard's verdict from the callbacks a restored
     search runs with (tuner/search/_run.py)."""
-    from ray import tune
-
-    class Marker(tune.Callback):
-        pass
-
-    def trainable(config: dict[str, Any]) -> None:
-        tune.report({"x": 1})
-
-    marker = Marker()
-    new = tune.Tuner(
-        trainable,
-        run_config=tune.RunConfig(
-            name="cb", storage_path=str(tmp_path), callbacks=[marker], verbose=0
-        ),
+    assert live_trials["look"] in live_trials["new_callbacks"], (
+        "Tuner._local_tuner.get_run_config() changed"
     )
-    assert marker in internals.run_callbacks(new), "Tuner._local_tuner.get_run_config() changed"
-    import ray
-
-    ray.init(address="local", num_cpus=1, include_dashboard=False)
-    try:
-        new.fit()
-        restored = tune.Tuner.restore(str(tmp_path / "cb"), trainable=trainable)
-        callbacks = internals.run_callbacks(restored)
-    finally:
-        ray.shutdown()
-    assert any(type(c).__name__ == "Marker" for c in callbacks)
+    assert any(type(c).__name__ == "Look" for c in live_trials["restored_callbacks"])

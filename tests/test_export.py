@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import experiment_at, run_cli, run_tuner
+from conftest import cli, experiment_at, run_cli, run_tuner
 
 import trainables
 from tuner.cli import main
@@ -397,16 +397,23 @@ def test_predict_runs_no_code_from_the_export_unless_trusted(exported, flowers, 
         ({"model": "os.system"}, "model 'os.system' is none of"),
     ],
 )
-def test_a_tampered_export_config_exits_2_with_one_message(exported, tmp_path, change, message):
+def test_a_tampered_export_config_exits_2_with_one_message(
+    exported, tmp_path, capsys, change, message
+):
+    """In this process (a real process's exit 2 and stderr are checked for one tampered
+    value below and in test_bad_input.py)."""
     import shutil
 
     folder = tmp_path / "tampered"
     shutil.copytree(exported, folder)
     config = json.loads((folder / "config.json").read_text()) | change
     (folder / "config.json").write_text(json.dumps(config))
-    proc = run_tuner("predict", str(folder), "photo.jpg")
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    code, _, err = cli(capsys, "predict", str(folder), "photo.jpg")
+    assert code == 2 and message in err, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    if change == {"model": "os.system"}:
+        proc = run_tuner("predict", str(folder), "photo.jpg")
+        assert proc.returncode == 2 and proc.stderr.strip() == err.strip(), proc.stderr
 
 
 def test_export_refuses_a_non_empty_folder_and_force_replaces_it_whole(finished, tmp_path):

@@ -393,3 +393,19 @@ def test_resume_writes_the_leaderboard_a_driver_killed_at_the_end_did_not(finish
     written = pd.read_csv(copy / "e2e" / "leaderboard.csv")
     assert written["trial_id"].tolist() == expected["trial_id"].tolist()
     assert (copy / "e2e" / "best_config.json").is_file()
+
+
+def test_the_activation_reserve_grows_with_the_photos_up_to_the_budget():
+    """A search of a few photos asks the cache disk for what their activations can take,
+    not for the 8 GiB budget (a disk with less free refused every small search)."""
+    from trainables._features import FEATURE_DISK_BUDGET
+    from tuner.search._run import ACTIVATION_BYTES_PER_DECODED_BYTE, feature_reserve
+    from tuner.spaces import load_space
+
+    space = load_space("smoke")
+    sets = len([d for d in space.possible_values("freeze_depth") if d]) * len(
+        space.possible_values("aug_strength")
+    )
+    small = feature_reserve(space, 2 << 20)
+    assert sets >= 2 and small == sets * ACTIVATION_BYTES_PER_DECODED_BYTE * (2 << 20) < 1 << 30
+    assert feature_reserve(space, 10 << 30) == FEATURE_DISK_BUDGET

@@ -32,6 +32,7 @@ from trainables import (
 )
 from trainables._features import FEATURE_DISK_BUDGET, max_cache_bytes
 from trainables._settings import settings
+from trainables._store import row_bytes
 from tuner._errors import UsageError
 from tuner.engine._cluster import check_storage_reachable, local_resources, start_ray
 from tuner.engine._internals import run_callbacks, train_session_dir
@@ -93,14 +94,22 @@ def check_weights(space: SearchSpace) -> None:
             raise UsageError(str(exc)) from None
 
 
-def feature_reserve(space: SearchSpace) -> int:
-    """Disk the space's frozen activations may take in the cache: up to the activation
-    limit per (depth, augmentation) it can draw, within the folder's LRU budget."""
+# The most one set of frozen activations can take per byte of decoded photos: ResNet-50's
+# stage 1 gives 256 floats per 4x4 input pixels (5.3 per uint8 byte of a photo decoded
+# at least as large as it runs); four augmented views in float16 make that 43 bytes.
+ACTIVATION_BYTES_PER_DECODED_BYTE = 48
+
+
+def feature_reserve(space: SearchSpace, decoded_bytes: int) -> int:
+    """Disk the space's frozen activations may take in the cache: per (depth,
+    augmentation) it can draw, the activation limit or what photos of
+    ``decoded_bytes`` can give, whichever is less, within the folder's LRU budget."""
     depths = [d for d in space.possible_values("freeze_depth") if d]
     if not depths or True not in space.possible_values("pretrained"):
         return 0
     combos = len(depths) * len(space.possible_values("aug_strength"))
-    return min(FEATURE_DISK_BUDGET, combos * max_cache_bytes())
+    per_combo = min(max_cache_bytes(), ACTIVATION_BYTES_PER_DECODED_BYTE * decoded_bytes)
+    return min(FEATURE_DISK_BUDGET, combos * per_combo)
 
 
 def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
@@ -108,7 +117,8 @@ def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
     size = cache_size_for(max(req.space.possible_values("image_size")))
     try:
         scan = scan_folder(req.data_dir, req.follow_links)
-        usable, decoded = screen(scan, size, reserve=feature_reserve(req.space), say=say)
+        reserve = feature_reserve(req.space, len(scan.files) * row_bytes(size))
+        usable, decoded = screen(scan, size, reserve=reserve, say=say)
         for line in describe(usable):
             say(line)
         split, cache = split_screened(

@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from trainables import (
@@ -274,9 +274,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     resources = _resources(req.space, cluster)
     check_storage_reachable(req.storage)
     exp.write_split(split)
-    write_signed(
-        exp, TUNER_FILE, json.dumps(asdict(_record(req, cache.size, resources)), indent=2).encode()
-    )
+    write_signed(exp, TUNER_FILE, _record(req, cache.size, resources).encode())
     make_reserve(exp)
     budget = req.space.budget
     concurrent = min(budget.max_concurrent or _fits(cluster, resources), budget.num_samples)

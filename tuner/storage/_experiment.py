@@ -90,6 +90,11 @@ class RunRecord:
         known["cache_size"] = int(data["cache_size"])
         return cls(**known)
 
+    def encode(self) -> bytes:
+        """The bytes of ``tuner.json``, which the search writes signed
+        (:func:`tuner.storage._signing.write_signed`)."""
+        return json.dumps(asdict(self), indent=2).encode()
+
     def search_space(self) -> SearchSpace:
         # Imported here: spaces import Ray (2.5 s against 0.3 s for this module), which
         # `leaderboard`, `list` and `export` never need.
@@ -175,9 +180,6 @@ class Experiment:
 
     def record(self) -> RunRecord:
         return RunRecord.from_json(self._required(TUNER_FILE))
-
-    def write_record(self, record: RunRecord) -> None:
-        self.write_json(TUNER_FILE, asdict(record))
 
     def split(self) -> Split:
         return Split.from_json(self._required(SPLIT_FILE))

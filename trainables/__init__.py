@@ -63,7 +63,12 @@ if TYPE_CHECKING:
         load_photo,
         resize_center_crop,
     )
-    from trainables._precision import ComputePolicy, choose_precision, cpu_has_native_bf16
+    from trainables._precision import (
+        ComputePolicy,
+        choose_precision,
+        cpu_has_native_bf16,
+        default_device,
+    )
     from trainables._progress import Progress
     from trainables._settings import (
         RAY_DEFAULTS,
@@ -124,6 +129,7 @@ _SOURCES = {
     "check_space": "_store",
     "choose_precision": "_precision",
     "cpu_has_native_bf16": "_precision",
+    "default_device": "_precision",
     "decode_files": "_photos",
     "decode_for_refit": "_data",
     "decode_one": "_photos",
@@ -218,6 +224,7 @@ __all__ = [
     "decode_rels",
     "decode_split",
     "decode_to_disk",
+    "default_device",
     "draw_params",
     "ensure_pretrained_weights",
     "eval_transform",

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from trainables import IMAGE_EXTENSIONS, MODELS, build_model
+from trainables import IMAGE_EXTENSIONS, MODELS, build_model, default_device
 from tuner._errors import UsageError, printable
 from tuner.results._ensemble import ProbabilityMean
 from tuner.results._export import CONFIG, LABELS, MODEL_SCRIPT, MODEL_STATE, quiet_jit
@@ -41,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
     """The device ``predict --device`` names: ``cpu``, ``cuda``, ``cuda:N``, or ``auto`` (a
     CUDA GPU when there is one, else the CPU); UsageError for a GPU this machine lacks."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     device = torch.device(name)
     if device.type != "cuda":
         return device

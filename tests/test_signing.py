@@ -20,6 +20,7 @@ from test_resume import saved_with_checkpoint, start_search, wait_for, write_spa
 from test_trust import Payload, plant
 
 from tuner import Experiment, Storage, UsageError
+from tuner.results._listing import is_finished
 from tuner.storage import _signing as signing
 
 
@@ -134,7 +135,9 @@ def test_resume_runs_no_planted_pickle_unless_told_to_trust_the_state(
     state are refused before anything is loaded; --trust-state loads one (the marker
     appears); the untouched experiment resumes to the end, and one without signatures
     (from before signing) with --trust-state, which signs it."""
-    space, storage = write_space(tmp_path, 3, 3), tmp_path / "r"
+    # 20 epochs a trial: the search is still running when its first checkpoint is saved,
+    # even on a loaded machine (3 epochs of 32 px photos could all end first).
+    space, storage = write_space(tmp_path, 3, 20), tmp_path / "r"
     exp = storage / "sig"
     proc = start_search(space, small_flowers, storage, "sig")
     try:
@@ -142,6 +145,7 @@ def test_resume_runs_no_planted_pickle_unless_told_to_trust_the_state(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert not is_finished(experiment_at(exp)), "the search ended before it was killed"
 
     def payload(marker: Path) -> bytes:
         return pickle.dumps(Payload(marker))
@@ -173,7 +177,8 @@ def test_resume_runs_no_planted_pickle_unless_told_to_trust_the_state(
     trusted = run_tuner(
         "resume", "sig", "--storage", str(tmp_path / "in_tuner_pkl"), "--trust-state", timeout=400
     )
-    assert (tmp_path / "in_tuner_pkl.marker").exists(), trusted.stderr[-3000:]  # it loads
+    detail = f"exit {trusted.returncode}\n{trusted.stdout[-2000:]}\n{trusted.stderr[-3000:]}"
+    assert (tmp_path / "in_tuner_pkl.marker").exists(), detail  # it loads
 
     # An experiment from before signing (no signatures) is refused, then loaded once with
     # --trust-state; the search signs its state as it saves it.

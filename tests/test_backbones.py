@@ -75,7 +75,7 @@ def test_mobilenet_v3_large_runs_a_real_search_export_and_predict(small_flowers,
     import os
     import subprocess
 
-    from conftest import cli_search, run_tuner
+    from conftest import cli_search, run_cli
 
     hub = tmp_path / "torch"
     env = {**os.environ, "TORCH_HOME": str(hub)}
@@ -98,12 +98,12 @@ def test_mobilenet_v3_large_runs_a_real_search_export_and_predict(small_flowers,
     assert found.returncode == 0, found.stdout + found.stderr
     assert "mobilenet_v3_large" in found.stdout
     out = tmp_path / "export"
-    exported = run_tuner("export", "mnv3", "--storage", str(storage), "--output", str(out))
-    assert exported.returncode == 0, exported.stdout + exported.stderr
+    code, said, err = run_cli("export", "mnv3", "--storage", str(storage), "--output", str(out))
+    assert code == 0, said + err
     assert {"model.pt", "model.onnx", "config.json"} <= {p.name for p in out.iterdir()}
     photo = next(p for p in sorted(small_flowers.rglob("*.jpg")))
-    predicted = run_tuner("predict", str(out), str(photo), "--json", "--top", "5")
-    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
-    (result,) = json.loads(predicted.stdout)["results"]
+    code, predicted, err = run_cli("predict", str(out), str(photo), "--json", "--top", "5")
+    assert code == 0, predicted + err
+    (result,) = json.loads(predicted)["results"]
     probabilities = [p["probability"] for p in result["predictions"]]
     assert len(probabilities) == 5 and abs(sum(probabilities) - 1) < 1e-3

@@ -18,6 +18,7 @@ from conftest import (
     S3_BUCKET,
     S3_ENV,
     cli_search,
+    run_cli,
     run_tuner,
     s3_uri,
     search_args,
@@ -121,28 +122,31 @@ def test_a_search_on_s3_keeps_every_file_in_the_bucket_and_none_on_disk(s3_searc
     assert secret not in proc.stdout + proc.stderr
 
 
-def test_every_command_reads_the_experiment_from_its_uri(s3_search, tmp_path):
+def test_every_command_reads_the_experiment_from_its_uri(s3_search, tmp_path, monkeypatch):
+    """Run (in this process) from an empty folder: nothing is read from a local path."""
     import json
 
     proc, uri, exp, _, _ = s3_search
     assert proc.returncode == 0
     board = board_of(exp)
-    csv = run_tuner("leaderboard", "remote", "--storage", uri, "--format", "csv", cwd=tmp_path)
-    assert csv.returncode == 0, csv.stderr[-2000:]
-    assert pd.read_csv(io.StringIO(csv.stdout))["trial_id"].tolist() == board["trial_id"].tolist()
-    evaluated = run_tuner("evaluate", "remote", "--storage", uri, cwd=tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    metrics = json.loads(evaluated.stdout)
+    monkeypatch.chdir(tmp_path)
+    code, csv, err = run_cli("leaderboard", "remote", "--storage", uri, "--format", "csv")
+    assert code == 0, err[-2000:]
+    assert pd.read_csv(io.StringIO(csv))["trial_id"].tolist() == board["trial_id"].tolist()
+    code, evaluated, err = run_cli("evaluate", "remote", "--storage", uri)
+    assert code == 0, err[-2000:]
+    metrics = json.loads(evaluated)
     assert metrics["accuracy"] == pytest.approx(board["test_acc"].iloc[0])
     assert metrics["checkpoint"] == board["checkpoint"].iloc[0]
     out = tmp_path / "model"
-    exported = run_tuner("export", "remote", "--storage", uri, "--output", str(out), cwd=tmp_path)
-    assert exported.returncode == 0, exported.stderr[-2000:]
+    code, _, err = run_cli("export", "remote", "--storage", uri, "--output", str(out))
+    assert code == 0, err[-2000:]
     assert (out / "model.pt").is_file() and (out / "model.ts").is_file()
-    report = run_tuner("report", "remote", "--storage", uri, cwd=tmp_path)
-    assert report.returncode == 0, report.stderr[-2000:]
-    assert f"s3://{S3_BUCKET}/results/remote/report/report.md" in report.stdout
+    code, report, err = run_cli("report", "remote", "--storage", uri)
+    assert code == 0, err[-2000:]
+    assert f"s3://{S3_BUCKET}/results/remote/report/report.md" in report
     assert "![" in exp.storage.read_text(exp.rel("report", "report.md"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing else written here
     assert_study_agrees(exp, board)
 
 
@@ -288,7 +292,6 @@ def test_guard_stops_a_search_whose_uploads_the_store_refuses(s3, tmp_path, monk
 def test_list_reads_experiments_in_a_bucket(s3_search):
     import json
 
-    from conftest import run_cli
     from test_listing import live_lock
 
     from tuner.storage._experiment import LOCK_FILE

@@ -135,9 +135,9 @@ def test_resume_runs_no_planted_pickle_unless_told_to_trust_the_state(
     state are refused before anything is loaded; --trust-state loads one (the marker
     appears); the untouched experiment resumes to the end, and one without signatures
     (from before signing) with --trust-state, which signs it."""
-    # 20 epochs a trial: the search is still running when its first checkpoint is saved,
-    # even on a loaded machine (3 epochs of 32 px photos could all end first).
-    space, storage = write_space(tmp_path, 3, 20), tmp_path / "r"
+    # 10 epochs a trial, 30 in all: the search is still running when its first checkpoint
+    # is saved (9 epochs of 32 px photos once all ended before a state with one was saved).
+    space, storage = write_space(tmp_path, 3, 10), tmp_path / "r"
     exp = storage / "sig"
     proc = start_search(space, small_flowers, storage, "sig")
     try:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_tuner
+from conftest import run_cli
 
 
 class Payload:
@@ -50,6 +49,7 @@ def planted(finished, tmp_path) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_reading_a_planted_experiment_runs_none_of_its_code(planted, tmp_path):
+    """Each command runs in this process: a payload it unpickled would create the marker."""
     experiment, marker = planted
     storage = str(experiment.parent)
     commands = [
@@ -59,13 +59,15 @@ def test_reading_a_planted_experiment_runs_none_of_its_code(planted, tmp_path):
         ["export", "e2e", "--output", str(tmp_path / "out")],
     ]
     for command in commands:
-        proc = run_tuner(*command, "--storage", storage, timeout=300)
-        assert proc.returncode == 0, (command, proc.stderr[-2000:])
+        code, _, err = run_cli(*command, "--storage", storage)
+        assert code == 0, (command, err[-2000:])
         assert not marker.exists(), command
     # The leaderboard still lists every trial, from the plain fields of the state.
-    board = run_tuner("leaderboard", "e2e", "--storage", storage, "--format", "json")
-    assert len(json.loads(board.stdout)) == 5
+    code, board, _ = run_cli("leaderboard", "e2e", "--storage", storage, "--format", "json")
+    assert len(json.loads(board)) == 5
     # The payload is real: Ray's own reader of the state runs it.
-    probe = "import sys; from ray.tune import ExperimentAnalysis; ExperimentAnalysis(sys.argv[1])"
-    subprocess.run([sys.executable, "-c", probe, str(experiment)], cwd=ROOT, capture_output=True)
+    from ray.tune import ExperimentAnalysis
+
+    with contextlib.suppress(Exception):  # what it unpickled is no trial
+        ExperimentAnalysis(str(experiment))
     assert marker.exists()

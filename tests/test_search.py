@@ -380,7 +380,7 @@ def test_resume_writes_the_leaderboard_a_driver_killed_at_the_end_did_not(finish
     """Killed after Ray's last save, before the leaderboard: resume writes it (no Ray)."""
     import shutil
 
-    from conftest import run_tuner
+    from conftest import run_cli
 
     _, _, exp = finished
     copy = tmp_path / "results"
@@ -388,9 +388,9 @@ def test_resume_writes_the_leaderboard_a_driver_killed_at_the_end_did_not(finish
     expected = pd.read_csv(copy / "e2e" / "leaderboard.csv")
     for name in ("leaderboard.csv", "leaderboard.parquet", "best_config.json"):
         (copy / "e2e" / name).unlink()
-    proc = run_tuner("resume", "e2e", "--storage", str(copy))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "writing its leaderboard" in proc.stdout and "Resuming" not in proc.stdout
+    code, out, err = run_cli("resume", "e2e", "--storage", str(copy))
+    assert code == 0, out + err
+    assert "writing its leaderboard" in out and "Resuming" not in out
     written = pd.read_csv(copy / "e2e" / "leaderboard.csv")
     assert written["trial_id"].tolist() == expected["trial_id"].tolist()
     assert (copy / "e2e" / "best_config.json").is_file()

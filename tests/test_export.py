@@ -185,10 +185,10 @@ def test_predict_matches_the_checkpoint_and_reports_unreadable_images(
     broken = tmp_path / "broken.jpg"
     broken.write_text("not a photo")
     images = [str(photos[0]), str(broken), *map(str, photos[1:])]
-    proc = run_tuner("predict", str(exported), *images, "--top", "2", "--json")
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    results = json.loads(proc.stdout)["results"]
+    code, out, err = run_cli("predict", str(exported), *images, "--top", "2", "--json")
+    assert code == 1, err[-3000:]
+    assert "Traceback" not in err
+    results = json.loads(out)["results"]
     assert [r["image"] for r in results] == images
     assert "error" in results[1] and "predictions" not in results[1]
     good = [r for r in results if "predictions" in r]
@@ -544,11 +544,11 @@ def test_the_readme_snippet_answers_like_predict_with_onnx_and_torch_export(
     deploy = json.loads((out / "config.json").read_text())["deploy"]
     assert deploy["input"]["dtype"] == "uint8" and deploy["output"]["shape"] == ["N", 5]
     photos = [str(p) for p, _ in unseen_photos(flowers)]
-    proc = run_tuner("predict", str(out), *photos, "--json", "--top", "5")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, predicted, err = run_cli("predict", str(out), *photos, "--json", "--top", "5")
+    assert code == 0, err[-2000:]
     expected = [
         {p["class"]: p["probability"] for p in r["predictions"]}
-        for r in json.loads(proc.stdout)["results"]
+        for r in json.loads(predicted)["results"]
     ]
     snippet = readme_snippet()
     assert ONNX_LINES in snippet

@@ -204,3 +204,25 @@ def test_resume_starts_a_search_again_when_its_driver_died_before_the_first_tria
     board = pd.read_csv(dest / "leaderboard.csv")
     assert len(board) == 2 and (board["status"] == "completed").all()
     assert json.loads((dest / "split.json").read_text())["test"]
+
+
+def test_resume_fails_the_optuna_trials_its_restored_state_never_knew(tmp_path):
+    """A driver killed after Optuna made a trial (and the journal was uploaded) but before
+    Tune saved a state with it: the study's trial would stay RUNNING for ever."""
+    from types import SimpleNamespace
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from tuner.search._study import MirroredOptunaSearch, journal_storage
+
+    storage = journal_storage(tmp_path / "journal.log")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    known, orphan, done = study.ask(), study.ask(), study.ask()
+    study.tell(done, 0.5)
+    restored = SimpleNamespace(optuna_trials={"t1": known})
+    MirroredOptunaSearch._fail_orphans(restored, storage, study)  # type: ignore[arg-type]
+    states = {t.number: (t.state, t.user_attrs) for t in study.get_trials()}
+    assert states[known.number] == (TrialState.RUNNING, {})  # Tune runs it again
+    assert states[orphan.number] == (TrialState.FAIL, {"orphaned": True})
+    assert states[done.number] == (TrialState.COMPLETE, {})

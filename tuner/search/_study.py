@@ -134,6 +134,19 @@ class MirroredOptunaSearch(HookedOptunaSearch):
             pruner=self.study.pruner,
         )
         self.rebind(storage, study)
+        self._fail_orphans(storage, study)
+
+    def _fail_orphans(self, storage: Any, study: Any) -> None:
+        """Mark FAIL the study's unfinished trials that the restored Tune state never
+        knew: Optuna made them (and the journal was uploaded) after the state the driver
+        last saved, and a driver killed in between left them RUNNING for ever."""
+        from optuna.trial import TrialState
+
+        known = {optuna_trial_id(t) for t in self.optuna_trials.values()}
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if optuna_trial_id(frozen) not in known:
+                storage.set_trial_user_attr(optuna_trial_id(frozen), "orphaned", True)
+                study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id not in self.completed and trial_id in self.optuna_trials:

@@ -25,7 +25,9 @@ trials ASHA stopped are PRUNED (Optuna then takes their last intermediate
 value as their value), diverged or errored ones FAIL, the others COMPLETE
 with their best val_acc. Each Optuna trial carries the Tune trial id and its
 best checkpoint's folder as user attributes (``tune_trial_id``,
-``checkpoint``).
+``checkpoint``). A trial Optuna made after the last state a killed driver
+saved is never run: ``resume`` marks it FAIL with the user attribute
+``orphaned``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ def live_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             seen["best"] = internals.best_checkpoint_results(trial)
             seen["latest"] = internals.latest_checkpoint_result(trial)
             seen["session"] = internals.train_session_dir()
+            seen["trial_id"] = trial.trial_id
 
     def trainable(config: dict[str, Any]) -> None:
         for epoch in (1, 2):
@@ -55,6 +56,7 @@ def live_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
         new.fit()
+        seen["restored_trials"] = internals.restored_trials(str(storage / "run"))
         restored = tune.Tuner.restore(str(storage / "run"), trainable=trainable)
         seen["restored_callbacks"] = internals.run_callbacks(restored)
     finally:
@@ -137,3 +139,12 @@ def test_run_callbacks_of_a_new_and_a_restored_tuner(live_trials):
         "Tuner._local_tuner.get_run_config() changed"
     )
     assert any(type(c).__name__ == "Look" for c in live_trials["restored_callbacks"])
+
+
+def test_restored_trials_reads_the_trial_list_tune_saved(live_trials):
+    """Use: ReconcilingSearchGenerator counts the trials of the experiment state Tune
+    restores (tuner/engine/_internals.py; the generator and limiter state it sets are
+    checked in tests/test_resume_state.py)."""
+    assert live_trials["restored_trials"] == {live_trials["trial_id"]: "TERMINATED"}, (
+        "the experiment state file's name or its trial_data layout changed"
+    )

@@ -20,13 +20,21 @@ not somewhere a user finds first.
   storage guard stopped a resumed search.
 - ``optuna.Trial._trial_id``: the storage id of a live Optuna trial, to read
   its frozen state from the storage.
+- Ray Tune's ``SearchGenerator`` count of trials made (``_counter``), the live
+  trials of its ``ConcurrencyLimiter`` and the layout of its experiment state
+  file (``_find_newest_experiment_checkpoint``, ``trial_data``): Ray saves the
+  trial list, the generator's state and the searcher's state as separate files,
+  uploaded one by one, and restores each as it finds it
+  (:class:`ReconcilingSearchGenerator` makes them agree again).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 # Ray's logger of "Token authentication is enabled ..." (ray/_private/authentication/).
@@ -73,6 +81,10 @@ class HookedOptunaSearch(OptunaSearch):
         """The Optuna storage to set the study up in (None: the one given to ``__init__``)."""
         return None
 
+    def reconcile(self, trials: dict[str, str]) -> None:
+        """After a restore: agree with the restored Tune trials (id -> status), whatever
+        the searcher's own saved state said (see :class:`ReconcilingSearchGenerator`)."""
+
     def _setup_study(self, mode: Any) -> None:
         storage = self.study_storage()
         if storage is not None:
@@ -103,3 +115,57 @@ class HookedOptunaSearch(OptunaSearch):
             tid: optuna.Trial(study, optuna_trial_id(trial))
             for tid, trial in self._ot_trials.items()
         }
+
+
+def restored_trials(dirpath: str) -> dict[str, str] | None:
+    """Trial id -> status of every trial in the newest experiment state in ``dirpath``
+    (None: there is none), read as plain JSON: nothing in it is unpickled."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    path = _find_newest_experiment_checkpoint(dirpath)
+    if path is None:
+        return None
+    state = json.loads(Path(path).read_text())
+    trials = [json.loads(trial_json) for trial_json, _ in state["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+class ReconcilingSearchGenerator(SearchGenerator):
+    """Ray's ``SearchGenerator`` that, on a restore, makes its count of trials, its
+    concurrency limiter and its searcher agree with the trials Tune restored.
+
+    Ray restores the trial list from the newest experiment state file, and the
+    generator and searcher from two other files. A driver killed while uploading
+    them leaves them from different moments: with an older count Tune made a trial
+    too many; with an older limiter, trials that never finish held its slots (a
+    resume could wait for ever) or finished trials were never told to the searcher.
+    """
+
+    def has_checkpoint(self, dirpath: str) -> bool:
+        # The generator's own file may not have been uploaded yet; the trial list was.
+        return super().has_checkpoint(dirpath) or restored_trials(dirpath) is not None
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        if super().has_checkpoint(dirpath):
+            super().restore_from_dir(dirpath)
+        trials = restored_trials(dirpath)
+        if trials is None:
+            return
+        self._counter = len(trials)
+        # Tune runs the unfinished ones again; each then completes through the limiter.
+        live = {t for t, status in trials.items() if status not in ("TERMINATED", "ERROR")}
+        searcher = self.searcher
+        while hasattr(searcher, "searcher"):
+            if isinstance(searcher, ConcurrencyLimiter) and not searcher.batch:
+                searcher.live_trials = set(live)
+                searcher.num_unfinished_live_trials = len(live)
+            searcher = searcher.searcher
+        if isinstance(searcher, HookedOptunaSearch):
+            searcher.reconcile(trials)
+
+
+def make_search_alg(searcher: Any, max_concurrent: int) -> ReconcilingSearchGenerator:
+    """``searcher`` as Tune wraps it for ``max_concurrent_trials``, in the generator
+    that reconciles on a restore (pass it as ``search_alg`` without
+    ``max_concurrent_trials``)."""
+    return ReconcilingSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))

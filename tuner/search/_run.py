@@ -35,7 +35,7 @@ from trainables._settings import settings
 from trainables._store import row_bytes
 from tuner._errors import UsageError
 from tuner.engine._cluster import check_storage_reachable, local_resources, start_ray
-from tuner.engine._internals import run_callbacks, train_session_dir
+from tuner.engine._internals import make_search_alg, run_callbacks, train_session_dir
 from tuner.results._holdout import score_top_trials, test_lines
 from tuner.results._leaderboard import (
     attach_test_scores,
@@ -301,10 +301,11 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         _trainable(cache, resources),
         param_space=req.space.param_space(),
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
+            # Tune's own wrapping for max_concurrent_trials, in a generator that keeps
+            # a resume's trial count and searcher in step with its trials.
+            search_alg=make_search_alg(searcher, concurrent),
             scheduler=scheduler,
             num_samples=budget.num_samples,
-            max_concurrent_trials=concurrent,
             time_budget_s=budget.time_budget_s,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,

@@ -27,7 +27,7 @@ with their best val_acc. Each Optuna trial carries the Tune trial id and its
 best checkpoint's folder as user attributes (``tune_trial_id``,
 ``checkpoint``). A trial Optuna made after the last state a killed driver
 saved is never run: ``resume`` marks it FAIL with the user attribute
-``orphaned``.
+``orphaned`` (:meth:`MirroredOptunaSearch.reconcile`).
 """
 
 from __future__ import annotations
@@ -136,18 +136,46 @@ class MirroredOptunaSearch(HookedOptunaSearch):
             pruner=self.study.pruner,
         )
         self.rebind(storage, study)
-        self._fail_orphans(storage, study)
 
-    def _fail_orphans(self, storage: Any, study: Any) -> None:
-        """Mark FAIL the study's unfinished trials that the restored Tune state never
-        knew: Optuna made them (and the journal was uploaded) after the state the driver
-        last saved, and a driver killed in between left them RUNNING for ever."""
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        trial = self.optuna_trials.get(trial_id)
+        if trial is not None and isinstance(config, dict):
+            # From its first line in the journal: a resume finds it by this id.
+            trial.set_user_attr("tune_trial_id", trial_id)
+        return config
+
+    def reconcile(self, trials: dict[str, str]) -> None:
+        """After a restore: the study's trials are those of the restored Tune state.
+
+        A trial this searcher's saved state knew but Tune's did not is never run; one
+        Tune's knew but this state did not is found in the study by its
+        ``tune_trial_id``; every unfinished study trial Tune will not run (Optuna made
+        it after the state Tune saved) is marked FAIL, ``orphaned``, instead of staying
+        RUNNING for ever.
+        """
+        import optuna
         from optuna.trial import TrialState
 
-        known = {optuna_trial_id(t) for t in self.optuna_trials.values()}
+        study = self.study
+        if study is None:
+            return
+        live = self.optuna_trials
+        for tid in [t for t in live if t not in trials]:
+            del live[tid]
+        by_tune_id = {
+            frozen.user_attrs["tune_trial_id"]: frozen
+            for frozen in study.get_trials(deepcopy=False)
+            if "tune_trial_id" in frozen.user_attrs
+        }
+        for tid in trials.keys() - live.keys():
+            if tid in by_tune_id:
+                live[tid] = optuna.Trial(study, optuna_trial_id(by_tune_id[tid]))
+        known = {optuna_trial_id(t) for t in live.values()}
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if optuna_trial_id(frozen) not in known:
-                storage.set_trial_user_attr(optuna_trial_id(frozen), "orphaned", True)
+            ident = optuna_trial_id(frozen)
+            if ident not in known:
+                optuna.Trial(study, ident).set_user_attr("orphaned", True)
                 study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -178,7 +206,9 @@ class MirroredOptunaSearch(HookedOptunaSearch):
     ) -> None:
         from optuna.trial import TrialState
 
-        if trial_id in self.completed or trial_id not in self.optuna_trials:
+        if trial_id not in self.optuna_trials:
+            return  # a trial the study never had (see reconcile)
+        if trial_id in self.completed:
             super().on_trial_complete(trial_id, result, error)
             return
         if result:

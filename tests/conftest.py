@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ FLOWERS = settings().test_photos or ROOT.parent / "shared" / "data" / "flowers"
 # (the README's test command) every test that uses one runs on the same worker.
 _SHARED_FIXTURES = {
     "finished": "e2e",
+    "finished_ray_tmp": "e2e",
     "cluster": "cluster",
     "gpu_node": "gpu_node",
     "s3_search": "s3",
@@ -248,17 +251,36 @@ points_to_evaluate:
 
 
 @pytest.fixture(scope="session")
-def finished(small_flowers: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """One real `tuner search` (OptunaSearch + ASHA, 5 trials, 32 px) shared by every test.
+def finished_ray_tmp() -> Iterator[Path]:
+    """The Ray temporary folder of the shared search alone (short: Ray's socket paths
+    live under it), so that its worker logs can be read (tests/test_quiet.py)."""
+    folder = Path(tempfile.mkdtemp(prefix="rq"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def finished(
+    small_flowers: Path, tmp_path_factory: pytest.TempPathFactory, finished_ray_tmp: Path
+) -> tuple:
+    """One real `tuner search` (OptunaSearch + ASHA, 5 trials, 32 px) shared by every test,
+    run as the README tells users to (``uv run``), in a Ray session of its own.
 
     Returns (completed process, storage folder, experiment folder); the experiment is
     named "e2e". Tests must not modify it.
     """
+    uv = shutil.which("uv")
+    assert uv, "uv is how users run the project (README); install it with pip install uv"
     tmp = tmp_path_factory.mktemp("search")
     space = tmp / "tiny.yaml"
     space.write_text(TINY_SPACE)
     storage = tmp / "results"
-    proc = cli_search(space, small_flowers, storage, "e2e")
+    proc = subprocess.run(
+        [uv, "run", "--locked", "python", "-m", "tuner",
+         *search_args(space, small_flowers, storage, "e2e")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "RAY_TMPDIR": str(finished_ray_tmp)},
+    )  # fmt: skip
     if proc.returncode != 0:  # one clear failure instead of every test that reads it failing
         pytest.fail(
             f"the shared search exited {proc.returncode}:\n{proc.stdout[-4000:]}\n"

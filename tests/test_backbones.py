@@ -92,7 +92,7 @@ def test_mobilenet_v3_large_runs_a_real_search_export_and_predict(small_flowers,
 
     storage = tmp_path / "results"
     found = cli_search(
-        "mobilenet", small_flowers, storage, "mnv3", "--num-samples", "2", "--max-epochs", "1",
+        "mobilenet", small_flowers, storage, "mnv3", "--num-samples", "1", "--max-epochs", "1",
         env={"TORCH_HOME": str(hub)},
     )  # fmt: skip
     assert found.returncode == 0, found.stdout + found.stderr

@@ -100,29 +100,13 @@ def cluster(s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_a_search_on_an_existing_cluster_uses_both_nodes(cluster, small_flowers, tmp_path):
-    address, _ = cluster
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    proc = cli_search(
-        space, small_flowers, tmp_path / "shared", "c1", "--address", address, timeout=600, env=AUTH
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "2 node(s)" in proc.stdout
-    exp = tmp_path / "shared" / "c1"
-    board = pd.read_csv(exp / "leaderboard.csv")
-    assert len(board) == 4 and (board["status"] == "completed").all()
-    experiment = experiment_at(exp)
-    nodes = {r["node_id"] for t in experiment.trial_ids() for r in experiment.reports(t)}
-    assert len(nodes) == 2, proc.stdout[-6000:]
-
-
-def test_a_node_that_cannot_see_the_drivers_decoded_photos_decodes_its_own(
+def test_a_search_on_an_existing_cluster_uses_both_nodes_each_with_decoded_photos(
     cluster, small_flowers, tmp_path
 ):
-    """The driver decodes into a folder the second node cannot see (its private tmpfs
-    shadows it): trials there decode the photos once into that node's own cache. Nothing
-    photo-sized goes through Ray's object store."""
+    """Every trial ends, on both nodes of the cluster it joined. The driver decodes into a
+    folder the second node cannot see (its private tmpfs shadows it): trials there decode
+    the photos once into that node's own cache. Nothing photo-sized goes through Ray's
+    object store."""
     address, shadow = cluster
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.replace("image_size: 96", "image_size: 80"))  # 91 px: its own entry
@@ -132,6 +116,9 @@ def test_a_node_that_cannot_see_the_drivers_decoded_photos_decodes_its_own(
         "--cache-dir", str(driver_cache), timeout=600, env=AUTH,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "2 node(s)" in proc.stdout
+    board = pd.read_csv(tmp_path / "shared" / "c4" / "leaderboard.csv")
+    assert len(board) == 4 and (board["status"] == "completed").all()
     experiment = experiment_at(tmp_path / "shared" / "c4")
     nodes = {r["node_id"] for t in experiment.trial_ids() for r in experiment.reports(t)}
     assert len(nodes) == 2, proc.stdout[-6000:]

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, cli, experiment_at, run_tuner, search_args
 from ray import cloudpickle
 
-from tuner.storage._signing import write_signed
+from tuner.storage._signing import unverified, write_signed
 
 pytestmark = pytest.mark.slow
 
@@ -159,6 +159,7 @@ def test_killed_workers_and_a_kill_9_of_the_driver_lose_no_finished_epoch(small_
     # first run's values again.
     assert board["lr"].round(12).is_unique, board[["trial_id", "lr"]]
     assert board["freeze_depth"].notna().all()
+    assert unverified(experiment_at(exp)) == []  # the resumed search signed what it saved
 
 
 def test_ctrl_c_prints_the_resume_command_and_resume_finishes(small_flowers, tmp_path):

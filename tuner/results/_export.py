@@ -178,13 +178,14 @@ def _write_export(
         if not torch.allclose(traced(probe), model(probe), atol=_TRACE_ATOL):
             raise RuntimeError(f"the TorchScript export to {output} disagrees with the model")
     deployed = Deployed(model, prep).eval()
+    program = _program(deployed, size)  # one torch.export for the program and the ONNX file
     config = config | {"deploy": deploy_contract(prep, len(classes))}
     writers: dict[str, Callable[[Path], object]] = {
         name: functools.partial(_save_state_dict, module) for name, module in states.items()
     }
     writers |= {
-        MODEL_ONNX: lambda p: _save_onnx(deployed, size, p),
-        MODEL_PROGRAM: lambda p: _save_program(deployed, size, p),
+        MODEL_PROGRAM: lambda p: _save_program(program, p),
+        MODEL_ONNX: lambda p: _save_onnx(program, deployed, size, p),
         MODEL_SCRIPT: lambda p: _save_script(traced, p),
         LABELS: lambda p: Path(p).write_text(json.dumps(classes, indent=2) + "\n"),
         CONFIG: lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"),
@@ -246,33 +247,41 @@ def _batch_dim() -> Any:
     return {"image": {0: torch.export.Dim("batch", min=1, max=4096)}}
 
 
-def _save_onnx(deployed: Deployed, size: int, path: Path) -> None:
-    """``deployed`` as ONNX, checked with onnxruntime against the model itself."""
-    import onnxruntime as ort
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            deployed, (_photos(2, size, 0),), str(path), input_names=["image"],
-            output_names=["probabilities"], dynamic_shapes=_batch_dim(), dynamo=True,
-            external_data=False,
-        )  # fmt: skip
-        probe = _photos(3, size, 1)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        answer = torch.from_numpy(session.run(None, {"image": probe.numpy()})[0])
-        if not torch.allclose(answer, deployed(probe), atol=_TRACE_ATOL):
-            raise RuntimeError(f"the ONNX export {path.name} disagrees with the model")
-
-
-def _save_program(deployed: Deployed, size: int, path: Path) -> None:
+def _program(deployed: Deployed, size: int) -> torch.export.ExportedProgram:
     """``deployed`` as a ``torch.export`` program, checked against the model itself."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(deployed, (_photos(2, size, 0),), dynamic_shapes=_batch_dim())
         probe = _photos(3, size, 1)
         if not torch.allclose(program.module()(probe), deployed(probe), atol=_TRACE_ATOL):
-            raise RuntimeError(f"the torch.export program {path.name} disagrees with the model")
+            raise RuntimeError(f"the torch.export program {MODEL_PROGRAM} disagrees with the model")
+    return program
+
+
+def _save_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    with warnings.catch_warnings():
+        # "No complete tensor found in the group!": weights that share storage, on the CPU.
+        warnings.simplefilter("ignore")
         torch.export.save(program, str(path))
+
+
+def _save_onnx(
+    program: torch.export.ExportedProgram, deployed: Deployed, size: int, path: Path
+) -> None:
+    """``program`` (of ``deployed``) as ONNX, checked with onnxruntime against the model."""
+    import onnxruntime as ort
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            program, (), str(path), input_names=["image"], output_names=["probabilities"],
+            dynamo=True, external_data=False,
+        )  # fmt: skip
+        probe = _photos(3, size, 1)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        answer = torch.from_numpy(session.run(None, {"image": probe.numpy()})[0])
+        if not torch.allclose(answer, deployed(probe), atol=_TRACE_ATOL):
+            raise RuntimeError(f"the ONNX export {path.name} disagrees with the model")
 
 
 def _save_state_dict(model: torch.nn.Module, path: Path) -> None:

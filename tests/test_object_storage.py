@@ -160,7 +160,7 @@ def test_kill_9_then_resume_from_a_fresh_folder_given_only_the_uri(s3, small_flo
     from tuner.search._study import local_journal
 
     uri = s3_uri(s3, f"{S3_BUCKET}/killed")
-    space, first, second = write_space(tmp_path, epochs=3, size=64), tmp_path / "a", tmp_path / "b"
+    space, first, second = write_space(tmp_path, epochs=3, size=96), tmp_path / "a", tmp_path / "b"
     first.mkdir()
     second.mkdir()
     exp = experiment(uri, "k9")

@@ -63,7 +63,8 @@ def test_reading_a_planted_experiment_runs_none_of_its_code(planted, tmp_path):
         assert code == 0, (command, err[-2000:])
         assert not marker.exists(), command
     # The leaderboard still lists every trial, from the plain fields of the state.
-    code, board, _ = run_cli("leaderboard", "e2e", "--storage", storage, "--format", "json")
+    code, board, err = run_cli("leaderboard", "e2e", "--storage", storage, "--format", "json")
+    assert code == 0, err[-2000:]
     assert len(json.loads(board)) == 5
     # The payload is real: Ray's own reader of the state runs it.
     from ray.tune import ExperimentAnalysis

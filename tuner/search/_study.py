@@ -163,18 +163,19 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         live = self.optuna_trials
         for tid in [t for t in live if t not in trials]:
             del live[tid]
+        frozen_trials = study.get_trials(deepcopy=False)
         by_tune_id = {
-            frozen.user_attrs["tune_trial_id"]: frozen
-            for frozen in study.get_trials(deepcopy=False)
-            if "tune_trial_id" in frozen.user_attrs
+            f.user_attrs["tune_trial_id"]: f
+            for f in frozen_trials
+            if "tune_trial_id" in f.user_attrs
         }
         for tid in trials.keys() - live.keys():
             if tid in by_tune_id:
                 live[tid] = optuna.Trial(study, optuna_trial_id(by_tune_id[tid]))
         known = {optuna_trial_id(t) for t in live.values()}
-        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for frozen in frozen_trials:
             ident = optuna_trial_id(frozen)
-            if ident not in known:
+            if frozen.state == TrialState.RUNNING and ident not in known:
                 optuna.Trial(study, ident).set_user_attr("orphaned", True)
                 study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
 
@@ -197,7 +198,6 @@ class MirroredOptunaSearch(HookedOptunaSearch):
             # Tune names each reported checkpoint's folder in the result.
             name = result.get("checkpoint_dir_name") or f"checkpoint_{int(epoch) - 1:06d}"
             self._best[trial_id] = (float(acc), str(name))
-        trial.set_user_attr("tune_trial_id", trial_id)
         folder = f"{self._folder}/trial_{trial_id}/{self._best[trial_id][1]}"
         trial.set_user_attr("checkpoint", folder)
 

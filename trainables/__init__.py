@@ -44,6 +44,18 @@ if TYPE_CHECKING:
         screen,
         split_screened,
     )
+    from trainables._files import (
+        KIB,
+        MIB,
+        FileRefused,
+        create_new,
+        inside,
+        open_regular,
+        parse_json,
+        read_bounded,
+        safe_name,
+        write_replacing,
+    )
     from trainables._inputs import TrainInputs, build_inputs
     from trainables._models import (
         WeightsUnavailableError,
@@ -95,6 +107,16 @@ if TYPE_CHECKING:
 # data layer load numpy, Pillow and pyarrow only, not torch (~800 MB of resident
 # libraries with the CUDA build, and seconds of start-up).
 _SOURCES = {
+    "FileRefused": "_files",
+    "create_new": "_files",
+    "inside": "_files",
+    "open_regular": "_files",
+    "parse_json": "_files",
+    "read_bounded": "_files",
+    "safe_name": "_files",
+    "write_replacing": "_files",
+    "KIB": "_files",
+    "MIB": "_files",
     "AugmentParams": "_augment",
     "CHECKPOINT_FILE": "_checkpoint",
     "CacheSpaceError": "_store",
@@ -183,7 +205,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CHECKPOINT_FILE",
     "IMAGE_EXTENSIONS",
+    "KIB",
     "MAX_FREEZE_DEPTH",
+    "MIB",
     "MODELS",
     "OPTIMIZERS",
     "RAY_DEFAULTS",
@@ -195,6 +219,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Decoded",
+    "FileRefused",
     "FolderScan",
     "ImageCache",
     "PhotoSource",
@@ -218,6 +243,7 @@ __all__ = [
     "check_space",
     "choose_precision",
     "cpu_has_native_bf16",
+    "create_new",
     "decode_files",
     "decode_for_refit",
     "decode_one",
@@ -233,6 +259,7 @@ __all__ = [
     "fit",
     "freeze",
     "head",
+    "inside",
     "load_image_cache",
     "load_photo",
     "load_state",
@@ -240,10 +267,14 @@ __all__ = [
     "needed_bytes",
     "normalization",
     "normalize",
+    "open_regular",
+    "parse_json",
     "prepare_data",
     "pretrained_weights_file",
     "probe_rels",
+    "read_bounded",
     "resize_center_crop",
+    "safe_name",
     "save_state",
     "scan_folder",
     "screen",
@@ -254,4 +285,5 @@ __all__ = [
     "train_classifier",
     "train_epoch",
     "use_cache_dir",
+    "write_replacing",
 ]

@@ -317,9 +317,16 @@ def _is_bad_input(exc: Exception) -> bool:
     if isinstance(exc, UsageError):
         return True
     # Imported only now: `tuner --help` and usage errors never load torch.
-    from trainables import CheckpointError, ConfigError, DataError, WeightsUnavailableError
+    from trainables import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        FileRefused,
+        WeightsUnavailableError,
+    )
 
-    return isinstance(exc, (ConfigError, DataError, CheckpointError, WeightsUnavailableError))
+    bad = (ConfigError, DataError, CheckpointError, WeightsUnavailableError, FileRefused)
+    return isinstance(exc, bad)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

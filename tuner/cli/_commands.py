@@ -79,6 +79,13 @@ def printable_json(data: object) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def print_data(text: str) -> None:
+    """``text`` on stdout as one document: ended by exactly one newline (a CSV that
+    already ends with one gains no empty last row)."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from tuner.results._holdout import made_model_lines
     from tuner.results._leaderboard import build_leaderboard, render
@@ -97,7 +104,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     elif isinstance(out, bytes):
         raise UsageError("parquet is binary: give --output FILE")
     else:
-        print(out)
+        print_data(out)
     return 0
 
 
@@ -105,7 +112,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from tuner.results._listing import list_experiments, render_list
     from tuner.storage._storage import Storage
 
-    print(render_list(list_experiments(Storage.parse(args.storage)), args.format))
+    print_data(render_list(list_experiments(Storage.parse(args.storage)), args.format))
     return 0
 
 

@@ -18,19 +18,21 @@ from typing import Any
 
 import pandas as pd
 
-from trainables import SPLIT_FILE, TrialConfig
+from trainables import SPLIT_FILE, TrialConfig, parse_json, safe_name
 from tuner._errors import UsageError
 from tuner.storage._experiment import (
     BEST_CONFIG,
     LEADERBOARD_CSV,
     LEADERBOARD_PARQUET,
     STATE_GLOB,
+    STATE_LIMIT,
     TEST_SCORES,
     TRIAL_PREFIX,
     Experiment,
 )
 
 FORMATS = ("table", "csv", "parquet", "json", "markdown")
+
 
 # Ranking order of statuses: usable results first, failures last.
 _STATUS_ORDER = {
@@ -71,6 +73,27 @@ def _pickled(value: Any) -> bool:
     return isinstance(value, dict) and value.get("_type") == "CLOUDPICKLE_FALLBACK"
 
 
+def _checked_config(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """``config`` if each of its trial keys holds a value of its default's type."""
+    defaults = TrialConfig()
+    for key in TrialConfig.field_names():
+        if key not in config:
+            continue
+        value, default = config[key], getattr(defaults, key)
+        kind: tuple[type, ...] = (
+            (bool,)
+            if isinstance(default, bool)
+            else (int,)
+            if isinstance(default, int)
+            else (int, float)
+            if isinstance(default, float)
+            else (type(default),)
+        )
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kind):
+            raise TypeError(f"{key} is {type(value).__name__}, not {kind[-1].__name__}")
+    return config
+
+
 def read_trials(exp: Experiment) -> list[TrialRecord]:
     """The trials of ``exp``'s newest saved state (UsageError if there is none)."""
     states = sorted(exp.storage.list(exp.name, STATE_GLOB, dirs=False))
@@ -78,22 +101,27 @@ def read_trials(exp: Experiment) -> list[TrialRecord]:
         raise UsageError(
             f"{exp.display()} holds no Ray Tune experiment state (yet); was the search started?"
         )
+    where = exp.display(states[-1])
+    data = parse_json(exp.storage.read_bytes(exp.rel(states[-1]), STATE_LIMIT), where)
+    trials = []
     try:
-        data = json.loads(exp.storage.read_text(exp.rel(states[-1])))
-        trials = []
         for entry in data["trial_data"]:
-            state = json.loads(entry[0])
+            state = parse_json(entry[0], f"a trial of {where}", nan=True)
             config = state.get("config")
             plain = (
                 {k: v for k, v in config.items() if not _pickled(v)}
                 if isinstance(config, dict)
                 else {}
             )
-            trials.append(TrialRecord(str(state["trial_id"]), str(state["status"]).lower(), plain))
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+            trial_id = safe_name(state["trial_id"], f"trial id in {where}:")
+            status = state["status"]
+            if not isinstance(status, str):
+                raise TypeError(f"status of {trial_id} is {type(status).__name__}")
+            trials.append(TrialRecord(trial_id, status.lower(), _checked_config(plain, where)))
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
         raise UsageError(
-            f"{exp.display(states[-1])} is not an experiment state this tool can read "
-            f"({type(exc).__name__}: {exc})"
+            f"{where} is not an experiment state this tool can read "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
         ) from None
     return trials
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from ray import tune
 
+from trainables import create_new
 from tuner._errors import UsageError
 from tuner.storage._experiment import RESERVE_FILE, Experiment
 from tuner.storage._storage import object_store_error
@@ -98,7 +99,9 @@ def make_reserve(exp: Experiment) -> None:
     exp_dir = Path(exp.path())
     path = exp_dir / RESERVE_FILE
     try:
-        with open(path, "wb") as f:
+        # Created anew, never through what is there: a link planted at this name would
+        # otherwise have the victim's own file (their state key, say) zero-filled.
+        with os.fdopen(create_new(path, 0o600), "wb") as f:
             try:
                 os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
             except OSError as exc:

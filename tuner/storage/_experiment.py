@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from trainables import SPLIT_FILE, Split
+from trainables import MIB, SPLIT_FILE, FileRefused, Split, parse_json, safe_name
 from tuner._errors import UsageError
 from tuner.storage._storage import Storage
 
@@ -54,6 +54,52 @@ RESERVE_FILE = ".tuner-reserve"  # disk kept free for the last save of a full st
 REFIT_RECORD = "refit.json"  # in REFIT_DIR
 REPORT_FILE = "report.md"  # in REPORT_DIR
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The most of a file that is read: the tool's own JSON files are far smaller; a trial's
+# results grow by one line an epoch (~1 KiB).
+JSON_LIMIT = 16 * MIB
+RESULTS_LIMIT = 64 * MIB
+STATE_LIMIT = 64 * MIB  # Ray's experiment state: ~2 KiB a trial
+_RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "space_name": str,
+    "space_source": str,
+    "space": dict,
+    "data_dir": str,
+    "storage": str,
+    "cache_size": int,
+    "resources": dict,
+}
+# What each field of a trial's result line must be when present (Ray's own fields and
+# the trainable's); a line whose field is of another type is refused.
+_REPORT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "training_iteration": int,
+    "val_acc": (int, float),
+    "val_loss": (int, float),
+    "train_loss": (int, float),
+    "time_total_s": (int, float),
+    "time_this_iter_s": (int, float),
+    "diverged": bool,
+    "checkpoint_dir_name": (str, type(None)),
+}
+
+
+def _checked_report(report: Any, line: int, where: str) -> dict[str, Any]:
+    """One line of a trial's ``result.json``, its fields' types checked."""
+    if not isinstance(report, dict):
+        raise FileRefused(f"line {line} of {where} is not a JSON object")
+    for key, kind in _REPORT_TYPES.items():
+        value = report.get(key)
+        if value is None and key != "checkpoint_dir_name":
+            continue
+        if key in report and (
+            not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+        ):
+            raise FileRefused(
+                f"line {line} of {where}: {key} is {type(value).__name__}, not a result "
+                "Ray Tune wrote"
+            )
+    return report
 
 
 def validate_name(name: str) -> str:
@@ -84,11 +130,31 @@ class RunRecord:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunRecord:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        known["resources"] = {k: float(v) for k, v in data["resources"].items()}
-        known["cache_size"] = int(data["cache_size"])
-        return cls(**known)
+    def from_json(cls, data: Any, where: str = TUNER_FILE) -> RunRecord:
+        """The record in ``data`` (``tuner.json`` parsed); FileRefused naming ``where`` if
+        a field is missing or of the wrong type."""
+        try:
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+            missing = [k for k in _RECORD_TYPES if k not in known]
+            if missing:
+                raise KeyError(", ".join(missing))
+            for key, kind in _RECORD_TYPES.items():
+                if not isinstance(known[key], kind) or isinstance(known[key], bool):
+                    raise TypeError(f"{key} is {type(known[key]).__name__}")
+            resources = known["resources"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       for v in resources.values()):  # fmt: skip
+                raise TypeError("resources are not numbers")
+            known["resources"] = {str(k): float(v) for k, v in resources.items()}
+            known["cache_size"] = int(known["cache_size"])
+            for key in ("address", "command", "ray_version", "created"):
+                if key in known and known[key] is not None and not isinstance(known[key], str):
+                    raise TypeError(f"{key} is {type(known[key]).__name__}")
+            return cls(**known)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FileRefused(f"{where} is not a record this tool wrote ({exc})") from None
 
     def encode(self) -> bytes:
         """The bytes of ``tuner.json``, which the search writes signed
@@ -157,11 +223,15 @@ class Experiment:
 
     # Files --------------------------------------------------------------------
 
-    def read_json(self, file: str, default: Any = None) -> Any:
+    def read_json(self, file: str, default: Any = None, limit: int = JSON_LIMIT) -> Any:
+        """The JSON file ``file`` (``default`` if absent). FileRefused (exit 2, one line
+        naming it) if it is not a regular file of at most ``limit`` bytes holding JSON
+        nested at most :data:`~trainables.JSON_DEPTH` levels."""
         try:
-            return json.loads(self.storage.read_text(self.rel(file)))
-        except (FileNotFoundError, ValueError):
+            data = self.storage.read_bytes(self.rel(file), limit)
+        except FileNotFoundError:
             return default
+        return parse_json(data, self.display(file))
 
     def write_json(self, file: str, data: Any) -> None:
         self.storage.write_text(self.rel(file), json.dumps(data, indent=2))
@@ -179,7 +249,7 @@ class Experiment:
         return data
 
     def record(self) -> RunRecord:
-        return RunRecord.from_json(self._required(TUNER_FILE))
+        return RunRecord.from_json(self._required(TUNER_FILE), self.display(TUNER_FILE))
 
     def split(self) -> Split:
         return Split.from_json(self._required(SPLIT_FILE))
@@ -191,16 +261,30 @@ class Experiment:
 
     def trial_ids(self) -> list[str]:
         folders = self.storage.list(self.name, f"{TRIAL_PREFIX}*", dirs=True)
-        return [f.removeprefix(TRIAL_PREFIX) for f in folders]
+        ids = [f.removeprefix(TRIAL_PREFIX) for f in folders]
+        return [i for i in ids if NAME_RE.fullmatch(i) and ".." not in i]
 
     def reports(self, trial_id: str) -> list[dict[str, Any]]:
         """Every result ``trial_id`` reported, in order, repeats included (Ray Tune's
         ``result.json``, one JSON object per line)."""
+        rel = self.rel(f"{TRIAL_PREFIX}{safe_name(trial_id, 'trial id')}", RESULT_FILE)
         try:
-            text = self.storage.read_text(self.rel(f"{TRIAL_PREFIX}{trial_id}", RESULT_FILE))
+            data = self.storage.read_bytes(rel, RESULTS_LIMIT)
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        lines = data.split(b"\n")
+        reports = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                report = parse_json(line, f"line {i + 1} of {self.storage.display(rel)}", nan=True)
+            except FileRefused:
+                if not any(rest.strip() for rest in lines[i + 1 :]):
+                    break  # the last line of a trial still writing it
+                raise
+            reports.append(_checked_report(report, i + 1, self.storage.display(rel)))
+        return reports
 
     def history(self, trial_id: str) -> pd.DataFrame:
         """Every epoch ``trial_id`` reported, once each, in order (an epoch re-run after a

@@ -17,10 +17,13 @@ roles); a URI that carries them is refused, so they never reach
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
+import stat
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
-from trainables import settings
+from trainables import MIB, FileRefused, read_bounded, settings
 from tuner._errors import UsageError
 
 DEFAULT_STORAGE = "results"
+# The most of any one file of an experiment that is read, unless its reader says otherwise
+# (a leaderboard, a trial's results, the experiment state are far smaller).
+READ_LIMIT = 64 * MIB
+REACH_S = 20.0  # how long an object store may take to answer its first request
+_REACHED: set[str] = set()
 # Query keys pyarrow would read credentials from: never accepted in a URI.
 _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
 _AWS_ERROR = re.compile(r"AWS Error ([A-Z_]+)")
@@ -97,7 +105,33 @@ class Storage:
             raise UsageError(f"storage {chosen}: {scrub(str(exc))}") from None
         if isinstance(fs, pafs.LocalFileSystem):
             return cls(root, fs, root)
-        return cls(chosen, fs, root.rstrip("/"))
+        storage = cls(chosen, fs, root.rstrip("/"))
+        storage._reach()
+        return storage
+
+    def _reach(self) -> None:
+        """UsageError if the object store does not answer within :data:`REACH_S` seconds
+        (once per URI and process): without a network, a client retries for many minutes
+        without a word."""
+        if self.uri in _REACHED:
+            return
+        bucket = self.root.split("/", 1)[0]
+        answered = threading.Event()
+
+        def probe() -> None:
+            with contextlib.suppress(Exception):  # errors are reported by the real call
+                self.fs.get_file_info(bucket)
+            answered.set()
+
+        threading.Thread(target=probe, name="storage-probe", daemon=True).start()
+        limit = float(os.environ.get("TUNER_REACH_TIMEOUT_S") or REACH_S)
+        if not answered.wait(limit):
+            raise UsageError(
+                f"storage {self.display()}: no answer from the object store in {limit:.0f} s "
+                "(no network, a wrong endpoint, or credentials the client keeps retrying); "
+                "check the URI and the network"
+            )
+        _REACHED.add(self.uri)
 
     @property
     def is_local(self) -> bool:
@@ -141,15 +175,39 @@ class Storage:
                 names.append(info.base_name)
         return sorted(names)
 
-    def read_bytes(self, rel: str) -> bytes:
+    def read_bytes(self, rel: str, limit: int = READ_LIMIT) -> bytes:
+        """The file ``rel``, at most ``limit`` bytes: FileRefused if it is larger, or not a
+        regular file (a link, a FIFO, a device: refused at once on a local disk, never
+        followed or waited on), FileNotFoundError if it is absent."""
+        path = self.path(rel)
+        if self.is_local:
+            return self._call(lambda: read_bounded(path, limit), rel)
+
         def read() -> bytes:
-            with self.fs.open_input_stream(self.path(rel)) as f:
-                return bytes(f.read())
+            info = self.fs.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
+                raise FileNotFoundError(path)
+            if info.type != pafs.FileType.File:
+                raise FileRefused(f"{self.display(rel)} is not a file; not reading it")
+            if info.size is not None and info.size > limit:
+                raise FileRefused(
+                    f"{self.display(rel)} is {info.size / 2**20:.1f} MiB, over the "
+                    f"{limit / 2**20:.1f} MiB such a file may be"
+                )
+            with self.fs.open_input_stream(path) as f:
+                data = bytes(f.read(limit + 1))
+            if len(data) > limit:
+                raise FileRefused(f"{self.display(rel)} is over the {limit} bytes it may be")
+            return data
 
         return self._call(read, rel)
 
-    def read_text(self, rel: str) -> str:
-        return self.read_bytes(rel).decode()
+    def read_text(self, rel: str, limit: int = READ_LIMIT) -> str:
+        data = self.read_bytes(rel, limit)
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            raise FileRefused(f"{self.display(rel)} is not UTF-8 text; not reading it") from None
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``rel`` whole: readers see the old file or the new one, never half of it
@@ -157,10 +215,25 @@ class Storage:
         target = self.path(rel)
 
         def write() -> None:
+            if self.is_local:
+                self.refuse_links(posixpath.dirname(rel))
             self.fs.create_dir(posixpath.dirname(target), recursive=True)
             write_whole(self.fs, target, data)
 
         self._call(write, rel)
+
+    def refuse_links(self, rel: str) -> None:
+        """FileRefused if a folder on the way from the root to ``rel`` (a local folder) is
+        a link: what is written there would land wherever the link points."""
+        path = self.root
+        for part in [p for p in rel.split("/") if p]:
+            path = posixpath.join(path, part)
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                return  # created as a real folder
+            if stat.S_ISLNK(mode):
+                raise FileRefused(f"{path} is a link; the tool writes nothing through it")
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())

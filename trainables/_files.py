@@ -119,11 +119,18 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"the number {text[:20]}... is too large")
+    return value
+
+
 def parse_json(data: bytes | str, what: object, depth: int = JSON_DEPTH, nan: bool = False) -> Any:
     """``data`` parsed as JSON; FileRefused naming ``what`` if it is not JSON, nests deeper
-    than ``depth`` or (unless ``nan``) holds NaN or Infinity."""
+    than ``depth``, holds an integer beyond 64 bits or (unless ``nan``) NaN or Infinity."""
     try:
-        value = json.loads(data, parse_constant=None if nan else _no_constant)
+        value = json.loads(data, parse_constant=None if nan else _no_constant, parse_int=_int64)
     except RecursionError:
         raise FileRefused(f"{what} nests deeper than {depth} levels; not reading it") from None
     except (ValueError, UnicodeDecodeError) as exc:

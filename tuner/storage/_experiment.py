@@ -153,7 +153,7 @@ class RunRecord:
                 if key in known and known[key] is not None and not isinstance(known[key], str):
                     raise TypeError(f"{key} is {type(known[key]).__name__}")
             return cls(**known)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise FileRefused(f"{where} is not a record this tool wrote ({exc})") from None
 
     def encode(self) -> bytes:

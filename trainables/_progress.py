@@ -1,5 +1,10 @@
 """Progress of a long step: a tqdm bar on a terminal, else a plain line every ~30 s.
 
+Both go to **stderr**: stdout is kept for a command's data (``predict --json``,
+``leaderboard --format csv``...), which a pipe must be able to parse. The interval of
+the plain lines is ``$TUNER_PROGRESS_EVERY_S`` seconds when set (``0``: a line at every
+update; the tests use it to make short steps print), else :data:`LINE_EVERY_S`.
+
 Example:
     >>> lines = []
     >>> with Progress(3, "decoding", "photo", say=lines.append, every_s=0) as bar:
@@ -11,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +24,21 @@ from types import TracebackType
 from typing import Any
 
 LINE_EVERY_S = 30.0
+EVERY_S_VARIABLE = "TUNER_PROGRESS_EVERY_S"
+
+
+def line_every_s() -> float:
+    """Seconds between plain progress lines: ``$TUNER_PROGRESS_EVERY_S`` if it is a number
+    >= 0, else :data:`LINE_EVERY_S`."""
+    try:
+        value = float(os.environ.get(EVERY_S_VARIABLE, ""))
+    except ValueError:
+        return LINE_EVERY_S
+    return value if value >= 0 else LINE_EVERY_S
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:
@@ -29,8 +50,8 @@ class Progress:
     """Counts ``total`` items of ``unit``; shows rate and time left.
 
     On a terminal (stderr) a tqdm bar; otherwise (logs, pipes, Ray workers)
-    ``say`` gets a line at most every ``every_s`` seconds and one at the end.
-    ``quiet`` shows nothing.
+    ``say`` (default: a line on stderr) gets a line at most every ``every_s`` seconds
+    (default: :func:`line_every_s`) and one at the end. ``quiet`` shows nothing.
     """
 
     def __init__(
@@ -40,14 +61,15 @@ class Progress:
         unit: str,
         quiet: bool = False,
         say: Callable[[str], None] | None = None,
-        every_s: float = LINE_EVERY_S,
+        every_s: float | None = None,
     ) -> None:
-        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.total, self.desc, self.unit = total, desc, unit
+        self.every_s = line_every_s() if every_s is None else every_s
         self.done, self.t0 = 0, time.perf_counter()
         self.last = self.t0
         self.quiet, self.said = quiet, False
         self.bar: Any = None
-        self.say = say or (lambda line: print(line, flush=True))
+        self.say = say or _to_stderr
         if not quiet and say is None and sys.stderr.isatty():
             from tqdm import tqdm
 

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from trainables._files import KIB, MIB, FileRefused, parse_json, read_bounded
 from trainables._progress import Progress
 from trainables._settings import settings
 from trainables._source import PhotoSource
@@ -60,6 +61,7 @@ DECODER_VERSION = 1
 PIXELS_FILE = "pixels.u8"
 INDEX_FILE = "index.json"
 HEAD_FILE = "head.json"  # version, size and root alone: read before the (large) index
+INDEX_LIMIT = 1024 * MIB  # an index lists ~100 bytes a photo: ten million photos
 _CHUNK = 32  # photos per worker job
 _MARGIN_BYTES = 256 << 20  # left free on the cache disk
 
@@ -156,12 +158,12 @@ def _gib(n: int) -> str:
 
 def _load_index(folder: Path) -> dict[str, Any] | None:
     try:
-        index = json.loads((folder / INDEX_FILE).read_text())
+        index = parse_json(read_bounded(folder / INDEX_FILE, INDEX_LIMIT), folder / INDEX_FILE)
         pixels = folder / PIXELS_FILE
         if pixels.stat().st_size != len(index["files"]) * row_bytes(index["size"]):
             return None
         return dict(index)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, FileRefused):
         return None
 
 
@@ -180,8 +182,8 @@ def _lookup(
         if entry.suffix == ".partial":
             continue
         try:
-            head = json.loads((entry / HEAD_FILE).read_text())
-        except (OSError, ValueError):
+            head = parse_json(read_bounded(entry / HEAD_FILE, 64 * KIB), entry / HEAD_FILE)
+        except (OSError, FileRefused):
             continue
         if head != {"version": DECODER_VERSION, "size": size, "root": root}:
             continue
@@ -214,7 +216,13 @@ def _lookup(
 
 @contextmanager
 def _locked(path: Path) -> Any:
-    with open(path, "a+") as f:
+    # Not through a link planted at the lock's name (a shared cache folder).
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise FileRefused(f"cannot lock {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -307,6 +315,8 @@ def decode_to_disk(
             found.seconds = time.perf_counter() - t0
             return found
         partial = folder / f"{key}.partial"
+        if partial.is_symlink():
+            partial.unlink()  # never decode into wherever a planted link points
         shutil.rmtree(partial, ignore_errors=True)  # a killed decode's leftovers
         partial.mkdir()
         target = partial / PIXELS_FILE

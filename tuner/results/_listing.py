@@ -3,20 +3,24 @@
 Status: **running** while a live ``search`` or ``resume`` holds the experiment's
 writer lock; **finished** when every trial the budget asked for has ended (or a
 time budget ended the search); **interrupted** otherwise (Ctrl-C, a killed
-driver, a full disk): ``resume`` continues it.
+driver, a full disk): ``resume`` continues it; **unreadable** when a file of it is one this
+tool refuses to read (a link, a FIFO, malformed): the reason goes to stderr and the other
+experiments are still listed.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import pandas as pd
 
+from trainables import FileRefused
 from tuner._errors import UsageError
 from tuner.results._leaderboard import build_leaderboard, read_trials
 from tuner.storage._experiment import LOCK_FILE, NAME_RE, TUNER_FILE, Experiment, experiment_names
-from tuner.storage._lock import is_stale
+from tuner.storage._lock import Observations, is_stale
 from tuner.storage._storage import Storage
 
 COLUMNS = ["name", "status", "trials_ended", "trials_asked", "best_val_acc", "test_acc"]
@@ -29,11 +33,28 @@ def is_finished(exp: Experiment) -> bool:
     return _row(exp, lock=False)["status"] == "finished"
 
 
+def _unreadable(exp: Experiment, reason: str) -> dict[str, Any]:
+    """The row of an experiment whose files this tool refuses to read (one stays listed)."""
+    print(f"tuner list: {exp.name}: {reason}", file=sys.stderr)
+    return {"name": exp.name, "status": "unreadable", "trials_ended": 0, "trials_asked": 0,
+            "best_val_acc": math.nan, "test_acc": math.nan, "space": "", "created": ""}  # fmt: skip
+
+
 def _row(exp: Experiment, lock: bool = True) -> dict[str, Any]:
+    try:
+        return _read_row(exp, lock)
+    except (UsageError, FileRefused) as exc:
+        if not lock:
+            raise
+        return _unreadable(exp, str(exc))
+
+
+def _read_row(exp: Experiment, lock: bool = True) -> dict[str, Any]:
     record = exp.record() if exp.has_record() else None
     budget = record.search_space().budget if record else None
     holder = exp.read_json(LOCK_FILE) if lock else None
-    running = isinstance(holder, dict) and not is_stale(holder)
+    seen = Observations().get(exp.display(LOCK_FILE)) if isinstance(holder, dict) else None
+    running = isinstance(holder, dict) and not is_stale(holder, seen)
     row: dict[str, Any] = {
         "name": exp.name,
         "status": "running" if running else "interrupted",

@@ -16,8 +16,16 @@ search finish. Then it checks what a user relies on:
 * the Optuna study agrees with the leaderboard (one Optuna trial per Tune
   trial, PRUNED where it says stopped_early, COMPLETE where completed).
 
+One kill (``--ahead-kill``, the middle one by default) is not at a random
+moment but at the one a resume once got wrong: it watches the Optuna journal and
+kills the instant the study is told a trial ended (pruned by ASHA, or
+completed), before Ray saved the experiment state that says so. The table says
+whether the journal was ahead of the saved state then; the resume cuts the
+study back to that state, and the trial runs on.
+
 Prints ``kills``, ``kills_survived`` (kills after which the search still
-finished with every check passing) and ``epochs_redone``.
+finished with every check passing), ``journal_ahead_kills`` (kills that left
+the journal ahead of the saved state) and ``epochs_redone``.
 
     uv run python benchmarks/chaos.py                 # K = 10 kills (~10 min on 2 CPUs)
     uv run python benchmarks/chaos.py --kills 3 --quick
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import signal
@@ -68,6 +77,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument(
         "--max-delay", type=float, default=40.0, help="latest kill moment after a start, s"
+    )
+    parser.add_argument(
+        "--ahead-kill",
+        type=int,
+        default=None,
+        help="which kill waits for the study to be told a trial ended (default: the middle)",
     )
     add_search_flags(parser, "12 photos per class, kills within 20 s")
     args = parser.parse_args()
@@ -120,6 +135,43 @@ def phase(log: Path) -> str:
     return "decoding photos"
 
 
+TRIAL_ENDED = 6  # Optuna's journal operation SET_TRIAL_STATE_VALUES
+ENDED_STATES = {1, 2}  # TrialState.COMPLETE, PRUNED (FAIL is also how resume marks orphans)
+
+
+def wait_for_an_end(journal: Path, proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """Wait until the study is told a trial completed or was pruned (a new line in the
+    journal, written before Ray saves the state that says so); the journal's length then,
+    None if the run ended or ``timeout`` passed first."""
+    start = journal.stat().st_size if journal.exists() else 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists():
+            with journal.open("rb") as f:
+                f.seek(start)
+                tail = f.read()
+            for line in tail.split(b"\n")[:-1]:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("op_code") == TRIAL_ENDED and entry.get("state") in ENDED_STATES:
+                        return start + tail.index(line) + len(line) + 1
+        time.sleep(0.01)
+    return None
+
+
+def journal_ahead(exp: Path, told_at: int) -> str:
+    """Whether the journal was ahead of the saved state when the study was told."""
+    sys.path.insert(0, str(ROOT))
+    from tuner.search._study import journal_length
+
+    saved = journal_length(experiment_at(exp))
+    if saved is None:
+        return "no journal length with the saved state"
+    if saved < told_at:
+        return f"journal {told_at - saved} B ahead of the saved state"
+    return "the state was saved first"
+
+
 def reported_epochs(exp: Path) -> Counter[tuple[str, int]]:
     experiment = experiment_at(exp)
     return Counter(
@@ -142,6 +194,8 @@ def main() -> None:
                  "--max-epochs", str(args.max_epochs)]  # fmt: skip
         again = ["resume", "chaos", "--storage", str(storage)]
         rows, t0 = [], time.perf_counter()
+        ahead_kill = args.ahead_kill or max(1, (args.kills + 1) // 2)
+        ahead = 0
         # One kill moment in each of K equal slices of [0, max_delay], in random order:
         # early kills (decoding, starting Ray) as well as late ones (training, writing).
         width = args.max_delay / args.kills
@@ -152,6 +206,21 @@ def main() -> None:
             log = tmp / f"run-{kill}.log"
             proc = start(args_now, log)
             delay = delays[kill - 1]
+            started = time.monotonic()
+            if kill == ahead_kill:
+                told_at = wait_for_an_end(exp / "optuna_journal.log", proc, 300)
+                if told_at is None:
+                    if proc.poll() is None:
+                        kill_group(proc)
+                    print(f"  run {kill}: no trial ended while it ran (exit {proc.returncode})")
+                    break
+                kill_group(proc)
+                delay = time.monotonic() - started
+                where = f"a trial's end told to the study: {journal_ahead(exp, told_at)}"
+                ahead += "B ahead" in where
+                rows.append([kill, args_now[0], f"{delay:.1f}", where])
+                print(f"  kill {kill}: {args_now[0]} killed after {delay:.1f} s, {where}")
+                continue
             try:
                 proc.wait(timeout=delay)
                 print(
@@ -209,6 +278,7 @@ def main() -> None:
         {
             "kills": len(rows),
             "kills_survived": 0 if problems else len(rows),
+            "journal_ahead_kills": ahead,
             "epochs_redone": redone,
         }
     )

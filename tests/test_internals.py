@@ -148,3 +148,17 @@ def test_restored_trials_reads_the_trial_list_tune_saved(live_trials):
     assert live_trials["restored_trials"] == {live_trials["trial_id"]: "TERMINATED"}, (
         "the experiment state file's name or its trial_data layout changed"
     )
+
+
+def test_the_trial_list_is_saved_where_the_generator_looks_for_it():
+    """Use: ReconcilingSearchGenerator.save_to_dir tells the searcher the file of the trial
+    list Tune has just saved (EXPERIMENT_STATE), so the journal's length is kept with it
+    (tests/test_resume_state.py and tests/test_resume.py cut a study back to it)."""
+    import inspect
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    assert TuneController.CKPT_FILE_TMPL == internals.EXPERIMENT_STATE
+    source = inspect.getsource(TuneController.save_to_dir)
+    # The trial list is written before the search algorithm saves, in the same call.
+    assert source.index("experiment_state_file_name") < source.index("_search_alg.save_to_dir")

@@ -212,3 +212,48 @@ def test_resume_starts_a_search_again_when_its_driver_died_before_the_first_tria
     board = pd.read_csv(dest / "leaderboard.csv")
     assert len(board) == 2 and (board["status"] == "completed").all()
     assert json.loads((dest / "split.json").read_text())["test"]
+
+
+def test_a_kill_after_the_study_was_told_but_before_the_state_was_saved(small_flowers, tmp_path):
+    """Finding 11, built from a real search killed -9: the journal holds a trial told
+    PRUNED (as ASHA's stop is told at once) after the experiment state that still has it
+    running (the next save never came). `resume` cuts the study back to the restored save,
+    runs the trial on, and the study ends saying what the leaderboard says."""
+    from optuna.trial import TrialState
+
+    from tuner.search._study import journal_length, load_study
+
+    space, storage = write_space(tmp_path, 2, 10), tmp_path / "r"
+    exp = storage / "ahead"
+    proc = start_search(space, small_flowers, storage, "ahead")
+    try:
+        wait_for(lambda: saved_with_checkpoint(exp), 240, "a saved checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    experiment = experiment_at(exp)
+    saved = journal_length(experiment)
+    assert saved is not None, "the saved trial list carries no journal length"
+    listed = json.loads(max(exp.glob("experiment_state-*.json")).read_text())["trial_data"]
+    statuses = [json.loads(trial)["status"] for trial, _ in listed]
+    running = {json.loads(t)["trial_id"] for (t, _), s in zip(listed, statuses, strict=True)
+               if s != "TERMINATED"}  # fmt: skip
+    study = load_study(experiment)
+    told = [t for t in study.trials if t.state == TrialState.RUNNING
+            and t.user_attrs.get("tune_trial_id") in running]  # fmt: skip
+    assert told, "every trial had ended before the kill"
+    study.tell(told[0].number, state=TrialState.PRUNED)  # after the save, as a stop is
+    pruned = told[0].user_attrs["tune_trial_id"]
+    assert (exp / "optuna_journal.log").stat().st_size > saved
+
+    resumed = run_tuner("resume", "ahead", "--storage", str(storage), timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "journal entries written after the saved state" in resumed.stdout
+    board = pd.read_csv(exp / "leaderboard.csv")
+    assert len(board) == 2 and (board["status"] == "completed").all()
+    after = load_study(experiment).trials
+    trials = {t.user_attrs["tune_trial_id"]: t for t in after if not t.user_attrs.get("orphaned")}
+    assert set(board["trial_id"]) <= set(trials)
+    for trial_id in board["trial_id"]:
+        assert trials[trial_id].state == TrialState.COMPLETE, (trial_id, trials[trial_id].state)
+    assert trials[pruned].state == TrialState.COMPLETE

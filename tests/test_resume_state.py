@@ -131,3 +131,106 @@ def test_a_trial_list_without_any_search_state_restores_the_count(tmp_path, stat
     searcher = resumed.searcher.searcher
     # Found in the study by their Tune ids: their results reach their Optuna trials.
     assert {t.trial_id for t in trials} <= set(searcher.optuna_trials)
+
+
+def test_a_study_told_after_the_saved_trial_list_is_cut_back_to_it(tmp_path):
+    """Finding 11: Tune told the study a trial was PRUNED (ASHA stopped it), then the
+    driver was killed before the trial list saying so was saved. The resume ran the trial
+    again, it completed, and the study kept PRUNED (Optuna cannot reopen a trial). The
+    journal is cut back to its length at the restored save; the trial ends COMPLETE."""
+    from optuna.trial import TrialState
+
+    from tuner.search._study import cut_journal, local_journal
+    from tuner.storage._signing import write_signed
+
+    exp = Experiment(Storage.parse(str(tmp_path / "results")), "s")
+    folder = Path(exp.path())
+    folder.mkdir(parents=True)
+
+    def driver_alg() -> ReconcilingSearchGenerator:
+        searcher = MirroredOptunaSearch(
+            metric="val_acc", mode="max", seed=0, study_name="s",
+            storage=journal_storage(local_journal(exp)), max_epochs=2, exp=exp,
+        )  # fmt: skip
+        alg = make_search_alg(searcher, max_concurrent=4)
+        alg.set_search_properties("val_acc", "max", SPACE)
+        alg.add_configurations([tune.Experiment("s", run=_trainable, num_samples=2, config=SPACE)])
+        return alg
+
+    alg = driver_alg()
+    trials = [alg.next_trial(), alg.next_trial()]
+    stopped = trials[0].trial_id
+    alg.on_trial_result(stopped, {"val_acc": 0.5, "epoch": 1})
+    # Tune's save: the trial list, then (in the same thread) the searcher's state, which
+    # notes the journal's length; the list is signed as the signing file system uploads it.
+    session = "2026-11-30_00-00-00"
+    save_trial_list(folder, trials)
+    alg.save_to_dir(str(folder), session_str=session)
+    name = f"experiment_state-{session}.json"
+    write_signed(exp, name, (folder / name).read_bytes())
+    saved_length = local_journal(exp).stat().st_size
+    # After the save: ASHA stops the trial, the study is told; then the kill.
+    alg.on_trial_complete(stopped, {"val_acc": 0.5, "epoch": 1})
+    assert study_trials(alg)[stopped].state == TrialState.PRUNED
+    assert local_journal(exp).stat().st_size > saved_length
+
+    said: list[str] = []
+    assert cut_journal(exp, said.append) >= 1 and "dropped" in said[0]
+    assert local_journal(exp).stat().st_size == saved_length
+    resumed = driver_alg()
+    resumed.restore_from_dir(str(folder))
+    assert study_trials(resumed)[stopped].state == TrialState.RUNNING  # as the list has it
+    # The resumed run lets the trial finish: the study says what the leaderboard says.
+    resumed.on_trial_result(stopped, {"val_acc": 0.7, "epoch": 2})
+    resumed.on_trial_complete(stopped, {"val_acc": 0.7, "epoch": 2})
+    study = study_trials(resumed)
+    assert study[stopped].state == TrialState.COMPLETE and study[stopped].value == 0.7
+    assert study[stopped].intermediate_values == {1: 0.5, 2: 0.7}
+
+
+def test_a_searcher_state_newer_than_the_cut_study_tells_its_trial_again(tmp_path):
+    """The searcher's own file saved after the trial was told (it lists the trial as
+    completed), the trial list and the journal before: the completion is told again."""
+    from optuna.trial import TrialState
+
+    from tuner.search._study import cut_journal, local_journal
+    from tuner.storage._signing import write_signed
+
+    exp = Experiment(Storage.parse(str(tmp_path / "results")), "s")
+    folder = Path(exp.path())
+    folder.mkdir(parents=True)
+    searcher = MirroredOptunaSearch(
+        metric="val_acc", mode="max", seed=0, study_name="s",
+        storage=journal_storage(local_journal(exp)), max_epochs=2, exp=exp,
+    )  # fmt: skip
+    alg = make_search_alg(searcher, max_concurrent=4)
+    alg.set_search_properties("val_acc", "max", SPACE)
+    alg.add_configurations([tune.Experiment("s", run=_trainable, num_samples=1, config=SPACE)])
+    trial = alg.next_trial()
+    session = "2026-11-30_00-00-00"
+    save_trial_list(folder, [trial])
+    alg.save_to_dir(str(folder), session_str=session)
+    name = f"experiment_state-{session}.json"
+    write_signed(exp, name, (folder / name).read_bytes())
+    alg.on_trial_complete(trial.trial_id, {"val_acc": 0.5, "epoch": 1})
+    alg.save_to_dir(str(folder), session_str="2026-11-30_00-00-01")  # its searcher only
+    (folder / "experiment_state-2026-11-30_00-00-01.json").unlink(missing_ok=True)
+
+    cut_journal(exp, lambda line: None)
+    resumed = search_alg_at(exp)
+    resumed.restore_from_dir(str(folder))
+    resumed.on_trial_complete(trial.trial_id, {"val_acc": 0.8, "epoch": 2})
+    assert study_trials(resumed)[trial.trial_id].state == TrialState.COMPLETE
+
+
+def search_alg_at(exp: Experiment) -> ReconcilingSearchGenerator:
+    from tuner.search._study import local_journal
+
+    searcher = MirroredOptunaSearch(
+        metric="val_acc", mode="max", seed=0, study_name="s",
+        storage=journal_storage(local_journal(exp)), max_epochs=2, exp=exp,
+    )  # fmt: skip
+    alg = make_search_alg(searcher, max_concurrent=4)
+    alg.set_search_properties("val_acc", "max", SPACE)
+    alg.add_configurations([tune.Experiment("s", run=_trainable, num_samples=1, config=SPACE)])
+    return alg

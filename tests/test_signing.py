@@ -21,6 +21,7 @@ from test_trust import Payload, plant
 
 from tuner import Experiment, Storage, UsageError
 from tuner.results._listing import is_finished
+from tuner.storage import _record
 from tuner.storage import _signing as signing
 
 
@@ -32,7 +33,7 @@ def test_the_key_is_made_once_0600_in_the_config_folder(environ, tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert [p.name for p in path.parent.iterdir()] == ["state.key"]  # no temporary left
-    assert signing._read_or_create(path) == key  # found, not made again
+    assert _record._read_or_create(path) == key  # found, not made again
 
 
 def test_a_write_killed_at_any_step_leaves_state_that_verifies(environ, tmp_path, monkeypatch):

@@ -201,7 +201,7 @@ def _cmd_refit(args: argparse.Namespace) -> int:
     from tuner.results._refit import refit
 
     exp = _experiment(args)
-    record = refit(exp, args.rank)
+    record = refit(exp, args.rank, trust_state=args.trust_state)
     val = record["search_val_acc"]
     print(
         f"Refit of trial {record['trial_id']} (rank {record['rank']}): test_acc "

@@ -232,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_ranked_trial_args(refit)
     _cache_dir(refit)
+    refit.add_argument(
+        "--trust-state",
+        action="store_true",
+        help="use tuner.json (the cluster it joins, the resources it asks for) even if it "
+        "does not carry a signature of your state key for this experiment",
+    )
 
     predict = sub.add_parser(
         "predict",

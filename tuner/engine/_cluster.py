@@ -1,9 +1,18 @@
-"""Ray: start a local one or join a cluster, and check what every node can reach."""
+"""Ray: start a local one or join a cluster, and check what every node can reach.
+
+Nothing here waits for ever: a cluster address (from a flag, ``$RAY_ADDRESS`` or
+``tuner.json``) whose port does not answer within :data:`CONNECT_TIMEOUT_S` is
+refused before Ray tries it, and resources that no node of the cluster has are
+refused before a task or trial asks for them (:func:`check_fits`), instead of
+Ray's autoscaler waiting for a node that never comes.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
 import uuid
 from collections.abc import Callable
 
@@ -11,6 +20,9 @@ from trainables import settings
 from tuner._errors import UsageError
 from tuner.engine._internals import TOKEN_NOTICE_LOGGER
 from tuner.storage._storage import Storage
+
+CONNECT_TIMEOUT_S = 15.0  # for a cluster's port to answer
+RAY_CLIENT_PORT = 10001  # ray://HOST without a port
 
 
 def local_resources() -> dict[str, float]:
@@ -32,6 +44,7 @@ def start_ray(address: str | None, say: Callable[[str], None]) -> dict[str, floa
 
     address = address or settings().ray_address
     if address:
+        check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -49,6 +62,48 @@ def start_ray(address: str | None, say: Callable[[str], None]) -> dict[str, floa
         finally:
             notice.removeFilter(_drop_token_notice)
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """UsageError unless the cluster at ``address`` (``HOST:PORT`` or ``ray://HOST[:PORT]``)
+    accepts a connection within ``timeout`` seconds (``auto`` and ``local`` are Ray's own)."""
+    target = address.removeprefix("ray://")
+    if address in ("auto", "local") or "://" in target:
+        return
+    host, sep, port = target.rpartition(":")
+    if not sep:
+        host, port = target, str(RAY_CLIENT_PORT)
+    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise UsageError(f"Ray cluster address {address!r} is not HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise UsageError(
+            f"cannot reach the Ray cluster at {address} within {timeout:.0f} s ({reason}); "
+            "check the address and that the cluster is up"
+        ) from None
+
+
+def check_fits(resources: dict[str, float], what: str = "a trial") -> None:
+    """UsageError unless some alive node of the connected cluster has ``resources``
+    (``cpu``, ``gpu``): Ray would otherwise wait for a node that never comes."""
+    cpu, gpu = float(resources.get("cpu", 1.0)), float(resources.get("gpu", 0.0))
+    if not all(math.isfinite(v) and v >= 0 for v in (cpu, gpu)):
+        raise UsageError(f"{what} asks for {cpu:g} CPU and {gpu:g} GPU: not a request Ray takes")
+    nodes = [n.get("Resources") for n in alive_nodes()]
+    totals = [
+        (float(r.get("CPU", 0)), float(r.get("GPU", 0))) for r in nodes if isinstance(r, dict)
+    ]
+    if any(c >= cpu and g >= gpu for c, g in totals):
+        return
+    most_cpu, most_gpu = max(totals, default=(0.0, 0.0))
+    raise UsageError(
+        f"{what} asks for {cpu:g} CPU and {gpu:g} GPU, more than any node of the cluster has "
+        f"(the largest: {most_cpu:g} CPU, {most_gpu:g} GPU); Ray would wait for such a node "
+        "for ever"
+    )
 
 
 def _drop_token_notice(record: logging.LogRecord) -> bool:

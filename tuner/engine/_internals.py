@@ -25,18 +25,26 @@ not somewhere a user finds first.
   file (``_find_newest_experiment_checkpoint``, ``trial_data``): Ray saves the
   trial list, the generator's state and the searcher's state as separate files,
   uploaded one by one, and restores each as it finds it
-  (:class:`ReconcilingSearchGenerator` makes them agree again).
+  (:class:`ReconcilingSearchGenerator` makes them agree again). The generator's
+  ``save_to_dir`` runs right after Tune wrote the trial list to the same folder
+  (``TuneController.save_to_dir``, named ``EXPERIMENT_STATE``), in the driver's
+  thread: the searcher is told then (:meth:`HookedOptunaSearch.state_saved`), when
+  the study holds exactly what that trial list knows.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
+from trainables import parse_json, read_bounded
+from tuner.storage._experiment import STATE_LIMIT
+
+# Ray Tune's trial list in a folder it saves (``TuneController.CKPT_FILE_TMPL``).
+EXPERIMENT_STATE = "experiment_state-{}.json"
 # Ray's logger of "Token authentication is enabled ..." (ray/_private/authentication/).
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
@@ -85,6 +93,10 @@ class HookedOptunaSearch(OptunaSearch):
         """After a restore: agree with the restored Tune trials (id -> status), whatever
         the searcher's own saved state said (see :class:`ReconcilingSearchGenerator`)."""
 
+    def state_saved(self, experiment_state: Path) -> None:
+        """Tune has just saved its trial list to ``experiment_state`` (and this searcher's
+        state beside it); nothing has been told to the study since."""
+
     def _setup_study(self, mode: Any) -> None:
         storage = self.study_storage()
         if storage is not None:
@@ -107,13 +119,16 @@ class HookedOptunaSearch(OptunaSearch):
         return self._completed_trials
 
     def rebind(self, storage: Any, study: Any) -> None:
-        """Continue in ``study`` (in ``storage``): the live trials are re-opened in it."""
+        """Continue in ``study`` (in ``storage``): the live trials are re-opened in it (one
+        the study does not have, asked after the save a resume cut it back to, is dropped)."""
         import optuna
 
         self._storage, self._ot_study = storage, study
+        known = {optuna_trial_id(t) for t in study.get_trials(deepcopy=False)}
         self._ot_trials = {
             tid: optuna.Trial(study, optuna_trial_id(trial))
             for tid, trial in self._ot_trials.items()
+            if optuna_trial_id(trial) in known
         }
 
 
@@ -125,8 +140,8 @@ def restored_trials(dirpath: str) -> dict[str, str] | None:
     path = _find_newest_experiment_checkpoint(dirpath)
     if path is None:
         return None
-    state = json.loads(Path(path).read_text())
-    trials = [json.loads(trial_json) for trial_json, _ in state["trial_data"]]
+    state = parse_json(read_bounded(path, STATE_LIMIT), path, nan=True)
+    trials = [parse_json(trial_json, path, nan=True) for trial_json, _ in state["trial_data"]]
     return {t["trial_id"]: t["status"] for t in trials}
 
 
@@ -144,6 +159,19 @@ class ReconcilingSearchGenerator(SearchGenerator):
     def has_checkpoint(self, dirpath: str) -> bool:
         # The generator's own file may not have been uploaded yet; the trial list was.
         return super().has_checkpoint(dirpath) or restored_trials(dirpath) is not None
+
+    def _innermost(self) -> Any:
+        searcher = self.searcher
+        while hasattr(searcher, "searcher"):
+            searcher = searcher.searcher
+        return searcher
+
+    def save_to_dir(self, dirpath: str, session_str: str = "default", **kwargs: Any) -> Any:
+        saved = super().save_to_dir(dirpath, session_str=session_str)
+        searcher = self._innermost()
+        if isinstance(searcher, HookedOptunaSearch):
+            searcher.state_saved(Path(dirpath) / EXPERIMENT_STATE.format(session_str))
+        return saved
 
     def restore_from_dir(self, dirpath: str) -> None:
         if super().has_checkpoint(dirpath):

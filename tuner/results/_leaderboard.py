@@ -102,7 +102,7 @@ def read_trials(exp: Experiment) -> list[TrialRecord]:
             f"{exp.display()} holds no Ray Tune experiment state (yet); was the search started?"
         )
     where = exp.display(states[-1])
-    data = parse_json(exp.storage.read_bytes(exp.rel(states[-1]), STATE_LIMIT), where)
+    data = parse_json(exp.storage.read_bytes(exp.rel(states[-1]), STATE_LIMIT), where, nan=True)
     trials = []
     try:
         for entry in data["trial_data"]:

@@ -8,6 +8,12 @@ then scores it. It runs as a Ray task with the resources of one trial, on the
 experiment's cluster, and writes its checkpoint through the experiment's
 storage (a folder or an object store) to ``NAME/refit/TRIAL_ID/`` with
 ``refit.json`` beside it.
+
+``tuner.json`` names the cluster it joins and the resources it asks for: like
+``resume``, refit uses it only if it carries a signature of the user's state key
+for this experiment (``--trust-state`` skips the check), refuses a cluster that
+does not answer within :data:`~tuner.engine._cluster.CONNECT_TIMEOUT_S` and
+resources no node has, each with exit 2 and one line, before anything waits.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from trainables import (
     TrialConfig,
     decode_for_refit,
     fit,
+    parse_json,
 )
 from tuner._errors import UsageError
-from tuner.engine._cluster import start_ray
+from tuner.engine._cluster import check_fits, start_ray
 from tuner.results._inference import (
     RankedTrial,
     load_checkpoint,
@@ -37,7 +44,8 @@ from tuner.results._inference import (
     model_from_state,
 )
 from tuner.results._leaderboard import build_leaderboard
-from tuner.storage._experiment import REFIT_DIR, REFIT_RECORD, Experiment
+from tuner.storage._experiment import REFIT_DIR, REFIT_RECORD, TUNER_FILE, Experiment, RunRecord
+from tuner.storage._signing import read_checked
 from tuner.storage._storage import Storage
 
 
@@ -64,12 +72,28 @@ def _train(
     return {"history": history}
 
 
-def refit(exp: Experiment, rank: int, say: Callable[[str], None] = print) -> dict[str, Any]:
+def checked_record(exp: Experiment, rank: int, trust_state: bool = False) -> RunRecord:
+    """``tuner.json`` of ``exp``, if it carries a signature of this user's key for this
+    experiment (UsageError otherwise), or as it is if ``trust_state``."""
+    if trust_state:
+        return exp.record()
+    command = f"{exp.resume_command().replace(' resume ', ' refit ', 1)} --rank {rank}"
+    try:
+        data = read_checked(exp, TUNER_FILE, command)
+    except FileNotFoundError:
+        raise UsageError(f"{exp.display(TUNER_FILE)} is missing") from None
+    where = exp.display(TUNER_FILE)
+    return RunRecord.from_json(parse_json(data, where), where)
+
+
+def refit(
+    exp: Experiment, rank: int, say: Callable[[str], None] = print, trust_state: bool = False
+) -> dict[str, Any]:
     """Refit the ``rank``-th trial of ``exp`` (see the module doc); its record."""
     import ray
 
+    saved = checked_record(exp, rank, trust_state)
     trial = load_ranked_trial(exp, rank, build_leaderboard(exp))
-    saved = exp.record()
     split = exp.split()
     epochs = max(1, trial.best_epoch)
     config = {**trial.config, "max_epochs": epochs}
@@ -84,10 +108,12 @@ def refit(exp: Experiment, rank: int, say: Callable[[str], None] = print) -> dic
     )
     start_ray(saved.address, say)
     resources = saved.resources
+    check_fits(resources, "refit (tuner.json's resources for one trial)")
     folder = f"{REFIT_DIR}/{trial.trial_id}"
     t0 = time.perf_counter()
-    task = ray.remote(_train).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
-    threads = max(1, int(resources["cpu"]))
+    cpu, gpu = resources.get("cpu", 1.0), resources.get("gpu", 0.0)
+    task = ray.remote(_train).options(num_cpus=cpu, num_gpus=gpu)
+    threads = max(1, int(cpu))
     result = ray.get(task.remote(config, data, exp.storage, exp.rel(folder), threads))
     last = result["history"][-1]
     if last.get("diverged"):

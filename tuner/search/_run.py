@@ -34,7 +34,12 @@ from trainables._features import FEATURE_DISK_BUDGET, max_cache_bytes
 from trainables._settings import settings
 from trainables._store import row_bytes
 from tuner._errors import UsageError
-from tuner.engine._cluster import check_storage_reachable, local_resources, start_ray
+from tuner.engine._cluster import (
+    check_fits,
+    check_storage_reachable,
+    local_resources,
+    start_ray,
+)
 from tuner.engine._internals import make_search_alg, run_callbacks, train_session_dir
 from tuner.results._holdout import score_top_trials, test_lines
 from tuner.results._leaderboard import (
@@ -49,7 +54,13 @@ from tuner.search._datacheck import describe
 from tuner.search._estimate import TimeEstimate, expected_trial_epochs
 from tuner.search._guard import StorageGuard, make_reserve, release_reserve
 from tuner.search._pruning import CheckpointPruner
-from tuner.search._study import JournalUpload, fetch_journal, forget_journal, make_searcher
+from tuner.search._study import (
+    JournalUpload,
+    cut_journal,
+    fetch_journal,
+    forget_journal,
+    make_searcher,
+)
 from tuner.spaces._spaces import Budget, SearchSpace
 from tuner.storage._experiment import BEST_CONFIG, JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
 from tuner.storage._signing import (
@@ -362,7 +373,9 @@ def resume(
         f"val / {len(split.test)} test)"
     )
     fetch_journal(exp)
+    cut_journal(exp, say)  # the study as of the trial list Ray restores
     start_ray(record.address, say)
+    check_fits(record.resources)  # not waiting for ever for a node that has them
     make_reserve(exp)
     tuner = tune.Tuner.restore(
         exp.path(),

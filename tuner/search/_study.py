@@ -28,22 +28,48 @@ best checkpoint's folder as user attributes (``tune_trial_id``,
 ``checkpoint``). A trial Optuna made after the last state a killed driver
 saved is never run: ``resume`` marks it FAIL with the user attribute
 ``orphaned`` (:meth:`MirroredOptunaSearch.reconcile`).
+
+The study is as old as the trial list a resume restores. The journal is
+append-only, and Tune saves its trial list and then, in the same thread, this
+searcher: its length then is kept with the list's signature
+(:func:`~tuner.storage._signing.note_journal`; on an object store the journal is
+uploaded at least that long before the list is). ``resume`` cuts the journal
+back to that length (:func:`cut_journal`): what the study was told after the
+save (a trial pruned or completed, a trial asked) is dropped with the save's
+future, so a driver killed at any moment leaves the study and the leaderboard
+agreeing once resumed.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
+import os
 import shutil
+import stat
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from trainables import FileRefused, read_bounded
 from tuner.engine._internals import HookedOptunaSearch, optuna_trial_id
 from tuner.storage._experiment import JOURNAL_FILE, Experiment
+from tuner.storage._signing import (
+    STATE_LIMIT,
+    STATE_PATTERN,
+    load_key,
+    note_journal,
+    stored_record,
+)
 from tuner.storage._storage import Storage
+
+_UPLOADED: dict[str, int] = {}  # remote journal (its display) -> bytes uploaded at least
+_UPLOADING = threading.Lock()
 
 
 def local_journal(exp: Experiment) -> Path:
@@ -67,6 +93,67 @@ def fetch_journal(exp: Experiment) -> None:
         local.unlink(missing_ok=True)
 
 
+def upload_journal(exp: Experiment, at_least: int = 0) -> None:
+    """Upload the local copy of a remote journal, unless ``at_least`` bytes of it were."""
+    local = local_journal(exp)
+    if exp.storage.is_local or not local.exists():
+        return
+    with _UPLOADING:
+        if at_least and _UPLOADED.get(exp.display(), 0) >= at_least:
+            return
+        size = local.stat().st_size
+        exp.storage.upload(local, exp.rel(JOURNAL_FILE))
+        _UPLOADED[exp.display()] = max(size, _UPLOADED.get(exp.display(), 0))
+
+
+def journal_length(exp: Experiment) -> int | None:
+    """The journal's length when Ray saved the trial list ``resume`` restores (the newest
+    ``experiment_state-*.json``), if that list's signature recorded it."""
+    names = exp.storage.list(exp.name, dirs=False)
+    states = [n for n in names if fnmatch.fnmatchcase(n, STATE_PATTERN)]
+    if not states:
+        return None
+    newest = max(states)  # as Ray chooses it
+    try:
+        data = exp.storage.read_bytes(exp.rel(newest), STATE_LIMIT)
+        record = stored_record(exp)
+    except (OSError, FileRefused):
+        return None
+    if record is None or not record.valid(load_key(), newest, data):
+        return None
+    return record.journal.get(record.digest(load_key(), newest, data))
+
+
+def cut_journal(exp: Experiment, say: Callable[[str], None] = print) -> int:
+    """Before a resume (after :func:`fetch_journal`): cut the local journal back to its
+    length when the restored trial list was saved; the number of entries dropped."""
+    length = journal_length(exp)
+    if length is None:
+        return 0
+    local = local_journal(exp)
+    flags = os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(local, flags)
+    except OSError:
+        return 0  # no journal (or not one this tool wrote): the study starts from none
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size <= length:
+            return 0
+        if length and os.pread(fd, 1, length - 1) != b"\n":
+            return 0  # not where an entry ended: not the journal that was measured
+        dropped = os.pread(fd, min(info.st_size - length, 2**24), length).count(b"\n")
+        os.ftruncate(fd, length)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    say(
+        f"Study: {dropped} journal entries written after the saved state this resume "
+        "restores were dropped; the trials they told of run again from that state"
+    )
+    return dropped
+
+
 def forget_journal(exp: Experiment) -> None:
     """Upload the journal one last time and drop the local copy of a remote one."""
     local = local_journal(exp)
@@ -84,9 +171,7 @@ class JournalUpload(tune.Callback):
         self.exp = exp
 
     def _upload(self) -> None:
-        local = local_journal(self.exp)
-        if not self.exp.storage.is_local and local.exists():
-            self.exp.storage.upload(local, self.exp.rel(JOURNAL_FILE))
+        upload_journal(self.exp)
 
     def get_state(self) -> dict[str, Any] | None:
         """Called by Tune each time it saves the experiment state; stores nothing."""
@@ -137,6 +222,18 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         )
         self.rebind(storage, study)
 
+    def state_saved(self, experiment_state: Path) -> None:
+        """Keep the journal's length now with the signature of the trial list just saved:
+        the study holds exactly what that list knows (see the module doc)."""
+        try:
+            state = read_bounded(experiment_state, STATE_LIMIT)
+        except (OSError, FileRefused):
+            return
+        exp = self._experiment()
+        local = local_journal(exp)
+        length = local.stat().st_size if local.exists() else 0
+        note_journal(state, length, lambda: upload_journal(exp, length))
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         trial = self.optuna_trials.get(trial_id)
@@ -173,6 +270,11 @@ class MirroredOptunaSearch(HookedOptunaSearch):
             if tid in by_tune_id:
                 live[tid] = optuna.Trial(study, optuna_trial_id(by_tune_id[tid]))
         known = {optuna_trial_id(t) for t in live.values()}
+        # Finished as the restored state's study knows it, else told again when it ends.
+        finished = {optuna_trial_id(f) for f in frozen_trials if f.state.is_finished()}
+        for tid in list(self.completed):
+            if tid not in live or optuna_trial_id(live[tid]) not in finished:
+                self.completed.discard(tid)
         for frozen in frozen_trials:
             ident = optuna_trial_id(frozen)
             if frozen.state == TrialState.RUNNING and ident not in known:

@@ -231,7 +231,7 @@ class Experiment:
             data = self.storage.read_bytes(self.rel(file), limit)
         except FileNotFoundError:
             return default
-        return parse_json(data, self.display(file))
+        return parse_json(data, self.display(file), nan=True)  # Python writes NaN as NaN
 
     def write_json(self, file: str, data: Any) -> None:
         self.storage.write_text(self.rel(file), json.dumps(data, indent=2))

@@ -1,33 +1,36 @@
 """The state ``resume`` loads is signed by the user who wrote it, and checked before it loads.
 
-``ray.tune.Tuner.restore`` unpickles ``tuner.pkl``, ``searcher-state-*.pkl``,
-``callback-states-*.pkl``, ``search_gen_state-*.json``,
-``basic-variant-state-*.json`` and the cloudpickled fields of
-``experiment_state-*.json``, and ``resume`` joins the Ray cluster and reads the
-photos ``tuner.json`` names: whoever can write them can run code on the machine
-of whoever resumes. These files (:func:`is_signed`, directly in the experiment
-folder) are signed:
+``ray.tune.Tuner.restore`` unpickles ``tuner.pkl``, ``*.pkl``, ``search_gen_state-*.json``,
+``basic-variant-state-*.json`` and fields of ``experiment_state-*.json``; ``resume`` and
+``refit`` join the cluster and read the photos ``tuner.json`` names. Whoever can write
+these files (:func:`is_signed`) could run code as whoever resumes, so they are signed:
 
-- Every file Ray writes goes through :func:`signing_filesystem`, a pyarrow file
-  system that hands everything to the real one except the writes of those
-  files: their bytes are buffered and, on close, HMAC-SHA256(key, name + bytes)
-  is first added to ``NAME/.state-signatures`` (which keeps the last
-  :data:`KEEP` digests of each file), and only then is the file written whole
-  (a temporary file renamed on a local disk; one PUT on an object store). At
-  every moment each signed file is an earlier signed version or the new one,
-  so a driver killed -9 at any point leaves a state that verifies.
-- The key is 32 random bytes in ``$XDG_CONFIG_HOME/flower-tune/state.key``
-  (else ``~/.config/flower-tune/state.key``), created 0600 on first use. It
-  never enters the experiment: the file system Ray pickles into its state and
-  ships to trial workers holds only the key's path, and only a signed write or
-  a checked read (the driver) loads it.
-- ``resume`` checks every signed file (:func:`check_signed`) before anything is
-  loaded, and the file system it hands Ray checks them again as Ray reads them.
-  ``resume --trust-state`` skips both.
+- Ray writes through :func:`signing_filesystem`: a signed file's bytes are buffered and,
+  on close, its digest is first added to the record ``NAME/.state-signatures`` (the last
+  :data:`KEEP` of each file), then the file is written whole. A driver killed -9 at any
+  moment leaves each file an earlier signed version or the new one.
+- **Bound to the experiment**: the record holds a random experiment id (made at the
+  first signed write, ``search`` writing ``tuner.json``) and the experiment's name, and
+  carries HMAC-SHA256(key, its content). A file's digest is HMAC-SHA256(key, id NUL
+  file name NUL bytes). A file signed for one experiment, copied with its digest or with
+  the whole record, fails in another. A record without a valid MAC, of another name, or
+  from before this binding verifies nothing (``--trust-state`` loads and re-signs it).
+- **Bound to its order**: the record's save counter rises at every signed write, and
+  this machine keeps the highest it wrote or checked per experiment id
+  (``CONFIG/saves/ID``); an older record (a folder rolled back to an earlier signed
+  save) is refused. A machine that never saw the experiment (its key copied there) has
+  no mark: there, a rollback to an earlier signed save is still accepted.
+- The journal's length when Ray saved each trial list (:func:`note_journal`) is kept
+  with that list's digest, so ``resume`` cuts the study back to the save it restores.
+- The key is 32 random bytes in ``$XDG_CONFIG_HOME/flower-tune/state.key`` (else
+  ``~/.config/...``), created 0600. Ray pickles the file system with only the key's path.
+- ``resume`` checks every signed file (:func:`check_signed`) before anything loads, and
+  again as Ray reads it, unless ``--trust-state``. Every read is bounded: regular files
+  only (a FIFO or link is refused at once), :data:`STATE_LIMIT` bytes at most, the record
+  parsed with a depth cap and type-checked.
 
-The signatures file's name ends in neither ``.json`` nor ``.pkl``: Ray copies
-those from the experiment folder to its staging folder on restore and back at
-every save, which would put an old copy over the current one.
+The record's name ends in neither ``.json`` nor ``.pkl``: Ray copies those from the
+experiment folder to its staging folder on restore and back at every save.
 
 >>> is_signed("tuner.pkl"), is_signed("experiment_state-2025.json"), is_signed("split.json")
 (True, True, False)
@@ -35,26 +38,29 @@ every save, which would put an old copy over the current one.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import hashlib
-import hmac
 import io
-import json
-import os
 import posixpath
 import secrets
-import tempfile
 import threading
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from trainables import settings
+from trainables import MIB, FileRefused, read_bounded
 from tuner._errors import UsageError
 from tuner.storage._experiment import SIGNATURES_FILE, Experiment
+from tuner.storage._record import (
+    Record,
+    high_water,
+    key_path,
+    load_key,
+    parse_record,
+    raise_high_water,
+)
 from tuner.storage._storage import write_whole
 
 SIGNED = (
@@ -64,9 +70,15 @@ SIGNED = (
     "search_gen_state-*.json",
     "basic-variant-state-*.json",
 )
+STATE_PATTERN = "experiment_state-*.json"  # the trial list Ray restores (the newest by name)
 KEEP = 3  # digests kept per file: the version being replaced stays valid
+STATE_LIMIT = 64 * MIB  # the most of a signed file read (Ray's tuner.pkl: a few MB)
+RECORD_LIMIT = 4 * MIB  # the most of the record read (~300 bytes a signed file)
 _LOCK = threading.Lock()  # one read-modify-write of a signatures file at a time
-_KEYS: dict[str, bytes] = {}
+# sha256 of an experiment state Ray saved -> (the journal's length then, what makes the
+# stored journal at least that long): see note_journal.
+_JOURNAL_AT: dict[str, tuple[int, Callable[[], None] | None]] = {}
+_NOTES_LOCK = threading.Lock()
 
 
 def is_signed(name: str) -> bool:
@@ -74,73 +86,37 @@ def is_signed(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in SIGNED)
 
 
-# The key: its path comes from the settings; its bytes are read here only ----------
-
-
-def key_path() -> Path:
-    """``$XDG_CONFIG_HOME/flower-tune/state.key``, else ``~/.config/flower-tune/state.key``."""
-    return settings().config_dir / "state.key"
-
-
-def load_key(path: str | None = None) -> bytes:
-    """The key at ``path`` (default :func:`key_path`), created 0600 if there is none."""
-    path = path or str(key_path())
-    if path not in _KEYS:
-        _KEYS[path] = _read_or_create(Path(path))
-    return _KEYS[path]
-
-
-def _read_or_create(path: Path) -> bytes:
-    try:
-        if not path.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".state.key.", dir=path.parent)  # mode 0600
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(secrets.token_bytes(32))
-                # Whole or not at all; a process that created it first wins.
-                with contextlib.suppress(FileExistsError):
-                    os.link(tmp, path)
-            finally:
-                os.unlink(tmp)
-        key = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(
-            f"cannot read or create the state key {path}: {exc.strerror or exc} "
-            "(set XDG_CONFIG_HOME to a folder you can write)"
-        ) from None
-    if len(key) < 32:
-        raise UsageError(f"the state key {path} is damaged (under 32 bytes)")
-    return key
-
-
-def _digest(key: bytes, name: str, data: bytes) -> str:
-    return hmac.new(key, name.encode() + b"\0" + data, hashlib.sha256).hexdigest()
-
-
-def _valid(key: bytes, name: str, data: bytes, signatures: dict[str, list[str]]) -> bool:
-    digest = _digest(key, name, data)
-    return any(hmac.compare_digest(digest, known) for known in signatures.get(name, []))
-
-
-def _parse(raw: bytes | None) -> dict[str, list[str]]:
-    """The signatures file's digests by file name ({} if absent or unreadable)."""
-    try:
-        files = json.loads(raw or b"{}").get("files", {})
-        return {str(k): [str(d) for d in v] for k, v in files.items() if isinstance(v, list)}
-    except (ValueError, AttributeError):
-        return {}
+def note_journal(state: bytes, length: int, ensure: Callable[[], None] | None = None) -> None:
+    """Ray saved the experiment state ``state`` when the study's journal was ``length``
+    bytes long: the signed write of those bytes keeps the length with their digest.
+    ``ensure`` (if given) runs first and makes the stored journal at least that long."""
+    with _NOTES_LOCK:
+        _JOURNAL_AT[hashlib.sha256(state).hexdigest()] = (length, ensure)
+        while len(_JOURNAL_AT) > 64:
+            del _JOURNAL_AT[next(iter(_JOURNAL_AT))]
 
 
 # Writing and reading through the real file system ---------------------------------
 
 
-def _read(fs: Any, path: str) -> bytes | None:
-    try:
-        with fs.open_input_stream(path) as f:
-            return bytes(f.read())
-    except FileNotFoundError:
+def _read(fs: Any, path: str, limit: int = STATE_LIMIT) -> bytes | None:
+    """``path``'s bytes (None if absent): a regular file of at most ``limit`` bytes, else
+    FileRefused (on a local disk a FIFO or a link is refused without opening it)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            return read_bounded(path, limit)
+        except FileNotFoundError:
+            return None
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
         return None
+    if info.type != pafs.FileType.File:
+        raise FileRefused(f"{path} is not a file; not reading it")
+    with fs.open_input_stream(path) as f:
+        data = bytes(f.read(limit + 1))  # an object's size: only as large as it reads
+    if len(data) > limit:
+        raise FileRefused(f"{path} is over the {limit // MIB} MiB such a file may be")
+    return data
 
 
 def _direct(fs: Any) -> Any:
@@ -161,7 +137,7 @@ class SigningHandler(pafs.FileSystemHandler):
     def __init__(self, fs: Any, folder: str, key_file: str, verify: bool = True) -> None:
         self.fs, self.folder, self.key_file, self.verify = fs, folder, key_file, verify
         self._writer: Any = None  # ``_direct(fs)``, made on the first signed write
-        # path -> digest of what this object last wrote there. Ray uploads every state file
+        # path -> sha256 of what this object last wrote there. Ray uploads every state file
         # of every session at each save; one unchanged since is not written again.
         self._written: dict[str, str] = {}
 
@@ -173,34 +149,62 @@ class SigningHandler(pafs.FileSystemHandler):
         head, name = posixpath.split(path.rstrip("/"))
         return name if head == self.folder and is_signed(name) else None
 
+    def record(self, refuse: bool = True) -> Record | None:
+        """The experiment's signed record, if it verifies (FileRefused if it is not a
+        regular file, unless not ``refuse``: then None)."""
+        try:
+            raw = _read(self.fs, posixpath.join(self.folder, SIGNATURES_FILE), RECORD_LIMIT)
+        except FileRefused:
+            if refuse:
+                raise
+            raw = None  # replaced by the next write, never read or written through
+        name = posixpath.basename(self.folder.rstrip("/"))
+        return parse_record(raw, load_key(self.key_file), name)
+
     def write_signed(self, path: str, data: bytes) -> None:
         name = self._name(path) or posixpath.basename(path)
-        signatures_path = posixpath.join(self.folder, SIGNATURES_FILE)
-        digest = _digest(load_key(self.key_file), name, data)
+        sha = hashlib.sha256(data).hexdigest()
+        key = load_key(self.key_file)
         with _LOCK:
-            if self._written.get(path) == digest:
+            if self._written.get(path) == sha:
                 return
             if self._writer is None:
                 self._writer = _direct(self.fs)
-            signatures = _parse(_read(self.fs, signatures_path))
-            kept = [d for d in signatures.get(name, []) if d != digest]
-            signatures[name] = [*kept[-(KEEP - 1) :], digest]
-            record = json.dumps({"version": 1, "files": signatures}, indent=1).encode()
-            write_whole(self._writer, signatures_path, record)  # the signature first,
+            # No record that verifies (a new experiment, or one loaded with --trust-state):
+            # a new experiment id; digests under any other id verify nothing.
+            folder_name = posixpath.basename(self.folder.rstrip("/"))
+            record = self.record(refuse=False) or Record(secrets.token_hex(16), folder_name)
+            digest = record.digest(key, name, data)
+            kept = [d for d in record.files.get(name, []) if d != digest]
+            record.files[name] = [*kept[-(KEEP - 1) :], digest]
+            noted = _JOURNAL_AT.get(sha) if fnmatch.fnmatchcase(name, STATE_PATTERN) else None
+            if noted is not None:
+                length, ensure = noted
+                if ensure is not None:
+                    ensure()  # the study as long as the state says, before the state
+                record.journal[digest] = length
+            live = {d for digests in record.files.values() for d in digests}
+            record.journal = {d: n for d, n in record.journal.items() if d in live}
+            record.save = max(record.save, high_water(self.key_file, record.experiment)) + 1
+            signatures = posixpath.join(self.folder, SIGNATURES_FILE)
+            write_whole(self._writer, signatures, record.encode(key))  # the signature first,
             write_whole(self._writer, path, data)  # then the file it signs
-            self._written[path] = digest
+            raise_high_water(self.key_file, record.experiment, record.save)
+            self._written[path] = sha
 
-    def _checked(self, path: str) -> bytes:
+    def _checked(self, path: str, retry: str = "resume --trust-state loads it anyway") -> bytes:
         data = _read(self.fs, path)
         if data is None:
             raise FileNotFoundError(path)
-        name = posixpath.basename(path)
-        signatures = _parse(_read(self.fs, posixpath.join(self.folder, SIGNATURES_FILE)))
-        if not _valid(load_key(self.key_file), name, data, signatures):
+        record = self.record()
+        if record is None or not record.valid(
+            load_key(self.key_file), posixpath.basename(path), data
+        ):
             raise UsageError(
-                f"{path} changed after it was checked and no longer carries a signature of "
-                f"your state key; it was not loaded (resume --trust-state loads it anyway)"
+                f"{path} does not carry a signature of your state key for this experiment; "
+                f"it was not loaded ({retry})"
             )
+        _refuse_rollback(record, self.key_file, path, retry)
         return data
 
     # pyarrow.fs.FileSystemHandler ----------------------------------------------
@@ -293,48 +297,73 @@ class _SignedWrite(io.BytesIO):
             self.handler.write_signed(self.path, data)
 
 
+def _refuse_rollback(record: Record, key_file: str, what: str, retry: str) -> None:
+    seen = high_water(key_file, record.experiment)
+    if record.save < seen:
+        raise UsageError(
+            f"{what}: the experiment's signed state is save {record.save}, older than save "
+            f"{seen} that this machine wrote or checked: it was rolled back to an earlier "
+            f"signed save; not loading it ({retry})"
+        )
+    raise_high_water(key_file, record.experiment, record.save)
+
+
+def _handler(exp: Experiment, verify: bool = True) -> SigningHandler:
+    return SigningHandler(exp.storage.fs, exp.path(), str(key_path()), verify)
+
+
 def signing_filesystem(exp: Experiment, verify: bool = True) -> Any:
     """``exp``'s file system for Ray (``storage_filesystem``): it signs the state files
     Ray writes and, if ``verify``, refuses to hand Ray one that does not verify."""
-    handler = SigningHandler(exp.storage.fs, exp.path(), str(key_path()), verify)
-    return pafs.PyFileSystem(handler)
+    return pafs.PyFileSystem(_handler(exp, verify))
 
 
 def write_signed(exp: Experiment, name: str, data: bytes) -> None:
     """Write the signed file ``name`` of ``exp`` whole, its signature first."""
     exp.storage.fs.create_dir(exp.path(), recursive=True)
-    SigningHandler(exp.storage.fs, exp.path(), str(key_path())).write_signed(exp.path(name), data)
+    _handler(exp).write_signed(exp.path(name), data)
 
 
-def read_checked(exp: Experiment, name: str) -> bytes:
+def read_checked(exp: Experiment, name: str, command: str = "resume") -> bytes:
     """The signed file ``name`` of ``exp``, read once and checked (UsageError if not)."""
-    return SigningHandler(exp.storage.fs, exp.path(), str(key_path()))._checked(exp.path(name))
+    retry = f"if you trust whoever can write to {exp.storage.display()}: {command} --trust-state"
+    return _handler(exp)._checked(exp.path(name), retry)
+
+
+def stored_record(exp: Experiment) -> Record | None:
+    """The signed record of ``exp`` if it verifies (FileRefused if not a regular file)."""
+    return _handler(exp).record()
 
 
 def unverified(exp: Experiment) -> list[str]:
-    """The signed files of ``exp`` that do not carry a signature of this user's key."""
+    """The signed files of ``exp`` that do not carry a signature of this user's key for
+    this experiment."""
     storage = exp.storage
     names = [name for name in storage.list(exp.name, dirs=False) if is_signed(name)]
-    contents = {name: storage.read_bytes(exp.rel(name)) for name in names}
-    try:  # read after the files: a version written meanwhile was signed before it was written
-        raw: bytes | None = storage.read_bytes(exp.rel(SIGNATURES_FILE))
-    except FileNotFoundError:
-        raw = None
-    signatures, key = _parse(raw), load_key()
-    return [name for name, data in contents.items() if not _valid(key, name, data, signatures)]
+    contents = {name: storage.read_bytes(exp.rel(name), STATE_LIMIT) for name in names}
+    # Read after the files: a version written meanwhile was signed before it was written.
+    record, key = stored_record(exp), load_key()
+    if record is None:
+        return names
+    return [name for name, data in contents.items() if not record.valid(key, name, data)]
 
 
 def check_signed(exp: Experiment) -> None:
     """UsageError naming the files of ``exp`` that ``resume`` must not load, if any."""
     bad = unverified(exp)
     if not bad:
+        record = stored_record(exp)
+        if record is not None:
+            retry = f"load it anyway with: {exp.resume_command()} --trust-state"
+            _refuse_rollback(record, str(key_path()), f"{exp.name!r} in {exp.display()}", retry)
         return
     shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
     raise UsageError(
         f"not loading the saved state of {exp.name!r} in {exp.display()}: {shown} "
-        f"{'is' if len(bad) == 1 else 'are'} not signed with your state key ({key_path()}). "
-        "Loading Ray's saved state runs code, so it was either changed by someone else or "
-        "written with another key: on another machine or account (copy its state.key here), "
-        "or by a flower-tune older than state signing. If you trust everyone who can write "
-        f"to {exp.storage.display()}, load it anyway with: {exp.resume_command()} --trust-state"
+        f"{'is' if len(bad) == 1 else 'are'} not signed with your state key ({key_path()}) "
+        "for this experiment. Loading Ray's saved state runs code, so it was either changed "
+        "or copied from another experiment by someone else, or written with another key: on "
+        "another machine or account (copy its state.key here), or by a flower-tune older than "
+        "state signing. If you trust everyone who can write to "
+        f"{exp.storage.display()}, load it anyway with: {exp.resume_command()} --trust-state"
     )

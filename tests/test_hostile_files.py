@@ -205,3 +205,30 @@ def test_an_object_store_that_never_answers_ends_with_one_line(tmp_path):
     assert code == 2
     assert "no answer" in _one_error(err, "list") or "storage" in _one_error(err, "list")
     assert seconds < 30
+
+
+def test_what_ray_writes_into_an_experiment_never_goes_through_a_planted_link(tmp_path):
+    """Ray writes trial results and checkpoints through the signing file system: a link
+    planted at a file's name is replaced, a linked folder refused; the outside is intact."""
+    from trainables import FileRefused
+    from tuner import Experiment
+    from tuner.storage._signing import signing_filesystem
+
+    exp_dir = _experiment(tmp_path / "results")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "bashrc").write_text("the user's own file\n")
+    result = exp_dir / "trial_abc_00000" / "result.json"
+    result.unlink()
+    result.symlink_to(outside / "bashrc")
+    (exp_dir / "trial_planted").symlink_to(outside)
+    fs = signing_filesystem(Experiment.from_folder(exp_dir))
+    with fs.open_output_stream(str(result)) as f:
+        f.write(b'{"epoch": 1}\n')
+    assert not result.is_symlink() and result.read_bytes() == b'{"epoch": 1}\n'
+    with pytest.raises(FileRefused, match="is a link"):
+        fs.open_output_stream(str(exp_dir / "trial_planted" / "checkpoint.pt"))
+    with pytest.raises(FileRefused, match="is a link"):
+        fs.create_dir(str(exp_dir / "trial_planted" / "checkpoint_000001"), recursive=True)
+    assert sorted(p.name for p in outside.iterdir()) == ["bashrc"]
+    assert (outside / "bashrc").read_text() == "the user's own file\n"

@@ -41,8 +41,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
+import os
 import posixpath
 import secrets
+import stat
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -232,7 +234,32 @@ class SigningHandler(pafs.FileSystemHandler):
     def get_file_info_selector(self, selector: Any) -> list[Any]:
         return list(self.fs.get_file_info(selector))
 
+    def _no_link(self, path: str, replace: bool = True) -> None:
+        """On a local disk, ``path`` (under the experiment folder) made safe to write:
+        FileRefused if a folder on the way is a link; a link at ``path`` itself removed if
+        ``replace`` (written anew, never through), else refused. Ray writes trial results
+        and checkpoints through here, into a folder others may have planted links in."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return
+        rel = posixpath.relpath(path, self.folder)
+        if rel == "." or rel.startswith("../"):
+            return
+        where = self.folder
+        parts = rel.split("/")
+        for i, part in enumerate(parts):
+            where = posixpath.join(where, part)
+            try:
+                mode = os.lstat(where).st_mode
+            except FileNotFoundError:
+                return
+            if stat.S_ISLNK(mode):
+                if i == len(parts) - 1 and replace:
+                    os.unlink(where)
+                    return
+                raise FileRefused(f"{where} is a link; the tool writes nothing through it")
+
     def create_dir(self, path: str, recursive: bool) -> None:
+        self._no_link(path, replace=False)
         self.fs.create_dir(path, recursive=recursive)
 
     def delete_dir(self, path: str) -> None:
@@ -248,6 +275,7 @@ class SigningHandler(pafs.FileSystemHandler):
         self.fs.delete_file(path)
 
     def move(self, src: str, dest: str) -> None:
+        self._no_link(dest)
         if self._name(dest):
             self.copy_file(src, dest)
             self.fs.delete_file(src)
@@ -255,6 +283,7 @@ class SigningHandler(pafs.FileSystemHandler):
             self.fs.move(src, dest)
 
     def copy_file(self, src: str, dest: str) -> None:
+        self._no_link(dest)
         if self._name(dest):
             self.write_signed(dest, _read(self.fs, src) or b"")
         else:
@@ -271,11 +300,13 @@ class SigningHandler(pafs.FileSystemHandler):
         return self.fs.open_input_file(path)
 
     def open_output_stream(self, path: str, metadata: Any) -> Any:
+        self._no_link(path)
         if self._name(path):
             return pa.PythonFile(_SignedWrite(self, path), mode="w")
         return self.fs.open_output_stream(path, metadata=metadata)
 
     def open_append_stream(self, path: str, metadata: Any) -> Any:
+        self._no_link(path, replace=False)
         if self._name(path):
             stream = _SignedWrite(self, path)
             stream.write(_read(self.fs, path) or b"")

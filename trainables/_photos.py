@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +37,9 @@ _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # Bytes a photo may take once decoded (after JPEG's reduced-scale decoding): larger ones
 # are skipped before their pixels are decoded. 256 MiB: a 9,000 x 9,000 RGB photo.
 MAX_DECODED_BYTES = 256 << 20
+# Larger files are skipped unread: no photo is this large, a link to a device may be endless.
+MAX_FILE_BYTES = 256 << 20
+NOT_REGULAR = "not a regular file"
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3}
 _BYTES_PER_PIXEL |= {"LAB": 3, "HSV": 3} | dict.fromkeys(_HIGH_BIT_MODES[:4], 2)
 
@@ -112,14 +116,28 @@ def unreadable(exc: OSError) -> str:
 
 
 def decode_one(path: str | os.PathLike[str], size: int) -> Decoded:
-    """(CHW uint8 array, None, sha1 of the bytes) or (None, reason, None)."""
+    """(CHW uint8 array, None, sha1 of the bytes) or (None, reason, None).
+
+    ``path`` may be a link (a user names it), but it must lead to a regular file of at
+    most ``MAX_FILE_BYTES`` (the cap ``data check`` and a search apply, see
+    :func:`trainables.check_folder`), checked on the open file before it is read: a FIFO, a
+    device or a sparse giant is a reason at once, never a hang or a whole read."""
     if os.path.islink(path) and not os.path.exists(path):
         return None, BROKEN_LINK, None
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
+    try:  # O_NONBLOCK: opening a FIFO returns at once, and fstat refuses it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None, NOT_REGULAR, None
+            if info.st_size > MAX_FILE_BYTES:
+                return None, f"larger than {MAX_FILE_BYTES} bytes", None
+            os.set_blocking(fd, True)
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return None, unreadable(exc), None
+    if len(data) > MAX_FILE_BYTES:  # it grew after its size was checked
+        return None, f"larger than {MAX_FILE_BYTES} bytes", None
     return decode_bytes(data, size)
 
 

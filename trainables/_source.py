@@ -39,6 +39,8 @@ import pyarrow.fs as pafs
 from trainables._photos import (
     BROKEN_LINK,
     IMAGE_EXTENSIONS,
+    MAX_FILE_BYTES,
+    NOT_REGULAR,
     Decoded,
     decode_bytes,
     run_jobs,
@@ -50,14 +52,11 @@ from trainables._photos import (
 _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
 HIDDEN = "hidden file"
 NOT_IMAGE = "not an image file extension"
-NOT_REGULAR = "not a regular file"
 LEAVES = "link leaves the data folder (--follow-links follows it)"
 BROKEN = BROKEN_LINK
 
 Listing = tuple[list[str], list[tuple[str, int]], list[tuple[str, str]]]
 _PROBE_SIZE = 32  # what ``probe_rels`` decodes to (JPEGs then decode at reduced scale)
-# Larger files are skipped unread: no photo is this large, a link to a device may be endless.
-MAX_FILE_BYTES = 256 << 20
 
 
 class SourceError(ValueError):

@@ -203,7 +203,10 @@ def _write_export(
 
 def check_output(output: Path, force: bool) -> None:
     """UsageError unless ``output`` can take an export: absent, an empty folder, or any
-    folder with ``force``."""
+    folder with ``force``; never a link (dangling or not), checked before anything runs."""
+    if output.is_symlink():
+        raise UsageError(f"--output {output} is a link; give a folder (an export is never "
+                         "written through a link)")  # fmt: skip
     if output.is_file() or (output.exists() and not output.is_dir()):
         raise UsageError(f"--output {output} is a file; give a folder")
     if output.is_dir() and any(output.iterdir()) and not force:

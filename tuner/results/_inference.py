@@ -48,6 +48,22 @@ from tuner.storage._experiment import Experiment
 # contiguous batches of 64 (30 vs 10 img/s on 2 cores at 240 px).
 CHUNK = 256
 BATCH = 16
+# Larger photos go fewer at a time, so that what is in flight stays bounded whatever
+# image_size an export's config.json asks for (up to 1024 px): decoded chunks of at most
+# ~CHUNK_BYTES (never under BATCH photos), and batches of BATCH photos up to 256 px, then
+# fewer (one photo at 1024 px).
+CHUNK_BYTES = 64 << 20
+_BATCH_PIXELS = BATCH * 256 * 256
+
+
+def chunk_size(resize: int) -> int:
+    """Photos decoded at once at ``resize`` px."""
+    return max(BATCH, min(CHUNK, CHUNK_BYTES // (3 * resize * resize)))
+
+
+def batch_size(image_size: int) -> int:
+    """Photos run through the model at once at ``image_size`` px."""
+    return max(1, min(BATCH, _BATCH_PIXELS // (image_size * image_size)))
 
 
 @dataclass(frozen=True)
@@ -98,10 +114,11 @@ def classify(
     """fp32 logits (on the CPU) of ``model`` (in eval mode) for each readable photo of
     ``paths``, its batches sent to ``device`` (the model's; default: left on the CPU).
 
-    Photos are decoded ``CHUNK`` at a time (in parallel), or read from the
+    Photos are decoded :func:`chunk_size` at a time (in parallel), or read from the
     decoded photos of ``source`` when a search decoded them at this size, and run
-    ``BATCH`` at a time, so memory stays bounded for any number of files. An
-    unreadable file is reported in ``failed``, never raised.
+    :func:`batch_size` at a time, so memory stays bounded for any number of files and
+    any image size (the logits kept are 4 bytes per photo and class). An unreadable
+    file is reported in ``failed``, never raised.
     """
     crop = eval_transform(prep.image_size)
     logits: list[torch.Tensor] = []
@@ -109,14 +126,15 @@ def classify(
     failed: dict[int, str] = {}
     names = [str(p) for p in paths]
     progress = Progress(len(names), "classifying", "photo", quiet=len(names) <= CHUNK)
+    step, batch = chunk_size(prep.resize), batch_size(prep.image_size)
     # Photos of a source decoded at this size before (a search's) are read from its map.
     stored = find_decoded(source, names, prep.resize) if source is not None else None
-    for start in range(0, len(paths), CHUNK):
-        chunk = names[start : start + CHUNK]
+    for start in range(0, len(paths), step):
+        chunk = names[start : start + step]
         if stored is not None:
-            at = stored.rows[start : start + CHUNK]
+            at = stored.rows[start : start + step]
             raw = stored.pixels.array()[np.maximum(at, 0)]
-            bad = {i - start: r for i, r in stored.failed.items() if start <= i < start + CHUNK}
+            bad = {i - start: r for i, r in stored.failed.items() if start <= i < start + step}
         elif source is None:
             raw, bad, _ = decode_files(chunk, prep.resize)
         else:
@@ -124,8 +142,8 @@ def classify(
         failed.update({start + i: reason for i, reason in bad.items()})
         rows = [i for i in range(len(raw)) if i not in bad]
         ok += [start + i for i in rows]
-        for b in range(0, len(rows), BATCH):
-            images = crop(torch.from_numpy(raw[rows[b : b + BATCH]]))
+        for b in range(0, len(rows), batch):
+            images = crop(torch.from_numpy(raw[rows[b : b + batch]]))
             if device is not None:  # uint8 pixels travel; the device standardises them
                 images = images.to(device)
             x = normalize(images, prep.mean, prep.std, torch.float32)

@@ -4,6 +4,10 @@ photos and folders, print or write the answers.
 ``predict`` reads ``model.pt`` (or the members' state_dicts) into the architecture
 ``config.json`` names, built by the project, with ``torch.load(weights_only=True)``:
 no code from the folder runs. ``predict --trust-model`` runs ``model.ts`` instead.
+Every file of the folder is read within the bounds stated in
+:mod:`tuner.results._bounds` (memory: the models themselves plus one member's state in
+transit plus 256 MiB, on top of the interpreter with torch loaded), and each photo
+through :func:`trainables.decode_one` (a regular file of at most 256 MiB).
 """
 
 from __future__ import annotations
@@ -19,8 +23,18 @@ from typing import Any
 
 import torch
 
-from trainables import IMAGE_EXTENSIONS, MODELS, build_model, default_device
+from trainables import IMAGE_EXTENSIONS, MODELS, FileRefused, build_model, default_device
 from tuner._errors import UsageError, printable
+from tuner.results._bounds import (
+    CONFIG_BYTES,
+    LABELS_BYTES,
+    MemberFiles,
+    check_labels,
+    check_members,
+    load_weights,
+    open_script,
+    read_json,
+)
 from tuner.results._ensemble import ProbabilityMean
 from tuner.results._export import CONFIG, LABELS, MODEL_SCRIPT, MODEL_STATE, quiet_jit
 from tuner.results._inference import Preprocessing, classify
@@ -84,21 +98,59 @@ def _preprocessing(folder: Path, config: dict[str, Any]) -> Preprocessing:
     return Preprocessing(size, numbers["mean"], numbers["std"])
 
 
-def _weights(folder: Path, rel: str, model: str, n_classes: int, size: int) -> torch.nn.Module:
+def _weights(
+    folder: Path, rel: object, model: object, n_classes: int, size: int, files: MemberFiles
+) -> torch.nn.Module:
     """The allow-listed architecture ``model`` with the tensors of ``folder/rel`` (data
-    only: ``weights_only``)."""
-    if model not in MODELS:
-        raise _not_export(folder, f"model {model!r} is none of {', '.join(MODELS)}")
+    only: ``weights_only``), checked against it before they are unpickled (see
+    :mod:`tuner.results._bounds`)."""
+    if not isinstance(model, str) or model not in MODELS:
+        raise _not_export(folder, f"model {printable(model)[:80]!r} is none of {', '.join(MODELS)}")
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+        raise _not_export(folder, f"state_dict {printable(rel)[:80]!r} is not a path in it")
     path = (folder / rel).resolve()
     if folder.resolve() not in path.parents:
-        raise _not_export(folder, f"{rel!r} lies outside the export folder")
+        raise _not_export(folder, f"{printable(rel)[:80]!r} lies outside the export folder")
     net = build_model(model, n_classes, pretrained=False, image_size=size)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
-        raise _not_export(folder, f"{rel}: {type(exc).__name__}: {exc}") from None
+        load_weights(net, folder / rel, rel, files)
+    except FileRefused as exc:
+        raise _not_export(folder, str(exc)) from None
     return net.eval().to(memory_format=torch.channels_last)
+
+
+def _member_weight(member: dict[str, Any]) -> float:
+    weight = member.get("weight")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise FileRefused(f"an ensemble member's weight {printable(weight)[:40]} is not a number")
+    if not (math.isfinite(weight) and weight > 0):
+        raise FileRefused(f"ensemble weights must be positive, not {weight}")
+    return float(weight)
+
+
+def _read_export(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    """labels.json and config.json of ``folder``, each read within its cap and checked."""
+    if folder.is_file():
+        raise UsageError(f"{folder} is a file; give the folder `export` wrote")
+    missing = [name for name in (LABELS, CONFIG) if not os.path.lexists(folder / name)]
+    if not folder.is_dir() or missing:
+        raise UsageError(
+            f"{folder} is not an exported model folder (missing {', '.join(missing)}); "
+            "create one with: python -m tuner export NAME --output DIR"
+        )
+    try:
+        labels = check_labels(read_json(folder / LABELS, LABELS_BYTES), LABELS)
+        config = read_json(folder / CONFIG, CONFIG_BYTES)
+    except FileRefused as exc:
+        raise _not_export(folder, str(exc)) from None
+    except OSError as exc:
+        raise _not_export(folder, f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    if not isinstance(config, dict):
+        raise _not_export(folder, f"{CONFIG} is not a JSON object")
+    if config.get("num_classes") != len(labels):
+        shown = printable(config.get("num_classes"))[:40]
+        raise _not_export(folder, f"num_classes {shown} != {len(labels)} labels")
+    return labels, config
 
 
 def load_export(
@@ -110,65 +162,52 @@ def load_export(
     By default nothing of the author's code runs: the architecture named in
     ``config.json`` (one of the project's models) is built here and given the
     tensors of ``model.pt`` (or each member's, for an ensemble), loaded with
-    ``weights_only=True``; every value of ``config.json`` used is checked first.
+    ``weights_only=True``; every value of ``config.json`` used is checked first,
+    and every file is read within the bounds of :mod:`tuner.results._bounds`.
     ``trust_model`` runs ``model.ts`` instead (TorchScript runs code its author wrote).
     """
     device = device or torch.device("cpu")
-    if folder.is_file():
-        raise UsageError(f"{folder} is a file; give the folder `export` wrote")
-    missing = [name for name in (LABELS, CONFIG) if not (folder / name).is_file()]
-    if not folder.is_dir() or missing:
-        raise UsageError(
-            f"{folder} is not an exported model folder (missing {', '.join(missing)}); "
-            "create one with: python -m tuner export NAME --output DIR"
-        )
-    try:
-        labels = json.loads((folder / LABELS).read_text())
-        config = json.loads((folder / CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        raise _not_export(folder, f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(labels, list) or not labels or not all(isinstance(c, str) for c in labels):
-        raise _not_export(folder, f"{LABELS} is not a list of class names")
-    if not isinstance(config, dict):
-        raise _not_export(folder, f"{CONFIG} is not a JSON object")
-    if config.get("num_classes") != len(labels):
-        raise _not_export(
-            folder, f"num_classes {config.get('num_classes')!r} != {len(labels)} labels"
-        )
+    labels, config = _read_export(folder)
     prep = _preprocessing(folder, config)
+    files = MemberFiles()
     model: Callable[[torch.Tensor], torch.Tensor]
     if trust_model:
-        if not (folder / MODEL_SCRIPT).is_file():
-            raise _not_export(folder, f"no {MODEL_SCRIPT}")
-        try:
-            with quiet_jit():
-                model = torch.jit.load(str(folder / MODEL_SCRIPT), map_location=device).eval()
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise _not_export(folder, f"{MODEL_SCRIPT}: {type(exc).__name__}: {exc}") from None
+        model = _script(folder, device)
     elif "ensemble" in config:
-        members = (
-            config["ensemble"].get("members") if isinstance(config["ensemble"], dict) else None
-        )
-        if not isinstance(members, list) or not members:
-            raise _not_export(folder, "its ensemble lists no members")
+        section = config["ensemble"]
         try:
-            nets = [
-                _weights(
-                    folder, str(m["state_dict"]), str(m["model"]), len(labels), prep.image_size
-                )
-                for m in members
-            ]
-            weights = [float(m["weight"]) for m in members]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _not_export(folder, f"an ensemble member is incomplete ({exc})") from None
-        if not all(math.isfinite(w) and w > 0 for w in weights):
-            raise _not_export(folder, f"ensemble weights {weights} must be positive")
+            members = check_members(section.get("members") if isinstance(section, dict) else None)
+            weights = [_member_weight(m) for m in members]
+        except FileRefused as exc:
+            raise _not_export(folder, str(exc)) from None
+        nets = [
+            _weights(
+                folder, m.get("state_dict"), m.get("model"), len(labels), prep.image_size, files
+            )
+            for m in members
+        ]
         model = ProbabilityMean(nets, weights).eval().to(device)
     else:
         model = _weights(
-            folder, MODEL_STATE, str(config.get("model")), len(labels), prep.image_size
+            folder, MODEL_STATE, config.get("model"), len(labels), prep.image_size, files
         ).to(device)
     return ExportedModel(folder, model, labels, prep, device)
+
+
+def _script(folder: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model.ts`` of ``folder`` (``--trust-model``: its author's code runs)."""
+    try:
+        fd = open_script(folder / MODEL_SCRIPT)
+    except FileRefused as exc:
+        raise _not_export(folder, str(exc)) from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            with quiet_jit():
+                module: torch.jit.ScriptModule = torch.jit.load(f, map_location=device)
+        except (OSError, RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise _not_export(folder, f"{MODEL_SCRIPT}: {type(exc).__name__}: {first}") from None
+    return module.eval()
 
 
 def predict_images(

@@ -347,3 +347,14 @@ def s3() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def exported(finished: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared search's rank 1, exported as a user runs ``export`` (once per module)."""
+    _, storage, _ = finished
+    out = tmp_path_factory.mktemp("export") / "model"
+    code, _, err = run_cli("export", "e2e", "--storage", str(storage), "--output", str(out))
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err
+    return out

@@ -73,16 +73,6 @@ def board(finished) -> pd.DataFrame:
     return pd.read_csv(exp / "leaderboard.csv")
 
 
-@pytest.fixture(scope="module")
-def exported(finished, tmp_path_factory) -> Path:
-    _, storage, _ = finished
-    out = tmp_path_factory.mktemp("export") / "model"
-    code, _, err = run_cli("export", "e2e", "--storage", str(storage), "--output", str(out))
-    assert code == 0, err[-3000:]
-    assert "Traceback" not in err
-    return out
-
-
 def test_evaluate_reports_metrics_consistent_with_the_checkpoint(
     finished, flowers, board, tmp_path
 ):

@@ -112,6 +112,20 @@ def saved_with_checkpoint(exp: Path) -> set[str]:
     return {t for t in with_checkpoint(exp) if epochs.get(t)}
 
 
+def killed_with_a_saved_checkpoint(data: Path, storage: Path, name: str) -> Path:
+    """The folder of a search (2 trials of 10 epochs: still running when its first
+    checkpoint is saved) killed -9 once a saved state holds a checkpoint."""
+    space = write_space(storage.parent, 2, 10)
+    exp = storage / name
+    proc = start_search(space, data, storage, name)
+    try:
+        wait_for(lambda: saved_with_checkpoint(exp), 240, "a saved checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return exp
+
+
 def test_killed_workers_and_a_kill_9_of_the_driver_lose_no_finished_epoch(small_flowers, tmp_path):
     """Trial workers killed mid-training are retried from their checkpoints; then the
     whole driver is killed -9 and `resume` continues from the checkpoints, with the
@@ -223,14 +237,8 @@ def test_a_kill_after_the_study_was_told_but_before_the_state_was_saved(small_fl
 
     from tuner.search._study import journal_length, load_study
 
-    space, storage = write_space(tmp_path, 2, 10), tmp_path / "r"
-    exp = storage / "ahead"
-    proc = start_search(space, small_flowers, storage, "ahead")
-    try:
-        wait_for(lambda: saved_with_checkpoint(exp), 240, "a saved checkpoint")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    storage = tmp_path / "r"
+    exp = killed_with_a_saved_checkpoint(small_flowers, storage, "ahead")
     experiment = experiment_at(exp)
     saved = journal_length(experiment)
     assert saved is not None, "the saved trial list carries no journal length"

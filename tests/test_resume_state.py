@@ -148,14 +148,7 @@ def test_a_study_told_after_the_saved_trial_list_is_cut_back_to_it(tmp_path):
     folder.mkdir(parents=True)
 
     def driver_alg() -> ReconcilingSearchGenerator:
-        searcher = MirroredOptunaSearch(
-            metric="val_acc", mode="max", seed=0, study_name="s",
-            storage=journal_storage(local_journal(exp)), max_epochs=2, exp=exp,
-        )  # fmt: skip
-        alg = make_search_alg(searcher, max_concurrent=4)
-        alg.set_search_properties("val_acc", "max", SPACE)
-        alg.add_configurations([tune.Experiment("s", run=_trainable, num_samples=2, config=SPACE)])
-        return alg
+        return search_alg_at(exp, num_samples=2)
 
     alg = driver_alg()
     trials = [alg.next_trial(), alg.next_trial()]
@@ -193,19 +186,13 @@ def test_a_searcher_state_newer_than_the_cut_study_tells_its_trial_again(tmp_pat
     completed), the trial list and the journal before: the completion is told again."""
     from optuna.trial import TrialState
 
-    from tuner.search._study import cut_journal, local_journal
+    from tuner.search._study import cut_journal
     from tuner.storage._signing import write_signed
 
     exp = Experiment(Storage.parse(str(tmp_path / "results")), "s")
     folder = Path(exp.path())
     folder.mkdir(parents=True)
-    searcher = MirroredOptunaSearch(
-        metric="val_acc", mode="max", seed=0, study_name="s",
-        storage=journal_storage(local_journal(exp)), max_epochs=2, exp=exp,
-    )  # fmt: skip
-    alg = make_search_alg(searcher, max_concurrent=4)
-    alg.set_search_properties("val_acc", "max", SPACE)
-    alg.add_configurations([tune.Experiment("s", run=_trainable, num_samples=1, config=SPACE)])
+    alg = search_alg_at(exp)
     trial = alg.next_trial()
     session = "2026-11-30_00-00-00"
     save_trial_list(folder, [trial])
@@ -223,7 +210,7 @@ def test_a_searcher_state_newer_than_the_cut_study_tells_its_trial_again(tmp_pat
     assert study_trials(resumed)[trial.trial_id].state == TrialState.COMPLETE
 
 
-def search_alg_at(exp: Experiment) -> ReconcilingSearchGenerator:
+def search_alg_at(exp: Experiment, num_samples: int = 1) -> ReconcilingSearchGenerator:
     from tuner.search._study import local_journal
 
     searcher = MirroredOptunaSearch(
@@ -232,5 +219,7 @@ def search_alg_at(exp: Experiment) -> ReconcilingSearchGenerator:
     )  # fmt: skip
     alg = make_search_alg(searcher, max_concurrent=4)
     alg.set_search_properties("val_acc", "max", SPACE)
-    alg.add_configurations([tune.Experiment("s", run=_trainable, num_samples=1, config=SPACE)])
+    alg.add_configurations(
+        [tune.Experiment("s", run=_trainable, num_samples=num_samples, config=SPACE)]
+    )
     return alg

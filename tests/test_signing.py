@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import stat
 import threading
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import S3_BUCKET, cli, experiment_at, run_tuner, s3_uri
-from test_resume import saved_with_checkpoint, start_search, wait_for, write_space
+from test_resume import killed_with_a_saved_checkpoint
 from test_trust import Payload, plant
 
 from tuner import Experiment, Storage, UsageError
@@ -139,14 +138,8 @@ def test_resume_runs_no_planted_pickle_unless_told_to_trust_the_state(
     test of tests/test_resume.py and tests/test_object_storage.py.)"""
     # 10 epochs a trial, 20 in all: the search is still running when its first checkpoint
     # is saved (9 epochs of 32 px photos once all ended before a state with one was saved).
-    space, storage = write_space(tmp_path, 2, 10), tmp_path / "r"
-    exp = storage / "sig"
-    proc = start_search(space, small_flowers, storage, "sig")
-    try:
-        wait_for(lambda: saved_with_checkpoint(exp), 240, "a saved checkpoint")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    storage = tmp_path / "r"
+    exp = killed_with_a_saved_checkpoint(small_flowers, storage, "sig")
     assert not is_finished(experiment_at(exp)), "the search ended before it was killed"
 
     def payload(marker: Path) -> bytes:

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, run_tuner
+from conftest import run_tuner
 
 # A progress line at every update, so that even a short step prints some.
 LOUD = {"TUNER_PROGRESS_EVERY_S": "0"}
@@ -25,15 +25,6 @@ def real_photos(flowers: Path, per_class: int, dest: Path) -> Path:
         for photo in sorted(cls.glob("*.jpg"))[-per_class:]:
             shutil.copyfile(photo, dest / cls.name / photo.name)
     return dest
-
-
-@pytest.fixture(scope="module")
-def export(finished, tmp_path_factory) -> Path:
-    _, storage, _ = finished
-    out = tmp_path_factory.mktemp("stdout-export") / "model"
-    code, _, err = run_cli("export", "e2e", "--storage", str(storage), "--output", str(out))
-    assert code == 0, err[-3000:]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +57,8 @@ def test_progress_lines_go_to_stderr_and_follow_the_interval_variable(monkeypatc
     assert Progress(1, "x", "y", quiet=True).every_s == LINE_EVERY_S
 
 
-def test_predict_json_is_valid_json_while_progress_prints(export, many_photos):
-    proc = run_tuner("predict", str(export), *map(str, many_photos), "--json", env=LOUD)
+def test_predict_json_is_valid_json_while_progress_prints(exported, many_photos):
+    proc = run_tuner("predict", str(exported), *map(str, many_photos), "--json", env=LOUD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert progress_lines(proc.stderr), proc.stderr[-3000:]  # progress did print, elsewhere
     data = json.loads(proc.stdout)
@@ -75,11 +66,11 @@ def test_predict_json_is_valid_json_while_progress_prints(export, many_photos):
     assert all(len(r["predictions"]) >= 1 for r in data["results"])
 
 
-def test_predict_table_holds_only_predictions(export, many_photos, tmp_path):
+def test_predict_table_holds_only_predictions(exported, many_photos, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a photo")
     photos = [*map(str, many_photos), str(broken)]
-    proc = run_tuner("predict", str(export), *photos, "--top", "2", env=LOUD)
+    proc = run_tuner("predict", str(exported), *photos, "--top", "2", env=LOUD)
     assert proc.returncode == 1, proc.stderr[-3000:]  # 1: one photo could not be read
     assert progress_lines(proc.stderr) and f"{broken}: error:" in proc.stderr
     lines = proc.stdout.splitlines()

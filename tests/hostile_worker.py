@@ -4,7 +4,7 @@ real experiment or export is mutated, one command is run on it in this process (
 
 ``python tests/hostile_worker.py CASES.json RESULTS.json``: CASES is a list of
 ``{"path", "mutation", "argv"}``; RESULTS gets, for each, the exit code, stderr, whether a
-traceback escaped, the seconds it took and this process's peak RSS after it.
+traceback escaped, the seconds it took and this process's peak RSS while it ran.
 
 ``refit`` and ``resume`` stop where they would start Ray (``ray.init``): what comes
 before it (every file they read) is what an attacker controls.
@@ -86,7 +86,9 @@ def _bomb() -> bytes:
 
 
 def mutate(path: Path, mutation: str, original: bytes, outside: Path) -> None:
-    """Put the ``mutation`` of ``original`` at ``path``."""
+    """Put the ``mutation`` of ``original`` at ``path`` (``none``: leave it as it is)."""
+    if mutation == "none":
+        return
     if path.is_symlink() or path.exists():
         path.unlink()
     if mutation == "fifo":
@@ -156,6 +158,21 @@ def _alarm(signum: int, frame: Any) -> None:
     raise TimedOut(f"no answer in {CASE_TIMEOUT_S} s")
 
 
+def _reset_peak() -> None:
+    """Start this process's peak RSS afresh (Linux: ``5`` in ``clear_refs``); a child
+    otherwise starts with its parent's, as it was when it forked."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS since :func:`_reset_peak`, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _stop_at_ray(*args: Any, **kwargs: Any) -> None:
     raise ReachedRay()
 
@@ -179,6 +196,7 @@ def main() -> None:
         original, mode = path.read_bytes(), path.stat().st_mode & 0o777
         mutate(path, case["mutation"], original, outside)
         start = time.perf_counter()
+        _reset_peak()
         signal.alarm(CASE_TIMEOUT_S)
         try:
             code, out, err, escaped = run(case["argv"])
@@ -197,7 +215,7 @@ def main() -> None:
                 "stderr": err[-4000:],
                 "escaped": escaped,
                 "seconds": round(time.perf_counter() - start, 2),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": _peak_mb(),
             }
         )
         Path(sys.argv[2]).write_text(json.dumps(results))

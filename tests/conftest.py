@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -358,3 +360,65 @@ def exported(finished: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert code == 0, err[-3000:]
     assert "Traceback" not in err
     return out
+
+
+# Runs a command, then prints its exit code, output and peak RSS (this wrapper's only
+# child, so RUSAGE_CHILDREN is that child's alone: a process forked from the test's own
+# would start with the test's high-water mark). A command past the timeout is killed.
+_MEASURE = """
+import json, resource, subprocess, sys
+try:
+    proc = subprocess.run(sys.argv[2:], capture_output=True, text=True,
+                          timeout=float(sys.argv[1]))
+    rc, out, err = proc.returncode, proc.stdout, proc.stderr
+except subprocess.TimeoutExpired as exc:
+    rc, out, err = None, str(exc.stdout or ""), str(exc.stderr or "")
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print(json.dumps({"rc": rc, "out": out, "err": err, "peak": peak}))
+"""
+
+
+@dataclass
+class Outcome:
+    """How a measured ``python -m tuner`` ended."""
+
+    rc: int | None  # None: killed at the timeout
+    out: str
+    err: str
+    peak: int  # bytes: the command's own peak RSS
+
+    def __str__(self) -> str:
+        return f"exit {self.rc}, peak {self.peak / 2**20:.0f} MiB, stderr: {self.err[-1500:]}"
+
+
+def measured(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Outcome:
+    """``python -m tuner ARGS`` as a user runs it, its own peak RSS measured."""
+    command = [sys.executable, "-m", "tuner", *args]
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(timeout), *command], cwd=ROOT,
+        capture_output=True, text=True, timeout=timeout + 60, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return Outcome(**json.loads(proc.stdout))
+
+
+def fit_reports(cfg: Any, data: Any, resume_state: Any = None) -> list[tuple[dict, dict]]:
+    """Every (metrics, checkpoint state) :func:`trainables.fit` reports, in order, on one
+    thread."""
+    from trainables import fit, load_state
+
+    reports: list[tuple[dict, dict]] = []
+
+    def report(metrics: dict, folder: Path) -> None:
+        reports.append((metrics, load_state(folder)))
+
+    fit(cfg, data, report, resume_state=resume_state, threads=1)
+    return reports
+
+
+def decoded(folder: Path, size: int) -> Any:
+    """The photos of ``folder`` decoded for ``size`` px and split (seed 0)."""
+    from trainables import prepare_data, scan_folder
+    from trainables._data import cache_size_for
+
+    return prepare_data(scan_folder(folder), size=cache_size_for(size), seed=0)[1]

@@ -56,15 +56,26 @@ def reference_inputs(
 
 
 @torch.no_grad()
-def checkpoint_logits(checkpoint: str, paths: list[Path]) -> torch.Tensor:
-    """The checkpoint's own logits for ``paths``, computed without tuner's code."""
+def checkpoint_logits(checkpoint: str, paths: list[Path], mirrored: bool = False) -> torch.Tensor:
+    """The checkpoint's own logits for ``paths`` (or their mirror images), computed without
+    tuner's code."""
     state = torch.load(Path(checkpoint) / "checkpoint.pt", weights_only=True)
     cfg = state["config"]
     model = trainables.build_model(cfg["model"], len(state["classes"]), False, cfg["image_size"])
     model.load_state_dict(state["model"])
     model.eval()
     mean, std = trainables.normalization(cfg["model"])
-    return model(reference_inputs(paths, cfg["image_size"], list(mean), list(std)))
+    inputs = reference_inputs(paths, cfg["image_size"], list(mean), list(std))
+    return model(inputs.flip(3) if mirrored else inputs)
+
+
+def checkpoint_probabilities(checkpoint: str, paths: list[Path], tta: str) -> torch.Tensor:
+    """The checkpoint's class probabilities for ``paths`` with the export's test-time
+    augmentation (``flip``: the mean over each photo and its mirror image)."""
+    probs = checkpoint_logits(checkpoint, paths).softmax(1)
+    if tta == "flip":
+        probs = (probs + checkpoint_logits(checkpoint, paths, mirrored=True).softmax(1)) / 2
+    return probs
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +169,19 @@ def test_export_writes_a_stock_state_dict_and_matching_torchscript(
     stock.eval()
     scripted = torch.jit.load(str(exported / "model.ts"))
     x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
+    tta = config["tta"]  # `export --tta auto`'s choice: model.ts holds it
+    assert tta in ("none", "flip")
     with torch.no_grad():
-        assert torch.allclose(scripted(x), stock(x), atol=1e-4)
+        if tta == "none":
+            assert torch.allclose(scripted(x), stock(x), atol=1e-4)
+        else:
+            mean = (stock(x).softmax(1) + stock(x.flip(3)).softmax(1)) / 2
+            assert torch.allclose(scripted(x).softmax(1), mean, atol=1e-5)
         # ... and both are the checkpoint's model.
         photos = [p for p, _ in unseen_photos(flowers)][:5]
-        reference = checkpoint_logits(config["source_checkpoint"], photos)
+        reference = checkpoint_probabilities(config["source_checkpoint"], photos, tta)
         inputs = reference_inputs(photos, size, config["mean"], config["std"])
-        assert torch.allclose(scripted(inputs), reference, atol=1e-4)
+        assert torch.allclose(scripted(inputs).softmax(1), reference, atol=1e-5)
 
 
 def test_predict_matches_the_checkpoint_and_reports_unreadable_images(
@@ -183,7 +200,7 @@ def test_predict_matches_the_checkpoint_and_reports_unreadable_images(
     assert "error" in results[1] and "predictions" not in results[1]
     good = [r for r in results if "predictions" in r]
     assert len(good) == len(photos)
-    expected = checkpoint_logits(config["source_checkpoint"], photos).softmax(1)
+    expected = checkpoint_probabilities(config["source_checkpoint"], photos, config["tta"])
     for result, probs in zip(good, expected, strict=True):
         top = result["predictions"]
         assert len(top) == 2 and top[0]["probability"] >= top[1]["probability"]
@@ -232,7 +249,7 @@ def test_bad_input_exits_2_with_one_message(finished, tmp_path, capsys, args, me
 
 def export_ensemble(storage: Path, out: Path, method: str) -> str:
     """``export --ensemble 2`` of the shared search by ``method``; what it printed."""
-    args = ("--storage", str(storage), "--output", str(out), "--ensemble", "2")
+    args = ("--storage", str(storage), "--output", str(out), "--ensemble", "2", "--tta", "none")
     chosen = () if method == "top" else ("--ensemble-method", method)  # top is the default
     code, stdout, err = run_cli("export", "e2e", *args, *chosen)
     assert code == 0, err[-3000:]
@@ -507,7 +524,8 @@ def test_predict_on_a_folder_writes_one_csv_row_per_photo_that_agrees_with_evalu
     assert len(broken) == 1 and broken[0]["error"] and not broken[0]["class_1"]
     scored = [r for r in rows if not r["error"]]
     right = [Path(r["image"]).relative_to(folder).parts[0] == r["class_1"] for r in scored]
-    code, metrics, err = run_cli("evaluate", "e2e", "--storage", str(storage))
+    tta = json.loads((exported / "config.json").read_text())["tta"]  # as predict applies it
+    code, metrics, err = run_cli("evaluate", "e2e", "--storage", str(storage), "--tta", tta)
     assert code == 0, err
     assert sum(right) / len(right) == pytest.approx(json.loads(metrics)["accuracy"])
     assert all(float(r["probability_1"]) >= float(r["probability_2"]) for r in scored)

@@ -21,12 +21,11 @@ import subprocess
 import sys
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, Outcome, measured, run_cli
 from PIL import Image
 
 GB = 10**9
@@ -37,44 +36,10 @@ TIMEOUT = 120
 MODEL = "efficientnet_lite0"
 CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 
-# Runs a command, then prints its exit code, output and peak RSS (this wrapper's only
-# child, so RUSAGE_CHILDREN is that child's alone). A command past the timeout is killed.
-_MEASURE = """
-import json, resource, subprocess, sys
-try:
-    proc = subprocess.run(sys.argv[2:], capture_output=True, text=True,
-                          timeout=float(sys.argv[1]))
-    rc, out, err = proc.returncode, proc.stdout, proc.stderr
-except subprocess.TimeoutExpired as exc:
-    rc, out, err = None, str(exc.stdout or ""), str(exc.stderr or "")
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({"rc": rc, "out": out, "err": err, "peak": peak}))
-"""
-
-
-@dataclass
-class Outcome:
-    rc: int | None  # None: killed at the timeout
-    out: str
-    err: str
-    peak: int  # bytes
-
-    def __str__(self) -> str:
-        return f"exit {self.rc}, peak {self.peak / MIB:.0f} MiB, stderr: {self.err[-1500:]}"
-
 
 def predict(folder: Path, *photos: Path, timeout: int = TIMEOUT) -> Outcome:
     """``python -m tuner predict FOLDER PHOTOS...`` in a child process, measured."""
-    command = [sys.executable, "-m", "tuner", "predict", str(folder), *map(str, photos)]
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(timeout), *command],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout + 60,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return Outcome(**json.loads(proc.stdout))
+    return measured("predict", str(folder), *map(str, photos), timeout=timeout)
 
 
 def write_tiny_export(output: Path) -> Path:

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import measured
 
 STATE = "experiment_state-2026-01-01_00-00-00.json"
 LEADERBOARD_RSS_MB = 1024
@@ -38,25 +33,11 @@ def _experiment(storage: Path, name: str = "e1", trial_id: str = "abc_00000") ->
 
 def _tuner(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> tuple:
     """``python -m tuner ARGS``: exit code, stdout, stderr, seconds, and that process's own
-    peak RSS in MB (from ``wait4``)."""
+    peak RSS in MB."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner", *args], cwd=ROOT, stdout=out, stderr=err,
-            env={**os.environ, **(env or {})},
-        )  # fmt: skip
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        texts = out.read().decode(), err.read().decode()
-    assert proc.returncode != -signal.SIGKILL, f"no answer in {timeout} s: {texts[1][-2000:]}"
-    return proc.returncode, *texts, time.perf_counter() - start, usage.ru_maxrss / 1024
+    outcome = measured(*args, timeout=timeout, env=env)
+    assert outcome.rc is not None, f"no answer in {timeout} s: {outcome.err[-2000:]}"
+    return outcome.rc, outcome.out, outcome.err, time.perf_counter() - start, outcome.peak / 2**20
 
 
 def _one_error(err: str, command: str) -> str:

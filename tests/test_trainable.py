@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import METRIC_KEYS
+from conftest import METRIC_KEYS, decoded, fit_reports
 
 import trainables._inputs as inputs_module
 from trainables import (
@@ -14,28 +14,16 @@ from trainables import (
     choose_precision,
     fit,
     freeze,
-    load_state,
-    prepare_data,
-    scan_folder,
 )
-from trainables._data import cache_size_for
 from trainables._features import AUGMENTED_VIEWS, cache_part, prune, views_for
 
 
 @pytest.fixture
 def cache(synthetic):
-    _, data = prepare_data(scan_folder(synthetic), size=cache_size_for(32), seed=0)
-    return data
+    return decoded(synthetic, 32)
 
 
-def run(cfg, data, resume_state=None):
-    reports = []
-
-    def report(metrics, folder):
-        reports.append((metrics, load_state(folder)))
-
-    fit(cfg, data, report, resume_state=resume_state, threads=1)
-    return reports
+run = fit_reports
 
 
 CFG = dict(

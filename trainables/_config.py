@@ -27,10 +27,12 @@ from trainables._backbones import N_STAGES, names
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
 PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16"]  # what a config asks for
+ScheduleName = Literal["step", "cosine"]
 
 MODELS: tuple[str, ...] = names()
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 PRECISIONS: tuple[str, ...] = get_args(PrecisionSetting)
+SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 MAX_FREEZE_DEPTH = N_STAGES
 # Below this the stride-32 backbones end in a feature map under 1x1 pixel.
 MIN_IMAGE_SIZE = 32
@@ -64,6 +66,14 @@ class TrialConfig:
     max_epochs: int = 10
     precision: PrecisionSetting = "auto"
     seed: int = 0
+    # Each of these keys' default trains exactly as before they existed.
+    schedule: ScheduleName = "step"  # step: StepLR(step_size, gamma); cosine: to 0 at max_epochs
+    warmup_epochs: int = 0  # epochs of linear warm-up before the schedule
+    lr_decay: float = 1.0  # each stage below the head trains at lr * lr_decay ** distance
+    ema_decay: float = 0.0  # 0: off; else an EMA of the weights, evaluated and checkpointed
+    mixup: float = 0.0  # Beta(mixup, mixup) mixing of pairs of photos; 0: off
+    cutmix: float = 0.0  # Beta(cutmix, cutmix) boxes pasted between photos; 0: off
+    train_size: int = 0  # 0: train at image_size; else below it (FixRes), test at image_size
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -128,6 +138,21 @@ class TrialConfig:
         )
         _check(self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)", self.grad_clip)
         _check(self.max_epochs >= 1, "max_epochs must be >= 1", self.max_epochs)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check(
+            0 <= self.warmup_epochs < self.max_epochs,
+            "warmup_epochs must be in 0..max_epochs-1",
+            self.warmup_epochs,
+        )
+        _check(0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]", self.lr_decay)
+        _check(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0 = off)", self.ema_decay)
+        _check(0 <= self.mixup <= 10, "mixup must be in [0, 10] (0 = off)", self.mixup)
+        _check(0 <= self.cutmix <= 10, "cutmix must be in [0, 10] (0 = off)", self.cutmix)
+        _check(
+            self.train_size == 0 or MIN_IMAGE_SIZE <= self.train_size <= self.image_size,
+            f"train_size must be 0 (= image_size) or in {MIN_IMAGE_SIZE}..image_size",
+            self.train_size,
+        )
 
 
 def _check(ok: bool, message: str, value: object) -> None:

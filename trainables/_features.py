@@ -114,11 +114,13 @@ def _cache_dir() -> Path | None:
 
 
 def feature_key(cfg: TrialConfig, data: ImageCache, weights: str) -> str:
-    """Identifies activations: model, weights, image size, depth, views and the decoded photos
-    (the decoded entry's key and the train and val rows of it)."""
+    """Identifies activations: model, weights, image size (and train size when it differs),
+    depth, views and the decoded photos (the decoded entry's key and its train and val rows)."""
     h = hashlib.blake2b(digest_size=16)
     views = views_for(cfg)
     aug = f"{cfg.aug_strength!r}x{views}" if views else "plain"
+    if cfg.train_size not in (0, cfg.image_size):  # FixRes: the train split's crops are smaller
+        aug += f"|train{cfg.train_size}"
     h.update(f"{cfg.model}|{weights}|{cfg.image_size}|{cfg.freeze_depth}|{data.size}|".encode())
     h.update(f"{aug}|{data.key}|".encode())
     for rows in (data.train_rows, data.val_rows):

@@ -13,6 +13,13 @@
   computed as epochs 1..V first use them, then kept; later epochs draw one
   view per photo.
 
+``train_size = S`` (FixRes) crops training photos at S pixels while validation
+stays at ``image_size``; cached train activations (and views) are then of S-pixel
+crops, under their own key. ``mixup`` / ``cutmix`` (:mod:`trainables._mixing`)
+mix each training batch where the trained part starts: pixels for ``images``,
+the cached activations otherwise (manifold mixup: the cache stays in use); a
+mixed batch's labels are class probabilities.
+
 Photos and activations stay on the host, memory-mapped from disk
 (:class:`Rows`); :func:`stream` gathers each batch's rows on a background
 thread while the previous step computes, into pinned memory on a GPU, and
@@ -47,6 +54,7 @@ from trainables._features import (
     on_disk,
     views_for,
 )
+from trainables._mixing import Mixing
 from trainables._models import STEM, normalization, pretrained_weights_file, run_parts
 from trainables._precision import ComputePolicy
 from trainables._progress import Progress
@@ -213,6 +221,8 @@ class TrainInputs:
     ``train`` holds one row per training photo: decoded images (``images``,
     and the source of ``views``) or activations; ``start`` is the first part
     of the network that runs on a step's input (0: the stem, on images).
+    ``train_size`` (0: ``image_size``) is the side of training crops;
+    ``mixing`` (None: off) mixes each training batch and makes its labels soft.
     """
 
     kind: InputKind
@@ -227,6 +237,13 @@ class TrainInputs:
     std: Sequence[float]
     device: torch.device
     views: AugmentedViews | None = None
+    train_size: int = 0
+    mixing: Mixing | None = None
+
+    @property
+    def train_crop(self) -> int:
+        """Side of the training crops (``image_size`` unless ``train_size`` is set)."""
+        return self.train_size or self.image_size
 
     def __len__(self) -> int:
         return len(self.train_labels)
@@ -236,15 +253,17 @@ class TrainInputs:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(network input, labels) of each batch of training rows in ``epoch`` (1, 2, ...).
 
-        Random draws (augmentation, which view) come from ``generator`` in
-        batch order, whatever is prepared ahead.
+        Random draws (augmentation, which view, mixing) come from ``generator``
+        in batch order, whatever is prepared ahead. Labels are class indices,
+        or class probabilities (N, classes) when ``mixing`` is on.
         """
         if self.views is not None:
             for idx in batches:
                 yield self.train_batch(idx, generator, epoch)
             return
         for idx, rows in zip(batches, stream(self.train.gather, batches, self.device), strict=True):
-            yield self._train_input(rows, generator), self.train_labels[idx.to(self.device)]
+            x = self._train_input(rows, generator)
+            yield self._mix(x, self.train_labels[idx.to(self.device)], generator)
 
     def train_batch(
         self, idx: torch.Tensor, generator: torch.Generator, epoch: int
@@ -257,14 +276,20 @@ class TrainInputs:
                 view = torch.full((len(idx),), epoch - 1, dtype=torch.long)
             else:
                 view = torch.randint(n_views, (len(idx),), generator=generator)
-            return self.to_network(self.views.rows(view, idx.cpu(), self.device)), labels
+            x = self.to_network(self.views.rows(view, idx.cpu(), self.device))
+            return self._mix(x, labels, generator)
         rows = self.train.gather(idx.cpu()).to(self.device)
-        return self._train_input(rows, generator), labels
+        return self._mix(self._train_input(rows, generator), labels, generator)
 
     def _train_input(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.kind == "images":
-            rows = augment_batch(rows, self.image_size, self.strength, generator)
+            rows = augment_batch(rows, self.train_crop, self.strength, generator)
         return self.to_network(rows)
+
+    def _mix(
+        self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return (x, labels) if self.mixing is None else self.mixing(x, labels, generator)
 
     def val_batches(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(network input, labels) of the validation rows, ``size`` at a time, in order."""
@@ -287,10 +312,11 @@ def _compute(
     inputs: TrainInputs,
     key: str | None,
     part: str,
+    size: int,
 ) -> np.ndarray:
-    """The prefix's fp32 output for every row (centre-cropped photos), streamed batch by
-    batch into a file of the disk cache."""
-    crop = eval_transform(inputs.image_size)
+    """The prefix's fp32 output for every row (photos centre-cropped at ``size``), streamed
+    batch by batch into a file of the disk cache."""
+    crop = eval_transform(size)
     batches = list(torch.arange(len(rows)).split(BATCH))
     out: FeatureFile | None = None
     with Progress(len(rows), f"frozen activations ({part})", "photo") as progress:
@@ -320,9 +346,11 @@ def build_inputs(
         torch.tensor(y, dtype=torch.long, device=device) for y in (data.train_y, data.val_y)
     )
     train, val = Rows(pixels, data.train_rows), Rows(pixels, data.val_rows)
+    mixing = Mixing.for_config(cfg, len(data.classes))
+    extra: dict[str, Any] = {"train_size": cfg.train_size, "mixing": mixing}
     images = TrainInputs(
         "images", STEM, train, train_y, val, val_y, cfg.image_size, cfg.aug_strength,
-        mean, std, device,
+        mean, std, device, **extra,
     )  # fmt: skip
     part = cache_part(cfg)
     if part is None or not len(val):
@@ -346,18 +374,20 @@ def build_inputs(
     n = len(train_y)
     val_f = load_features(key, "val", (len(val_y),))
     if val_f is None:
-        val_f = _compute(prefix, val, images, key, "val")
+        val_f = _compute(prefix, val, images, key, "val", cfg.image_size)
     if views:
         stored = load_features(key, "views", (views, n))
-        lazy = AugmentedViews(train, cfg.image_size, cfg.aug_strength, views, prefix, key, stored)
+        lazy = AugmentedViews(
+            train, images.train_crop, cfg.aug_strength, views, prefix, key, stored
+        )
         return TrainInputs(
             "views", part, train, train_y, Rows(val_f), val_y, cfg.image_size,
-            cfg.aug_strength, mean, std, device, views=lazy,
+            cfg.aug_strength, mean, std, device, views=lazy, **extra,
         )  # fmt: skip
     train_f = load_features(key, "train", (n,))
     if train_f is None:
-        train_f = _compute(prefix, train, images, key, "train")
+        train_f = _compute(prefix, train, images, key, "train", images.train_crop)
     return TrainInputs(
         "activations", part, Rows(train_f), train_y, Rows(val_f), val_y,
-        cfg.image_size, cfg.aug_strength, mean, std, device,
+        cfg.image_size, cfg.aug_strength, mean, std, device, **extra,
     )  # fmt: skip

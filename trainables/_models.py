@@ -103,6 +103,22 @@ def stages(net: Any, model: str) -> list[list[nn.Module]]:
     return backbone(model).family.stages(net)
 
 
+def params_by_depth(net: nn.Module, model: str) -> list[list[nn.Parameter]]:
+    """Every parameter of ``net`` grouped by its distance below the head, head first.
+
+    Group 0 is what no stage holds (the head, and any layer between pooling
+    and it); group ``k`` for ``k`` = 1 .. 5 is stage ``5 - k`` (1: stage 4,
+    ..., 5: the stem). Within a group parameters keep ``net.parameters()``
+    order. Frozen parameters are included: the caller filters them.
+    """
+    parts = stages(net, model)
+    part_of = {id(p): i for i, group in enumerate(parts) for m in group for p in m.parameters()}
+    groups: list[list[nn.Parameter]] = [[] for _ in range(len(parts) + 1)]
+    for p in net.parameters():
+        groups[len(parts) - part_of.get(id(p), len(parts))].append(p)
+    return groups
+
+
 def freeze(net: nn.Module, model: str, depth: int) -> list[nn.Module]:
     """Freeze the stem and the first ``depth`` stages; return the frozen modules.
 

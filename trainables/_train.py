@@ -4,13 +4,14 @@
 testable and reusable outside Tune (:func:`trainables.train_classifier` wraps
 it for Tune). One reading follows a learning rate from the config to the
 optimizer: :func:`fit` builds the model and the :class:`Training` state
-(optimizer, StepLR, grad scaler), the input strategy
+(optimizer, learning-rate schedule, grad scaler, weight average), the input strategy
 (:func:`trainables.build_inputs`), then alternates :func:`train_epoch` and
 :func:`evaluate`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import tempfile
 import time
@@ -27,7 +28,7 @@ from trainables._checkpoint import save_state
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
 from trainables._inputs import TrainInputs, build_inputs
-from trainables._models import build_model, freeze, run_parts, set_train_mode
+from trainables._models import build_model, freeze, params_by_depth, run_parts, set_train_mode
 from trainables._precision import ComputePolicy, choose_precision, default_device, prepare_device
 
 # How often (in steps) the loss is checked for NaN/inf during an epoch.
@@ -37,7 +38,8 @@ _EVAL_BATCH = 128
 Report = Callable[[dict[str, Any], Path], None]
 
 
-def _make_optimizer(cfg: TrialConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def _make_optimizer(cfg: TrialConfig, params: list[Any]) -> torch.optim.Optimizer:
+    """``params``: the trainable parameters, or param groups (dicts) with their own ``lr``."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False
@@ -47,9 +49,91 @@ def _make_optimizer(cfg: TrialConfig, params: list[nn.Parameter]) -> torch.optim
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _optimizer_params(cfg: TrialConfig, model: nn.Module) -> list[Any]:
+    """What the optimizer gets: the trainable parameters in model order (``lr_decay`` 1),
+    else one group per depth below the head, head first, at ``lr * lr_decay ** depth``.
+
+    Frozen parameters are left out; a depth with none trainable has no group.
+    """
+    if cfg.lr_decay == 1.0:
+        return [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": trainable, "lr": cfg.lr * cfg.lr_decay**depth}
+        for depth, group in enumerate(params_by_depth(model, cfg.model))
+        if (trainable := [p for p in group if p.requires_grad])
+    ]
+
+
+def lr_factor(cfg: TrialConfig, index: int) -> float:
+    """The multiple of each group's initial lr that epoch ``index + 1`` trains at.
+
+    Warm-up: epoch ``k`` <= ``warmup_epochs`` (W) trains at ``k / (W + 1)`` of it, a
+    linear ramp that reaches the full lr at epoch W + 1. Then ``step``: StepLR's
+    ``gamma ** (j // step_size)``, or ``cosine``: ``(1 + cos(pi * j / T)) / 2``,
+    with ``j`` the epochs since warm-up and ``T = max_epochs - W``, so the lr would
+    reach 0 just after the last epoch.
+    """
+    warmup = cfg.warmup_epochs
+    if index < warmup:
+        return (index + 1) / (warmup + 1)
+    j, span = index - warmup, cfg.max_epochs - warmup
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(j, span) / span))
+    return float(cfg.gamma ** (j // cfg.step_size))
+
+
+def _make_scheduler(
+    cfg: TrialConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch schedule: a plain StepLR for ``step`` without warm-up (as always),
+    else a LambdaLR of :func:`lr_factor` (its state is the epoch count, so a restored
+    trial continues the same curve)."""
+    if cfg.schedule == "step" and cfg.warmup_epochs == 0:
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda index: lr_factor(cfg, index))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's trainable weights (``ema_decay`` > 0).
+
+    A full copy of the model, in eval mode, whose trainable parameters follow
+    ``ema = d * ema + (1 - d) * live`` after every optimizer step, with
+    ``d = min(ema_decay, (1 + n) / (10 + n))`` at the n-th update: the usual
+    warm-up of the decay (as TensorFlow's ``ExponentialMovingAverage`` with
+    ``num_updates``), so a freshly initialised head is not averaged with its
+    random start for hundreds of steps. Frozen parameters never change, so they
+    equal the live ones (and activations a frozen prefix cached stay valid).
+    Buffers (BatchNorm running statistics) are copied from the live model at
+    every update, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        live = dict(model.named_parameters())
+        averaged = dict(self.model.named_parameters())
+        names = [n for n, p in live.items() if p.requires_grad]
+        self._live: list[torch.Tensor] = [live[n] for n in names]
+        self._averaged: list[torch.Tensor] = [averaged[n] for n in names]
+        self._live_buffers = list(model.buffers())
+        self._buffers = list(self.model.buffers())
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the live weights in after an optimizer step."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self._averaged, self._live, 1.0 - decay)
+        for mine, theirs in zip(self._buffers, self._live_buffers, strict=True):
+            mine.copy_(theirs)
+
+
 @dataclass
 class Training:
-    """What a step changes and a checkpoint keeps: model, optimizer, schedule, scaler."""
+    """What a step changes and a checkpoint keeps: model, optimizer, schedule, scaler and,
+    with ``ema_decay``, the weight average (what :func:`evaluate` scores and the
+    checkpoint's ``model`` holds; the live weights are then its ``raw_model``)."""
 
     cfg: TrialConfig
     model: nn.Module
@@ -61,6 +145,7 @@ class Training:
     loss_fn: nn.Module
     epoch: int = 0
     best_val_acc: float = 0.0
+    ema: WeightAverage | None = None
 
     @classmethod
     def start(cls, cfg: TrialConfig, num_classes: int, precision: ComputePolicy) -> Training:
@@ -68,11 +153,11 @@ class Training:
         model = build_model(cfg.model, num_classes, cfg.pretrained, cfg.image_size)
         frozen = freeze(model, cfg.model, cfg.freeze_depth)
         model = model.to(precision.device).to(memory_format=torch.channels_last)
-        optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        optimizer = _make_optimizer(cfg, _optimizer_params(cfg, model))
         return cls(
-            cfg, model, frozen, precision, optimizer,
-            torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma),
+            cfg, model, frozen, precision, optimizer, _make_scheduler(cfg, optimizer),
             precision.grad_scaler(), nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+            ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
         )  # fmt: skip
 
     @property
@@ -81,17 +166,33 @@ class Training:
 
     @property
     def lr(self) -> float:
+        """The head's learning rate (the first param group's)."""
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits (fp32) of parts ``start`` .. head of the network on ``x``."""
+    @property
+    def scored(self) -> nn.Module:
+        """The weights validation scores and a checkpoint's ``model`` holds: the average
+        with ``ema_decay``, else the live model."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def forward(self, x: torch.Tensor, start: int, net: nn.Module | None = None) -> torch.Tensor:
+        """Logits (fp32) of parts ``start`` .. head of ``net`` (the live model) on ``x``."""
         with self.precision.autocast():
-            out: torch.Tensor = run_parts(self.model, self.cfg.model, x, start)
+            out: torch.Tensor = run_parts(
+                self.model if net is None else net, self.cfg.model, x, start
+            )
         return out.float()
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`save`."""
-        self.model.load_state_dict(state["model"])
+        """Continue from a checkpoint written by :meth:`save`.
+
+        The live weights come from ``raw_model`` where the checkpoint has one (it
+        averaged them), else from ``model``; the average, if kept, from ``model``.
+        """
+        self.model.load_state_dict(state.get("raw_model", state["model"]))
+        if self.ema is not None:
+            self.ema.model.load_state_dict(state["model"])
+            self.ema.updates = int(state.get("ema_updates", 0))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -102,7 +203,7 @@ class Training:
         """The full state in a new temporary folder (the caller owns and removes it)."""
         folder = Path(tempfile.mkdtemp(prefix="tuner-ckpt-"))
         state = {
-            "model": self.model.state_dict(),
+            "model": self.scored.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -110,6 +211,8 @@ class Training:
             "best_val_acc": self.best_val_acc,
             "rng_cpu": torch.get_rng_state(),
         }
+        if self.ema is not None:
+            state |= {"raw_model": self.model.state_dict(), "ema_updates": self.ema.updates}
         save_state(folder, state, config=self.cfg.to_dict(), classes=classes)
         return folder
 
@@ -157,8 +260,11 @@ def train_epoch(training: Training, inputs: TrainInputs, epoch: int) -> EpochRes
             nn.utils.clip_grad_norm_(training.params, cfg.grad_clip)
         training.scaler.step(training.optimizer)
         training.scaler.update()
+        if training.ema is not None:
+            training.ema.update()
         loss_sum += loss.detach() * len(labels)
-        correct += (logits.detach().argmax(1) == labels).sum()
+        hard = labels.argmax(1) if labels.dim() == 2 else labels  # mixed: the larger share
+        correct += (logits.detach().argmax(1) == hard).sum()
         seen += len(labels)
         if step % _DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
             diverged = True
@@ -175,13 +281,14 @@ def train_epoch(training: Training, inputs: TrainInputs, epoch: int) -> EpochRes
 
 @torch.no_grad()
 def evaluate(training: Training, inputs: TrainInputs) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on the validation rows, the network in eval mode."""
-    training.model.eval()
+    """(mean cross-entropy, accuracy) on the validation rows, the scored network
+    (:attr:`Training.scored`: the weight average, if kept) in eval mode."""
+    net = training.scored.eval()
     loss_sum = torch.zeros((), device=inputs.device)
     correct = torch.zeros((), device=inputs.device, dtype=torch.long)
     y = inputs.val_labels
     for x, labels in inputs.val_batches(_EVAL_BATCH):
-        logits = training.forward(x, inputs.start)
+        logits = training.forward(x, inputs.start, net)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     n = max(len(y), 1)

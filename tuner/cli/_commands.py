@@ -164,17 +164,22 @@ def _ranked_trial(args: argparse.Namespace) -> RankedTrial:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from tuner.results._inference import evaluate_folder, evaluate_test_split
+    from tuner.results._tta import apply_tta
 
     trial = _ranked_trial(args)
+    trial = replace(trial, model=apply_tta(trial.model, args.tta))
     data = Path(args.data) if args.data else None
     metrics = evaluate_folder(trial, data) if data else evaluate_test_split(trial)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics | {"tta": args.tta}, indent=2))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from tuner.results._export import check_output, export_trial
+    from tuner.results._tta import choose_tta
 
     check_output(Path(args.output), args.force)  # before any model is loaded
     if args.ensemble:
@@ -182,12 +187,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise UsageError("--ensemble and --refit cannot be combined")
         return _export_ensemble(args)
     trial = _ranked_trial(args)
+    # Chosen on the search checkpoint: a refit trained on the validation photos.
+    scored = f"the search checkpoint of trial {trial.trial_id}" if args.refit else "the model"
+    tta = choose_tta(args.tta, trial.model, trial.experiment.split(), trial.preprocessing, scored)
     if args.refit:
         from tuner.results._refit import load_refit
 
         trial = load_refit(trial)
-    for path in export_trial(trial, Path(args.output), args.force):
+    for path in export_trial(trial, Path(args.output), args.force, tta):
         print(f"Wrote {path}")
+    print(tta.line())
     if args.refit:
         print(f"Exported the refit of trial {trial.trial_id} (rank {trial.rank}, retrained on "
               f"train+val for {trial.best_epoch} epoch(s))")  # fmt: skip
@@ -221,13 +230,17 @@ def _export_ensemble(args: argparse.Namespace) -> int:
     from tuner.results._export import export_ensemble
     from tuner.results._holdout import record_ensemble, score_module_on_test
     from tuner.results._leaderboard import build_leaderboard
+    from tuner.results._tta import choose_tta
 
     exp = _experiment(args)
     board = build_leaderboard(exp)
     ensemble = choose_ensemble(exp, board, args.ensemble, args.ensemble_method)
-    test_acc = score_module_on_test(exp, ensemble.module(), ensemble.members[0].preprocessing)
-    for path in export_ensemble(ensemble, Path(args.output), test_acc, args.force):
+    prep = ensemble.members[0].preprocessing
+    tta = choose_tta(args.tta, ensemble.module(), exp.split(), prep, "the ensemble")
+    test_acc = score_module_on_test(exp, ensemble.module(), prep)
+    for path in export_ensemble(ensemble, Path(args.output), test_acc, args.force, tta):
         print(f"Wrote {path}")
+    print(tta.line())
     record_ensemble(
         exp,
         args.ensemble_method,

@@ -183,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--data", metavar="DIR", help="labelled photo folder (default: the test split)"
     )
+    evaluate.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help="test-time augmentation: flip averages the probabilities of each photo and its "
+        "mirror (default: none)",
+    )
 
     export = sub.add_parser(
         "export",
@@ -220,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="top: the K best-ranked trials (the default: on photos no trial saw it did better "
         "than greedy in every measured search); greedy: K picks (with replacement) among the "
         "2K best, each raising val accuracy most",
+    )
+    export.add_argument(
+        "--tta",
+        choices=["none", "flip", "auto"],
+        default="auto",
+        help="test-time augmentation built into the export (recorded in config.json, applied "
+        "by predict and the ONNX / torch.export graphs): flip averages the probabilities of "
+        "each photo and its mirror; auto (the default) keeps flip only if it raises the "
+        "accuracy on the validation photos",
     )
 
     refit = sub.add_parser(

@@ -17,6 +17,7 @@ is checked before anything large is built from it:
   their sizes adding up to no more than that state plus :data:`STATE_MARGIN`;
   only then is it unpickled (``weights_only=True``), and its tensors must have
   the architecture's names and shapes.
+- ``config.json``'s ``tta`` is ``"none"`` or ``"flip"`` (absent: ``"none"``).
 
 Memory bound: ``predict`` without ``--trust-model`` on any export holds at most
 the models themselves (the architectures ``config.json`` names, with the
@@ -47,6 +48,7 @@ MAX_MEMBERS = 16
 STATE_MARGIN = 8 * MIB  # the pickle and small records beside the tensors' bytes
 FILE_MARGIN = 16 * MIB  # the above plus zip headers and torch's 64-byte alignment
 MODEL_SCRIPT_BYTES = 4 << 30  # model.ts, run only with --trust-model
+TTA_MODES = ("none", "flip")  # the test-time augmentations an export may ask for
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -72,6 +74,16 @@ def check_labels(labels: Any, name: str) -> list[str]:
     if len(set(labels)) != len(labels):
         raise FileRefused(f"{name} names a class twice")
     return labels
+
+
+def check_tta(config: dict[str, Any]) -> str:
+    """The test-time augmentation ``config.json`` asks for: ``"none"`` (also when the key
+    is absent, as in exports written before it existed) or ``"flip"``; FileRefused for
+    anything else."""
+    value = config.get("tta", "none")
+    if not isinstance(value, str) or value not in TTA_MODES:
+        raise FileRefused(f"tta {repr(value)[:40]} is not one of {', '.join(map(repr, TTA_MODES))}")
+    return value
 
 
 def check_members(members: Any) -> list[dict[str, Any]]:

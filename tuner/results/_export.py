@@ -17,7 +17,13 @@ An export folder holds:
   deprecated in current torch; it stays while that option uses it);
 - ``labels.json``: the class names in output-index order;
 - ``config.json``: the trial configuration plus the preprocessing
-  (``image_size``, ``resize``, ``mean``, ``std``) and where it came from.
+  (``image_size``, ``resize``, ``mean``, ``std``), where it came from, and the
+  test-time augmentation (``tta``: ``none`` or ``flip``, and ``tta_choice``: how it was
+  chosen, see :mod:`tuner.results._tta`).
+
+With ``tta: flip``, ``model.onnx``, ``model.pt2`` and ``model.ts`` average the
+probabilities of the photo and its mirror inside the graph; ``model.pt`` stays the plain
+state_dict and ``predict`` applies the flip average itself.
 
 An ensemble export (``--ensemble K``) has the same ``model.ts`` (the members'
 averaged probabilities, as log-probabilities), ``labels.json`` and
@@ -46,6 +52,7 @@ import torch
 from tuner._errors import UsageError
 from tuner.results._ensemble import Ensemble
 from tuner.results._inference import Preprocessing, RankedTrial
+from tuner.results._tta import TtaChoice, apply_tta
 
 MODEL_STATE = "model.pt"
 MODEL_SCRIPT = "model.ts"
@@ -79,9 +86,14 @@ class Deployed(torch.nn.Module):
         return self.model(x).float().softmax(1)
 
 
-def deploy_contract(prep: Preprocessing, n_classes: int) -> dict[str, Any]:
+def deploy_contract(prep: Preprocessing, n_classes: int, tta: str = "none") -> dict[str, Any]:
     """What ``model.onnx`` and ``model.pt2`` take and return (written to config.json)."""
     size = prep.image_size
+    flip = (
+        "; test-time augmentation inside: the mean over the photo and its horizontal mirror"
+        if tta == "flip"
+        else ""
+    )
     return {
         "onnx": MODEL_ONNX,
         "torch_export": MODEL_PROGRAM,
@@ -98,18 +110,22 @@ def deploy_contract(prep: Preprocessing, n_classes: int) -> dict[str, Any]:
             "dtype": "float32",
             "shape": ["N", n_classes],
             "values": "class probabilities in labels.json order, summing to 1 (an ensemble: "
-            "the weighted mean of its members' probabilities)",
+            f"the weighted mean of its members' probabilities){flip}",
         },
-        "torchscript": f"{MODEL_SCRIPT}: logits of the normalised float32 input (an ensemble: "
-        "the log of its averaged probabilities); run by predict --trust-model",
+        "torchscript": f"{MODEL_SCRIPT}: logits of the normalised float32 input (an ensemble, "
+        f"or test-time augmentation: the log of the averaged probabilities){flip}; run by "
+        "predict --trust-model",
     }
 
 
-def export_trial(trial: RankedTrial, output: Path, force: bool = False) -> list[Path]:
-    """Write the four export files of ``trial`` into ``output``; return their paths.
+def export_trial(
+    trial: RankedTrial, output: Path, force: bool = False, tta: TtaChoice | None = None
+) -> list[Path]:
+    """Write the export files of ``trial`` into ``output``; return their paths.
 
     The TorchScript model is checked against the checkpoint's model on a
-    batch of random inputs before anything is written.
+    batch of random inputs before anything is written. ``tta`` (default: none, no key
+    written) is recorded in config.json and built into the graphs.
     """
     model = trial.model.float().eval()
     config = {
@@ -124,11 +140,16 @@ def export_trial(trial: RankedTrial, output: Path, force: bool = False) -> list[
         "experiment": trial.experiment.display(),
     }
     states = {MODEL_STATE: model}
-    return _write_export(output, model, trial.preprocessing, trial.classes, config, states, force)
+    prep = trial.preprocessing
+    return _write_export(output, model, prep, trial.classes, config, states, force, tta)
 
 
 def export_ensemble(
-    ensemble: Ensemble, output: Path, test_acc: float | None, force: bool = False
+    ensemble: Ensemble,
+    output: Path,
+    test_acc: float | None,
+    force: bool = False,
+    tta: TtaChoice | None = None,
 ) -> list[Path]:
     """Write an ensemble's export: one TorchScript ``model.ts`` averaging its members'
     probabilities, ``members/TRIAL_ID/model.pt`` state_dicts, labels and config."""
@@ -159,7 +180,7 @@ def export_ensemble(
     states = {f"members/{m.trial_id}/{MODEL_STATE}": m.model for m in ensemble.members}
     module = ensemble.module()
     prep, classes = first.preprocessing, first.classes
-    return _write_export(output, module, prep, classes, config, states, force)
+    return _write_export(output, module, prep, classes, config, states, force, tta)
 
 
 def _write_export(
@@ -170,8 +191,11 @@ def _write_export(
     config: dict[str, Any],
     states: dict[str, torch.nn.Module],
     force: bool = False,
+    tta: TtaChoice | None = None,
 ) -> list[Path]:
     size = prep.image_size
+    mode = tta.mode if tta is not None else "none"
+    model = apply_tta(model, mode)  # the graphs hold the test-time augmentation
     with torch.no_grad(), quiet_jit():
         traced = torch.jit.trace(model, torch.zeros(1, 3, size, size))
         probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -179,7 +203,8 @@ def _write_export(
             raise RuntimeError(f"the TorchScript export to {output} disagrees with the model")
     deployed = Deployed(model, prep).eval()
     program = _program(deployed, size)  # one torch.export for the program and the ONNX file
-    config = config | {"deploy": deploy_contract(prep, len(classes))}
+    config = config | (tta.to_config() if tta is not None else {})
+    config |= {"deploy": deploy_contract(prep, len(classes), mode)}
     writers: dict[str, Callable[[Path], object]] = {
         name: functools.partial(_save_state_dict, module) for name, module in states.items()
     }

@@ -31,6 +31,7 @@ from tuner.results._bounds import (
     MemberFiles,
     check_labels,
     check_members,
+    check_tta,
     load_weights,
     open_script,
     read_json,
@@ -38,6 +39,7 @@ from tuner.results._bounds import (
 from tuner.results._ensemble import ProbabilityMean
 from tuner.results._export import CONFIG, LABELS, MODEL_SCRIPT, MODEL_STATE, quiet_jit
 from tuner.results._inference import Preprocessing, classify
+from tuner.results._tta import apply_tta
 
 
 @dataclass
@@ -48,6 +50,7 @@ class ExportedModel:
     model: Callable[[torch.Tensor], torch.Tensor]
     labels: list[str]
     preprocessing: Preprocessing
+    tta: str = "none"  # config.json's test-time augmentation, applied by ``model``
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # model, batches
 
 
@@ -165,10 +168,16 @@ def load_export(
     ``weights_only=True``; every value of ``config.json`` used is checked first,
     and every file is read within the bounds of :mod:`tuner.results._bounds`.
     ``trust_model`` runs ``model.ts`` instead (TorchScript runs code its author wrote).
+    With ``"tta": "flip"`` in config.json, the model built here averages the
+    probabilities of each photo and its mirror (``model.ts`` holds that already).
     """
     device = device or torch.device("cpu")
     labels, config = _read_export(folder)
     prep = _preprocessing(folder, config)
+    try:
+        tta = check_tta(config)
+    except FileRefused as exc:
+        raise _not_export(folder, str(exc)) from None
     files = MemberFiles()
     model: Callable[[torch.Tensor], torch.Tensor]
     if trust_model:
@@ -186,12 +195,13 @@ def load_export(
             )
             for m in members
         ]
-        model = ProbabilityMean(nets, weights).eval().to(device)
+        model = apply_tta(ProbabilityMean(nets, weights).eval(), tta).to(device)
     else:
-        model = _weights(
+        net = _weights(
             folder, MODEL_STATE, config.get("model"), len(labels), prep.image_size, files
-        ).to(device)
-    return ExportedModel(folder, model, labels, prep, device)
+        )
+        model = apply_tta(net, tta).to(device)
+    return ExportedModel(folder, model, labels, prep, tta, device)
 
 
 def _script(folder: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:

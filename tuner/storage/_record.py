@@ -135,7 +135,14 @@ def parse_record(raw: bytes | None, key: bytes, name: str) -> Record | None:
     return record
 
 
-# The highest save counter this machine wrote or checked, per experiment id ------------
+# The highest save counter this machine wrote or checked, per experiment folder ---------
+
+
+def mark_of(ident: str, where: str) -> str:
+    """The name of the save mark of experiment ``ident`` in the folder ``where`` (its file
+    system and path): a rollback is a folder's state going back, and a copy of the folder
+    elsewhere (same id) is watched on its own."""
+    return hashlib.sha256(f"{ident}\0{where}".encode()).hexdigest()[:32]
 
 
 def _mark(key_file: str, ident: str) -> Path:

@@ -16,10 +16,11 @@ these files (:func:`is_signed`) could run code as whoever resumes, so they are s
   the whole record, fails in another. A record without a valid MAC, of another name, or
   from before this binding verifies nothing (``--trust-state`` loads and re-signs it).
 - **Bound to its order**: the record's save counter rises at every signed write, and
-  this machine keeps the highest it wrote or checked per experiment id
-  (``CONFIG/saves/ID``); an older record (a folder rolled back to an earlier signed
-  save) is refused. A machine that never saw the experiment (its key copied there) has
-  no mark: there, a rollback to an earlier signed save is still accepted.
+  this machine keeps the highest it wrote or checked per experiment id and folder
+  (``CONFIG/saves/MARK``, :func:`~tuner.storage._record.mark_of`); an older record (a
+  folder rolled back to an earlier signed save) is refused. A copy of the folder
+  elsewhere is watched on its own. A machine that never saw the folder (its key copied
+  there) has no mark: there, a rollback to an earlier signed save is still accepted.
 - The journal's length when Ray saved each trial list (:func:`note_journal`) is kept
   with that list's digest, so ``resume`` cuts the study back to the save it restores.
 - The key is 32 random bytes in ``$XDG_CONFIG_HOME/flower-tune/state.key`` (else
@@ -60,6 +61,7 @@ from tuner.storage._record import (
     high_water,
     key_path,
     load_key,
+    mark_of,
     parse_record,
     raise_high_water,
 )
@@ -146,6 +148,11 @@ class SigningHandler(pafs.FileSystemHandler):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_writer": None, "_written": {}}
 
+    @property
+    def where(self) -> str:
+        """The experiment folder as its save mark knows it: file system and path."""
+        return f"{self.fs.type_name}:{self.folder}"
+
     def _name(self, path: str) -> str | None:
         """``path``'s name if it is a signed file of the experiment folder."""
         head, name = posixpath.split(path.rstrip("/"))
@@ -187,11 +194,12 @@ class SigningHandler(pafs.FileSystemHandler):
                 record.journal[digest] = length
             live = {d for digests in record.files.values() for d in digests}
             record.journal = {d: n for d, n in record.journal.items() if d in live}
-            record.save = max(record.save, high_water(self.key_file, record.experiment)) + 1
+            mark = mark_of(record.experiment, self.where)
+            record.save = max(record.save, high_water(self.key_file, mark)) + 1
             signatures = posixpath.join(self.folder, SIGNATURES_FILE)
             write_whole(self._writer, signatures, record.encode(key))  # the signature first,
             write_whole(self._writer, path, data)  # then the file it signs
-            raise_high_water(self.key_file, record.experiment, record.save)
+            raise_high_water(self.key_file, mark, record.save)
             self._written[path] = sha
 
     def _checked(self, path: str, retry: str = "resume --trust-state loads it anyway") -> bytes:
@@ -206,7 +214,7 @@ class SigningHandler(pafs.FileSystemHandler):
                 f"{path} does not carry a signature of your state key for this experiment; "
                 f"it was not loaded ({retry})"
             )
-        _refuse_rollback(record, self.key_file, path, retry)
+        _refuse_rollback(record, self.key_file, self.where, path, retry)
         return data
 
     # pyarrow.fs.FileSystemHandler ----------------------------------------------
@@ -328,15 +336,16 @@ class _SignedWrite(io.BytesIO):
             self.handler.write_signed(self.path, data)
 
 
-def _refuse_rollback(record: Record, key_file: str, what: str, retry: str) -> None:
-    seen = high_water(key_file, record.experiment)
+def _refuse_rollback(record: Record, key_file: str, where: str, what: str, retry: str) -> None:
+    mark = mark_of(record.experiment, where)
+    seen = high_water(key_file, mark)
     if record.save < seen:
         raise UsageError(
             f"{what}: the experiment's signed state is save {record.save}, older than save "
             f"{seen} that this machine wrote or checked: it was rolled back to an earlier "
             f"signed save; not loading it ({retry})"
         )
-    raise_high_water(key_file, record.experiment, record.save)
+    raise_high_water(key_file, mark, record.save)
 
 
 def _handler(exp: Experiment, verify: bool = True) -> SigningHandler:
@@ -386,7 +395,10 @@ def check_signed(exp: Experiment) -> None:
         record = stored_record(exp)
         if record is not None:
             retry = f"load it anyway with: {exp.resume_command()} --trust-state"
-            _refuse_rollback(record, str(key_path()), f"{exp.name!r} in {exp.display()}", retry)
+            where = _handler(exp).where
+            _refuse_rollback(
+                record, str(key_path()), where, f"{exp.name!r} in {exp.display()}", retry
+            )
         return
     shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
     raise UsageError(

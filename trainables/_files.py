@@ -187,3 +187,40 @@ def create_new(path: str | os.PathLike[str], mode: int = 0o644, replace: bool = 
             raise FileRefused(f"{path} is a folder; not replacing it") from None
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+
+
+def refuse_links(root: str | os.PathLike[str], rel: str, replace_last: bool = False) -> None:
+    """FileRefused if a component of ``rel`` under ``root`` is a link, so that nothing is
+    written through one; a link as the last component is removed instead (written anew,
+    never through) if ``replace_last``. Stops at the first component that does not exist
+    (it will be created as a real one)."""
+    where = os.fspath(root)
+    parts = [p for p in rel.split("/") if p and p != "."]
+    for i, part in enumerate(parts):
+        where = os.path.join(where, part)
+        try:
+            mode = os.lstat(where).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(mode):
+            if replace_last and i == len(parts) - 1:
+                os.unlink(where)
+                return
+            raise FileRefused(f"{where} is a link; the tool writes nothing through it")
+
+
+def open_lock(path: str | os.PathLike[str], mode: int = 0o644) -> int:
+    """A descriptor of the lock file ``path`` (created if absent) for ``flock``: never
+    through a link planted at its name, and only a regular file (a FIFO is refused at once,
+    not waited on)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileRefused(f"{path} is a link; not following it") from None
+        raise FileRefused(f"cannot open {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileRefused(f"{path} is not a regular file; not using it")
+    return fd

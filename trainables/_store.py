@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables._files import KIB, MIB, FileRefused, parse_json, read_bounded
+from trainables._files import KIB, MIB, FileRefused, open_lock, parse_json, read_bounded
 from trainables._progress import Progress
 from trainables._settings import settings
 from trainables._source import PhotoSource
@@ -216,12 +216,7 @@ def _lookup(
 
 @contextmanager
 def _locked(path: Path) -> Any:
-    # Not through a link planted at the lock's name (a shared cache folder).
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as exc:
-        raise FileRefused(f"cannot lock {path}: {exc.strerror or exc}") from None
+    fd = open_lock(path)  # a shared cache folder: never through a planted link
     with os.fdopen(fd, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

@@ -30,14 +30,12 @@ another host shows as running until a writer takes it over.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
 import secrets
 import shlex
 import socket
-import stat
 import sys
 import threading
 import time
@@ -47,7 +45,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from trainables import KIB, FileRefused, parse_json, read_bounded, settings, write_replacing
+from trainables import (
+    KIB,
+    FileRefused,
+    open_lock,
+    parse_json,
+    read_bounded,
+    settings,
+    write_replacing,
+)
 from tuner._errors import UsageError, printable
 from tuner.storage._experiment import GUARD_FILE, LOCK_FILE, Experiment
 
@@ -57,7 +63,6 @@ SETTLE_S = 1.0
 OBSERVATIONS_FILE = "lock-observations.json"  # in settings().config_dir
 OBSERVATIONS_LIMIT = 256 * KIB
 KEEP_OBSERVATIONS = 200  # the most recent ones; older sightings are forgotten
-_GUARD_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -266,17 +271,10 @@ class WriterLock:
     def _open_guard(self, folder: Path) -> int:
         """A descriptor of ``folder/.writer.guard``, created if absent, never through a
         link (UsageError if one is planted there, or anything but a regular file)."""
-        path = folder / GUARD_FILE
         try:
-            fd = os.open(path, _GUARD_FLAGS, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UsageError(f"{path} is a link; not following it") from None
-            raise UsageError(f"cannot open {path}: {exc.strerror or exc}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise UsageError(f"{path} is not a regular file; not using it")
-        return fd
+            return open_lock(folder / GUARD_FILE)
+        except FileRefused as exc:
+            raise UsageError(str(exc)) from None
 
     def _acquire_local(self) -> None:
         folder = Path(self.exp.path())

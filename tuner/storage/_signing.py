@@ -42,10 +42,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
-import os
 import posixpath
 import secrets
-import stat
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +51,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from trainables import MIB, FileRefused, read_bounded
+from trainables import MIB, FileRefused, refuse_links
 from tuner._errors import UsageError
 from tuner.storage._experiment import SIGNATURES_FILE, Experiment
 from tuner.storage._record import (
@@ -65,7 +63,7 @@ from tuner.storage._record import (
     parse_record,
     raise_high_water,
 )
-from tuner.storage._storage import write_whole
+from tuner.storage._storage import read_limited, write_whole
 
 SIGNED = (
     "tuner.json",
@@ -106,21 +104,10 @@ def note_journal(state: bytes, length: int, ensure: Callable[[], None] | None = 
 def _read(fs: Any, path: str, limit: int = STATE_LIMIT) -> bytes | None:
     """``path``'s bytes (None if absent): a regular file of at most ``limit`` bytes, else
     FileRefused (on a local disk a FIFO or a link is refused without opening it)."""
-    if isinstance(fs, pafs.LocalFileSystem):
-        try:
-            return read_bounded(path, limit)
-        except FileNotFoundError:
-            return None
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
+    try:
+        return read_limited(fs, path, limit)
+    except FileNotFoundError:
         return None
-    if info.type != pafs.FileType.File:
-        raise FileRefused(f"{path} is not a file; not reading it")
-    with fs.open_input_stream(path) as f:
-        data = bytes(f.read(limit + 1))  # an object's size: only as large as it reads
-    if len(data) > limit:
-        raise FileRefused(f"{path} is over the {limit // MIB} MiB such a file may be")
-    return data
 
 
 def _direct(fs: Any) -> Any:
@@ -250,21 +237,8 @@ class SigningHandler(pafs.FileSystemHandler):
         if not isinstance(self.fs, pafs.LocalFileSystem):
             return
         rel = posixpath.relpath(path, self.folder)
-        if rel == "." or rel.startswith("../"):
-            return
-        where = self.folder
-        parts = rel.split("/")
-        for i, part in enumerate(parts):
-            where = posixpath.join(where, part)
-            try:
-                mode = os.lstat(where).st_mode
-            except FileNotFoundError:
-                return
-            if stat.S_ISLNK(mode):
-                if i == len(parts) - 1 and replace:
-                    os.unlink(where)
-                    return
-                raise FileRefused(f"{where} is a link; the tool writes nothing through it")
+        if rel != "." and not rel.startswith("../"):
+            refuse_links(self.folder, rel, replace_last=replace)
 
     def create_dir(self, path: str, recursive: bool) -> None:
         self._no_link(path, replace=False)

@@ -21,7 +21,6 @@ import contextlib
 import os
 import posixpath
 import re
-import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
-from trainables import MIB, FileRefused, read_bounded, settings
+from trainables import MIB, FileRefused, read_bounded, refuse_links, settings
 from tuner._errors import UsageError
 
 DEFAULT_STORAGE = "results"
@@ -57,6 +56,30 @@ def object_store_error(text: str) -> str | None:
     """The object store's error code named in ``text`` (``NO_SUCH_BUCKET``, ...), if any."""
     match = _AWS_ERROR.search(text)
     return match.group(1) if match else None
+
+
+def read_limited(fs: Any, path: str, limit: int, shown: str | None = None) -> bytes:
+    """The file ``path`` of ``fs``, at most ``limit`` bytes: FileRefused (naming it as
+    ``shown``) if it is larger or not a regular file (a link, a FIFO, a device: refused at
+    once on a local disk, never followed or waited on), FileNotFoundError if absent."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return read_bounded(path, limit)
+    shown = shown or path
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    if info.type != pafs.FileType.File:
+        raise FileRefused(f"{shown} is not a file; not reading it")
+    if info.size is not None and info.size > limit:
+        raise FileRefused(
+            f"{shown} is {info.size / 2**20:.1f} MiB, over the {limit / 2**20:.1f} MiB such a "
+            "file may be"
+        )
+    with fs.open_input_stream(path) as f:
+        data = bytes(f.read(limit + 1))  # an object only as large as it reads
+    if len(data) > limit:
+        raise FileRefused(f"{shown} is over the {limit} bytes it may be")
+    return data
 
 
 def write_whole(fs: Any, path: str, data: bytes) -> None:
@@ -179,28 +202,8 @@ class Storage:
         """The file ``rel``, at most ``limit`` bytes: FileRefused if it is larger, or not a
         regular file (a link, a FIFO, a device: refused at once on a local disk, never
         followed or waited on), FileNotFoundError if it is absent."""
-        path = self.path(rel)
-        if self.is_local:
-            return self._call(lambda: read_bounded(path, limit), rel)
-
-        def read() -> bytes:
-            info = self.fs.get_file_info(path)
-            if info.type == pafs.FileType.NotFound:
-                raise FileNotFoundError(path)
-            if info.type != pafs.FileType.File:
-                raise FileRefused(f"{self.display(rel)} is not a file; not reading it")
-            if info.size is not None and info.size > limit:
-                raise FileRefused(
-                    f"{self.display(rel)} is {info.size / 2**20:.1f} MiB, over the "
-                    f"{limit / 2**20:.1f} MiB such a file may be"
-                )
-            with self.fs.open_input_stream(path) as f:
-                data = bytes(f.read(limit + 1))
-            if len(data) > limit:
-                raise FileRefused(f"{self.display(rel)} is over the {limit} bytes it may be")
-            return data
-
-        return self._call(read, rel)
+        path, shown = self.path(rel), self.display(rel)
+        return self._call(lambda: read_limited(self.fs, path, limit, shown), rel)
 
     def read_text(self, rel: str, limit: int = READ_LIMIT) -> str:
         data = self.read_bytes(rel, limit)
@@ -225,15 +228,7 @@ class Storage:
     def refuse_links(self, rel: str) -> None:
         """FileRefused if a folder on the way from the root to ``rel`` (a local folder) is
         a link: what is written there would land wherever the link points."""
-        path = self.root
-        for part in [p for p in rel.split("/") if p]:
-            path = posixpath.join(path, part)
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                return  # created as a real folder
-            if stat.S_ISLNK(mode):
-                raise FileRefused(f"{path} is a link; the tool writes nothing through it")
+        refuse_links(self.root, rel)
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())

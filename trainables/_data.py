@@ -157,6 +157,11 @@ class ImageCache:
     where that file is missing decodes the photos itself into its own cache
     (:meth:`local`). ``train_x`` and ``val_x`` gather the rows into memory, for
     small sets and tests; trials read batches of rows instead.
+
+    ``train_soft`` (None: the labels alone) gives each training photo a target
+    distribution over the classes (rows summing to 1, float32): a distillation's
+    teacher mixed with the true label. Training then uses it in place of
+    ``train_y``; ``train_y`` still names each photo's class.
     """
 
     classes: list[str]
@@ -169,6 +174,7 @@ class ImageCache:
     key: str = ""  # names the decoded entry (with the rows, keys the frozen activations)
     root: str = ""  # where the entry's photos are, to decode them on another node
     entry_files: list[str] = field(default_factory=list)
+    train_soft: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -200,9 +206,10 @@ class ImageCache:
 
     def subset(self, train: np.ndarray, val: np.ndarray) -> ImageCache:
         """The cache of training rows ``train`` and validation rows ``val`` (indices)."""
+        soft = None if self.train_soft is None else self.train_soft[train]
         return dataclasses.replace(
             self, train_rows=self.train_rows[train], train_y=self.train_y[train],
-            val_rows=self.val_rows[val], val_y=self.val_y[val],
+            val_rows=self.val_rows[val], val_y=self.val_y[val], train_soft=soft,
         )  # fmt: skip
 
 

@@ -18,7 +18,9 @@ stays at ``image_size``; cached train activations (and views) are then of S-pixe
 crops, under their own key. ``mixup`` / ``cutmix`` (:mod:`trainables._mixing`)
 mix each training batch where the trained part starts: pixels for ``images``,
 the cached activations otherwise (manifold mixup: the cache stays in use); a
-mixed batch's labels are class probabilities.
+mixed batch's labels are class probabilities. A cache with ``train_soft`` (a
+distillation's targets) trains on those class probabilities instead of the labels,
+mixed alike.
 
 Photos and activations stay on the host, memory-mapped from disk
 (:class:`Rows`); :func:`stream` gathers each batch's rows on a background
@@ -255,7 +257,8 @@ class TrainInputs:
 
         Random draws (augmentation, which view, mixing) come from ``generator``
         in batch order, whatever is prepared ahead. Labels are class indices,
-        or class probabilities (N, classes) when ``mixing`` is on.
+        or class probabilities (N, classes) when ``mixing`` is on or the cache has
+        soft targets.
         """
         if self.views is not None:
             for idx in batches:
@@ -345,6 +348,8 @@ def build_inputs(
     train_y, val_y = (
         torch.tensor(y, dtype=torch.long, device=device) for y in (data.train_y, data.val_y)
     )
+    if data.train_soft is not None:
+        train_y = torch.tensor(data.train_soft, dtype=torch.float32, device=device)
     train, val = Rows(pixels, data.train_rows), Rows(pixels, data.val_rows)
     mixing = Mixing.for_config(cfg, len(data.classes))
     extra: dict[str, Any] = {"train_size": cfg.train_size, "mixing": mixing}

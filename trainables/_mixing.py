@@ -114,7 +114,8 @@ class Mixing:
     def apply(
         self, x: torch.Tensor, labels: torch.Tensor, draw: MixDraw
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mixed ``x``, class-probability targets) of the batch under ``draw``."""
+        """(mixed ``x``, class-probability targets) of the batch under ``draw``; ``labels``
+        are class indices or already class probabilities (a distillation's targets)."""
         perm = draw.perm.to(x.device)
         partner = x.index_select(0, perm)
         if draw.box is None:
@@ -123,7 +124,9 @@ class Mixing:
             top, bottom, left, right = draw.box
             mixed = x.clone()
             mixed[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
-        onehot = F.one_hot(labels, self.num_classes).to(torch.float32)
+        onehot = (
+            labels.float() if labels.dim() == 2 else F.one_hot(labels, self.num_classes).float()
+        )
         soft = onehot.mul(draw.lam).add_(onehot.index_select(0, perm), alpha=1.0 - draw.lam)
         return mixed, soft
 

@@ -182,6 +182,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from tuner.results._tta import choose_tta
 
     check_output(Path(args.output), args.force)  # before any model is loaded
+    if args.distill:
+        if args.refit:
+            raise UsageError("--distill and --refit cannot be combined")
+        return _export_distilled(args)
+    if args.student is not None or args.trust_state:
+        flag = "--student" if args.student is not None else "--trust-state"
+        raise UsageError(f"{flag} goes with --distill")
     if args.ensemble:
         if args.refit:
             raise UsageError("--ensemble and --refit cannot be combined")
@@ -203,6 +210,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         val = "-" if trial.val_acc is None else f"{trial.val_acc:.4f}"
         print(f"Exported trial {trial.trial_id} (rank {trial.rank}, val_acc {val})")
+    return 0
+
+
+def _export_distilled(args: argparse.Namespace) -> int:
+    from tuner.results._distill import DistillRequest, distill, load_distilled
+    from tuner.results._export import export_trial
+    from tuner.results._tta import choose_tta
+
+    exp = _experiment(args)
+    request = DistillRequest(
+        rank=args.rank, size=args.ensemble or 3, method=args.ensemble_method,
+        student=args.student, teacher_weight=args.teacher_weight,
+    )  # fmt: skip
+    request.check()  # before anything loads
+    record, folder = distill(exp, request, trust_state=args.trust_state)
+    trial = _ranked_trial(args)
+    scored = f"the search checkpoint of trial {trial.trial_id}"
+    tta = choose_tta(args.tta, trial.model, exp.split(), trial.preprocessing, scored)
+    student = load_distilled(trial, record, folder)
+    extra = {"distilled": {k: record[k] for k in ("teacher", "teacher_weight", "test_acc")}}
+    for path in export_trial(student, Path(args.output), args.force, tta, extra):
+        print(f"Wrote {path}")
+    print(tta.line())
+    print(
+        f"Exported the distilled model ({record['model']}, the configuration of rank "
+        f"{record['rank']}, {record['epochs']} epoch(s) on train + val from a "
+        f"{request.method} ensemble of {len(record['teacher']['members'])}): test_acc "
+        f"{record['test_acc']:.4f} on {record['n_test']} test photos (without test-time "
+        f"augmentation); {record['wall_time_s']:.0f} s of training"
+    )
     return 0
 
 

@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write model.pt (state_dict of the stock architecture), model.ts "
         "(TorchScript), labels.json and config.json (trial config and preprocessing) "
         "for the best checkpoint of a ranked trial; or, with --ensemble K, one model.ts "
-        "averaging the probabilities of K trials' best checkpoints.",
+        "averaging the probabilities of K trials' best checkpoints; or, with --distill, "
+        "one network trained on train + val to answer like the top-K ensemble.",
     )
     _add_ranked_trial_args(export)
     export.add_argument(
@@ -218,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ensemble",
         type=_positive_int,
         metavar="K",
-        help="export an ensemble of K members instead of one trial (--rank is then ignored)",
+        help="export an ensemble of K members instead of one trial (--rank is then ignored); "
+        "with --distill: the teacher's size (default 3)",
     )
     export.add_argument(
         "--ensemble-method",
@@ -236,6 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
         "by predict and the ONNX / torch.export graphs): flip averages the probabilities of "
         "each photo and its mirror; auto (the default) keeps flip only if it raises the "
         "accuracy on the validation photos",
+    )
+    export.add_argument(
+        "--distill",
+        action="store_true",
+        help="train one network (the --rank configuration, on train + val, as a refit) on "
+        "the top-K ensemble's probabilities mixed with the true labels, score it on the "
+        "test split and export it (reused when asked again with the same settings)",
+    )
+    export.add_argument(
+        "--student",
+        metavar="MODEL",
+        help="with --distill: the student's architecture, a model of the registry (default: "
+        "the ranked trial's own)",
+    )
+    export.add_argument(
+        "--teacher-weight",
+        type=float,
+        default=0.7,
+        metavar="W",
+        help="with --distill: each target is W x the teacher's probabilities + (1 - W) x the "
+        "true label (default 0.7)",
+    )
+    export.add_argument(
+        "--trust-state",
+        action="store_true",
+        help="with --distill: use tuner.json (cluster, resources) even if it does not carry a "
+        "signature of your state key for this experiment",
     )
 
     refit = sub.add_parser(

@@ -17,9 +17,10 @@ An export folder holds:
   deprecated in current torch; it stays while that option uses it);
 - ``labels.json``: the class names in output-index order;
 - ``config.json``: the trial configuration plus the preprocessing
-  (``image_size``, ``resize``, ``mean``, ``std``), where it came from, and the
-  test-time augmentation (``tta``: ``none`` or ``flip``, and ``tta_choice``: how it was
-  chosen, see :mod:`tuner.results._tta`).
+  (``image_size``, ``resize``, ``mean``, ``std``), where it came from (a distilled
+  model: its teacher, under ``distilled``), and the test-time augmentation (``tta``:
+  ``none`` or ``flip``, and ``tta_choice``: how it was chosen, see
+  :mod:`tuner.results._tta`).
 
 With ``tta: flip``, ``model.onnx``, ``model.pt2`` and ``model.ts`` average the
 probabilities of the photo and its mirror inside the graph; ``model.pt`` stays the plain
@@ -119,13 +120,18 @@ def deploy_contract(prep: Preprocessing, n_classes: int, tta: str = "none") -> d
 
 
 def export_trial(
-    trial: RankedTrial, output: Path, force: bool = False, tta: TtaChoice | None = None
+    trial: RankedTrial,
+    output: Path,
+    force: bool = False,
+    tta: TtaChoice | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write the export files of ``trial`` into ``output``; return their paths.
 
     The TorchScript model is checked against the checkpoint's model on a
     batch of random inputs before anything is written. ``tta`` (default: none, no key
-    written) is recorded in config.json and built into the graphs.
+    written) is recorded in config.json and built into the graphs; ``extra`` keys are
+    added to config.json (a distilled model's ``distilled``).
     """
     model = trial.model.float().eval()
     config = {
@@ -138,6 +144,7 @@ def export_trial(
         "val_acc": trial.val_acc,
         "source_checkpoint": str(trial.checkpoint),
         "experiment": trial.experiment.display(),
+        **(extra or {}),
     }
     states = {MODEL_STATE: model}
     prep = trial.preprocessing

@@ -8,9 +8,9 @@ leaderboard shows them as ``test_acc``. A trial is scored again only when
 its best checkpoint changed.
 
 The models made from the search afterwards are scored on the same split and
-listed beside the trials (:func:`made_models`): each refit (``refit.json``)
-and each exported ensemble (``ensembles.json``, one entry per method and size,
-the latest export).
+listed beside the trials (:func:`made_models`): each refit (``refit.json``), each
+distilled model (``distilled/*/distill.json``) and each exported ensemble
+(``ensembles.json``, one entry per method and size, the latest export).
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from tuner.results._inference import (
     load_ranked_trial,
 )
 from tuner.results._leaderboard import load_scores
-from tuner.storage._experiment import ENSEMBLES, REFIT_DIR, TEST_SCORES, Experiment
+from tuner.storage._experiment import (
+    DISTILL_DIR,
+    DISTILL_RECORD,
+    ENSEMBLES,
+    REFIT_DIR,
+    TEST_SCORES,
+    Experiment,
+)
 
 
 def test_lines(board: pd.DataFrame) -> list[str]:
@@ -114,8 +121,8 @@ def record_ensemble(
 
 
 def made_models(exp: Experiment) -> list[dict[str, Any]]:
-    """Refits and exported ensembles of ``exp``: ``model`` (what it is), ``val_acc`` (None
-    for a refit: it trained on the validation photos) and ``test_acc``."""
+    """Refits, distilled models and exported ensembles of ``exp``: ``model`` (what it is),
+    ``val_acc`` (None for a model trained on the validation photos) and ``test_acc``."""
     rows = []
     for trial_id in exp.storage.list(exp.rel(REFIT_DIR), dirs=True):
         refit = exp.read_json(f"{REFIT_DIR}/{trial_id}/refit.json")
@@ -128,6 +135,10 @@ def made_models(exp: Experiment) -> list[dict[str, Any]]:
                     "test_acc": refit["test_acc"],
                 }
             )
+    for name in exp.storage.list(exp.rel(DISTILL_DIR), dirs=True):
+        row = _distilled_row(exp.read_json(f"{DISTILL_DIR}/{name}/{DISTILL_RECORD}"))
+        if row is not None:
+            rows.append(row)
     for entry in exp.read_json(ENSEMBLES, []):
         picks = ", ".join(f"rank {m['rank']} x{m['weight']:g}" for m in entry["members"])
         rows.append(
@@ -138,6 +149,22 @@ def made_models(exp: Experiment) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _distilled_row(record: Any) -> dict[str, Any] | None:
+    """The made-model row of a ``distill.json`` (None if it is not one: a shared folder's
+    file is checked, not trusted)."""
+    try:
+        teacher, acc = record["teacher"], record["test_acc"]
+        picks = ", ".join(f"rank {int(m['rank'])}" for m in teacher["members"])
+        model = (
+            f"{str(record['model'])[:64]} distilled from the {str(teacher['method'])[:16]} "
+            f"ensemble of {len(teacher['members'])} ({picks}) on train + val, "
+            f"{int(record['epochs'])} epoch(s)"
+        )
+        return {"model": model, "val_acc": None, "test_acc": float(acc)}
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
 
 
 def accuracy_text(value: float | None) -> str:

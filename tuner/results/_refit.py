@@ -30,6 +30,7 @@ from trainables import (
     CheckpointError,
     DataError,
     ImageCache,
+    Progress,
     TrialConfig,
     decode_for_refit,
     fit,
@@ -50,26 +51,68 @@ from tuner.storage._storage import Storage
 
 
 def _train(
-    config: dict[str, Any], data: ImageCache, storage: Storage, dest: str, threads: int
+    config: dict[str, Any],
+    data: ImageCache,
+    storage: Storage,
+    dest: str,
+    threads: int,
+    label: str = "refit",
 ) -> dict[str, Any]:
-    """The Ray task: ``fit`` for the chosen epochs; the last checkpoint is uploaded to
-    ``dest`` (relative to ``storage``), from whichever node runs it."""
+    """The Ray task: ``fit`` for the chosen epochs, its progress on stderr (a line per
+    epoch, with the time left); the last checkpoint is uploaded to ``dest`` (relative to
+    ``storage``), from whichever node runs it."""
     cfg = TrialConfig.from_dict(config)
     history: list[dict[str, Any]] = []
+    progress = Progress(cfg.max_epochs, label, "epoch", every_s=0)
 
     def report(metrics: dict[str, Any], folder: Path) -> None:
         history.append(metrics)
-        print(
-            f"refit: epoch {metrics['epoch']}/{cfg.max_epochs} done in "
-            f"{metrics['epoch_time_s']:.0f} s (train_loss {metrics['train_loss']:.4f})",
-            flush=True,
-        )
+        progress.update(1)
         if metrics["epoch"] == cfg.max_epochs or metrics.get("diverged"):
             storage.upload(folder / CHECKPOINT_FILE, f"{dest}/{CHECKPOINT_FILE}")
         shutil.rmtree(folder, ignore_errors=True)
 
-    fit(cfg, data, report, threads=threads)
+    with progress:
+        fit(cfg, data, report, threads=threads)
     return {"history": history}
+
+
+def train_on_train_val(
+    exp: Experiment,
+    saved: RunRecord,
+    config: dict[str, Any],
+    data: ImageCache,
+    folder: str,
+    label: str,
+    say: Callable[[str], None] = print,
+) -> tuple[dict[str, Any], float]:
+    """Train ``config`` on ``data`` (train + val, scored on test) as one Ray task with the
+    resources of one trial on the experiment's cluster, its checkpoint written to
+    ``folder`` of ``exp``; the last epoch's metrics and the wall time (s). UsageError if
+    the training diverged."""
+    import ray
+
+    start_ray(saved.address, say)
+    resources = saved.resources
+    check_fits(resources, f"{label} (tuner.json's resources for one trial)")
+    t0 = time.perf_counter()
+    cpu, gpu = resources.get("cpu", 1.0), resources.get("gpu", 0.0)
+    task = ray.remote(_train).options(num_cpus=cpu, num_gpus=gpu)
+    threads = max(1, int(cpu))
+    result = ray.get(task.remote(config, data, exp.storage, exp.rel(folder), threads, label))
+    last: dict[str, Any] = result["history"][-1]
+    if last.get("diverged"):
+        raise UsageError(f"the {label} diverged at epoch {last['epoch']}")
+    return last, time.perf_counter() - t0
+
+
+def refit_data(exp: Experiment, saved: RunRecord, say: Callable[[str], None]) -> ImageCache:
+    """The experiment's train + val photos to train on, its test photos to score."""
+    try:
+        return decode_for_refit(exp.split(), saved.cache_size, say=say)
+    except DataError as exc:
+        raise UsageError(f"{exc}; a model trained on train + val is scored on the test split") \
+            from None  # fmt: skip
 
 
 def checked_record(exp: Experiment, rank: int, trust_state: bool = False) -> RunRecord:
@@ -90,34 +133,19 @@ def refit(
     exp: Experiment, rank: int, say: Callable[[str], None] = print, trust_state: bool = False
 ) -> dict[str, Any]:
     """Refit the ``rank``-th trial of ``exp`` (see the module doc); its record."""
-    import ray
-
     saved = checked_record(exp, rank, trust_state)
     trial = load_ranked_trial(exp, rank, build_leaderboard(exp))
     split = exp.split()
     epochs = max(1, trial.best_epoch)
     config = {**trial.config, "max_epochs": epochs}
-    try:
-        data = decode_for_refit(split, saved.cache_size, say=say)
-    except DataError as exc:
-        raise UsageError(f"refit: {exc}; refit scores its model on the test split") from None
+    data = refit_data(exp, saved, say)
     say(
         f"Refit of trial {trial.trial_id} (rank {rank}): {epochs} epoch(s) on "
         f"{len(split.train) + len(split.val)} train + val photos, scored on "
         f"{len(split.test)} test photos"
     )
-    start_ray(saved.address, say)
-    resources = saved.resources
-    check_fits(resources, "refit (tuner.json's resources for one trial)")
     folder = f"{REFIT_DIR}/{trial.trial_id}"
-    t0 = time.perf_counter()
-    cpu, gpu = resources.get("cpu", 1.0), resources.get("gpu", 0.0)
-    task = ray.remote(_train).options(num_cpus=cpu, num_gpus=gpu)
-    threads = max(1, int(cpu))
-    result = ray.get(task.remote(config, data, exp.storage, exp.rel(folder), threads))
-    last = result["history"][-1]
-    if last.get("diverged"):
-        raise UsageError(f"refit of trial {trial.trial_id} diverged at epoch {last['epoch']}")
+    last, wall = train_on_train_val(exp, saved, config, data, folder, "refit", say)
     record = {
         "trial_id": trial.trial_id,
         "rank": rank,
@@ -129,7 +157,7 @@ def refit(
         "n_train": len(split.train) + len(split.val),
         "n_test": len(split.test),
         "checkpoint": exp.display(folder),
-        "wall_time_s": time.perf_counter() - t0,
+        "wall_time_s": wall,
     }
     exp.write_json(f"{folder}/{REFIT_RECORD}", record)
     return record

@@ -42,6 +42,7 @@ BEST_CONFIG = "best_config.json"
 TEST_SCORES = "test_scores.json"
 ENSEMBLES = "ensembles.json"
 REFIT_DIR = "refit"
+DISTILL_DIR = "distilled"
 REPORT_DIR = "report"
 RESULT_FILE = "result.json"
 TRIAL_PREFIX = "trial_"
@@ -52,6 +53,7 @@ GUARD_FILE = ".writer.guard"  # flock'd on a local folder while the lock is take
 SIGNATURES_FILE = ".state-signatures"  # HMACs of the state resume loads
 RESERVE_FILE = ".tuner-reserve"  # disk kept free for the last save of a full storage
 REFIT_RECORD = "refit.json"  # in REFIT_DIR
+DISTILL_RECORD = "distill.json"  # in DISTILL_DIR/NAME
 REPORT_FILE = "report.md"  # in REPORT_DIR
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # The most of a file that is read: the tool's own JSON files are far smaller; a trial's

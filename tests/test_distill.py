@@ -1,0 +1,189 @@
+"""`export --distill`: one network trained on the top-K ensemble's probabilities mixed with
+the true labels, on train + val, scored on test, exported like any single model.
+
+The training side (soft targets in the cache) runs on real photos with real weights
+(EfficientNet-Lite0 from its package, 32 px); the command runs on the shared search."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import decoded, fit_reports, run_cli, run_tuner
+from test_export import ONNX_LINES, PROGRAM_LINES, RUN_SNIPPET, readme_snippet, unseen_photos
+
+from trainables import TrialConfig, augment_batch, build_inputs, choose_precision
+from trainables._train import Training
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
+
+BASE = dict(
+    model="efficientnet_lite0", pretrained=True, image_size=32, batch_size=8, lr=0.01,
+    optimizer="sgd", step_size=1, gamma=0.5, aug_strength=0.3, max_epochs=2, seed=1,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def photos(small_flowers):
+    return decoded(small_flowers, 32)
+
+
+def onehot(data):
+    return np.eye(len(data.classes), dtype=np.float32)[data.train_y]
+
+
+# --- the training side: soft targets in place of the labels ------------------------------
+
+
+def test_one_hot_soft_targets_train_as_the_labels_do(photos):
+    cfg = TrialConfig.from_dict(BASE)
+    hard = fit_reports(cfg, photos)
+    soft = fit_reports(cfg, dataclasses.replace(photos, train_soft=onehot(photos)))
+    for (a, _), (b, _) in zip(hard, soft, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_acc"] == b["val_acc"]
+
+
+def test_a_teachers_targets_change_the_training_and_are_mixed_like_labels(photos):
+    teacher = np.random.default_rng(0).dirichlet(np.ones(len(photos.classes)), len(photos.train_y))
+    targets = (0.7 * teacher + 0.3 * onehot(photos)).astype(np.float32)
+    taught = dataclasses.replace(photos, train_soft=targets)
+    cfg = TrialConfig.from_dict(BASE)
+    plain, soft = fit_reports(cfg, photos), fit_reports(cfg, taught)
+    assert plain[-1][0]["train_loss"] != pytest.approx(soft[-1][0]["train_loss"], rel=1e-3)
+    a, b = plain[-1][1]["model"], soft[-1][1]["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # A batch's labels are the targets of its rows; mixup mixes them, pair by pair.
+    mixed = TrialConfig.from_dict({**BASE, "mixup": 0.4, "freeze_depth": 0})
+    precision = choose_precision(mixed.precision, torch.device("cpu"), mixed.model)
+    training = Training.start(mixed, len(photos.classes), precision)
+    inputs = build_inputs(mixed, taught, training.model, precision)
+    idx = torch.arange(8)
+    generator = torch.Generator().manual_seed(3)
+    draw_gen = torch.Generator().manual_seed(3)
+    assert inputs.kind == "images"
+    _, labels = inputs.train_batch(idx, generator, 1)
+    # The same draws again, to recover the mixing's choices: augmentation first, then mixing.
+    augment_batch(inputs.train.gather(idx), inputs.train_crop, inputs.strength, draw_gen)
+    draw = inputs.mixing.draw(torch.zeros(8, 3, 32, 32), draw_gen)
+    want = torch.from_numpy(targets[:8])
+    want = want * draw.lam + want[draw.perm] * (1 - draw.lam)
+    assert torch.allclose(labels, want, atol=1e-6)
+    assert torch.allclose(labels.sum(1), torch.ones(8), atol=1e-5)
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def board(finished):
+    import pandas as pd
+
+    return pd.read_csv(finished[2] / "leaderboard.csv")
+
+
+@pytest.fixture(scope="module")
+def distilled(finished, tmp_path_factory):
+    """`export e2e --distill` on the shared search, run as a user runs it."""
+    _, storage, exp = finished
+    out = tmp_path_factory.mktemp("distilled") / "model"
+    proc = run_tuner(
+        "export", "e2e", "--storage", str(storage), "--output", str(out), "--distill",
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc, out, exp
+
+
+def test_distill_trains_the_rank_1_config_on_the_ensembles_targets_and_scores_it_on_test(
+    distilled, finished, board
+):
+    proc, out, exp = distilled
+    _, storage, _ = finished
+    config = json.loads((out / "config.json").read_text())
+    teacher = config["distilled"]["teacher"]
+    ranks = [m["rank"] for m in teacher["members"]]
+    assert ranks == [1, 2, 3] and teacher["method"] == "top"
+    assert [m["trial_id"] for m in teacher["members"]] == list(board["trial_id"][:3])
+    assert config["trial_id"] == board.loc[0, "trial_id"] and config["val_acc"] is None
+    folder = exp / "distilled" / f"{board.loc[0, 'trial_id']}-top3"
+    record = json.loads((folder / "distill.json").read_text())
+    split = json.loads((exp / "split.json").read_text())
+    assert record["n_train"] == len(split["train"]) + len(split["val"])
+    assert record["n_test"] == len(split["test"]) == 10
+    assert round(record["test_acc"] * 10, 6) % 1 == 0  # k of the 10 test photos
+    assert record["epochs"] == board.loc[0, "best_epoch"] and record["teacher_weight"] == 0.7
+    assert config["distilled"]["test_acc"] == record["test_acc"]
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    exported = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(exported[k], v) for k, v in state["model"].items())
+    assert f"test_acc {record['test_acc']:.4f}" in proc.stdout
+    assert f"distillation: {record['epochs']}/{record['epochs']} epochs" in proc.stderr
+    # The leaderboard lists it among the made models.
+    code, table, _ = run_cli("leaderboard", "e2e", "--storage", str(storage))
+    assert code == 0
+    made = [line for line in table.splitlines() if "distilled from the top ensemble of 3" in line]
+    assert len(made) == 1 and f"test_acc {record['test_acc']:.4f}" in made[0], table
+
+
+def test_distilling_again_with_the_same_settings_exports_the_same_model(
+    distilled, finished, tmp_path
+):
+    _, out, _ = distilled
+    _, storage, _ = finished
+    again = tmp_path / "again"
+    code, printed, err = run_cli(
+        "export", "e2e", "--storage", str(storage), "--output", str(again), "--distill"
+    )
+    assert code == 0, err[-2000:]
+    assert "Distilled model found" in printed
+    assert (again / "model.pt").read_bytes() == (out / "model.pt").read_bytes()
+
+
+def test_the_readme_snippet_answers_like_predict_for_a_distilled_export(
+    distilled, flowers, tmp_path
+):
+    _, out, _ = distilled
+    photos = [str(p) for p, _ in unseen_photos(flowers)][::3]
+    code, predicted, err = run_cli("predict", str(out), *photos, "--json", "--top", "5")
+    assert code == 0, err[-2000:]
+    expected = [
+        {p["class"]: p["probability"] for p in r["predictions"]}
+        for r in json.loads(predicted)["results"]
+    ]
+    snippet = readme_snippet()
+    variants = [snippet, snippet.replace(ONNX_LINES, PROGRAM_LINES)]
+    ran = subprocess.run(
+        [sys.executable, "-c", RUN_SNIPPET, json.dumps(variants), str(out), json.dumps(photos)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    answers = [json.loads(line) for line in ran.stdout.splitlines()]
+    assert len(answers) == len(variants) * len(photos)
+    for got, want in zip(answers, expected * len(variants), strict=True):
+        for label, probability in want.items():
+            assert got[label] == pytest.approx(probability, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--distill", "--teacher-weight", "1.5"), "--teacher-weight 1.5 is not between 0 and 1"),
+        (("--distill", "--teacher-weight", "nan"), "is not between 0 and 1"),
+        (("--distill", "--ensemble", "1"), "a teacher ensemble needs at least 2 members"),
+        (("--distill", "--refit"), "--distill and --refit cannot be combined"),
+        (("--student", "efficientnet_lite1"), "--student goes with --distill"),
+        (("--distill", "--student", "vgg99"), "--student vgg99"),
+    ],
+)
+def test_bad_distill_requests_exit_2_with_one_message(finished, tmp_path, extra, message):
+    _, storage, _ = finished
+    args = ("--storage", str(storage), "--output", str(tmp_path / "d"))
+    code, _, err = run_cli("export", "e2e", *args, *extra)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "d").exists()

@@ -1,0 +1,194 @@
+"""Distillation: one network trained to answer like the top-K ensemble, at one model's cost.
+
+``tuner export NAME --output DIR --distill [--ensemble K] [--student MODEL]``:
+
+1. **Teacher.** The ensemble of K ranked trials (``--ensemble-method``, as
+   ``export --ensemble`` picks them), with the flip average where it raises the
+   ensemble's accuracy on the validation photos (:func:`~tuner.results._tta.choose_tta`).
+2. **Targets.** The teacher's class probabilities for every train and val photo
+   (prepared as ``predict`` prepares them), mixed with the true label:
+   ``w * teacher + (1 - w) * onehot`` with ``w = --teacher-weight`` (default
+   :data:`TEACHER_WEIGHT`). No test photo is ever shown to the teacher.
+3. **Student.** The rank-1 configuration (``--rank`` picks another; ``--student``
+   another architecture from the registry, the rest of the configuration kept),
+   trained like a refit on train + val for that trial's best epoch count, as one Ray
+   task with one trial's resources, on those targets (cross-entropy with class
+   probabilities; mixup / cutmix mix them as they mix labels). Its progress is shown an
+   epoch at a time.
+4. **Record.** The student's checkpoint and ``distill.json`` land in
+   ``NAME/distilled/TRIAL_ID-METHODK[-STUDENT]/``: its ``test_acc`` on the test split,
+   the teacher's members and the settings. The leaderboard lists it among the made
+   models. Asking again with the same settings and teacher exports the model already
+   trained.
+
+The export is a single model's (``model.pt``, ``model.onnx``, ``model.pt2``,
+``model.ts``) with a ``distilled`` section in ``config.json``. Its test-time
+augmentation (``--tta auto``) is chosen on the validation photos by the search
+checkpoint of the student's trial (the student itself trained on them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainables import CheckpointError, ConfigError, TrialConfig
+from tuner._errors import UsageError
+from tuner.results._ensemble import choose_ensemble
+from tuner.results._inference import (
+    Preprocessing,
+    RankedTrial,
+    classify_labelled,
+    load_checkpoint,
+    load_ranked_trial,
+    model_from_state,
+)
+from tuner.results._leaderboard import build_leaderboard
+from tuner.results._refit import checked_record, refit_data, train_on_train_val
+from tuner.results._tta import apply_tta, choose_tta
+from tuner.storage._experiment import DISTILL_DIR, DISTILL_RECORD, Experiment
+
+TEACHER_WEIGHT = 0.7
+TEACHER_SIZE = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillRequest:
+    """What ``export --distill`` was asked for."""
+
+    rank: int = 1
+    size: int = TEACHER_SIZE
+    method: str = "top"
+    student: str | None = None  # None: the ranked trial's own model
+    teacher_weight: float = TEACHER_WEIGHT
+
+    def check(self) -> None:
+        if not 0.0 <= self.teacher_weight <= 1.0 or math.isnan(self.teacher_weight):
+            raise UsageError(
+                f"--teacher-weight {self.teacher_weight} is not between 0 and 1 (the share of "
+                "the teacher's probabilities in each training target)"
+            )
+        if self.size < 2:
+            raise UsageError(f"--ensemble {self.size}: a teacher ensemble needs at least 2 members")
+
+
+def soft_targets(
+    teacher: torch.nn.Module, exp: Experiment, prep: Any, weight: float
+) -> tuple[np.ndarray, float]:
+    """``weight * teacher + (1 - weight) * onehot`` for every train + val photo of ``exp``
+    (in that order, the order a refit's cache trains on), and the teacher's accuracy on
+    them (UsageError if a photo can no longer be read)."""
+    split = exp.split()
+    files = split.train + split.val
+    result, labels = classify_labelled(teacher, split.root, files, prep)
+    if result.failed:
+        i, reason = next(iter(sorted(result.failed.items())))
+        raise UsageError(f"{split.root}: {files[i][0]} can no longer be read: {reason}")
+    probs = result.logits.softmax(1)
+    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).float()
+    targets = probs.mul(weight).add_(onehot, alpha=1.0 - weight)
+    accuracy = float((probs.argmax(1) == labels).float().mean())
+    return targets.numpy().astype(np.float32), accuracy
+
+
+def _folder(trial_id: str, request: DistillRequest) -> str:
+    student = f"-{request.student}" if request.student else ""
+    return f"{DISTILL_DIR}/{trial_id}-{request.method}{request.size}{student}"
+
+
+def _student_config(trial: RankedTrial, student: str | None) -> dict[str, Any]:
+    config = {**trial.config, "max_epochs": max(1, trial.best_epoch)}
+    if student is not None:
+        config["model"] = student
+    try:
+        return TrialConfig.from_dict(config).to_dict()
+    except ConfigError as exc:
+        raise UsageError(f"--student {student}: {exc}") from None
+
+
+def distill(
+    exp: Experiment,
+    request: DistillRequest,
+    say: Callable[[str], None] = print,
+    trust_state: bool = False,
+) -> tuple[dict[str, Any], str]:
+    """Train (or find, when trained before with the same request) the distilled model of
+    ``exp`` (see the module doc); its record and folder."""
+    request.check()
+    saved = checked_record(exp, request.rank, trust_state)
+    board = build_leaderboard(exp)
+    trial = load_ranked_trial(exp, request.rank, board)
+    ensemble = choose_ensemble(exp, board, request.size, request.method)
+    members = [{"trial_id": m.trial_id, "rank": m.rank} for m in ensemble.members]
+    folder = _folder(trial.trial_id, request)
+    wanted = dataclasses.asdict(request)
+    previous = exp.read_json(f"{folder}/{DISTILL_RECORD}")
+    same = isinstance(previous, dict) and previous.get("request") == wanted
+    if same and previous["teacher"]["members"] == members:
+        say(f"Distilled model found in {exp.display(folder)} (same teacher and settings)")
+        return previous, folder
+    config = _student_config(trial, request.student)
+    split = exp.split()
+    prep = ensemble.members[0].preprocessing
+    teacher_tta = choose_tta("auto", ensemble.module(), split, prep, "the teacher ensemble")
+    ranks = ", ".join(f"rank {m.rank}" for m in ensemble.members)
+    flip = teacher_tta.line().replace("Test-time augmentation", "its test-time augmentation")
+    say(f"Teacher: {request.method} ensemble of {len(members)} ({ranks}), val_acc "
+        f"{ensemble.val_acc:.4f}; {flip}")  # fmt: skip
+    teacher = apply_tta(ensemble.module(), teacher_tta.mode)
+    with torch.no_grad():
+        targets, teacher_acc = soft_targets(teacher, exp, prep, request.teacher_weight)
+    del teacher, ensemble  # the training runs in a Ray task: free the members here
+    data = dataclasses.replace(refit_data(exp, saved, say), train_soft=targets)
+    epochs = int(config["max_epochs"])
+    say(
+        f"Distilling into {config['model']} (the configuration of trial {trial.trial_id}, rank "
+        f"{request.rank}): {epochs} epoch(s) on {len(targets)} train + val photos, targets "
+        f"{request.teacher_weight:g} teacher + {1 - request.teacher_weight:g} true label"
+    )
+    last, wall = train_on_train_val(exp, saved, config, data, folder, "distillation", say)
+    record = {
+        "request": wanted,
+        "trial_id": trial.trial_id,
+        "rank": request.rank,
+        "model": config["model"],
+        "epochs": epochs,
+        "config": config,
+        "teacher": {
+            "method": request.method,
+            "members": members,
+            "tta": teacher_tta.mode,
+            "accuracy_on_train_val": teacher_acc,
+        },
+        "teacher_weight": request.teacher_weight,
+        "test_acc": float(last["val_acc"]),  # the "val" photos of this training are the test split
+        "test_loss": float(last["val_loss"]),
+        "n_train": len(targets),
+        "n_test": len(split.test),
+        "checkpoint": exp.display(folder),
+        "wall_time_s": wall,
+    }
+    exp.write_json(f"{folder}/{DISTILL_RECORD}", record)
+    return record, folder
+
+
+def load_distilled(trial: RankedTrial, record: dict[str, Any], folder: str) -> RankedTrial:
+    """``trial`` (the student's ranked trial) with the distilled model and checkpoint."""
+    exp = trial.experiment
+    try:
+        state = load_checkpoint(exp, exp.display(folder))
+    except (OSError, CheckpointError) as exc:
+        raise UsageError(f"the distilled model in {exp.display(folder)} cannot be read: {exc}") \
+            from None  # fmt: skip
+    config = dict(state["config"])
+    model = model_from_state(state, len(trial.classes))
+    prep = Preprocessing.for_model(config["model"], config["image_size"])
+    return dataclasses.replace(
+        trial, model=model, checkpoint=exp.display(folder), config=config, val_acc=None,
+        best_epoch=int(record["epochs"]), preprocessing=prep,
+    )  # fmt: skip

@@ -17,6 +17,7 @@ import torch
 from conftest import decoded, fit_reports, run_cli, run_tuner
 from test_export import ONNX_LINES, PROGRAM_LINES, RUN_SNIPPET, readme_snippet, unseen_photos
 
+import trainables
 from trainables import TrialConfig, augment_batch, build_inputs, choose_precision
 from trainables._train import Training
 
@@ -75,6 +76,28 @@ def test_a_teachers_targets_change_the_training_and_are_mixed_like_labels(photos
     want = want * draw.lam + want[draw.perm] * (1 - draw.lam)
     assert torch.allclose(labels, want, atol=1e-6)
     assert torch.allclose(labels.sum(1), torch.ones(8), atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [0, 3])
+def test_a_teacher_member_runs_only_its_trained_part_and_answers_as_the_whole_model(
+    photos, depth
+):
+    """predict_train (cached frozen activations at depth 3) gives the probabilities the whole
+    network gives on the same centre crops."""
+    from trainables import eval_transform, normalize, predict_train
+    from trainables._features import cache_part
+
+    cfg = TrialConfig.from_dict({**BASE, "freeze_depth": depth, "aug_strength": 0.6})
+    assert (cache_part(cfg) is not None) == (depth > 0)
+    torch.manual_seed(0)
+    net = trainables.build_model(cfg.model, len(photos.classes), True, cfg.image_size).eval()
+    got = predict_train(cfg, photos, net)
+    x = eval_transform(32)(torch.from_numpy(photos.train_x))
+    mean, std = trainables.normalization(cfg.model)
+    with torch.no_grad():
+        want = net(normalize(x, mean, std, torch.float32)).softmax(1).numpy()
+    assert got.shape == (len(photos.train_y), len(photos.classes))
+    assert np.allclose(got, want, atol=1e-5)
 
 
 # --- the command --------------------------------------------------------------------------

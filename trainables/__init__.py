@@ -102,7 +102,7 @@ if TYPE_CHECKING:
         find_decoded,
         needed_bytes,
     )
-    from trainables._train import evaluate, fit, train_epoch
+    from trainables._train import evaluate, fit, predict_train, train_epoch
     from trainables._trainable import train_classifier
 
 # Where each name lives. Imported on first use (PEP 562): `tuner data check` and the
@@ -168,6 +168,7 @@ _SOURCES = {
     "evaluate": "_train",
     "find_decoded": "_store",
     "fit": "_train",
+    "predict_train": "_train",
     "freeze": "_models",
     "head": "_models",
     "load_image_cache": "_data",
@@ -274,6 +275,7 @@ __all__ = [
     "open_lock",
     "open_regular",
     "parse_json",
+    "predict_train",
     "prepare_data",
     "pretrained_weights_file",
     "probe_rels",

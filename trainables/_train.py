@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables._augment import eval_transform
 from trainables._checkpoint import save_state
 from trainables._config import TrialConfig
 from trainables._data import ImageCache
@@ -293,6 +294,35 @@ def evaluate(training: Training, inputs: TrainInputs) -> tuple[float, float]:
         correct += (logits.argmax(1) == labels).sum()
     n = max(len(y), 1)
     return float(loss_sum) / n, int(correct) / n
+
+
+@torch.no_grad()
+def predict_train(
+    cfg: TrialConfig, data: ImageCache, model: nn.Module, device: torch.device | None = None
+) -> np.ndarray:
+    """Class probabilities (float32, rows x classes) of ``model``, a trained ``cfg`` trial,
+    for each training row of ``data`` in order, on the validation's centre crops.
+
+    The frozen prefix's activations come from the disk cache that training ``cfg`` on
+    ``data`` without augmentation reads (computed and kept there if absent), so only the
+    trained part runs: what a distillation's teacher costs (:mod:`tuner.results._distill`).
+    """
+    device = device or torch.device("cpu")
+    plain = cfg.replace(aug_strength=0.0, mixup=0.0, cutmix=0.0, train_size=0)
+    precision = choose_precision(plain.precision, device, plain.model)
+    model = model.to(device)
+    freeze(model, plain.model, plain.freeze_depth)
+    inputs = build_inputs(plain, data, model, precision)
+    model.eval()
+    crop = eval_transform(plain.image_size)
+    out = []
+    for idx in torch.arange(len(inputs)).split(_EVAL_BATCH):
+        rows = inputs.train.gather(idx).to(device)
+        x = inputs.to_network(crop(rows) if inputs.kind == "images" else rows)
+        with precision.autocast():
+            logits: torch.Tensor = run_parts(model, plain.model, x, inputs.start)
+        out.append(logits.float().softmax(1).cpu())
+    return torch.cat(out).numpy()
 
 
 def _metrics(epoch: int, lr: float, result: EpochResult, t0: float) -> dict[str, Any]:

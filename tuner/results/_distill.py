@@ -3,12 +3,14 @@
 ``tuner export NAME --output DIR --distill [--ensemble K] [--student MODEL]``:
 
 1. **Teacher.** The ensemble of K ranked trials (``--ensemble-method``, as
-   ``export --ensemble`` picks them), with the flip average where it raises the
-   ensemble's accuracy on the validation photos (:func:`~tuner.results._tta.choose_tta`).
-2. **Targets.** The teacher's class probabilities for every train and val photo
-   (prepared as ``predict`` prepares them), mixed with the true label:
+   ``export --ensemble`` picks them): the weighted mean of their probabilities.
+2. **Targets.** The teacher's class probabilities for every train and val photo (its
+   centre crop, as validation scores it), mixed with the true label:
    ``w * teacher + (1 - w) * onehot`` with ``w = --teacher-weight`` (default
-   :data:`TEACHER_WEIGHT`). No test photo is ever shown to the teacher.
+   :data:`TEACHER_WEIGHT`). No test photo is ever shown to the teacher. Each member
+   runs only its trained part: its frozen prefix's activations come from the disk
+   cache a refit of its configuration uses (:func:`trainables.predict_train`), shared
+   by members of one model, depth and size and by the student when it is one of them.
 3. **Student.** The rank-1 configuration (``--rank`` picks another; ``--student``
    another architecture from the registry, the rest of the configuration kept),
    trained like a refit on train + val for that trial's best epoch count, as one Ray
@@ -35,22 +37,19 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
-from trainables import CheckpointError, ConfigError, TrialConfig
+from trainables import CheckpointError, ConfigError, ImageCache, TrialConfig, predict_train
 from tuner._errors import UsageError
-from tuner.results._ensemble import choose_ensemble
+from tuner.results._ensemble import Ensemble, choose_ensemble
 from tuner.results._inference import (
     Preprocessing,
     RankedTrial,
-    classify_labelled,
     load_checkpoint,
     load_ranked_trial,
     model_from_state,
 )
 from tuner.results._leaderboard import build_leaderboard
 from tuner.results._refit import checked_record, refit_data, train_on_train_val
-from tuner.results._tta import apply_tta, choose_tta
 from tuner.storage._experiment import DISTILL_DIR, DISTILL_RECORD, Experiment
 
 TEACHER_WEIGHT = 0.7
@@ -77,23 +76,19 @@ class DistillRequest:
             raise UsageError(f"--ensemble {self.size}: a teacher ensemble needs at least 2 members")
 
 
-def soft_targets(
-    teacher: torch.nn.Module, exp: Experiment, prep: Any, weight: float
-) -> tuple[np.ndarray, float]:
-    """``weight * teacher + (1 - weight) * onehot`` for every train + val photo of ``exp``
-    (in that order, the order a refit's cache trains on), and the teacher's accuracy on
-    them (UsageError if a photo can no longer be read)."""
-    split = exp.split()
-    files = split.train + split.val
-    result, labels = classify_labelled(teacher, split.root, files, prep)
-    if result.failed:
-        i, reason = next(iter(sorted(result.failed.items())))
-        raise UsageError(f"{split.root}: {files[i][0]} can no longer be read: {reason}")
-    probs = result.logits.softmax(1)
-    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).float()
-    targets = probs.mul(weight).add_(onehot, alpha=1.0 - weight)
-    accuracy = float((probs.argmax(1) == labels).float().mean())
-    return targets.numpy().astype(np.float32), accuracy
+def soft_targets(ensemble: Ensemble, data: ImageCache, weight: float) -> tuple[np.ndarray, float]:
+    """``weight * teacher + (1 - weight) * onehot`` for every training row of ``data`` (a
+    refit's cache: the train + val photos), the teacher being ``ensemble``'s weighted mean
+    probability; and the teacher's accuracy on those photos."""
+    total = float(sum(ensemble.weights))
+    probs = np.zeros((len(data.train_y), len(data.classes)), dtype=np.float64)
+    for member, w in zip(ensemble.members, ensemble.weights, strict=True):
+        cfg = TrialConfig.from_dict(member.config)
+        probs += predict_train(cfg, data, member.model) * (w / total)
+    onehot = np.eye(len(data.classes))[data.train_y]
+    targets = weight * probs + (1.0 - weight) * onehot
+    accuracy = float((probs.argmax(1) == data.train_y).mean())
+    return targets.astype(np.float32), accuracy
 
 
 def _folder(trial_id: str, request: DistillRequest) -> str:
@@ -134,17 +129,14 @@ def distill(
         return previous, folder
     config = _student_config(trial, request.student)
     split = exp.split()
-    prep = ensemble.members[0].preprocessing
-    teacher_tta = choose_tta("auto", ensemble.module(), split, prep, "the teacher ensemble")
+    data = refit_data(exp, saved, say)
     ranks = ", ".join(f"rank {m.rank}" for m in ensemble.members)
-    flip = teacher_tta.line().replace("Test-time augmentation", "its test-time augmentation")
-    say(f"Teacher: {request.method} ensemble of {len(members)} ({ranks}), val_acc "
-        f"{ensemble.val_acc:.4f}; {flip}")  # fmt: skip
-    teacher = apply_tta(ensemble.module(), teacher_tta.mode)
-    with torch.no_grad():
-        targets, teacher_acc = soft_targets(teacher, exp, prep, request.teacher_weight)
-    del teacher, ensemble  # the training runs in a Ray task: free the members here
-    data = dataclasses.replace(refit_data(exp, saved, say), train_soft=targets)
+    say(f"Teacher: the {request.method} ensemble of {len(members)} ({ranks}), val_acc "
+        f"{ensemble.val_acc:.4f}; its probabilities for the {len(data.train_y)} train + val "
+        "photos")  # fmt: skip
+    targets, teacher_acc = soft_targets(ensemble, data, request.teacher_weight)
+    del ensemble  # the training runs in a Ray task: free the members here
+    data = dataclasses.replace(data, train_soft=targets)
     epochs = int(config["max_epochs"])
     say(
         f"Distilling into {config['model']} (the configuration of trial {trial.trial_id}, rank "
@@ -162,7 +154,6 @@ def distill(
         "teacher": {
             "method": request.method,
             "members": members,
-            "tta": teacher_tta.mode,
             "accuracy_on_train_val": teacher_acc,
         },
         "teacher_weight": request.teacher_weight,

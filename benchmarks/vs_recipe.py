@@ -278,10 +278,12 @@ def paired_gain(pairs: list[tuple[np.ndarray, np.ndarray]], seed: int) -> dict[s
             "only_search": int((diff > 0).sum()), "only_recipe": int((diff < 0).sum())}  # fmt: skip
 
 
-def tuner(*args: str) -> str:
-    """``python -m tuner ARGS`` as a user runs it; its output (exit on failure)."""
+def tuner(*args: str, cache: Path | None = None) -> str:
+    """``python -m tuner ARGS`` as a user runs it (with ``cache`` as its cache folder: the
+    search's, as on the user's machine); its output (exit on failure)."""
+    env = {**os.environ, **({"TUNER_CACHE": str(cache)} if cache else {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner", *args], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "tuner", *args], cwd=ROOT, capture_output=True, text=True, env=env
     )
     if proc.returncode != 0:
         raise SystemExit(f"tuner {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr}")
@@ -307,12 +309,13 @@ def search_side(args: argparse.Namespace, data: Path, storage: Path, tmp: Path) 
     flags = ["--seed", str(args.seed), "--test-fraction", str(TEST_FRACTION)]
     run = benchmark_search(args.space, data, storage, "vs", flags, verbose=args.verbose)
     where = ("--storage", str(storage))
+    cache = storage / "vs-cache"  # the search's (benchmark_search)
     t0 = time.perf_counter()
-    tuner("refit", "vs", *where)
+    tuner("refit", "vs", *where, cache=cache)
     walls = {"search": run.wall_s, "refit": time.perf_counter() - t0}
     for key, (_, export_flags) in EXPORTS.items():
         t0 = time.perf_counter()
-        out = tuner("export", "vs", *where, "--output", str(tmp / key), *export_flags)
+        out = tuner("export", "vs", *where, "--output", str(tmp / key), *export_flags, cache=cache)
         walls[key] = run.wall_s + walls.get(key, 0.0) + time.perf_counter() - t0
         print(f"  {key}: {out.strip().splitlines()[-1]}")
     return walls

@@ -16,7 +16,10 @@ d. ``smoke_search``: ``python -m tuner search --space smoke``, wall time and exi
 e. ``lite_search``: ``--space lite --num-samples 4 --max-epochs 2``, wall time and
    errored trials (``leaderboard.csv``);
 f. ``cuda_tests``: the tests that need a GPU (``pytest -k "cuda or gpu"`` over the
-   test files that check ``torch.cuda.is_available()``).
+   test files that check ``torch.cuda.is_available()``);
+g. ``best_path`` (only with ``--only g``: a command of its own, ~7 minutes): the
+   README's recommended search + export on the photos, test accuracy, the GPU's
+   sampled busy fraction and where the search's time goes (``benchmarks/gpu_best_path.py``).
 
 On the GPU machine, through the kit in ``../shared/gpu`` (README there), from the
 project root once the three bundles are in:
@@ -24,6 +27,9 @@ project root once the three bundles are in:
     bash .gpu/w3/on-device.sh python3 benchmarks/gpu_suite.py --data /tmp/flowers
     # --logs $OUT/gpu-suite keeps every step's full log; --dry-run lists the steps;
     # a rerun of some steps with longer limits: --only b,e --limit-factor 1.5 --budget 400
+    # the recommended path, a command of its own:
+    bash .gpu/w3/on-device.sh python3 benchmarks/gpu_suite.py --data /tmp/flowers --only g \
+        --budget 440
 
 Step f needs pytest on the device (``../shared/gpu/prepare.sh pytest pluggy iniconfig pygments``).
 Without a CUDA GPU it exits 2 at once with one line on stderr.
@@ -84,6 +90,7 @@ class Step:
     # Figures from the run, and a failure reason (None: it passed).
     collect: Callable[[Run], tuple[Figures, str | None]]
     env: dict[str, str] = field(default_factory=dict)
+    default: bool = True  # run without --only (False: its own command, --only KEY)
 
 
 def trailing_headlines(output: str) -> dict[str, str]:
@@ -200,6 +207,9 @@ def build_steps(data: Path, work: Path) -> list[Step]:
              [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
               "-k", "cuda or gpu", *gpu_test_files()],
              45, pytest_result, {"TUNER_TEST_FLOWERS": str(data)}),
+        Step("g", "best_path", "the recommended search + export, GPU busy fraction, time split",
+             [py, "benchmarks/gpu_best_path.py", "--data", str(data)], 420, forward("{}"),
+             default=False),
     ]  # fmt: skip
 
 
@@ -352,6 +362,8 @@ def main() -> None:
             if unknown:
                 die(f"--only: unknown step(s) {', '.join(sorted(unknown))}")
             steps = [s for s in steps if s.key in wanted or s.name in wanted]
+        else:
+            steps = [s for s in steps if s.default]
         if args.dry_run:
             print(f"{len(steps)} steps, budget {args.budget:.0f} s in all:")
             for s in steps:

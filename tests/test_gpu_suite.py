@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -80,8 +81,64 @@ def test_only_picks_steps_by_key_or_name(tmp_path):
     proc = suite("--dry-run", "--data", str(tmp_path), "--only", "c1,lite_search")
     assert proc.returncode == 0, proc.stderr
     assert re.findall(r"^(\w+)\. ", proc.stdout, re.MULTILINE) == ["c1", "e"]
+    # The recommended path is a command of its own: only when asked for, within 8 minutes.
+    proc = suite("--dry-run", "--data", str(tmp_path), "--only", "g")
+    steps = re.findall(r"^(\w+)\. (\w+) \(limit (\d+) s\)", proc.stdout, re.MULTILINE)
+    assert [(k, n) for k, n, _ in steps] == [("g", "best_path")] and int(steps[0][2]) <= 450
+    assert f"benchmarks/gpu_best_path.py --data {tmp_path}" in proc.stdout
     proc = suite("--dry-run", "--only", "a,zz")
     assert proc.returncode == 2 and "unknown step(s) zz" in proc.stderr
+
+
+def test_the_best_path_benchmark_without_a_gpu_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "gpu_best_path.py"), "--data", str(tmp_path)],
+        cwd=ROOT, env=NO_GPU_ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("no CUDA GPU: ") and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def best_path() -> Iterator[ModuleType]:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "gpu_best_path", SCRIPT.parent / "gpu_best_path.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+def test_utilisation_samples_are_read_from_nvidia_smi_lines(best_path):
+    lines = ["87\n", "100\n", "0\n", "[N/A]\n", "", "  42 \n", "130\n"]
+    assert best_path.parse_utilisation(lines) == [0.87, 1.0, 0.0, 0.42, 1.0]
+
+
+def test_where_a_searchs_time_went_is_read_from_its_trials_and_log(best_path, finished):
+    """On the shared real search: the trials' own reports and caching lines of its log."""
+    _, _, exp = finished
+    rows = [
+        json.loads(line)
+        for trial in sorted(exp.glob("trial_*"))
+        for line in (trial / "result.json").read_text().splitlines()
+        if line.strip()
+    ]
+    first = min(r["timestamp"] - r["epoch_time_s"] for r in rows)
+    log = ("frozen activations (train): 40/40 photos (12/s in 3s)\n"
+           "frozen activations (val): 10/10 photos (5/s in 1m02s)\n"
+           "frozen activations (val): 3/10 photos (5/s, 1s left)\n")  # fmt: skip
+    got = best_path.time_breakdown(exp, log, first - 7.0)
+    assert got["startup_s"] == pytest.approx(7.0)
+    assert got["caching_s"] == 65.0  # finished lines only
+    assert got["trial_s"] == pytest.approx(sum(r["epoch_time_s"] for r in rows))
+    assert 0 < got["train_s"] <= got["trial_s"] and got["val_s"] >= 0
+    assert got["concurrency"] > 0
 
 
 @pytest.mark.parametrize(

@@ -295,6 +295,20 @@ def test_guard_stops_a_search_whose_uploads_the_store_refuses(s3, tmp_path, monk
     assert writable.problem() is None  # a writable bucket: nothing to say
 
 
+def test_compare_reads_experiments_in_a_bucket(s3_search):
+    import json
+
+    _, uri, _, _, _ = s3_search
+    code, listed, err = run_cli("list", "--storage", uri, "--format", "json")
+    assert code == 0, err
+    code, out, err = run_cli("compare", "remote", "--storage", uri, "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    (want,) = [r for r in json.loads(listed) if r["name"] == "remote"]
+    assert row["best_val_acc"] == want["best_val_acc"] and row["trials"] == want["trials_ended"]
+    assert "=" in row["top_1"]
+
+
 def test_list_reads_experiments_in_a_bucket(s3_search):
     import json
 

@@ -116,6 +116,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from tuner.results._compare import compare, render_compare
+    from tuner.storage._experiment import Experiment
+    from tuner.storage._storage import Storage
+
+    storage = Storage.parse(args.storage)
+    experiments = [Experiment.open(storage, name) for name in args.names]
+    print_data(render_compare(compare(experiments, args.top), args.format))
+    return 0
+
+
 def _cmd_spaces(args: argparse.Namespace) -> int:
     from tuner.spaces._spaces import available_spaces, load_space
 
@@ -359,6 +370,7 @@ _COMMANDS = {
     "resume": _cmd_resume,
     "leaderboard": _cmd_leaderboard,
     "list": _cmd_list,
+    "compare": _cmd_compare,
     "spaces": _cmd_spaces,
     "report": _cmd_report,
     "evaluate": _cmd_evaluate,

@@ -191,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
         "mirror (default: none)",
     )
 
+    compare = sub.add_parser(
+        "compare",
+        help="experiments side by side",
+        description="For each experiment: status, space, strategy and objectives, best val_acc "
+        "and its test_acc, the best made model's test_acc, trials, epochs, trial time and the "
+        "top configurations (searched keys). table and markdown put the experiments in "
+        "columns; csv and json give one record per experiment.",
+    )
+    compare.add_argument("names", nargs="+", metavar="NAME", help="experiments in --storage")
+    compare.add_argument("--storage", help=STORAGE_HELP)
+    compare.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    compare.add_argument(
+        "--top", type=_positive_int, default=3, metavar="K", help="top configurations shown"
+    )
+
     export = sub.add_parser(
         "export",
         help="export a ranked trial as a standalone model folder",

@@ -49,6 +49,11 @@ def _row(exp: Experiment, lock: bool = True) -> dict[str, Any]:
         return _unreadable(exp, str(exc))
 
 
+def status_row(exp: Experiment) -> dict[str, Any]:
+    """``exp``'s row of the list; UsageError or FileRefused if a file of it is refused."""
+    return _read_row(exp)
+
+
 def _read_row(exp: Experiment, lock: bool = True) -> dict[str, Any]:
     record = exp.record() if exp.has_record() else None
     budget = record.search_space().budget if record else None

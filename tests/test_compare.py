@@ -1,0 +1,66 @@
+"""`tuner compare`: experiments side by side, in every format, on folders (S3: in
+tests/test_object_storage.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def two(finished, tmp_path_factory):
+    """A storage holding the shared search twice: as ``e2e``, and as ``short`` with its
+    rank-1 trial's folder gone (one trial fewer, another best)."""
+    _, _, exp = finished
+    storage = tmp_path_factory.mktemp("compare")
+    shutil.copytree(exp, storage / "e2e")
+    shutil.copytree(exp, storage / "short")
+    board = pd.read_csv(exp / "leaderboard.csv")
+    shutil.rmtree(storage / "short" / f"trial_{board.loc[0, 'trial_id']}")
+    return storage, board
+
+
+def test_compare_puts_each_experiments_figures_side_by_side(two):
+    storage, board = two
+    code, out, err = run_cli("compare", "e2e", "short", "--storage", str(storage), "--format",
+                             "json")  # fmt: skip
+    assert code == 0, err
+    full, short = json.loads(out)
+    assert (full["name"], short["name"]) == ("e2e", "short")
+    assert full["best_val_acc"] == pytest.approx(board.loc[0, "val_acc"])
+    assert full["trials"] == len(board) and short["trials"] == len(board) - 1
+    assert full["epochs"] == board["epochs"].sum()
+    assert full["trial_time_s"] == pytest.approx(board["wall_time_s"].sum())
+    assert short["best_val_acc"] == pytest.approx(board.loc[1, "val_acc"])
+    assert (full["scheduler"], full["searcher"], full["objectives"]) == ("asha", "tpe",
+                                                                      "val_acc max")  # fmt: skip
+    assert f"lr={board.loc[0, 'lr']:.3g}" in full["top_1"]
+    assert f"lr={board.loc[1, 'lr']:.3g}" in full["top_2"] == short["top_1"]
+    assert full["status"] == "finished"
+    # The other formats hold the same figures.
+    code, csv, _ = run_cli("compare", "e2e", "short", "--storage", str(storage), "--format", "csv")
+    assert code == 0
+    table = pd.read_csv(io.StringIO(csv))
+    assert list(table["name"]) == ["e2e", "short"] and list(table["trials"]) == [5, 4]
+    code, md, _ = run_cli("compare", "e2e", "short", "--storage", str(storage), "--format",
+                          "markdown")  # fmt: skip
+    assert code == 0 and md.splitlines()[0] == "| | e2e | short |"
+    assert f"| best_val_acc | {full['best_val_acc']:.4f} | {short['best_val_acc']:.4f} |" in md
+    code, text, _ = run_cli("compare", "e2e", "short", "--storage", str(storage), "--top", "1")
+    assert code == 0 and "top_1" in text and "top_2" not in text
+    assert text.splitlines()[0].split() == ["e2e", "short"]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [(("e2e", "nosuch"), "nosuch"), (("e2e", "e2e"), "an experiment is named twice")],
+)
+def test_bad_compare_requests_exit_2_with_one_message(two, names, message):
+    storage, _ = two
+    code, _, err = run_cli("compare", *names, "--storage", str(storage))
+    assert code == 2 and message in err and "Traceback" not in err, err

@@ -14,46 +14,53 @@ from conftest import run_cli
 
 @pytest.fixture(scope="module")
 def two(finished, tmp_path_factory):
-    """A storage holding the shared search twice: as ``e2e``, and as ``short`` with its
-    rank-1 trial's folder gone (one trial fewer, another best)."""
+    """A storage holding the shared search twice: as ``e2e``, and as ``other`` whose
+    tuner.json names another space."""
     _, _, exp = finished
     storage = tmp_path_factory.mktemp("compare")
     shutil.copytree(exp, storage / "e2e")
-    shutil.copytree(exp, storage / "short")
-    board = pd.read_csv(exp / "leaderboard.csv")
-    shutil.rmtree(storage / "short" / f"trial_{board.loc[0, 'trial_id']}")
-    return storage, board
+    shutil.copytree(exp, storage / "other")
+    record = json.loads((exp / "tuner.json").read_text())
+    record["space_name"] = "tiny-copy"
+    (storage / "other" / "tuner.json").write_text(json.dumps(record))
+    return storage, pd.read_csv(exp / "leaderboard.csv")
 
 
 def test_compare_puts_each_experiments_figures_side_by_side(two):
     storage, board = two
-    code, out, err = run_cli("compare", "e2e", "short", "--storage", str(storage), "--format",
+    code, out, err = run_cli("compare", "e2e", "other", "--storage", str(storage), "--format",
                              "json")  # fmt: skip
     assert code == 0, err
-    full, short = json.loads(out)
-    assert (full["name"], short["name"]) == ("e2e", "short")
+    full, other = json.loads(out)
+    assert (full["name"], other["name"]) == ("e2e", "other")
     assert full["best_val_acc"] == pytest.approx(board.loc[0, "val_acc"])
-    assert full["trials"] == len(board) and short["trials"] == len(board) - 1
+    assert full["test_acc"] == pytest.approx(board.loc[0, "test_acc"])
+    assert full["trials"] == len(board) == other["trials"]
     assert full["epochs"] == board["epochs"].sum()
     assert full["trial_time_s"] == pytest.approx(board["wall_time_s"].sum())
-    assert short["best_val_acc"] == pytest.approx(board.loc[1, "val_acc"])
     assert (full["scheduler"], full["searcher"], full["objectives"]) == ("asha", "tpe",
                                                                       "val_acc max")  # fmt: skip
+    assert (other["scheduler"], other["searcher"], other["objectives"]) == (
+        "median",
+        "random",
+        "val_acc max, latency_ms min",
+    )
     assert f"lr={board.loc[0, 'lr']:.3g}" in full["top_1"]
-    assert f"lr={board.loc[1, 'lr']:.3g}" in full["top_2"] == short["top_1"]
+    assert f"lr={board.loc[1, 'lr']:.3g}" in full["top_2"]
     assert full["status"] == "finished"
     # The other formats hold the same figures.
-    code, csv, _ = run_cli("compare", "e2e", "short", "--storage", str(storage), "--format", "csv")
+    code, csv, _ = run_cli("compare", "e2e", "other", "--storage", str(storage), "--format", "csv")
     assert code == 0
     table = pd.read_csv(io.StringIO(csv))
-    assert list(table["name"]) == ["e2e", "short"] and list(table["trials"]) == [5, 4]
-    code, md, _ = run_cli("compare", "e2e", "short", "--storage", str(storage), "--format",
+    assert list(table["name"]) == ["e2e", "other"] and list(table["space"]) == ["tiny", "tiny-copy"]
+    code, md, _ = run_cli("compare", "e2e", "other", "--storage", str(storage), "--format",
                           "markdown")  # fmt: skip
-    assert code == 0 and md.splitlines()[0] == "| | e2e | short |"
-    assert f"| best_val_acc | {full['best_val_acc']:.4f} | {short['best_val_acc']:.4f} |" in md
-    code, text, _ = run_cli("compare", "e2e", "short", "--storage", str(storage), "--top", "1")
+    assert code == 0 and md.splitlines()[0] == "| | e2e | other |"
+    assert f"| best_val_acc | {full['best_val_acc']:.4f} | {other['best_val_acc']:.4f} |" in md
+    assert "| scheduler | asha | asha |" in md and "| space | tiny | tiny-copy |" in md
+    code, text, _ = run_cli("compare", "e2e", "other", "--storage", str(storage), "--top", "1")
     assert code == 0 and "top_1" in text and "top_2" not in text
-    assert text.splitlines()[0].split() == ["e2e", "short"]
+    assert text.splitlines()[0].split() == ["e2e", "other"]
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -79,9 +80,7 @@ def test_a_teachers_targets_change_the_training_and_are_mixed_like_labels(photos
 
 
 @pytest.mark.parametrize("depth", [0, 3])
-def test_a_teacher_member_runs_only_its_trained_part_and_answers_as_the_whole_model(
-    photos, depth
-):
+def test_a_teacher_member_runs_only_its_trained_part_and_answers_as_the_whole_model(photos, depth):
     """predict_train (cached frozen activations at depth 3) gives the probabilities the whole
     network gives on the same centre crops."""
     from trainables import eval_transform, normalize, predict_train
@@ -142,6 +141,8 @@ def test_distill_trains_the_rank_1_config_on_the_ensembles_targets_and_scores_it
     assert round(record["test_acc"] * 10, 6) % 1 == 0  # k of the 10 test photos
     assert record["epochs"] == board.loc[0, "best_epoch"] and record["teacher_weight"] == 0.7
     assert config["distilled"]["test_acc"] == record["test_acc"]
+    # It ran alone after the search: on every CPU of the node (a trial had one).
+    assert record["resources"] == {"cpu": os.cpu_count(), "gpu": 0.0}
     state = torch.load(folder / "checkpoint.pt", weights_only=True)
     exported = torch.load(out / "model.pt", weights_only=True)
     assert all(torch.equal(exported[k], v) for k, v in state["model"].items())
@@ -210,3 +211,21 @@ def test_bad_distill_requests_exit_2_with_one_message(finished, tmp_path, extra,
     code, _, err = run_cli("export", "e2e", *args, *extra)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    "record",
+    ['{"teacher": 5, "test_acc": 0.9}', '{"model": "x", "teacher": {"members": [{"rank": "a"}]}}',
+     "[1, 2]", '{"test_acc": 1e999, "teacher": {"method": "top", "members": []}}'],
+)  # fmt: skip
+def test_a_malformed_distill_record_is_left_out_of_the_leaderboard(finished, tmp_path, record):
+    import shutil
+
+    _, _, exp = finished
+    storage = tmp_path / "s"
+    shutil.copytree(exp, storage / "e2e", ignore=shutil.ignore_patterns("distilled", "refit"))
+    (storage / "e2e" / "distilled" / "t-top3").mkdir(parents=True)
+    (storage / "e2e" / "distilled" / "t-top3" / "distill.json").write_text(record)
+    code, table, err = run_cli("leaderboard", "e2e", "--storage", str(storage))
+    assert code == 0 and "Traceback" not in err, err
+    assert "distilled from" not in table

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain a ranked configuration on train + val, score it on the test split",
         description="Retrain the configuration of a ranked trial (same seed and schedule, its "
         "best epoch count) on the training and validation photos together, as a Ray task with "
-        "one trial's resources, and score it on the test split. The model lands in "
+        "every CPU of one node, and score it on the test split. The model lands in "
         "STORAGE/NAME/refit/TRIAL_ID/; `export --refit` exports it.",
     )
     _add_ranked_trial_args(refit)

@@ -106,6 +106,24 @@ def check_fits(resources: dict[str, float], what: str = "a trial") -> None:
     )
 
 
+def whole_node(resources: dict[str, float]) -> dict[str, float]:
+    """What a task that runs alone after a search asks for (a refit, a distillation): every
+    CPU of the largest alive node that has ``resources`` (and a whole GPU where a trial had
+    a share of one), never less than ``resources``. Call :func:`check_fits` first."""
+    cpu, gpu = float(resources.get("cpu", 1.0)), float(resources.get("gpu", 0.0))
+    nodes = [n.get("Resources") for n in alive_nodes()]
+    fitting = [
+        (float(r.get("CPU", 0)), float(r.get("GPU", 0)))
+        for r in nodes
+        if isinstance(r, dict) and float(r.get("CPU", 0)) >= cpu and float(r.get("GPU", 0)) >= gpu
+    ]
+    if not fitting:
+        return {"cpu": cpu, "gpu": gpu}
+    most_cpu, most_gpu = max(fitting)
+    whole_gpu = 1.0 if 0 < gpu < 1 and most_gpu >= 1 else gpu
+    return {"cpu": max(cpu, most_cpu), "gpu": whole_gpu}
+
+
 def _drop_token_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Token authentication is enabled")
 

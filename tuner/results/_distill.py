@@ -14,7 +14,7 @@
 3. **Student.** The rank-1 configuration (``--rank`` picks another; ``--student``
    another architecture from the registry, the rest of the configuration kept),
    trained like a refit on train + val for that trial's best epoch count, as one Ray
-   task with one trial's resources, on those targets (cross-entropy with class
+   task on every CPU of one node, on those targets (cross-entropy with class
    probabilities; mixup / cutmix mix them as they mix labels). Its progress is shown an
    epoch at a time.
 4. **Record.** The student's checkpoint and ``distill.json`` land in
@@ -96,6 +96,22 @@ def _folder(trial_id: str, request: DistillRequest) -> str:
     return f"{DISTILL_DIR}/{trial_id}-{request.method}{request.size}{student}"
 
 
+def _same(record: Any, request: dict[str, Any], members: list[dict[str, Any]]) -> bool:
+    """Whether ``record`` (a ``distill.json`` read back: checked, not trusted) holds a
+    model trained for ``request`` from the teacher ``members``, with what export reads."""
+    try:
+        numbers = (record["epochs"], record["rank"], record["n_test"], record["test_acc"],
+                   record["wall_time_s"])  # fmt: skip
+        return (
+            record["request"] == request
+            and record["teacher"]["members"] == members
+            and isinstance(record["model"], str)
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers)
+        )
+    except (KeyError, TypeError):
+        return False
+
+
 def _student_config(trial: RankedTrial, student: str | None) -> dict[str, Any]:
     config = {**trial.config, "max_epochs": max(1, trial.best_epoch)}
     if student is not None:
@@ -115,7 +131,9 @@ def distill(
     """Train (or find, when trained before with the same request) the distilled model of
     ``exp`` (see the module doc); its record and folder."""
     request.check()
-    saved = checked_record(exp, request.rank, trust_state)
+    command = exp.resume_command().replace(" resume ", " export ", 1)
+    command += f" --rank {request.rank} --distill --output DIR"
+    saved = checked_record(exp, request.rank, trust_state, command)
     board = build_leaderboard(exp)
     trial = load_ranked_trial(exp, request.rank, board)
     ensemble = choose_ensemble(exp, board, request.size, request.method)
@@ -123,8 +141,7 @@ def distill(
     folder = _folder(trial.trial_id, request)
     wanted = dataclasses.asdict(request)
     previous = exp.read_json(f"{folder}/{DISTILL_RECORD}")
-    same = isinstance(previous, dict) and previous.get("request") == wanted
-    if same and previous["teacher"]["members"] == members:
+    if _same(previous, wanted, members):
         say(f"Distilled model found in {exp.display(folder)} (same teacher and settings)")
         return previous, folder
     config = _student_config(trial, request.student)
@@ -143,7 +160,9 @@ def distill(
         f"{request.rank}): {epochs} epoch(s) on {len(targets)} train + val photos, targets "
         f"{request.teacher_weight:g} teacher + {1 - request.teacher_weight:g} true label"
     )
-    last, wall = train_on_train_val(exp, saved, config, data, folder, "distillation", say)
+    last, wall, resources = train_on_train_val(
+        exp, saved, config, data, folder, "distillation", say
+    )
     record = {
         "request": wanted,
         "trial_id": trial.trial_id,
@@ -163,6 +182,7 @@ def distill(
         "n_test": len(split.test),
         "checkpoint": exp.display(folder),
         "wall_time_s": wall,
+        "resources": resources,
     }
     exp.write_json(f"{folder}/{DISTILL_RECORD}", record)
     return record, folder

@@ -162,6 +162,8 @@ def _distilled_row(record: Any) -> dict[str, Any] | None:
             f"ensemble of {len(teacher['members'])} ({picks}) on train + val, "
             f"{int(record['epochs'])} epoch(s)"
         )
+        if not 0.0 <= float(acc) <= 1.0:  # NaN too
+            return None
         return {"model": model, "val_acc": None, "test_acc": float(acc)}
     except (KeyError, TypeError, ValueError, OverflowError):
         return None

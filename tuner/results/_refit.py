@@ -4,7 +4,8 @@ The search chose the configuration and its epoch count on the validation
 photos; a refit trains the same configuration (same seed and schedule) for
 that many epochs on the training and validation photos together, so the
 exported model learns from every photo except the held-out test split, which
-then scores it. It runs as a Ray task with the resources of one trial, on the
+then scores it. It runs as a Ray task on every CPU of one node (see
+:func:`train_on_train_val`), on the
 experiment's cluster, and writes its checkpoint through the experiment's
 storage (a folder or an object store) to ``NAME/refit/TRIAL_ID/`` with
 ``refit.json`` beside it.
@@ -37,7 +38,7 @@ from trainables import (
     parse_json,
 )
 from tuner._errors import UsageError
-from tuner.engine._cluster import check_fits, start_ray
+from tuner.engine._cluster import check_fits, start_ray, whole_node
 from tuner.results._inference import (
     RankedTrial,
     load_checkpoint,
@@ -85,16 +86,20 @@ def train_on_train_val(
     folder: str,
     label: str,
     say: Callable[[str], None] = print,
-) -> tuple[dict[str, Any], float]:
-    """Train ``config`` on ``data`` (train + val, scored on test) as one Ray task with the
-    resources of one trial on the experiment's cluster, its checkpoint written to
-    ``folder`` of ``exp``; the last epoch's metrics and the wall time (s). UsageError if
-    the training diverged."""
+) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """Train ``config`` on ``data`` (train + val, scored on test) as one Ray task on the
+    experiment's cluster, its checkpoint written to ``folder`` of ``exp``; the last epoch's
+    metrics, the wall time (s) and the resources it had. UsageError if the training
+    diverged.
+
+    The task runs alone after the search: it asks for every CPU of the largest node that
+    has one trial's resources (and a whole GPU where a trial had a share), and trains on
+    as many threads."""
     import ray
 
     start_ray(saved.address, say)
-    resources = saved.resources
-    check_fits(resources, f"{label} (tuner.json's resources for one trial)")
+    check_fits(saved.resources, f"{label} (tuner.json's resources for one trial)")
+    resources = whole_node(saved.resources)
     t0 = time.perf_counter()
     cpu, gpu = resources.get("cpu", 1.0), resources.get("gpu", 0.0)
     task = ray.remote(_train).options(num_cpus=cpu, num_gpus=gpu)
@@ -103,7 +108,7 @@ def train_on_train_val(
     last: dict[str, Any] = result["history"][-1]
     if last.get("diverged"):
         raise UsageError(f"the {label} diverged at epoch {last['epoch']}")
-    return last, time.perf_counter() - t0
+    return last, time.perf_counter() - t0, resources
 
 
 def refit_data(exp: Experiment, saved: RunRecord, say: Callable[[str], None]) -> ImageCache:
@@ -115,12 +120,16 @@ def refit_data(exp: Experiment, saved: RunRecord, say: Callable[[str], None]) ->
             from None  # fmt: skip
 
 
-def checked_record(exp: Experiment, rank: int, trust_state: bool = False) -> RunRecord:
+def checked_record(
+    exp: Experiment, rank: int, trust_state: bool = False, command: str | None = None
+) -> RunRecord:
     """``tuner.json`` of ``exp``, if it carries a signature of this user's key for this
-    experiment (UsageError otherwise), or as it is if ``trust_state``."""
+    experiment (UsageError otherwise, naming ``command``, by default the refit's, to run
+    with ``--trust-state``), or as it is if ``trust_state``."""
     if trust_state:
         return exp.record()
-    command = f"{exp.resume_command().replace(' resume ', ' refit ', 1)} --rank {rank}"
+    if command is None:
+        command = f"{exp.resume_command().replace(' resume ', ' refit ', 1)} --rank {rank}"
     try:
         data = read_checked(exp, TUNER_FILE, command)
     except FileNotFoundError:
@@ -145,7 +154,7 @@ def refit(
         f"{len(split.test)} test photos"
     )
     folder = f"{REFIT_DIR}/{trial.trial_id}"
-    last, wall = train_on_train_val(exp, saved, config, data, folder, "refit", say)
+    last, wall, resources = train_on_train_val(exp, saved, config, data, folder, "refit", say)
     record = {
         "trial_id": trial.trial_id,
         "rank": rank,
@@ -158,6 +167,7 @@ def refit(
         "n_test": len(split.test),
         "checkpoint": exp.display(folder),
         "wall_time_s": wall,
+        "resources": resources,
     }
     exp.write_json(f"{folder}/{REFIT_RECORD}", record)
     return record

@@ -34,17 +34,15 @@ def test_compare_puts_each_experiments_figures_side_by_side(two):
     full, other = json.loads(out)
     assert (full["name"], other["name"]) == ("e2e", "other")
     assert full["best_val_acc"] == pytest.approx(board.loc[0, "val_acc"])
-    assert full["test_acc"] == pytest.approx(board.loc[0, "test_acc"])
+    code, listed, _ = run_cli("list", "--storage", str(storage), "--format", "json")
+    assert code == 0
+    assert full["test_acc"] == {r["name"]: r for r in json.loads(listed)}["e2e"]["test_acc"]
     assert full["trials"] == len(board) == other["trials"]
     assert full["epochs"] == board["epochs"].sum()
     assert full["trial_time_s"] == pytest.approx(board["wall_time_s"].sum())
     assert (full["scheduler"], full["searcher"], full["objectives"]) == ("asha", "tpe",
                                                                       "val_acc max")  # fmt: skip
-    assert (other["scheduler"], other["searcher"], other["objectives"]) == (
-        "median",
-        "random",
-        "val_acc max, latency_ms min",
-    )
+    assert (full["space"], other["space"]) == ("tiny", "tiny-copy")
     assert f"lr={board.loc[0, 'lr']:.3g}" in full["top_1"]
     assert f"lr={board.loc[1, 'lr']:.3g}" in full["top_2"]
     assert full["status"] == "finished"

@@ -9,14 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import decoded, fit_reports, run_cli, run_tuner
-from test_export import ONNX_LINES, PROGRAM_LINES, RUN_SNIPPET, readme_snippet, unseen_photos
+from test_export import assert_snippet_answers_like_predict
 
 import trainables
 from trainables import TrialConfig, augment_batch, build_inputs, choose_precision
@@ -173,25 +171,7 @@ def test_the_readme_snippet_answers_like_predict_for_a_distilled_export(
     distilled, flowers, tmp_path
 ):
     _, out, _ = distilled
-    photos = [str(p) for p, _ in unseen_photos(flowers)][::3]
-    code, predicted, err = run_cli("predict", str(out), *photos, "--json", "--top", "5")
-    assert code == 0, err[-2000:]
-    expected = [
-        {p["class"]: p["probability"] for p in r["predictions"]}
-        for r in json.loads(predicted)["results"]
-    ]
-    snippet = readme_snippet()
-    variants = [snippet, snippet.replace(ONNX_LINES, PROGRAM_LINES)]
-    ran = subprocess.run(
-        [sys.executable, "-c", RUN_SNIPPET, json.dumps(variants), str(out), json.dumps(photos)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    answers = [json.loads(line) for line in ran.stdout.splitlines()]
-    assert len(answers) == len(variants) * len(photos)
-    for got, want in zip(answers, expected * len(variants), strict=True):
-        for label, probability in want.items():
-            assert got[label] == pytest.approx(probability, abs=1e-4)
+    assert_snippet_answers_like_predict(out, flowers, tmp_path)
 
 
 @pytest.mark.parametrize(

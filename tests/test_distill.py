@@ -183,6 +183,7 @@ def test_the_readme_snippet_answers_like_predict_for_a_distilled_export(
         (("--distill", "--refit"), "--distill and --refit cannot be combined"),
         (("--student", "efficientnet_lite1"), "--student goes with --distill"),
         (("--distill", "--student", "vgg99"), "--student vgg99"),
+        (("--distill", "--student", "../../x"), "--student ../../x"),
     ],
 )
 def test_bad_distill_requests_exit_2_with_one_message(finished, tmp_path, extra, message):

@@ -136,6 +136,7 @@ def distill(
     saved = checked_record(exp, request.rank, trust_state, command)
     board = build_leaderboard(exp)
     trial = load_ranked_trial(exp, request.rank, board)
+    config = _student_config(trial, request.student)  # a registry model: a plain name
     ensemble = choose_ensemble(exp, board, request.size, request.method)
     members = [{"trial_id": m.trial_id, "rank": m.rank} for m in ensemble.members]
     folder = _folder(trial.trial_id, request)
@@ -144,7 +145,6 @@ def distill(
     if _same(previous, wanted, members):
         say(f"Distilled model found in {exp.display(folder)} (same teacher and settings)")
         return previous, folder
-    config = _student_config(trial, request.student)
     split = exp.split()
     data = refit_data(exp, saved, say)
     ranks = ", ".join(f"rank {m.rank}" for m in ensemble.members)

@@ -404,13 +404,14 @@ def measured(*args: str, timeout: float = 120, env: dict[str, str] | None = None
 
 def fit_reports(cfg: Any, data: Any, resume_state: Any = None) -> list[tuple[dict, dict]]:
     """Every (metrics, checkpoint state) :func:`trainables.fit` reports, in order, on one
-    thread."""
+    thread. Each checkpoint folder is removed once read (the caller of ``fit`` owns it)."""
     from trainables import fit, load_state
 
     reports: list[tuple[dict, dict]] = []
 
     def report(metrics: dict, folder: Path) -> None:
         reports.append((metrics, load_state(folder)))
+        shutil.rmtree(folder, ignore_errors=True)
 
     fit(cfg, data, report, resume_state=resume_state, threads=1)
     return reports

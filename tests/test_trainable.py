@@ -1,6 +1,7 @@
 """The training loop itself: metrics, checkpoints, resume, divergence."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -259,5 +260,10 @@ def test_cached_activation_trials_run_on_the_gpu(cache, tmp_path, environ, aug):
     cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 3, "aug_strength": aug})
     run(cfg.replace(max_epochs=1), cache)  # fills the disk cache on the default device
     reports = []
-    fit(cfg, cache, lambda m, f: reports.append(m), device=torch.device("cuda"))
+
+    def report(metrics, folder):
+        reports.append(metrics)
+        shutil.rmtree(folder, ignore_errors=True)  # the caller of fit owns it
+
+    fit(cfg, cache, report, device=torch.device("cuda"))
     assert len(reports) == cfg.max_epochs

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -290,6 +291,31 @@ def finished(
             pytrace=False,
         )
     return proc, storage, storage / "e2e"
+
+
+STATE_OF_STATUS = {"completed": "COMPLETE", "stopped_early": "PRUNED", "diverged": "FAIL"}
+
+
+def assert_study_tells_the_leaderboard(exp_folder: Path) -> pd.DataFrame:
+    """The Optuna study of a finished local search says what its leaderboard says: each
+    trial's state from its status (PRUNED where the scheduler stopped it), every reported
+    epoch an intermediate value, a completed trial's value its best val_acc. Returns the
+    leaderboard."""
+    from tuner.search._study import load_study
+
+    exp = experiment_at(exp_folder)
+    board = pd.read_csv(exp_folder / "leaderboard.csv").set_index("trial_id")
+    trials = {t.user_attrs["tune_trial_id"]: t for t in load_study(exp).trials}
+    assert set(trials) == set(board.index)
+    for trial_id, trial in trials.items():
+        row = board.loc[trial_id]
+        assert trial.state.name == STATE_OF_STATUS[row["status"]], (trial_id, row["status"])
+        reported = {int(r["epoch"]): r["val_acc"] for r in exp.reports(trial_id)}
+        assert trial.intermediate_values == pytest.approx(reported), trial_id
+        if trial.state.name == "COMPLETE":
+            assert trial.value == pytest.approx(row["val_acc"])
+        assert trial.user_attrs["checkpoint"] == row["checkpoint"], trial_id
+    return board.reset_index()
 
 
 # Credentials of the throw-away S3 server (moto accepts any unless told to check them).

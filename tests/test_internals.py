@@ -162,3 +162,31 @@ def test_the_trial_list_is_saved_where_the_generator_looks_for_it():
     source = inspect.getsource(TuneController.save_to_dir)
     # The trial list is written before the search algorithm saves, in the same call.
     assert source.index("experiment_state_file_name") < source.index("_search_alg.save_to_dir")
+
+
+def test_hyperband_bookkeeping_the_saved_hyperband_relies_on():
+    """Use: SavedHyperBand marks the trials a bracket stopped while paused for Tune's next
+    save (TuneController._mark_trial_to_checkpoint, else the saved list keeps them PAUSED),
+    and skips ended trials a restore adds again (_requeue_restored_trials adds each)."""
+    import inspect
+
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.schedulers import HyperBandScheduler
+
+    params = inspect.signature(HyperBandScheduler._process_bracket).parameters
+    assert list(params) == ["self", "tune_controller", "bracket"]
+    # Tune re-serialises only the trials marked: the saved list is built from them.
+    assert "_trials_to_cache" in inspect.getsource(TuneController._get_trial_checkpoints)
+    assert "_trials_to_cache.add" in inspect.getsource(TuneController._mark_trial_to_checkpoint)
+    # Stopping a trial that is not live (a PAUSED one) returns before marking it.
+    stop = inspect.getsource(TuneController._schedule_trial_stop)
+    assert stop.index("not in self._trial_to_actor") < stop.index("_mark_trial_to_checkpoint")
+    # A restore hands every saved trial, ended ones included, to add_trial.
+    requeue = inspect.getsource(TuneController._requeue_restored_trials)
+    assert "Trial.TERMINATED" in requeue and "self.add_trial(trial_to_add)" in requeue
+    # Schedulers are handed the controller behind a wrapper that keeps it here.
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper
+
+    assert "self._tune_controller = tune_controller" in inspect.getsource(
+        TrialRunnerWrapper.__init__
+    )

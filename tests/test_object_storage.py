@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     S3_BUCKET,
     S3_ENV,
+    STATE_OF_STATUS,
     cli_search,
     run_cli,
     run_tuner,
@@ -44,7 +45,6 @@ budget:
   reduction_factor: 2
   cpus_per_trial: 1
 """
-STATE_OF_STATUS = {"completed": "COMPLETE", "stopped_early": "PRUNED", "diverged": "FAIL"}
 
 
 def write_space(folder: Path, epochs: int, size: int = 32) -> Path:

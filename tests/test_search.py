@@ -9,7 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
-from conftest import METRIC_KEYS, cli, cli_search, experiment_at, free_port
+from conftest import (
+    METRIC_KEYS,
+    STATE_OF_STATUS,
+    assert_study_tells_the_leaderboard,
+    cli,
+    cli_search,
+    experiment_at,
+    free_port,
+)
 
 from tuner.cli import main
 from tuner.results._leaderboard import _BASE_COLUMNS
@@ -248,26 +256,11 @@ def test_a_time_budget_ends_the_search_cleanly_and_lists_trials_that_never_start
     assert f"{len(waiting)} not_started" in proc.stdout
 
 
-STATE_OF_STATUS = {"completed": "COMPLETE", "stopped_early": "PRUNED", "diverged": "FAIL"}
-
-
 def test_the_optuna_study_tells_what_the_leaderboard_tells(finished):
     """PRUNED exactly where ASHA stopped a trial; every reported epoch an intermediate value."""
-    from tuner.search._study import load_study
-
     _, _, exp = finished
-    board = pd.read_csv(exp / "leaderboard.csv").set_index("trial_id")
-    trials = {t.user_attrs["tune_trial_id"]: t for t in load_study(experiment_at(exp)).trials}
-    assert set(trials) == set(board.index)
-    assert "PRUNED" in {t.state.name for t in trials.values()}
-    for trial_id, trial in trials.items():
-        row = board.loc[trial_id]
-        assert trial.state.name == STATE_OF_STATUS[row["status"]], trial_id
-        reported = {int(r["epoch"]): r["val_acc"] for r in experiment_at(exp).reports(trial_id)}
-        assert trial.intermediate_values == pytest.approx(reported), trial_id
-        if trial.state.name == "COMPLETE":
-            assert trial.value == pytest.approx(row["val_acc"])
-        assert trial.user_attrs["checkpoint"] == row["checkpoint"], trial_id
+    board = assert_study_tells_the_leaderboard(exp)
+    assert "stopped_early" in set(board["status"])
 
 
 def test_optuna_dashboard_shows_the_same_trials_by_state(finished):
@@ -336,9 +329,10 @@ def test_the_search_says_how_long_it_will_take(finished):
 
 
 def test_the_estimate_scales_the_measured_epoch_time_by_the_work_left():
-    from tuner.search._estimate import TimeEstimate, expected_trial_epochs
+    from tuner.engine._strategy import asha_trial_epochs
+    from tuner.search._estimate import TimeEstimate
 
-    assert expected_trial_epochs(24, 12, 1, 2) == pytest.approx(
+    assert asha_trial_epochs(24, 12, 1, 2) == pytest.approx(
         24 * (1 + 1 / 2 + 2 / 4 + 4 / 8) + 24 / 16 * 4
     )
     lines: list[str] = []

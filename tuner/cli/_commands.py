@@ -43,7 +43,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             max_concurrent=args.max_concurrent,
             test_fraction=args.test_fraction,
         )
-    )
+    ).with_strategy(args.scheduler, args.searcher)
     name = validate_name(args.name or default_name(space))
     storage = Storage.parse(args.storage)
     request = SearchRequest(

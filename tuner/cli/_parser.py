@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tuner.spaces._strategy import SCHEDULERS, SEARCHERS
+
 STORAGE_HELP = (
     "where experiments live: a folder or a URI such as s3://BUCKET/PREFIX "
     "(?endpoint_override=HOST:PORT&scheme=http for MinIO/Ceph), gs://BUCKET/PREFIX "
@@ -100,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="share of each class's photos held out as the test split, never seen by a trial "
         "and scoring the top trials at the end (default 0.15; 0: none)",
+    )
+    strategy = search.add_argument_group("strategy (overrides the space's)")
+    strategy.add_argument(
+        "--scheduler",
+        choices=list(SCHEDULERS),
+        help="what stops weak trials early (default: the space's, else asha)",
+    )
+    strategy.add_argument(
+        "--searcher",
+        choices=list(SEARCHERS),
+        help="the Optuna sampler that proposes trials (default: the space's, else tpe)",
     )
     res = search.add_argument_group("resources (override the space's)")
     res.add_argument("--cpus-per-trial", type=_positive_float, metavar="C")

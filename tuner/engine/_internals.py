@@ -30,6 +30,12 @@ not somewhere a user finds first.
   (``TuneController.save_to_dir``, named ``EXPERIMENT_STATE``), in the driver's
   thread: the searcher is told then (:meth:`HookedOptunaSearch.state_saved`), when
   the study holds exactly what that trial list knows.
+- ``HyperBandScheduler._process_bracket`` and ``TuneController._mark_trial_to_checkpoint``:
+  Tune re-serialises a trial into its saved trial list only when marked, and
+  stopping a PAUSED trial (HyperBand halving a bracket, or ending it) does not
+  mark it, so the saved list kept those trials PAUSED after the search had
+  ended them (:class:`SavedHyperBand` marks them). ``_requeue_restored_trials``: a
+  restore adds ended trials to the scheduler again, which HyperBand must skip.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ray.tune.schedulers import HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
@@ -197,3 +204,29 @@ def make_search_alg(searcher: Any, max_concurrent: int) -> ReconcilingSearchGene
     that reconciles on a restore (pass it as ``search_alg`` without
     ``max_concurrent_trials``)."""
     return ReconcilingSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+
+
+class SavedHyperBand(HyperBandScheduler):
+    """Ray's HyperBand, whose stopped trials reach the saved trial list as stopped, and
+    which a resume does not deadlock.
+
+    A restored Tune adds every trial of the saved list to the scheduler again, ended
+    ones included (``TuneController._requeue_restored_trials``); Ray's HyperBand puts
+    those in a bracket too, where they never report again, so the bracket's other
+    trials waited PAUSED for them for ever. An ended trial joins no bracket here.
+    """
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if trial.status in ("TERMINATED", "ERROR"):
+            return
+        super().on_trial_add(tune_controller, trial)
+
+    def _process_bracket(self, tune_controller: Any, bracket: Any) -> str:
+        paused = [t for t in bracket.current_trials() if t.status == "PAUSED"]
+        action: str = super()._process_bracket(tune_controller, bracket)
+        # Schedulers get the controller behind a wrapper that warns on private names.
+        controller = getattr(tune_controller, "_tune_controller", tune_controller)
+        for trial in paused:
+            if trial.status != "PAUSED":
+                controller._mark_trial_to_checkpoint(trial)
+        return action

@@ -1,15 +1,14 @@
-"""How long a search will take: ASHA's expected trial-epochs at the measured pace.
+"""How long a search will take: its scheduler's expected trial-epochs at the measured pace.
 
-The start banner gives the work (:func:`expected_trial_epochs`); once trials
-have reported a few epochs, :class:`TimeEstimate` prints how long the whole
-search should take at the pace measured so far, and which flags shorten it,
-so a user who started a large space on a laptop learns it within minutes.
+The start banner gives the work
+(:meth:`tuner.engine._strategy.Strategy.trial_epochs`); once trials have
+reported a few epochs, :class:`TimeEstimate` prints how long the whole search
+should take at the pace measured so far, and which flags shorten it, so a
+user who started a large space on a laptop learns it within minutes.
 
 Example:
-    >>> expected_trial_epochs(12, 6, grace_period=2, reduction_factor=3)  # 12 x 2 + 4 x 4
-    40.0
-    >>> expected_trial_epochs(4, 3, grace_period=3, reduction_factor=2)  # no cut before the end
-    12.0
+    >>> describe_duration(40), describe_duration(600), describe_duration(5400)
+    ('40 s', '10 min', '1.5 h')
 """
 
 from __future__ import annotations
@@ -24,28 +23,6 @@ from ray import tune
 # Estimates are printed after this many reported epochs, then at most this often.
 _FIRST_AFTER_EPOCHS = 3
 _EVERY_S = 300.0
-
-
-def expected_trial_epochs(
-    num_samples: int, max_epochs: int, grace_period: int, reduction_factor: int
-) -> float:
-    """Trial-epochs an ASHA search runs when each rung keeps 1/``reduction_factor``.
-
-    Rungs sit at ``grace_period * reduction_factor**k`` below ``max_epochs``;
-    every trial runs to the first rung, a ``1/reduction_factor`` share of them
-    to the next, and so on; the survivors of the last rung run to ``max_epochs``.
-    """
-    rungs = []
-    rung = min(grace_period, max_epochs)
-    while rung < max_epochs:
-        rungs.append(rung)
-        rung *= reduction_factor
-    total, share, done = 0.0, 1.0, 0
-    for r in [*rungs, max_epochs]:
-        total += num_samples * share * (r - done)
-        share /= reduction_factor
-        done = r
-    return total
 
 
 def _print(line: str) -> None:
@@ -106,6 +83,6 @@ class TimeEstimate(tune.Callback):
         return (
             f"Estimate: about {describe_duration(elapsed + left)} in all, "
             f"{describe_duration(left)} left ({per_epoch:.0f} s per trial-epoch, "
-            f"{self.concurrent} at once, ~{self.trial_epochs:.0f} trial-epochs with ASHA). "
+            f"{self.concurrent} at once, ~{self.trial_epochs:.0f} trial-epochs expected). "
             "Shorter: --num-samples, --max-epochs, --time-budget SECONDS, or a smaller space."
         )

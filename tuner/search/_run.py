@@ -1,4 +1,4 @@
-"""Assemble and run a search (or resume one): data, Ray, Optuna, ASHA, results.
+"""Assemble and run a search (or resume one): data, Ray, Optuna, a scheduler, results.
 
 The order matters for users: everything that can be wrong with the input
 (name, storage, space, data, pretrained weights) is checked before Ray
@@ -34,6 +34,7 @@ from trainables._features import FEATURE_DISK_BUDGET, max_cache_bytes
 from trainables._settings import settings
 from trainables._store import row_bytes
 from tuner._errors import UsageError
+from tuner.engine import _strategy as strategies
 from tuner.engine._cluster import (
     check_fits,
     check_storage_reachable,
@@ -51,7 +52,7 @@ from tuner.results._leaderboard import (
 )
 from tuner.results._listing import is_finished
 from tuner.search._datacheck import describe
-from tuner.search._estimate import TimeEstimate, expected_trial_epochs
+from tuner.search._estimate import TimeEstimate
 from tuner.search._guard import StorageGuard, make_reserve, release_reserve
 from tuner.search._pruning import CheckpointPruner
 from tuner.search._study import (
@@ -238,8 +239,7 @@ def _reporter(space: SearchSpace) -> Any:
 def _run_config(exp: Experiment, space: SearchSpace, concurrent: int, say: Print) -> Any:
     from ray import tune
 
-    budget = space.budget
-    estimate = TimeEstimate(_trial_epochs(budget), concurrent, say)
+    estimate = TimeEstimate(_trial_epochs(space), concurrent, say)
     return tune.RunConfig(
         callbacks=[StorageGuard(exp), CheckpointPruner(), estimate, JournalUpload(exp)],
         name=exp.name,
@@ -258,16 +258,13 @@ def _run_config(exp: Experiment, space: SearchSpace, concurrent: int, say: Print
     )
 
 
-def _trial_epochs(budget: Budget) -> float:
-    return expected_trial_epochs(
-        budget.num_samples, budget.max_epochs, budget.grace_period, budget.reduction_factor
-    )
+def _trial_epochs(space: SearchSpace) -> float:
+    return strategies.trial_epochs(space.strategy, space.budget)
 
 
 def run_search(req: SearchRequest, say: Print = print) -> int:
     """Run a new search to the end; return the exit code."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     exp = Experiment(req.storage, req.name)
     if exp.exists():
@@ -287,26 +284,22 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     exp.write_split(split)
     write_signed(exp, TUNER_FILE, _record(req, cache.size, resources).encode())
     make_reserve(exp)
-    budget = req.space.budget
+    budget, strategy = req.space.budget, req.space.strategy
     concurrent = min(budget.max_concurrent or _fits(cluster, resources), budget.num_samples)
     say(
         f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
-        f"{budget.max_epochs} epochs, ASHA grace {budget.grace_period} / reduction "
-        f"{budget.reduction_factor} (~{_trial_epochs(budget):.0f} trial-epochs), "
+        f"{budget.max_epochs} epochs, {strategies.describe(strategy, budget)} "
+        f"(~{_trial_epochs(req.space):.0f} trial-epochs), "
         f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial, {concurrent} at once; "
         "a time estimate follows the first epochs"
     )
     say(f"Results: {exp.display()}")
     searcher = make_searcher(
-        exp, SEARCH_METRIC, budget.seed, req.space.points_to_evaluate, budget.max_epochs
-    )
-    scheduler = ASHAScheduler(
-        time_attr="epoch",
-        metric=METRIC,
-        mode="max",
-        max_t=budget.max_epochs,
-        grace_period=min(budget.grace_period, budget.max_epochs),
-        reduction_factor=budget.reduction_factor,
+        exp,
+        SEARCH_METRIC,
+        strategies.make_sampler(strategy, budget.seed),
+        req.space.points_to_evaluate,
+        budget.max_epochs,
     )
     tuner = tune.Tuner(
         _trainable(cache, resources),
@@ -314,8 +307,10 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         tune_config=tune.TuneConfig(
             # Tune's own wrapping for max_concurrent_trials, in a generator that keeps
             # a resume's trial count and searcher in step with its trials.
-            search_alg=make_search_alg(searcher, concurrent),
-            scheduler=scheduler,
+            search_alg=make_search_alg(
+                searcher, strategies.live_trials(strategy, concurrent, budget.num_samples)
+            ),
+            scheduler=strategies.make_scheduler(strategy, budget),
             num_samples=budget.num_samples,
             time_budget_s=budget.time_budget_s,
             trial_name_creator=_trial_name,
@@ -524,6 +519,8 @@ def _record(req: SearchRequest, cache_size: int, resources: dict[str, float]) ->
             "params": resolved["params"],
             "budget": resolved["budget"],
             "points_to_evaluate": resolved["points_to_evaluate"],
+            "scheduler": resolved["scheduler"],
+            "searcher": resolved["searcher"],
         },
         data_dir=req.data_dir,
         storage=req.storage.uri,

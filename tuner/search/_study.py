@@ -21,13 +21,14 @@ or ``optuna-dashboard results/NAME/optuna_journal.log``.
 
 The study tells the search's story (:class:`MirroredOptunaSearch`): every
 reported epoch is an intermediate value (``val_acc`` at step ``epoch``),
-trials ASHA stopped are PRUNED (Optuna then takes their last intermediate
-value as their value), diverged or errored ones FAIL, the others COMPLETE
-with their best val_acc. Each Optuna trial carries the Tune trial id and its
-best checkpoint's folder as user attributes (``tune_trial_id``,
-``checkpoint``). A trial Optuna made after the last state a killed driver
-saved is never run: ``resume`` marks it FAIL with the user attribute
-``orphaned`` (:meth:`MirroredOptunaSearch.reconcile`).
+trials the scheduler stopped before ``max_epochs`` are PRUNED (Optuna then
+takes their last intermediate value as their value; a trial stopped while
+paused is judged by the epochs the study holds for it), diverged or errored
+ones FAIL, the others COMPLETE with their best val_acc. Each Optuna trial
+carries the Tune trial id and its best checkpoint's folder as user attributes
+(``tune_trial_id``, ``checkpoint``). A trial Optuna made after the last state a
+killed driver saved is never run: ``resume`` marks it FAIL with the user
+attribute ``orphaned`` (:meth:`MirroredOptunaSearch.reconcile`).
 
 The study is as old as the trial list a resume restores. The journal is
 append-only, and Tune saves its trial list and then, in the same thread, this
@@ -315,17 +316,23 @@ class MirroredOptunaSearch(HookedOptunaSearch):
             return
         if result:
             self._report(trial_id, result)
+        ot_trial = self.optuna_trials[trial_id]
+        if not result and not error:
+            # Stopped while paused (HyperBand ends a bracket's waiting trials so): its
+            # last result is the study's, which holds every epoch it reported.
+            told = ot_trial.storage.get_trial(optuna_trial_id(ot_trial)).intermediate_values
+            if told:
+                result = {"epoch": max(told), self.metric: max(told.values())}
         value = None
         if error or (result and result.get("diverged")):
             state = TrialState.FAIL
         elif not result or int(result.get("epoch", 0)) < self._max_epochs:
-            state = TrialState.PRUNED  # stopped by ASHA (or a time budget) before the end
+            state = TrialState.PRUNED  # stopped by the scheduler (or a time budget) early
         else:
             state, value = TrialState.COMPLETE, result.get(self.metric)
             if value is None or not math.isfinite(float(value)):
                 state, value = TrialState.FAIL, None
         assert self.study is not None
-        ot_trial = self.optuna_trials[trial_id]
         # A driver killed after telling Optuna but before Tune saved its state finishes
         # the trial again on resume: the study already has it.
         self.study.tell(ot_trial, value, state=state, skip_if_finished=True)
@@ -344,15 +351,16 @@ def journal_storage(path: Path) -> Any:
 def make_searcher(
     exp: Experiment,
     metric: str,
-    seed: int,
+    sampler: Any,
     points: list[dict[str, Any]],
     max_epochs: int,
 ) -> Any:
-    """Seeded TPE through :class:`MirroredOptunaSearch`, its study the experiment's journal."""
+    """``sampler`` (seeded) through :class:`MirroredOptunaSearch`, its study the
+    experiment's journal."""
     return MirroredOptunaSearch(
         metric=metric,
         mode="max",
-        seed=seed,
+        sampler=sampler,
         points_to_evaluate=points or None,
         study_name=exp.name,
         storage=journal_storage(local_journal(exp)),

@@ -1,6 +1,7 @@
 """Search spaces: YAML files in ``search_spaces/`` -> Ray Tune distributions + a budget.
 
-A space file has three sections::
+A space file has these sections (and optionally ``scheduler:`` and ``searcher:``,
+see :mod:`tuner.spaces._strategy`)::
 
     params:                       # trial keys (see trainables.TrialConfig)
       model: efficientnet_lite0   # a constant
@@ -39,6 +40,7 @@ from ray import tune
 
 from trainables import ConfigError, TrialConfig
 from tuner._errors import UsageError
+from tuner.spaces._strategy import Strategy
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 
@@ -199,6 +201,7 @@ class SearchSpace:
     budget: Budget
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
+    strategy: Strategy = field(default_factory=Strategy)
 
     @property
     def searched(self) -> list[str]:
@@ -229,7 +232,21 @@ class SearchSpace:
             "params": {**self.constants, **{k: d.to_yaml() for k, d in self.distributions.items()}},
             "budget": dataclasses.asdict(self.budget),
             "points_to_evaluate": self.points_to_evaluate,
+            **self.strategy.to_dict(),
         }
+
+    def numeric_keys(self) -> list[str]:
+        """The searched keys drawn from a range (not a choice)."""
+        return [k for k, d in self.distributions.items() if d.kind != "choice"]
+
+    def with_strategy(self, scheduler: str | None, searcher: str | None) -> SearchSpace:
+        """The space with the command line's scheduler and searcher names, checked."""
+        try:
+            strategy = self.strategy.with_names(scheduler, searcher)
+            strategy.check(self.numeric_keys())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return dataclasses.replace(self, strategy=strategy)
 
     def with_budget(self, budget: Budget) -> SearchSpace:
         space = dataclasses.replace(self, budget=budget)
@@ -281,7 +298,9 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
 
     if not isinstance(raw, dict):
         raise fail("expected a mapping with 'params' and 'budget'")
-    unknown_sections = set(raw) - {"params", "budget", "points_to_evaluate", "description"}
+    unknown_sections = set(raw) - {
+        "params", "budget", "points_to_evaluate", "description", "scheduler", "searcher",
+    }  # fmt: skip
     if unknown_sections:
         raise fail(f"unknown section(s): {', '.join(sorted(unknown_sections))}")
     params = raw.get("params") or {}
@@ -339,6 +358,10 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
         except ConfigError as exc:
             raise fail(f"points_to_evaluate[{i}]: {exc}") from None
 
+    try:
+        strategy = Strategy.parse(raw.get("scheduler"), raw.get("searcher"))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     space = SearchSpace(
         name=name,
         source=source,
@@ -347,10 +370,12 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
         budget=budget,
         points_to_evaluate=[dict(p) for p in points],
         description=str(raw.get("description", "")).strip(),
+        strategy=strategy,
     )
     try:
         _validate_edges(space)
-    except ConfigError as exc:
+        strategy.check(space.numeric_keys())
+    except (ConfigError, ValueError) as exc:
         raise fail(str(exc)) from None
     return space
 

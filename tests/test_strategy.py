@@ -1,0 +1,216 @@
+"""Scheduler and searcher from the space file or the command line: parsed and refused at
+the edge (tuner/spaces/_strategy.py), built by one adapter (tuner/engine/_strategy.py), and
+each scheduler run for real through a kill -9 and a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import assert_study_tells_the_leaderboard, cli, run_tuner
+from test_resume import saved_with_checkpoint, start_search, wait_for
+
+from tuner.engine import _strategy as adapter
+from tuner.engine._strategy import asha_trial_epochs, hyperband_trial_epochs
+from tuner.spaces._spaces import Budget, load_space, parse_space
+from tuner.spaces._strategy import Strategy
+
+SPACE = """
+params:
+  model: efficientnet_lite0
+  pretrained: true
+  image_size: 32
+  optimizer: {choice: [adam, sgd]}
+  lr: {loguniform: [1.0e-4, 1.0e-1]}
+  batch_size: 16
+  freeze_depth: {randint: [3, 5]}
+budget:
+  num_samples: NUM
+  max_epochs: EPOCHS
+  grace_period: 1
+  reduction_factor: 2
+  cpus_per_trial: 1
+STRATEGY
+"""
+
+
+def space_text(strategy: str = "", num: int = 4, epochs: int = 4) -> str:
+    return (
+        SPACE.replace("STRATEGY", strategy).replace("NUM", str(num)).replace("EPOCHS", str(epochs))
+    )
+
+
+def write(tmp: Path, strategy: str = "", num: int = 4, epochs: int = 4) -> Path:
+    path = tmp / "space.yaml"
+    path.write_text(space_text(strategy, num, epochs))
+    return path
+
+
+def test_a_space_names_its_scheduler_and_searcher_with_settings(tmp_path):
+    space = load_space(str(write(tmp_path, "scheduler: {median: {grace_period: 2}}\nsearcher: gp")))
+    assert space.strategy == Strategy("median", {"grace_period": 2}, "gp", {})
+    assert load_space(str(write(tmp_path))).strategy == Strategy("asha", {}, "tpe", {})
+    # The resolved space (what tuner.json records, and `resume` parses) keeps them.
+    resolved = space.to_dict()
+    recorded = {k: resolved[k] for k in ("params", "budget", "scheduler", "searcher")}
+    again = parse_space(recorded, name="again")
+    assert again.strategy == space.strategy
+
+
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        ("scheduler: pbs", "scheduler: unknown 'pbs'; known: asha, hyperband, median, fifo"),
+        ("searcher: bayes", "searcher: unknown 'bayes'"),
+        ("scheduler: {asha: {grace: 2}}", "asha has no setting 'grace'"),
+        ("scheduler: {asha: {reduction_factor: 1}}", "reduction_factor must be a number > 1"),
+        ("searcher: {nsga2: {population_size: 1}}", "population_size must be an integer >= 2"),
+        ("searcher: {tpe: {multivariate: 1}}", "multivariate must be true or false"),
+        ("scheduler: {asha: {}, fifo: {}}", "give one name"),
+        ("searcher: {random: 3}", "the settings of random must be a mapping"),
+    ],
+)
+def test_a_bad_scheduler_or_searcher_is_refused_with_the_reason(
+    tmp_path, capsys, strategy, message
+):
+    code, _, err = cli(capsys, "spaces", str(write(tmp_path, strategy)))
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err
+
+
+def test_a_numeric_sampler_on_a_space_of_choices_only_is_refused(tmp_path, capsys, synthetic):
+    text = space_text().replace("{loguniform: [1.0e-4, 1.0e-1]}", "{choice: [0.001, 0.01]}")
+    path = tmp_path / "choices.yaml"
+    path.write_text(text.replace("{randint: [3, 5]}", "{choice: [3, 4]}"))
+    for searcher in ("cmaes", "gp"):
+        code, _, err = cli(
+            capsys, "search", "--space", str(path), "--data", str(synthetic),
+            "--storage", str(tmp_path / "r"), "--searcher", searcher,
+        )  # fmt: skip
+        assert code == 2 and "searches none (only choices); use tpe or random" in err, err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_command_line_names_override_the_space_and_drop_its_settings(tmp_path):
+    space = load_space(str(write(tmp_path, "scheduler: {asha: {grace_period: 2}}")))
+    assert space.with_strategy(None, "random").strategy == Strategy(
+        "asha", {"grace_period": 2}, "random", {}
+    )
+    assert space.with_strategy("asha", None).strategy.scheduler_settings == {"grace_period": 2}
+    assert space.with_strategy("fifo", None).strategy == Strategy("fifo", {}, "tpe", {})
+
+
+def test_the_adapter_builds_each_scheduler_with_the_budget_and_its_settings():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    from tuner.engine._internals import SavedHyperBand
+
+    asha = adapter.make_scheduler(
+        Strategy.parse({"asha": {"grace_period": 2}}),
+        Budget(max_epochs=6, grace_period=1, reduction_factor=3),
+    )
+    assert isinstance(asha, ASHAScheduler)
+    assert (asha._max_t, asha._reduction_factor) == (6, 3)
+    # A rung at its own grace period (the budget's is 1), and the end.
+    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [6, 2]
+    budget = Budget(max_epochs=4, grace_period=1, reduction_factor=2)
+    hyperband = adapter.make_scheduler(Strategy.parse("hyperband"), budget)
+    assert isinstance(hyperband, SavedHyperBand) and hyperband._eta == 2
+    median = adapter.make_scheduler(
+        Strategy.parse({"median": {"min_samples_required": 2}}),
+        Budget(max_epochs=4, grace_period=2),
+    )
+    assert isinstance(median, MedianStoppingRule)
+    assert (median._grace_period, median._min_samples_required) == (2, 2)
+    assert type(adapter.make_scheduler(Strategy.parse("fifo"), budget)) is FIFOScheduler
+
+
+@pytest.mark.parametrize(
+    ("searcher", "sampler"),
+    [
+        ("tpe", "TPESampler"),
+        ("random", "RandomSampler"),
+        ("cmaes", "CmaEsSampler"),
+        ("gp", "GPSampler"),
+        ("nsga2", "NSGAIISampler"),
+    ],
+)
+def test_the_adapter_builds_each_sampler_seeded(searcher, sampler):
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    def first_lrs(seed: int) -> list[float]:
+        made = adapter.make_sampler(Strategy.parse(None, searcher), seed)
+        assert type(made).__name__ == sampler
+        study = optuna.create_study(sampler=made, direction="maximize")
+        values = []
+        for _ in range(3):
+            trial = study.ask({"lr": FloatDistribution(1e-4, 1e-1, log=True)})
+            values.append(trial.params["lr"])
+            study.tell(trial, trial.params["lr"])
+        return values
+
+    assert first_lrs(3) == first_lrs(3)
+    assert first_lrs(3) != first_lrs(4)
+
+
+def test_the_expected_work_follows_the_scheduler():
+    budget = Budget(num_samples=8, max_epochs=6, grace_period=2, reduction_factor=3)
+
+    def work(name: str) -> float:
+        return adapter.trial_epochs(Strategy.parse(name), budget)
+
+    assert work("asha") == asha_trial_epochs(8, 6, 2, 3)
+    assert work("fifo") == 48
+    assert work("median") == 48  # at most
+    # Ray's brackets for max_t 6, eta 3: 3 trials x 6 epochs, then 5 x 2 and the best 2 x 4.
+    assert hyperband_trial_epochs(8, 6, 3) == 3 * 6 + 5 * 2 + 2 * 4
+    assert work("hyperband") == hyperband_trial_epochs(8, 6, 3)
+    # HyperBand halves among a bracket's live trials: it keeps them all live.
+    assert adapter.live_trials(Strategy.parse("hyperband"), 2, 8) == 8
+    assert adapter.live_trials(Strategy.parse("asha"), 2, 8) == 2
+
+
+# A real search per scheduler, each with another sampler, killed -9 once a saved state
+# holds a checkpoint and resumed: it finishes, and the study agrees with the leaderboard.
+STRATEGIES = [
+    ("hyperband", "random", "HyperBand reduction 2, random sampling"),
+    ("median", "cmaes", "median stopping after epoch 1, 2 trials to compare, CMA-ES"),
+    ("fifo", "gp", "FIFO (no early stopping), Gaussian-process BO"),
+    ("asha", "nsga2", "ASHA grace 1 / reduction 2, NSGA-II"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("scheduler", "searcher", "banner"), STRATEGIES)
+def test_each_scheduler_survives_a_kill_9_and_resume_and_agrees_with_the_study(
+    small_flowers, tmp_path, scheduler, searcher, banner
+):
+    settings = "{median: {min_samples_required: 2}}" if scheduler == "median" else scheduler
+    space = write(tmp_path, f"scheduler: {settings}\nsearcher: {searcher}", num=4, epochs=4)
+    storage = tmp_path / "r"
+    exp = storage / "s"
+    proc = start_search(space, small_flowers, storage, "s")
+    try:
+        wait_for(lambda: saved_with_checkpoint(exp), 240, "a saved checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.communicate()[0]
+    assert banner in out, out[-3000:]
+    try:
+        resumed = run_tuner("resume", "s", "--storage", str(storage), timeout=240)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"resume hung:\n{hung.stdout[-3000:]!s}\n{hung.stderr[-5000:]!s}")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    board = assert_study_tells_the_leaderboard(exp)
+    assert len(board) == 4 and set(board["status"]) <= {"completed", "stopped_early"}
+    assert (board["stopped_early"] == (board["epochs"] < 4)).all()
+    if scheduler == "fifo":
+        assert (board["status"] == "completed").all()
+    space_record = json.loads((exp / "tuner.json").read_text())["space"]
+    assert space_record["searcher"] == searcher
+    assert space_record["scheduler"] in (scheduler, {"median": {"min_samples_required": 2}})

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import assert_study_tells_the_leaderboard, cli, run_tuner
+from conftest import TINY_SPACE, assert_study_tells_the_leaderboard, cli, run_tuner
 from test_resume import saved_with_checkpoint, start_search, wait_for
 
 from tuner.engine import _strategy as adapter
@@ -19,29 +19,10 @@ from tuner.engine._strategy import asha_trial_epochs, hyperband_trial_epochs
 from tuner.spaces._spaces import Budget, load_space, parse_space
 from tuner.spaces._strategy import Strategy
 
-SPACE = """
-params:
-  model: efficientnet_lite0
-  pretrained: true
-  image_size: 32
-  optimizer: {choice: [adam, sgd]}
-  lr: {loguniform: [1.0e-4, 1.0e-1]}
-  batch_size: 16
-  freeze_depth: {randint: [3, 5]}
-budget:
-  num_samples: NUM
-  max_epochs: EPOCHS
-  grace_period: 1
-  reduction_factor: 2
-  cpus_per_trial: 1
-STRATEGY
-"""
-
-
 def space_text(strategy: str = "", num: int = 4, epochs: int = 4) -> str:
-    return (
-        SPACE.replace("STRATEGY", strategy).replace("NUM", str(num)).replace("EPOCHS", str(epochs))
-    )
+    """The shared tiny space (32 px Lite0), ``num`` trials of ``epochs``, with ``strategy``."""
+    text = TINY_SPACE.replace("num_samples: 5", f"num_samples: {num}")
+    return text.replace("max_epochs: 3", f"max_epochs: {epochs}") + strategy + "\n"
 
 
 def write(tmp: Path, strategy: str = "", num: int = 4, epochs: int = 4) -> Path:
@@ -84,8 +65,9 @@ def test_a_bad_scheduler_or_searcher_is_refused_with_the_reason(
 
 def test_a_numeric_sampler_on_a_space_of_choices_only_is_refused(tmp_path, capsys, synthetic):
     text = space_text().replace("{loguniform: [1.0e-4, 1.0e-1]}", "{choice: [0.001, 0.01]}")
+    text = text.replace("{randint: [2, 5]}", "{choice: [3, 4]}")
     path = tmp_path / "choices.yaml"
-    path.write_text(text.replace("{randint: [3, 5]}", "{choice: [3, 4]}"))
+    path.write_text(text.replace("{uniform: [0.0, 0.5]}", "{choice: [0.0, 0.5]}"))
     for searcher in ("cmaes", "gp"):
         code, _, err = cli(
             capsys, "search", "--space", str(path), "--data", str(synthetic),

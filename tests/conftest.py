@@ -299,13 +299,14 @@ STATE_OF_STATUS = {"completed": "COMPLETE", "stopped_early": "PRUNED", "diverged
 def assert_study_tells_the_leaderboard(exp_folder: Path) -> pd.DataFrame:
     """The Optuna study of a finished local search says what its leaderboard says: each
     trial's state from its status (PRUNED where the scheduler stopped it), every reported
-    epoch an intermediate value, a completed trial's value its best val_acc. Returns the
-    leaderboard."""
-    from tuner.search._study import load_study
+    epoch an intermediate value, a completed trial's value its best val_acc (a warm start's
+    trials of earlier experiments aside). Returns the leaderboard."""
+    from tuner.search._study import WARM_ATTR, load_study
 
     exp = experiment_at(exp_folder)
     board = pd.read_csv(exp_folder / "leaderboard.csv").set_index("trial_id")
-    trials = {t.user_attrs["tune_trial_id"]: t for t in load_study(exp).trials}
+    study = [t for t in load_study(exp).trials if WARM_ATTR not in t.user_attrs]
+    trials = {t.user_attrs["tune_trial_id"]: t for t in study}
     assert set(trials) == set(board.index)
     for trial_id, trial in trials.items():
         row = board.loc[trial_id]

@@ -19,6 +19,7 @@ from tuner.engine._strategy import asha_trial_epochs, hyperband_trial_epochs
 from tuner.spaces._spaces import Budget, load_space, parse_space
 from tuner.spaces._strategy import Strategy
 
+
 def space_text(strategy: str = "", num: int = 4, epochs: int = 4) -> str:
     """The shared tiny space (32 px Lite0), ``num`` trials of ``epochs``, with ``strategy``."""
     text = TINY_SPACE.replace("num_samples: 5", f"num_samples: {num}")

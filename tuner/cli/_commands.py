@@ -53,6 +53,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         data_dir=resolve_data_dir(args.data),
         address=args.address,
         follow_links=args.follow_links,
+        warm_start=tuple(args.warm_start or ()),
     )
     storage.check_writable()  # the lock is the first thing written: say why it cannot be
     with WriterLock(Experiment(storage, name)):

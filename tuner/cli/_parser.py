@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(SEARCHERS),
         help="the Optuna sampler that proposes trials (default: the space's, else tpe)",
     )
+    strategy.add_argument(
+        "--warm-start",
+        nargs="+",
+        metavar="EXP",
+        help="seed the study with the ended trials of these earlier experiments (in "
+        "--storage) that fit this space; they may have searched other photos",
+    )
     res = search.add_argument_group("resources (override the space's)")
     res.add_argument("--cpus-per-trial", type=_positive_float, metavar="C")
     res.add_argument(

@@ -89,7 +89,8 @@ class HookedOptunaSearch(OptunaSearch):
     """Ray's ``OptunaSearch`` with the private state a subclass needs behind named members.
 
     Override :meth:`study_storage` to choose the Optuna storage the study is set
-    up in (Ray calls ``_setup_study`` on a fresh search and on ``restore``).
+    up in (Ray calls ``_setup_study`` on a fresh search and on ``restore``), and
+    :meth:`study_ready` to add to the study before its first trial is asked.
     """
 
     def study_storage(self) -> Any:
@@ -104,11 +105,15 @@ class HookedOptunaSearch(OptunaSearch):
         """Tune has just saved its trial list to ``experiment_state`` (and this searcher's
         state beside it); nothing has been told to the study since."""
 
+    def study_ready(self) -> None:
+        """The study is set up (fresh, or as a restore found it); no trial asked yet."""
+
     def _setup_study(self, mode: Any) -> None:
         storage = self.study_storage()
         if storage is not None:
             self._storage = storage
         super()._setup_study(mode)
+        self.study_ready()
 
     @property
     def study(self) -> Any:

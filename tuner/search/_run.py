@@ -62,6 +62,7 @@ from tuner.search._study import (
     forget_journal,
     make_searcher,
 )
+from tuner.search._warm import warm_start
 from tuner.spaces._spaces import Budget, SearchSpace
 from tuner.storage._experiment import BEST_CONFIG, JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
 from tuner.storage._signing import (
@@ -89,6 +90,7 @@ class SearchRequest:
     data_dir: str  # a local folder (resolved) or a URI
     address: str | None = None
     follow_links: bool = False
+    warm_start: tuple[str, ...] = ()  # earlier experiments in ``storage`` seeding the study
 
 
 def default_name(space: SearchSpace) -> str:
@@ -277,12 +279,14 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     if not (req.address or settings().ray_address):
         _resources(req.space, local_resources())  # fail before decoding or starting Ray
     check_weights(req.space)
+    warm = warm_start(req.space, req.storage, list(req.warm_start), say)
     split, cache = prepare_split(req, say)
     cluster = start_ray(req.address, say)
     resources = _resources(req.space, cluster)
     check_storage_reachable(req.storage)
     exp.write_split(split)
-    write_signed(exp, TUNER_FILE, _record(req, cache.size, resources).encode())
+    record = _record(req, cache.size, resources, warm.sources)
+    write_signed(exp, TUNER_FILE, record.encode())
     make_reserve(exp)
     budget, strategy = req.space.budget, req.space.strategy
     concurrent = min(budget.max_concurrent or _fits(cluster, resources), budget.num_samples)
@@ -300,6 +304,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         strategies.make_sampler(strategy, budget.seed),
         req.space.points_to_evaluate,
         budget.max_epochs,
+        warm.trials,
     )
     tuner = tune.Tuner(
         _trainable(cache, resources),
@@ -401,7 +406,7 @@ def _start_again(exp: Experiment, record: RunRecord, say: Print) -> int:
     starts again from its recorded request."""
     request = SearchRequest(
         record.search_space(), exp.name, exp.storage, record.data_dir, record.address,
-        record.follow_links,
+        record.follow_links, tuple(s["experiment"] for s in record.warm_start),
     )  # fmt: skip
     say(f"{exp.name} was stopped before its first trial was recorded; starting it again")
     for leftover in (TUNER_FILE, SPLIT_FILE, JOURNAL_FILE):
@@ -506,7 +511,12 @@ def _drop_driver_staging(exp: Experiment) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _record(req: SearchRequest, cache_size: int, resources: dict[str, float]) -> RunRecord:
+def _record(
+    req: SearchRequest,
+    cache_size: int,
+    resources: dict[str, float],
+    warm: list[dict[str, Any]],
+) -> RunRecord:
     import ray
 
     resolved = req.space.to_dict()
@@ -530,4 +540,5 @@ def _record(req: SearchRequest, cache_size: int, resources: dict[str, float]) ->
         command=" ".join(sys.argv),
         follow_links=req.follow_links,
         ray_version=ray.__version__,
+        warm_start=warm,
     )

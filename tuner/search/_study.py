@@ -183,6 +183,9 @@ class JournalUpload(tune.Callback):
         self._upload()
 
 
+WARM_ATTR = "warm_start"  # user attribute of a warm-start trial: EXPERIMENT/TRIAL_ID
+
+
 class MirroredOptunaSearch(HookedOptunaSearch):
     """Ray's OptunaSearch, telling the study what the leaderboard tells (see the module doc).
 
@@ -191,9 +194,17 @@ class MirroredOptunaSearch(HookedOptunaSearch):
     that returned a result COMPLETE, ASHA's stopped trials included.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, exp: Experiment, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_epochs: int,
+        exp: Experiment,
+        warm: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+        self._warm = list(warm or [])  # finished trials of earlier experiments (warm start)
         # Strings, not the experiment: this object is pickled into Ray's state.
         self._where = (exp.storage.uri, exp.name)
         self._folder = exp.display()
@@ -207,6 +218,14 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         # The journal storage pickled with a saved search names the file of the machine
         # that started it; this machine's copy is where the study continues.
         return journal_storage(local_journal(self._experiment()))
+
+    def study_ready(self) -> None:
+        """A new study gets the earlier experiments' trials before its first is asked."""
+        study = self.study
+        if self._warm and study is not None:
+            had = {t.user_attrs.get(WARM_ATTR) for t in study.get_trials(deepcopy=False)}
+            study.add_trials([t for t in self._warm if t.user_attrs[WARM_ATTR] not in had])
+        self._warm = []
 
     def restore(self, checkpoint_path: str) -> None:
         import optuna
@@ -354,9 +373,10 @@ def make_searcher(
     sampler: Any,
     points: list[dict[str, Any]],
     max_epochs: int,
+    warm: list[Any] | None = None,
 ) -> Any:
     """``sampler`` (seeded) through :class:`MirroredOptunaSearch`, its study the
-    experiment's journal."""
+    experiment's journal, holding the ``warm`` trials (Optuna frozen trials) first."""
     return MirroredOptunaSearch(
         metric=metric,
         mode="max",
@@ -366,6 +386,7 @@ def make_searcher(
         storage=journal_storage(local_journal(exp)),
         max_epochs=max_epochs,
         exp=exp,
+        warm=warm,
     )
 
 

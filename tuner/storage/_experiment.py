@@ -130,6 +130,9 @@ class RunRecord:
     ray_version: str = ""
     follow_links: bool = False
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    # Earlier experiments whose trials seeded the study: experiment, storage, taken,
+    # ignored, reasons (``search --warm-start``).
+    warm_start: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: Any, where: str = TUNER_FILE) -> RunRecord:
@@ -151,6 +154,11 @@ class RunRecord:
                 raise TypeError("resources are not numbers")
             known["resources"] = {str(k): float(v) for k, v in resources.items()}
             known["cache_size"] = int(known["cache_size"])
+            warm = known.get("warm_start", [])
+            if not isinstance(warm, list) or not all(
+                isinstance(w, dict) and isinstance(w.get("experiment"), str) for w in warm
+            ):
+                raise TypeError("warm_start is not a list of sources")
             for key in ("address", "command", "ray_version", "created"):
                 if key in known and known[key] is not None and not isinstance(known[key], str):
                     raise TypeError(f"{key} is {type(known[key]).__name__}")

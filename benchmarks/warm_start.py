@@ -103,19 +103,20 @@ def main() -> None:
     reach = {label: epochs_to_reach(accs[label], target) for label in ("cold", "warm")}
     print()
     print(f"  {taken.strip()}")
+
+    def reached(label: str) -> object:
+        if label not in reach:
+            return "-"
+        return "never" if reach[label] is None else reach[label]
+
+    rows = [
+        [label, 0 if label == "first" else 1, len(accs[label]), max(accs[label]), reached(label),
+         runs[label].wall_s]
+        for label in runs
+    ]  # fmt: skip
     print_table(
         ["search", "split", "trial epochs", "best val_acc", f"epochs to {target:.4f}", "wall s"],
-        [
-            [
-                label,
-                0 if label == "first" else 1,
-                len(accs[label]),
-                max(accs[label]),
-                reach.get(label, "-") if reach.get(label, 0) is not None else "never",
-                runs[label].wall_s,
-            ]
-            for label in runs
-        ],  # fmt: skip
+        rows,
     )
     print(f"# at the end: {load_line()}")
     never = float(len(accs["warm"]) + 1)  # not reached: more than it ran

@@ -214,6 +214,21 @@ def trial_results(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return {f"trial_{t}": [r for r in exp.reports(t) if "val_acc" in r] for t in exp.trial_ids()}
 
 
+def epochs_in_order(exp_dir: Path) -> list[float]:
+    """val_acc of every reported trial-epoch of a search, in the order they were reported."""
+    reports = [r for results in trial_results(exp_dir).values() for r in results]
+    reports.sort(key=lambda r: float(r.get("timestamp", 0)))
+    return [float(r["val_acc"]) for r in reports]
+
+
+def epochs_to_reach(accs: Sequence[float], target: float) -> int | None:
+    """Trial-epochs run until one reached ``target`` (None: never)."""
+    for i, acc in enumerate(accs, start=1):
+        if acc >= target - 1e-12:
+            return i
+    return None
+
+
 def read_leaderboard(exp_dir: Path) -> list[dict[str, str]]:
     """Rows of ``leaderboard.csv`` (best first), as strings."""
     import csv

@@ -1,27 +1,27 @@
-"""Search efficiency: ASHA early stopping vs running every trial to the end (FIFO).
+"""Search strategies at an equal budget: schedulers and samplers side by side.
 
-Runs ``python -m tuner search`` twice over the real photos with the smoke
-space (EfficientNet-Lite0, 96 px) and the same seed and number of samples:
+Runs ``python -m tuner search`` over the real photos with one space and budget
+(the smoke space by default: EfficientNet-Lite0 at 96 px, 8 trials x <= 6
+epochs) for each strategy and each seed:
 
-* **ASHA**: the smoke space's own schedule, grace period 1 and reduction
-  factor 2 (rungs after 1, 2 and 4 epochs; at each, a trial goes on only if it
-  is in the top half of the trials that reached it);
-* **FIFO**: grace period = max_epochs, so ASHA has no rung below the end and
-  stops nothing; every trial runs all its epochs.
+* ASHA, HyperBand, the median rule and FIFO (no early stopping), with TPE;
+* ASHA with random sampling and with CMA-ES.
 
-With the same seed, Optuna proposes the same configurations in both runs
-while it is still in its random start-up phase (TPE's first 10 trials), so
-the two runs differ only in what the scheduler stopped. The benchmark reads
-both leaderboards and compares the total trial epochs (the work done), the
-best val_acc found, and the wall time.
+Per strategy, over the seeds (each seed is another split and another sampler
+seed, the same for every strategy), it prints the trial-epochs run, the
+trial-epochs until one reached the val_acc target (every reported epoch of the
+search, in the order reported), the best val_acc, rank 1's test_acc (photos no
+trial saw) and the wall time; and ASHA's share of FIFO's trial-epochs.
 
-    uv run python benchmarks/search_efficiency.py            # ~25 min on 2 CPUs
-    uv run python benchmarks/search_efficiency.py --quick    # same code paths, ~1-2 min
+    uv run python benchmarks/search_efficiency.py              # ~2 h on 2 CPUs (6 x 3 runs)
+    uv run python benchmarks/search_efficiency.py --seeds 1    # one seed, ~40 min
+    uv run python benchmarks/search_efficiency.py --quick      # same code paths, ~3 min
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from _common import (
     benchmark_search,
     check_data,
     environment_line,
+    epochs_in_order,
+    epochs_to_reach,
     load_line,
     make_subset,
     print_headlines,
@@ -41,126 +43,127 @@ from _common import (
     write_space,
 )
 
-EPOCH_FRACTION_TARGET = 0.45
-ACC_GAP_TARGET = 0.01
+STRATEGIES = {  # label: (scheduler, searcher)
+    "asha": ("asha", "tpe"),
+    "hyperband": ("hyperband", "tpe"),
+    "median": ("median", "tpe"),
+    "fifo": ("fifo", "tpe"),
+    "asha_random": ("asha", "random"),
+    "asha_cmaes": ("asha", "cmaes"),
+}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Total trial epochs, best val_acc and wall time of an ASHA search vs the "
-        "same search with nothing stopped early (FIFO), same seed and samples, via "
-        "`python -m tuner search` on the smoke space.",
+        description="Trial-epochs to a val_acc target, best test_acc and wall time of each "
+        "scheduler and sampler at the same space, budget and seeds."
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder")
-    parser.add_argument("--space", default="smoke", help="built-in space to base both runs on")
+    parser.add_argument("--space", default="smoke", help="built-in space of every run")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--max-epochs", type=int, default=6)
-    parser.add_argument("--grace-period", type=int, default=1, help="ASHA run's grace period")
+    parser.add_argument("--grace-period", type=int, default=1)
     parser.add_argument("--reduction-factor", type=int, default=2)
-    parser.add_argument("--cpus-per-trial", type=float, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    add_search_flags(
-        parser, "tiny run of the same code paths (12 photos/class, 3 trials of 2 epochs)"
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--target", type=float, default=0.9, help="val_acc to reach")
+    parser.add_argument(
+        "--only", default=",".join(STRATEGIES), help=f"comma list of {', '.join(STRATEGIES)}"
     )
+    add_search_flags(parser, "tiny run of the same code paths (12 photos/class, 3 x 2 epochs)")
     args = parser.parse_args()
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(STRATEGIES)
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}")
     if args.quick:
-        args.num_samples, args.max_epochs = 3, 2
+        args.num_samples, args.max_epochs, args.seeds, args.target = 3, 2, 1, 0.5
     return args
 
 
 @dataclass
 class Outcome:
-    """What one search did, read from its leaderboard."""
+    """What one search did."""
 
-    label: str
+    strategy: str
+    seed: int
     run: SearchRun
-    trials: int
     epochs: int
-    stopped_early: int
+    to_target: int | None
     best_val_acc: float
-    best_trial: str
+    test_acc: float
 
 
-def outcome(label: str, run: SearchRun) -> Outcome:
+def outcome(strategy: str, seed: int, run: SearchRun, target: float) -> Outcome:
+    accs = epochs_in_order(run.exp_dir)
     board = read_leaderboard(run.exp_dir)
-    scored = [r for r in board if r["val_acc"] not in ("", "nan")]
-    best = max(scored, key=lambda r: float(r["val_acc"])) if scored else None
+    test = board[0].get("test_acc", "") if board else ""
     return Outcome(
-        label=label,
-        run=run,
-        trials=len(board),
-        epochs=sum(int(r["epochs"]) for r in board),
-        stopped_early=sum(r["stopped_early"].lower() == "true" for r in board),
-        best_val_acc=float(best["val_acc"]) if best else float("nan"),
-        best_trial=best["trial_id"] if best else "-",
-    )
+        strategy, seed, run, len(accs), epochs_to_reach(accs, target),
+        max(accs, default=float("nan")), float(test) if test not in ("", "nan") else float("nan"),
+    )  # fmt: skip
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
 
 
 def main() -> None:
     args = parse_args()
     data = check_data(args.data)
-    print(f"# Search efficiency, ASHA vs FIFO, {environment_line()}")
+    print(f"# Search strategies at an equal budget, {environment_line()}")
     print(
-        f"# space {args.space}: {args.num_samples} trials x <= {args.max_epochs} epochs, seed "
-        f"{args.seed}, {args.cpus_per_trial:g} CPU per trial; ASHA grace {args.grace_period}, "
-        f"reduction {args.reduction_factor}; FIFO grace {args.max_epochs} (stops nothing)"
+        f"# space {args.space}: {args.num_samples} trials x <= {args.max_epochs} epochs, "
+        f"grace {args.grace_period}, reduction {args.reduction_factor}, 1 CPU per trial; "
+        f"seeds 0..{args.seeds - 1}; target val_acc {args.target}"
     )
     print(f"# {load_line()}")
-    with work_dir(args.keep, "bench-asha-") as tmp:
+    outcomes: list[Outcome] = []
+    with work_dir(args.keep, "bench-strategies-") as tmp:
         if args.quick:
             data = make_subset(data, tmp / "photos", per_class=12)
-        budget = {
-            "num_samples": args.num_samples,
-            "max_epochs": args.max_epochs,
-            "reduction_factor": args.reduction_factor,
-            "cpus_per_trial": args.cpus_per_trial,
-            "seed": args.seed,
-        }
-        spaces = {
-            "asha": write_space(
-                tmp / "asha.yaml", args.space, budget={**budget, "grace_period": args.grace_period}
-            ),
-            "fifo": write_space(
-                tmp / "fifo.yaml", args.space, budget={**budget, "grace_period": args.max_epochs}
-            ),
-        }
-        outcomes = [
-            outcome(
-                label, benchmark_search(space, data, tmp / "results", label, verbose=args.verbose)
-            )
-            for label, space in spaces.items()
-        ]
-    asha, fifo = outcomes
+        space = write_space(
+            tmp / "space.yaml",
+            args.space,
+            budget={
+                "num_samples": args.num_samples,
+                "max_epochs": args.max_epochs,
+                "grace_period": args.grace_period,
+                "reduction_factor": args.reduction_factor,
+                "cpus_per_trial": 1,
+            },
+        )
+        for seed in range(args.seeds):
+            for label in args.only:
+                scheduler, searcher = STRATEGIES[label]
+                run = benchmark_search(
+                    space, data, tmp / "results", f"{label}-s{seed}",
+                    ["--scheduler", scheduler, "--searcher", searcher, "--seed", str(seed)],
+                    verbose=args.verbose, cache=tmp / "cache",
+                )  # fmt: skip
+                outcomes.append(outcome(label, seed, run, args.target))
     print()
-    print_table(
-        ["scheduler", "trials", "stopped early", "trial epochs", "best val_acc", "wall s"],
-        [
-            [o.label, o.trials, o.stopped_early, o.epochs, o.best_val_acc, o.run.wall_s]
-            for o in outcomes
-        ],
-    )
-    fraction = asha.epochs / fifo.epochs
-    gap = fifo.best_val_acc - asha.best_val_acc
-    print(
-        f"ASHA did {fraction:.0%} of FIFO's trial epochs (target <= {EPOCH_FRACTION_TARGET:.0%})"
-        f" and its best val_acc is {gap:+.4f} below FIFO's (target <= {ACC_GAP_TARGET}); "
-        f"wall time {asha.run.wall_s / fifo.run.wall_s:.0%} of FIFO's"
-    )
-    if asha.trials != fifo.trials:
-        print(f"note: the runs have {asha.trials} and {fifo.trials} trials")
-    print(f"# at the end: {load_line()}")
-    print_headlines(
-        {
-            "asha_trial_epochs": asha.epochs,
-            "fifo_trial_epochs": fifo.epochs,
-            "asha_best_val_acc": asha.best_val_acc,
-            "fifo_best_val_acc": fifo.best_val_acc,
-            "asha_wall_s": asha.run.wall_s,
-            "fifo_wall_s": fifo.run.wall_s,
-            "asha_epoch_fraction": fraction,
-            "best_acc_gap": gap,
+    rows, figures = [], {}
+    for label in args.only:
+        mine = [o for o in outcomes if o.strategy == label]
+        reached = [o.to_target for o in mine if o.to_target is not None]
+        row = {
+            "trial_epochs": mean([o.epochs for o in mine]),
+            "epochs_to_target": mean([float(r) for r in reached]),
+            "best_val_acc": mean([o.best_val_acc for o in mine]),
+            "best_test_acc": mean([o.test_acc for o in mine]),
+            "wall_s": mean([o.run.wall_s for o in mine]),
         }
-    )
+        rows.append([label, *STRATEGIES[label], *row.values(), f"{len(reached)}/{len(mine)}"])
+        figures |= {f"{label}_{k}": v for k, v in row.items()}
+    print_table(
+        ["strategy", "scheduler", "searcher", "trial epochs", f"epochs to {args.target}",
+         "best val_acc", "rank-1 test_acc", "wall s", "reached"],
+        rows,
+    )  # fmt: skip
+    if "asha" in args.only and "fifo" in args.only:
+        figures["asha_epoch_fraction"] = figures["asha_trial_epochs"] / figures["fifo_trial_epochs"]
+    print(f"# at the end: {load_line()}")
+    print_headlines(figures)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ from _common import (
     benchmark_search,
     check_data,
     environment_line,
+    epochs_in_order,
+    epochs_to_reach,
     load_line,
     make_subset,
     print_headlines,
     print_table,
-    trial_results,
     work_dir,
     write_space,
 )
@@ -52,21 +53,6 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.num_samples, args.max_epochs = 3, 2
     return args
-
-
-def epochs_in_order(run: SearchRun) -> list[float]:
-    """val_acc of every reported trial-epoch of ``run``, in the order they were reported."""
-    reports = [r for results in trial_results(run.exp_dir).values() for r in results]
-    reports.sort(key=lambda r: float(r.get("timestamp", 0)))
-    return [float(r["val_acc"]) for r in reports]
-
-
-def epochs_to_reach(accs: list[float], target: float) -> int | None:
-    """Trial-epochs run until one reached ``target`` (None: never)."""
-    for i, acc in enumerate(accs, start=1):
-        if acc >= target - 1e-12:
-            return i
-    return None
 
 
 def main() -> None:
@@ -98,7 +84,7 @@ def main() -> None:
         warm = search("warm", "--seed", "1", "--warm-start", "first")
         taken = next((line for line in warm.output.splitlines() if "Warm start" in line), "")
         runs = {"first": first, "cold": cold, "warm": warm}
-        accs = {label: epochs_in_order(run) for label, run in runs.items()}
+        accs = {label: epochs_in_order(run.exp_dir) for label, run in runs.items()}
     target = max(accs["cold"])
     reach = {label: epochs_to_reach(accs[label], target) for label in ("cold", "warm")}
     print()

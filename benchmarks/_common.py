@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import yaml
 
@@ -377,3 +377,27 @@ def check_data(path: Path) -> Path:
     if not path.is_dir():
         raise SystemExit(f"photo folder {path} not found (give --data DIR)")
     return path.resolve()
+
+
+def die(message: str) -> NoReturn:
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def require_cuda() -> str:
+    """The GPU's name, or exit 2 with one line."""
+    try:
+        import torch
+    except ImportError as e:
+        die(f"no CUDA GPU: torch is not importable ({e}); run it on a GPU machine")
+    if not torch.cuda.is_available():
+        die(
+            f"no CUDA GPU: torch {torch.__version__} sees no CUDA device; "
+            "run it on a GPU machine (see benchmarks/gpu_suite.py)"
+        )
+    return torch.cuda.get_device_name(0)
+
+
+def require_photos(data: Path) -> None:
+    if not data.is_dir():
+        die(f"no photo folder at {data}; pass --data DIR (ImageFolder layout)")

@@ -39,18 +39,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from _common import DEFAULT_DATA, ROOT, experiment_at, print_headlines
+from _common import (
+    DEFAULT_DATA,
+    ROOT,
+    die,
+    experiment_at,
+    print_headlines,
+    require_cuda,
+    require_photos,
+)
 
 SPACE = "lite-accurate"
 EXPORT_FLAGS: tuple[str, ...] = ()  # the README's "Best model on your photos"
 SAMPLE_MS = 500
 # "frozen activations (val): 588/588 photos (41/s in 14s)" (trainables.Progress's last line)
 CACHING = re.compile(r"frozen activations \(\w+\): (\d+)/\1 \w+ \([\d.]+/s in (?:(\d+)m)?(\d+)s\)")
-
-
-def die(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-    raise SystemExit(2)
 
 
 def parse_utilisation(lines: Iterable[str]) -> list[float]:
@@ -131,16 +134,10 @@ def main() -> None:
     parser.add_argument("--space", default=SPACE, help=f"space of the search (default {SPACE})")
     parser.add_argument("--keep", action="store_true", help="keep the experiment's folder")
     args = parser.parse_args()
-    try:
-        import torch
-    except ImportError as exc:
-        die(f"no CUDA GPU: torch is not importable ({exc}); run it on a GPU machine")
-    if not torch.cuda.is_available():
-        die(f"no CUDA GPU: torch {torch.__version__} sees no CUDA device; run it on a GPU machine")
+    require_cuda()
     if shutil.which("nvidia-smi") is None:
         die("no nvidia-smi on PATH: the GPU's utilisation cannot be sampled")
-    if not args.data.is_dir():
-        die(f"no photo folder at {args.data}; pass --data DIR (ImageFolder layout)")
+    require_photos(args.data)
     work = Path(tempfile.mkdtemp(prefix="gpu-best-"))
     env = {**os.environ, "TUNER_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
     storage, name = work / "results", "gpu-best"

@@ -52,9 +52,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
-from _common import DEFAULT_DATA, ROOT, descendant_pids, make_subset, print_headlines
+from _common import (
+    DEFAULT_DATA,
+    ROOT,
+    descendant_pids,
+    die,
+    make_subset,
+    print_headlines,
+    require_cuda,
+    require_photos,
+)
 
 BUDGET_S = 450  # all steps together; with start-up and a timed-out step's kill, < 8 min
 MIN_STEP_S = 10  # a step is skipped when less than this is left of the budget
@@ -252,30 +260,6 @@ def run_step(step: Step, limit_s: float, log: Path) -> Run:
 def print_tail(output: str) -> None:
     for line in output.rstrip().splitlines()[-TAIL_LINES:]:
         print(f"    | {line[:200]}")
-
-
-def die(message: str) -> NoReturn:
-    print(message, file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
-def require_cuda() -> str:
-    """The GPU's name, or exit 2 with one line."""
-    try:
-        import torch
-    except ImportError as e:
-        die(f"no CUDA GPU: torch is not importable ({e}); run it on a GPU machine")
-    if not torch.cuda.is_available():
-        die(
-            f"no CUDA GPU: torch {torch.__version__} sees no CUDA device; "
-            "run it on a GPU machine (see the docstring of benchmarks/gpu_suite.py)"
-        )
-    return torch.cuda.get_device_name(0)
-
-
-def require_photos(data: Path) -> None:
-    if not data.is_dir():
-        die(f"no photo folder at {data}; pass --data DIR (ImageFolder layout)")
 
 
 def memory_probe(data: Path, photos: int) -> None:

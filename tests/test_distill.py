@@ -194,19 +194,40 @@ def test_bad_distill_requests_exit_2_with_one_message(finished, tmp_path, extra,
     assert not (tmp_path / "d").exists()
 
 
+MALFORMED = [
+    '{"teacher": 5, "test_acc": 0.9}',
+    '{"model": "x", "teacher": {"members": [{"rank": "a"}]}}',
+    "[1, 2]",
+    '{"test_acc": 1e999, "teacher": {"method": "top", "members": []}}',
+    '{"rank": 1, "epochs": 2, "test_acc": "high"}',
+    '[{"method": "top", "size": 3, "members": [{"rank": 1}], "val_acc": 0.9, "test_acc": 0.9}]',
+    '[{"method": "top", "size": 1, "members": [], "val_acc": NaN, "test_acc": 0.9}]',
+]
+
+
+@pytest.mark.parametrize("record", MALFORMED)
 @pytest.mark.parametrize(
-    "record",
-    ['{"teacher": 5, "test_acc": 0.9}', '{"model": "x", "teacher": {"members": [{"rank": "a"}]}}',
-     "[1, 2]", '{"test_acc": 1e999, "teacher": {"method": "top", "members": []}}'],
-)  # fmt: skip
-def test_a_malformed_distill_record_is_left_out_of_the_leaderboard(finished, tmp_path, record):
+    ("where", "says"),
+    [
+        ("distilled/t-top3/distill.json", "distilled from"),
+        ("refit/t/refit.json", "refit of rank"),
+        ("ensembles.json", "ensemble of"),
+    ],
+)
+def test_a_malformed_made_model_record_is_left_out_of_the_leaderboard(
+    finished, tmp_path, record, where, says
+):
+    """Refit, distillation and ensemble records come from a shared folder: a record that
+    is not one is left out of the leaderboard's made models, never a traceback."""
     import shutil
 
     _, _, exp = finished
     storage = tmp_path / "s"
-    shutil.copytree(exp, storage / "e2e", ignore=shutil.ignore_patterns("distilled", "refit"))
-    (storage / "e2e" / "distilled" / "t-top3").mkdir(parents=True)
-    (storage / "e2e" / "distilled" / "t-top3" / "distill.json").write_text(record)
+    shutil.copytree(
+        exp, storage / "e2e", ignore=shutil.ignore_patterns("distilled", "refit", "ensembles.json")
+    )
+    (storage / "e2e" / where).parent.mkdir(parents=True, exist_ok=True)
+    (storage / "e2e" / where).write_text(record)
     code, table, err = run_cli("leaderboard", "e2e", "--storage", str(storage))
     assert code == 0 and "Traceback" not in err, err
-    assert "distilled from" not in table
+    assert says not in table

@@ -236,8 +236,7 @@ def _export_distilled(args: argparse.Namespace) -> int:
         student=args.student, teacher_weight=args.teacher_weight,
     )  # fmt: skip
     request.check()  # before anything loads
-    record, folder = distill(exp, request, trust_state=args.trust_state)
-    trial = _ranked_trial(args)
+    record, folder, trial = distill(exp, request, trust_state=args.trust_state)
     scored = f"the search checkpoint of trial {trial.trial_id}"
     tta = choose_tta(args.tta, trial.model, exp.split(), trial.preprocessing, scored)
     student = load_distilled(trial, record, folder)

@@ -54,10 +54,9 @@ def _config_text(row: pd.Series, keys: list[str]) -> str:
     cells = []
     for key in keys:
         value = row.get(key)
-        if isinstance(value, float):
-            cells.append(f"{key}={value:.3g}")
-        elif value is not None and not (isinstance(value, float) and math.isnan(value)):
-            cells.append(f"{key}={value}")
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue  # a key this trial's config lacks
+        cells.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(cells)
 
 

@@ -127,9 +127,10 @@ def distill(
     request: DistillRequest,
     say: Callable[[str], None] = print,
     trust_state: bool = False,
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any], str, RankedTrial]:
     """Train (or find, when trained before with the same request) the distilled model of
-    ``exp`` (see the module doc); its record and folder."""
+    ``exp`` (see the module doc); its record, its folder, and the rank-R trial whose
+    configuration it has (loaded once, for the caller's export)."""
     request.check()
     command = exp.resume_command().replace(" resume ", " export ", 1)
     command += f" --rank {request.rank} --distill --output DIR"
@@ -144,7 +145,7 @@ def distill(
     previous = exp.read_json(f"{folder}/{DISTILL_RECORD}")
     if _same(previous, wanted, members):
         say(f"Distilled model found in {exp.display(folder)} (same teacher and settings)")
-        return previous, folder
+        return previous, folder, trial
     split = exp.split()
     data = refit_data(exp, saved, say)
     ranks = ", ".join(f"rank {m.rank}" for m in ensemble.members)
@@ -185,7 +186,7 @@ def distill(
         "resources": resources,
     }
     exp.write_json(f"{folder}/{DISTILL_RECORD}", record)
-    return record, folder
+    return record, folder, trial
 
 
 def load_distilled(trial: RankedTrial, record: dict[str, Any], folder: str) -> RankedTrial:

@@ -122,51 +122,59 @@ def record_ensemble(
 
 def made_models(exp: Experiment) -> list[dict[str, Any]]:
     """Refits, distilled models and exported ensembles of ``exp``: ``model`` (what it is),
-    ``val_acc`` (None for a model trained on the validation photos) and ``test_acc``."""
+    ``val_acc`` (None for a model trained on the validation photos) and ``test_acc``.
+    Each record is a shared folder's file: one that is not what it should be is left out."""
     rows = []
     for trial_id in exp.storage.list(exp.rel(REFIT_DIR), dirs=True):
         refit = exp.read_json(f"{REFIT_DIR}/{trial_id}/refit.json")
-        if isinstance(refit, dict):
-            rows.append(
-                {
-                    "model": f"refit of rank {refit['rank']} ({trial_id}) on train + val, "
-                    f"{refit['epochs']} epoch(s)",
-                    "val_acc": None,
-                    "test_acc": refit["test_acc"],
-                }
-            )
+        rows.append(_checked(_refit_row, trial_id, refit))
     for name in exp.storage.list(exp.rel(DISTILL_DIR), dirs=True):
-        row = _distilled_row(exp.read_json(f"{DISTILL_DIR}/{name}/{DISTILL_RECORD}"))
-        if row is not None:
-            rows.append(row)
-    for entry in exp.read_json(ENSEMBLES, []):
-        picks = ", ".join(f"rank {m['rank']} x{m['weight']:g}" for m in entry["members"])
-        rows.append(
-            {
-                "model": f"{entry['method']} ensemble of {entry['size']} ({picks})",
-                "val_acc": entry["val_acc"],
-                "test_acc": entry["test_acc"],
-            }
-        )
-    return rows
+        distilled = exp.read_json(f"{DISTILL_DIR}/{name}/{DISTILL_RECORD}")
+        rows.append(_checked(_distilled_row, name, distilled))
+    entries = exp.read_json(ENSEMBLES, [])
+    for entry in entries if isinstance(entries, list) else []:
+        rows.append(_checked(_ensemble_row, "", entry))
+    return [row for row in rows if row is not None]
 
 
-def _distilled_row(record: Any) -> dict[str, Any] | None:
-    """The made-model row of a ``distill.json`` (None if it is not one: a shared folder's
-    file is checked, not trusted)."""
+def _checked(
+    make: Callable[[str, Any], tuple[str, float | None, float]], name: str, record: Any
+) -> dict[str, Any] | None:
+    """The made-model row ``make`` builds from ``record``, or None if the record is not one
+    (a missing key, a wrong type, an accuracy outside [0, 1])."""
     try:
-        teacher, acc = record["teacher"], record["test_acc"]
-        picks = ", ".join(f"rank {int(m['rank'])}" for m in teacher["members"])
-        model = (
-            f"{str(record['model'])[:64]} distilled from the {str(teacher['method'])[:16]} "
-            f"ensemble of {len(teacher['members'])} ({picks}) on train + val, "
-            f"{int(record['epochs'])} epoch(s)"
-        )
-        if not 0.0 <= float(acc) <= 1.0:  # NaN too
-            return None
-        return {"model": model, "val_acc": None, "test_acc": float(acc)}
-    except (KeyError, TypeError, ValueError, OverflowError):
+        model, val, test = make(name[:64], record)
+        if not all(0.0 <= float(a) <= 1.0 for a in (test, *([] if val is None else [val]))):
+            return None  # NaN too
+        return {"model": model, "val_acc": None if val is None else float(val),
+                "test_acc": float(test)}  # fmt: skip
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
         return None
+
+
+def _refit_row(trial_id: str, record: Any) -> tuple[str, float | None, float]:
+    model = (
+        f"refit of rank {int(record['rank'])} ({trial_id}) on train + val, "
+        f"{int(record['epochs'])} epoch(s)"
+    )
+    return model, None, record["test_acc"]
+
+
+def _distilled_row(_: str, record: Any) -> tuple[str, float | None, float]:
+    teacher = record["teacher"]
+    picks = ", ".join(f"rank {int(m['rank'])}" for m in teacher["members"])
+    model = (
+        f"{str(record['model'])[:64]} distilled from the {str(teacher['method'])[:16]} "
+        f"ensemble of {len(teacher['members'])} ({picks}) on train + val, "
+        f"{int(record['epochs'])} epoch(s)"
+    )
+    return model, None, record["test_acc"]
+
+
+def _ensemble_row(_: str, entry: Any) -> tuple[str, float | None, float]:
+    picks = ", ".join(f"rank {int(m['rank'])} x{float(m['weight']):g}" for m in entry["members"])
+    model = f"{str(entry['method'])[:16]} ensemble of {int(entry['size'])} ({picks})"
+    return model, entry["val_acc"], entry["test_acc"]
 
 
 def accuracy_text(value: float | None) -> str:

@@ -125,3 +125,37 @@ def test_a_bad_warm_start_is_refused_before_anything_is_written(
     assert not (earlier / "new").exists() or not any(
         p.name != ".lock" for p in (earlier / "new").iterdir()
     )
+
+
+def test_a_warm_started_search_killed_and_resumed_keeps_the_earlier_trials_once(
+    earlier, small_flowers, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, run_tuner, search_args
+    from test_resume import saved_with_checkpoint, wait_for
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(tiny(**{"max_epochs: 3": "max_epochs: 6"}))
+    exp = earlier / "warm"
+    args = search_args(space, small_flowers, earlier, "warm", "--warm-start", "e2e")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner", *args, "--num-samples", "3", "--seed", "1"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: saved_with_checkpoint(exp), 240, "a saved checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    resumed = run_tuner("resume", "warm", "--storage", str(earlier), timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    before = pd.read_csv(earlier / "e2e" / "leaderboard.csv")
+    taken = [t.user_attrs[WARM_ATTR] for t in load_study(experiment_at(exp)).trials
+             if WARM_ATTR in t.user_attrs]  # fmt: skip
+    assert sorted(taken) == sorted(f"e2e/{t}" for t in before["trial_id"])
+    board = assert_study_tells_the_leaderboard(exp)
+    assert len(board) == 3

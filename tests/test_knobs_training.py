@@ -152,6 +152,29 @@ def test_cosine_with_warmup_and_lr_decay_resumes_on_the_same_schedule(photos):
     assert same_weights(straight[-1][1]["model"], resumed[-1][1]["model"])
 
 
+def test_a_checkpoint_resumed_under_a_new_lr_trains_at_it_on_the_same_schedule(photos):
+    """PBT's exploit and explore: another trial's checkpoint, resumed with a perturbed lr
+    and weight decay, trains from there at the new values, its schedule's position kept
+    (the warm-up and per-stage decay rescaled, not restarted)."""
+    cfg = TrialConfig.from_dict(
+        {**BASE, "schedule": "cosine", "warmup_epochs": 1, "lr_decay": 0.5, "max_epochs": 3,
+         "freeze_depth": 2, "weight_decay": 1e-5}
+    )  # fmt: skip
+    straight = run(cfg, photos)
+    perturbed = TrialConfig.from_dict({**cfg.to_dict(), "lr": cfg.lr * 0.8, "weight_decay": 1e-4})
+    resumed = run(perturbed, photos, resume_state=straight[0][1])
+    assert [m["epoch"] for m, _ in resumed] == [2, 3]
+    for (a, sa), (b, sb) in zip(straight[1:], resumed, strict=True):
+        assert b["lr"] == pytest.approx(a["lr"] * 0.8)
+        groups = [g["lr"] for g in sb["optimizer"]["param_groups"]]
+        assert groups == pytest.approx([g["lr"] * 0.8 for g in sa["optimizer"]["param_groups"]])
+        assert {g["weight_decay"] for g in sb["optimizer"]["param_groups"]} == {1e-4}
+    assert not same_weights(straight[-1][1]["model"], resumed[-1][1]["model"])
+    # Resumed under its own config, nothing changes (the plain resume above).
+    again = run(cfg, photos, resume_state=straight[0][1])
+    assert [m["lr"] for m, _ in again] == [m["lr"] for m, _ in straight[1:]]
+
+
 # --- layer-wise lr decay ----------------------------------------------------------------
 
 

@@ -196,9 +196,27 @@ class Training:
             self.ema.updates = int(state.get("ema_updates", 0))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_changed_config(state.get("config") or {})
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         self.epoch, self.best_val_acc = int(state["epoch"]), float(state["best_val_acc"])
+
+    def _apply_changed_config(self, saved: Mapping[str, Any]) -> None:
+        """A checkpoint resumed under another lr or weight decay (PBT's exploit and
+        explore: another trial's checkpoint, perturbed values) trains at the new ones
+        from here: the restored optimizer and schedule are rescaled, so the schedule's
+        position (decays, warm-up) is kept."""
+        old_lr = saved.get("lr")
+        if isinstance(old_lr, int | float) and old_lr > 0 and old_lr != self.cfg.lr:
+            scale = self.cfg.lr / float(old_lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] *= scale
+                if "initial_lr" in group:
+                    group["initial_lr"] *= scale
+            self.scheduler.base_lrs = [lr * scale for lr in self.scheduler.base_lrs]
+        if saved.get("weight_decay", self.cfg.weight_decay) != self.cfg.weight_decay:
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = self.cfg.weight_decay
 
     def save(self, classes: list[str]) -> Path:
         """The full state in a new temporary folder (the caller owns and removes it)."""

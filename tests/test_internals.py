@@ -190,3 +190,50 @@ def test_hyperband_bookkeeping_the_saved_hyperband_relies_on():
     assert "self._tune_controller = tune_controller" in inspect.getsource(
         TrialRunnerWrapper.__init__
     )
+
+
+def test_the_json_logger_copies_results_from_storage_where_kept_json_logger_skips_it():
+    """Use: KeptJsonLogger overrides LoggerCallback._restore_from_remote, which Ray's
+    result.json writer calls each time a trial starts, copying storage's file over the
+    driver's; Ray adds no writer of its own when one is given."""
+    import inspect
+
+    from ray.tune.logger import JsonLoggerCallback, LoggerCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    assert "_restore_from_remote" in vars(LoggerCallback)
+    start = inspect.getsource(JsonLoggerCallback.log_trial_start)
+    assert "self._restore_from_remote(EXPR_RESULT_FILE, trial)" in start
+    assert start.index("_restore_from_remote") < start.index('open("at")')
+    callbacks = _create_default_callbacks([internals.KeptJsonLogger()])
+    assert sum(isinstance(c, JsonLoggerCallback) for c in callbacks) == 1
+
+
+def test_pbt_refuses_a_search_generator_and_logs_the_lineage_pbt_history_reads():
+    """Use: PopulationSearch is no SearchGenerator (PBT.on_trial_add refuses one);
+    LivePopulationTraining filters _quantiles by _trial_state's last_train_time;
+    pbt_lineage reads the lists _log_config_on_step writes."""
+    import inspect
+    import json
+
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.search import SearchGenerator
+
+    assert "SearchGenerator" in inspect.getsource(PopulationBasedTraining.on_trial_add)
+    assert not issubclass(internals.PopulationSearch, SearchGenerator)
+    assert "self._trial_state.items()" in inspect.getsource(PopulationBasedTraining._quantiles)
+    assert "last_train_time" in inspect.getsource(PopulationBasedTraining.on_trial_result)
+    log = inspect.getsource(PopulationBasedTraining._log_config_on_step)
+    for name in ('"pbt_policy_" + trial_id + ".txt"', '"pbt_global.txt"'):
+        assert name in log
+    assert internals.PBT_POLICY.format("t") == "pbt_policy_t.txt"
+    # The policy's fields in order: target tag, donor tag, target and donor iterations,
+    # donor config, new config.
+    assert (
+        log.index("trial_name,")
+        < log.index("trial_to_clone_name,")
+        < log.index("trial_to_clone.config,")
+        < log.index("new_config,")
+    )
+    line = json.dumps(["2_a", "4_b", 3, 3, {"lr": 0.1}, {"lr": 0.08}])
+    assert internals.pbt_lineage(line + "\nnot json\n") == [(3, "4_b", {"lr": 0.1}, {"lr": 0.08})]

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import TINY_SPACE, assert_study_tells_the_leaderboard, cli, run_tuner
 from test_resume import saved_with_checkpoint, start_search, wait_for
 
@@ -54,6 +55,8 @@ def test_a_space_names_its_scheduler_and_searcher_with_settings(tmp_path):
         ("searcher: {tpe: {multivariate: 1}}", "multivariate must be true or false"),
         ("scheduler: {asha: {}, fifo: {}}", "give one name"),
         ("searcher: {random: 3}", "the settings of random must be a mapping"),
+        ("scheduler: pbt\nsearcher: cmaes", "scheduler pbt with searcher cmaes"),
+        ("scheduler: {pbt: {quantile_fraction: 0.7}}", "quantile_fraction must be a number"),
     ],
 )
 def test_a_bad_scheduler_or_searcher_is_refused_with_the_reason(
@@ -76,6 +79,14 @@ def test_a_numeric_sampler_on_a_space_of_choices_only_is_refused(tmp_path, capsy
         )  # fmt: skip
         assert code == 2 and "searches none (only choices); use tpe or random" in err, err
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_pbt_needs_a_searched_lr(tmp_path, capsys):
+    path = tmp_path / "fixed.yaml"
+    text = space_text().split("points_to_evaluate:")[0] + "scheduler: pbt\n"
+    path.write_text(text.replace("{loguniform: [1.0e-4, 1.0e-1]}", "0.01"))
+    code, _, err = cli(capsys, "spaces", str(path))
+    assert code == 2 and "scheduler pbt perturbs lr, which this space does not search" in err
 
 
 def test_command_line_names_override_the_space_and_drop_its_settings(tmp_path):
@@ -165,7 +176,12 @@ STRATEGIES = [
     ("median", "cmaes", "median stopping after epoch 1, 2 trials to compare, CMA-ES"),
     ("fifo", "gp", "FIFO (no early stopping), Gaussian-process BO"),
     ("asha", "nsga2", "ASHA grace 1 / reduction 2, NSGA-II"),
+    ("pbt", "tpe", "PBT every 1 epochs (perturbs lr), TPE"),
 ]
+SETTINGS = {
+    "median": "{median: {min_samples_required: 2}}",
+    "pbt": "{pbt: {perturbation_interval: 1}}",
+}
 
 
 @pytest.mark.slow
@@ -173,7 +189,7 @@ STRATEGIES = [
 def test_each_scheduler_survives_a_kill_9_and_resume_and_agrees_with_the_study(
     small_flowers, tmp_path, scheduler, searcher, banner
 ):
-    settings = "{median: {min_samples_required: 2}}" if scheduler == "median" else scheduler
+    settings = SETTINGS.get(scheduler, scheduler)
     space = write(tmp_path, f"scheduler: {settings}\nsearcher: {searcher}", num=4, epochs=4)
     storage = tmp_path / "r"
     exp = storage / "s"
@@ -192,8 +208,24 @@ def test_each_scheduler_survives_a_kill_9_and_resume_and_agrees_with_the_study(
     board = assert_study_tells_the_leaderboard(exp)
     assert len(board) == 4 and set(board["status"]) <= {"completed", "stopped_early"}
     assert (board["stopped_early"] == (board["epochs"] < 4)).all()
-    if scheduler == "fifo":
+    if scheduler in ("fifo", "pbt"):  # neither stops a trial
         assert (board["status"] == "completed").all()
+    if scheduler == "pbt":
+        assert_pbt_history_is_each_trials_lineage(board)
     space_record = json.loads((exp / "tuner.json").read_text())["space"]
     assert space_record["searcher"] == searcher
-    assert space_record["scheduler"] in (scheduler, {"median": {"min_samples_required": 2}})
+    assert space_record["scheduler"] == yaml.safe_load(SETTINGS.get(scheduler, scheduler))
+
+
+def assert_pbt_history_is_each_trials_lineage(board) -> None:
+    """Some trial took another's weights; each such trial's last lr is its lineage's last
+    new lr (the config columns hold a trial's last values)."""
+    histories = board["pbt_history"].fillna("")
+    assert histories.str.contains("weights of").any(), histories
+    for row in board[histories != ""].to_dict("records"):
+        steps = row["pbt_history"].split("; ")
+        donor = steps[-1].split("weights of ")[1].split(",")[0]
+        assert donor in set(board["trial_id"]), (donor, row)
+        if "lr " in steps[-1]:
+            # Shown to 3 significant digits.
+            assert float(steps[-1].split("lr ")[1]) == pytest.approx(row["lr"], rel=6e-3)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,11 @@ def train_classifier(config: Mapping[str, Any], data: ImageCache | None = None) 
     checkpoint = tune.get_checkpoint()
     state = None
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = load_state(Path(folder))
+        # A folder of this trial's own: PBT continues several trials from one checkpoint
+        # at once, and `as_directory()` shares one download among them, deleted under
+        # the others ("corrupt or truncated" checkpoints).
+        with tempfile.TemporaryDirectory(prefix="tuner-restore-") as folder:
+            state = load_state(Path(checkpoint.to_directory(folder)))
     fit(cfg, data, report, resume_state=state, threads=threads)
 
 

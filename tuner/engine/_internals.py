@@ -36,15 +36,27 @@ not somewhere a user finds first.
   mark it, so the saved list kept those trials PAUSED after the search had
   ended them (:class:`SavedHyperBand` marks them). ``_requeue_restored_trials``: a
   restore adds ended trials to the scheduler again, which HyperBand must skip.
+- ``PopulationBasedTraining.on_trial_add`` refuses a ``SearchGenerator``, Tune's
+  wrapper of any searcher: :class:`PopulationSearch` passes everything to one
+  without being one, so the Optuna searcher draws PBT's first population.
+- ``LoggerCallback._restore_from_remote``: Ray copies a restarted trial's
+  ``result.json`` from storage over the driver's newer copy (:class:`KeptJsonLogger`).
+- ``PopulationBasedTraining._quantiles`` and ``_trial_state``: the trials PBT may
+  take weights from, which :class:`LivePopulationTraining` keeps to those with
+  epochs left.
+- The layout of PBT's policy logs (:data:`PBT_POLICY`, :func:`pbt_lineage`): the
+  leaderboard's ``pbt_history`` reads each trial's.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from ray.tune.schedulers import HyperBandScheduler
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import HyperBandScheduler, PopulationBasedTraining
+from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import parse_json, read_bounded
@@ -204,11 +216,70 @@ class ReconcilingSearchGenerator(SearchGenerator):
             searcher.reconcile(trials)
 
 
-def make_search_alg(searcher: Any, max_concurrent: int) -> ReconcilingSearchGenerator:
+def make_search_alg(searcher: Any, max_concurrent: int, population: bool = False) -> Any:
     """``searcher`` as Tune wraps it for ``max_concurrent_trials``, in the generator
     that reconciles on a restore (pass it as ``search_alg`` without
-    ``max_concurrent_trials``)."""
-    return ReconcilingSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+    ``max_concurrent_trials``); for PBT (``population``), behind :class:`PopulationSearch`."""
+    generator = ReconcilingSearchGenerator(
+        ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    )
+    return PopulationSearch(generator) if population else generator
+
+
+class PopulationSearch(SearchAlgorithm):
+    """The search generator for PBT, which refuses any ``SearchGenerator``
+    (``PopulationBasedTraining.on_trial_add``): the Optuna searcher draws the first
+    population (and keeps the study) and PBT's exploit and explore take over from there.
+    Everything is passed to the generator inside."""
+
+    def __init__(self, generator: ReconcilingSearchGenerator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "generator":  # unpickling: not set yet
+            raise AttributeError(name)
+        return getattr(self.generator, name)
+
+    @property
+    def metric(self) -> Any:
+        return self.generator.metric
+
+    @property
+    def total_samples(self) -> int:
+        return int(self.generator.total_samples)
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        return bool(self.generator.set_search_properties(metric, mode, config, **spec))
+
+    def add_configurations(self, experiments: Any) -> None:
+        self.generator.add_configurations(experiments)
+
+    def next_trial(self) -> Any:
+        return self.generator.next_trial()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.generator.on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        self.generator.on_trial_complete(trial_id, result=result, error=error)
+
+    def is_finished(self) -> bool:
+        return bool(self.generator.is_finished())
+
+    def set_finished(self) -> None:
+        self.generator.set_finished()
+
+    def has_checkpoint(self, dirpath: str) -> bool:
+        return bool(self.generator.has_checkpoint(dirpath))
+
+    def save_to_dir(self, dirpath: str, **kwargs: Any) -> None:
+        self.generator.save_to_dir(dirpath, **kwargs)
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        self.generator.restore_from_dir(dirpath)
 
 
 class SavedHyperBand(HyperBandScheduler):
@@ -235,3 +306,59 @@ class SavedHyperBand(HyperBandScheduler):
             if trial.status != "PAUSED":
                 controller._mark_trial_to_checkpoint(trial)
         return action
+
+
+# Ray Tune's PBT logs (``PopulationBasedTraining._log_config_on_step``), written beside the
+# experiment state: every exploit, and per trial the lineage of its current weights.
+PBT_GLOBAL = "pbt_global.txt"
+PBT_POLICY = "pbt_policy_{}.txt"
+
+
+def pbt_lineage(text: str) -> list[tuple[int, str, dict[str, Any], dict[str, Any]]]:
+    """(epoch, donor tag, donor config, new config) of each exploit in a trial's PBT
+    policy log (one JSON list a line: target tag, donor tag, target iteration, donor
+    iteration, donor config, new config); a line that is not one is skipped."""
+    out = []
+    for line in text.splitlines():
+        try:
+            _, donor, _, step, old, new = json.loads(line)
+            if isinstance(old, dict) and isinstance(new, dict):
+                out.append((int(step), str(donor), old, new))
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
+class KeptJsonLogger(JsonLoggerCallback):
+    """Ray's ``result.json`` writer, which does not throw away what it wrote.
+
+    Each time a trial (re)starts from a checkpoint, Ray's writer copies the trial's
+    ``result.json`` from storage over the driver's own copy
+    (``LoggerCallback._restore_from_remote``), which holds the lines not synced up
+    yet: a trial PBT continued from another's checkpoint, or one retried after its
+    worker died, lost its latest epochs. The copy is made only where the driver has
+    none, as on a resume, the case it exists for.
+    """
+
+    def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+        if not Path(trial.local_path, file_name).exists():
+            super()._restore_from_remote(file_name, trial)
+
+
+class LivePopulationTraining(PopulationBasedTraining):
+    """Ray's (asynchronous) PBT, where no trial takes the weights of one that has run its
+    last epoch.
+
+    Ray ranks every trial still running (``PopulationBasedTraining._quantiles``),
+    including one whose last result, at ``max_t``, is being handled: a trial that
+    lagged could take those weights and be left nothing to train.
+    """
+
+    def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+
+    def _quantiles(self) -> tuple[list[Any], list[Any]]:
+        lower, upper = super()._quantiles()
+        going = [t for t in upper if self._trial_state[t].last_train_time < self._max_t]
+        return lower, going

@@ -17,12 +17,14 @@ Per scheduler, it also owns what the rest of the tool asks of it:
   HyperBand ends a bracket's waiting trials while they are paused, with no
   result: the mirror judges those by the epochs the study holds;
 * **how many trials may be live** (:func:`live_trials`): as many as run at
-  once, but HyperBand's whole bracket;
+  once, but HyperBand's whole bracket and PBT's whole population;
+* **when old checkpoints may go** (:func:`prunes_during_search`): under PBT only
+  at the end, since it continues trials from other trials' checkpoints;
 * **the banner** (:func:`describe`).
 
 Example:
     >>> from tuner.spaces._spaces import Budget
-    >>> from tuner.spaces._strategy import Strategy
+    >>> from tuner.spaces._strategy import PBT_MUTABLE, Strategy
     >>> trial_epochs(Strategy.parse("fifo"), Budget(num_samples=4, max_epochs=3))
     12.0
 """
@@ -33,7 +35,7 @@ import math
 from typing import Any
 
 from tuner.spaces._spaces import Budget
-from tuner.spaces._strategy import Strategy
+from tuner.spaces._strategy import PBT_MUTABLE, Strategy
 
 METRIC = "val_acc"  # what schedulers compare: each epoch's val_acc
 TIME_ATTR = "epoch"
@@ -52,8 +54,16 @@ def live_trials(strategy: Strategy, running: int, num_samples: int) -> int:
     """How many trials the searcher may have proposed and not seen end, when the
     cluster runs ``running`` at once. HyperBand halves a bracket only among its live
     trials and pauses the rest (they hold no CPU), so it needs the whole bracket live;
-    the others learn from each ended trial before proposing the next."""
-    return num_samples if strategy.scheduler == "hyperband" else running
+    PBT's population is every trial; the others learn from each ended trial before
+    proposing the next."""
+    return num_samples if strategy.scheduler in ("hyperband", "pbt") else running
+
+
+def prunes_during_search(strategy: Strategy) -> bool:
+    """Whether old checkpoints may go while the search runs: not under PBT, which hands a
+    trial's latest checkpoint to another trial while the first writes newer ones (all but
+    each trial's best and latest go when the search ends)."""
+    return strategy.scheduler != "pbt"
 
 
 def trial_epochs(strategy: Strategy, budget: Budget) -> float:
@@ -68,8 +78,8 @@ def trial_epochs(strategy: Strategy, budget: Budget) -> float:
     return float(budget.num_samples * budget.max_epochs)
 
 
-def describe(strategy: Strategy, budget: Budget) -> str:
-    """The banner's words for the scheduler and the searcher."""
+def describe(strategy: Strategy, budget: Budget, space: Any = None) -> str:
+    """The banner's words for the scheduler and the searcher (of ``space``)."""
     eta, grace = _eta(strategy, budget), _grace(strategy, budget)
     scheduler = {
         "asha": f"ASHA grace {grace} / reduction {eta:g}",
@@ -79,6 +89,10 @@ def describe(strategy: Strategy, budget: Budget) -> str:
             f"{strategy.scheduler_settings.get('min_samples_required', 3)} trials to compare"
         ),
         "fifo": "FIFO (no early stopping)",
+        "pbt": (
+            f"PBT every {strategy.scheduler_settings.get('perturbation_interval', 2)} epochs "
+            f"(perturbs {', '.join(pbt_mutable(space) or ['lr'])})"
+        ),
     }[strategy.scheduler]
     searcher = {
         "tpe": "TPE",
@@ -90,11 +104,17 @@ def describe(strategy: Strategy, budget: Budget) -> str:
     return f"{scheduler}, {searcher}"
 
 
-def make_scheduler(strategy: Strategy, budget: Budget) -> Any:
-    """The Ray Tune scheduler, on each epoch's val_acc."""
+def pbt_mutable(space: Any) -> list[str]:
+    """The keys PBT perturbs: those of ``PBT_MUTABLE`` the space searches from a range."""
+    return [] if space is None else [k for k in PBT_MUTABLE if k in space.numeric_keys()]
+
+
+def make_scheduler(strategy: Strategy, budget: Budget, space: Any = None) -> Any:
+    """The Ray Tune scheduler, on each epoch's val_acc (PBT: perturbing ``space``'s
+    ``PBT_MUTABLE`` keys within their distributions)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
-    from tuner.engine._internals import SavedHyperBand
+    from tuner.engine._internals import LivePopulationTraining, SavedHyperBand
 
     settings = strategy.scheduler_settings
     common: dict[str, Any] = {"time_attr": TIME_ATTR, "metric": METRIC, "mode": "max"}
@@ -115,6 +135,17 @@ def make_scheduler(strategy: Strategy, budget: Budget) -> Any:
             **common,
             grace_period=_grace(strategy, budget),
             min_samples_required=int(settings.get("min_samples_required", 3)),
+        )
+    if strategy.scheduler == "pbt":
+        return LivePopulationTraining(
+            **common,
+            max_t=budget.max_epochs,
+            perturbation_interval=int(settings.get("perturbation_interval", 2)),
+            hyperparam_mutations={
+                key: space.distributions[key].to_tune() for key in pbt_mutable(space)
+            },
+            quantile_fraction=float(settings.get("quantile_fraction", 0.25)),
+            resample_probability=float(settings.get("resample_probability", 0.25)),
         )
     return FIFOScheduler()
 

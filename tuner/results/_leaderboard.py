@@ -20,6 +20,7 @@ import pandas as pd
 
 from trainables import SPLIT_FILE, TrialConfig, parse_json, safe_name
 from tuner._errors import UsageError
+from tuner.results._history import pbt_histories
 from tuner.storage._experiment import (
     BEST_CONFIG,
     LEADERBOARD_CSV,
@@ -67,6 +68,7 @@ class TrialRecord:
     trial_id: str
     status: str  # Ray's, lower case: pending, running, paused, terminated, error
     config: dict[str, Any]
+    tag: str = ""  # Ray's experiment tag: "N_key=value,..." (N counts trials from 1)
 
 
 def _pickled(value: Any) -> bool:
@@ -117,7 +119,11 @@ def read_trials(exp: Experiment) -> list[TrialRecord]:
             status = state["status"]
             if not isinstance(status, str):
                 raise TypeError(f"status of {trial_id} is {type(status).__name__}")
-            trials.append(TrialRecord(trial_id, status.lower(), _checked_config(plain, where)))
+            tag = state.get("experiment_tag")
+            trials.append(
+                TrialRecord(trial_id, status.lower(), _checked_config(plain, where),
+                            tag if isinstance(tag, str) else "")
+            )  # fmt: skip
     except (KeyError, TypeError, IndexError, AttributeError) as exc:
         raise UsageError(
             f"{where} is not an experiment state this tool can read "
@@ -138,7 +144,8 @@ def build_leaderboard(
     """
     rows, known = [], histories or {}
     defaults = TrialConfig()
-    for trial in read_trials(exp) if trials is None else trials:
+    trials = read_trials(exp) if trials is None else trials
+    for trial in trials:
         df = known[trial.trial_id] if trial.trial_id in known else exp.history(trial.trial_id)
         cfg = {k: trial.config.get(k, getattr(defaults, k)) for k in TrialConfig.field_names()}
         rows.append(_trial_row(exp, trial, df, cfg))
@@ -155,6 +162,10 @@ def build_leaderboard(
     n_val = len((exp.read_json(SPLIT_FILE) or {}).get("val", []))
     board["val_acc_se"] = [standard_error(acc, n_val) for acc in board["val_acc"]]
     board = attach_test_scores(board, exp)
+    lineage = pbt_histories(exp, trials)
+    if lineage is not None:
+        board.insert(board.columns.get_loc("checkpoint"), "pbt_history",
+                     [lineage.get(str(t), "") for t in board["trial_id"]])  # fmt: skip
     return _typed(board.reset_index(drop=True))
 
 

@@ -81,7 +81,10 @@ def _latest_index(trial: Any) -> int:
 class CheckpointPruner(tune.Callback):
     """Keeps each trial's best checkpoints and the ones a saved state may still need."""
 
-    def __init__(self) -> None:
+    def __init__(self, during_search: bool = True) -> None:
+        # False: only at the end (PBT hands a trial's latest checkpoint to another trial
+        # to continue from, while the trial goes on writing newer ones).
+        self._during = during_search
         self._trials: list[Any] = []
         # trial_id -> latest checkpoint index at the last two experiment-state saves.
         self._saved: list[dict[str, int]] = []
@@ -99,7 +102,7 @@ class CheckpointPruner(tune.Callback):
     def get_state(self) -> dict[str, Any] | None:
         """Called by Tune each time it saves the experiment state: prune, store nothing."""
         self._saved = [*self._saved[-1:], {t.trial_id: _latest_index(t) for t in self._trials}]
-        for trial in self._trials:
+        for trial in self._trials if self._during else []:
             self._prune(trial, self._saved[0].get(trial.trial_id, -1))
         return None
 

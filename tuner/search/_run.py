@@ -41,7 +41,12 @@ from tuner.engine._cluster import (
     local_resources,
     start_ray,
 )
-from tuner.engine._internals import make_search_alg, run_callbacks, train_session_dir
+from tuner.engine._internals import (
+    KeptJsonLogger,
+    make_search_alg,
+    run_callbacks,
+    train_session_dir,
+)
 from tuner.results._holdout import score_top_trials, test_lines
 from tuner.results._leaderboard import (
     attach_test_scores,
@@ -243,7 +248,13 @@ def _run_config(exp: Experiment, space: SearchSpace, concurrent: int, say: Print
 
     estimate = TimeEstimate(_trial_epochs(space), concurrent, say)
     return tune.RunConfig(
-        callbacks=[StorageGuard(exp), CheckpointPruner(), estimate, JournalUpload(exp)],
+        callbacks=[
+            StorageGuard(exp),
+            CheckpointPruner(during_search=strategies.prunes_during_search(space.strategy)),
+            estimate,
+            JournalUpload(exp),
+            KeptJsonLogger(),
+        ],
         name=exp.name,
         # Ray Tune writes through the same file system as every file of ours, signing the
         # state that `resume` loads.
@@ -292,7 +303,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     concurrent = min(budget.max_concurrent or _fits(cluster, resources), budget.num_samples)
     say(
         f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
-        f"{budget.max_epochs} epochs, {strategies.describe(strategy, budget)} "
+        f"{budget.max_epochs} epochs, {strategies.describe(strategy, budget, req.space)} "
         f"(~{_trial_epochs(req.space):.0f} trial-epochs), "
         f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial, {concurrent} at once; "
         "a time estimate follows the first epochs"
@@ -313,9 +324,11 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             # Tune's own wrapping for max_concurrent_trials, in a generator that keeps
             # a resume's trial count and searcher in step with its trials.
             search_alg=make_search_alg(
-                searcher, strategies.live_trials(strategy, concurrent, budget.num_samples)
+                searcher,
+                strategies.live_trials(strategy, concurrent, budget.num_samples),
+                population=strategy.scheduler == "pbt",
             ),
-            scheduler=strategies.make_scheduler(strategy, budget),
+            scheduler=strategies.make_scheduler(strategy, budget, req.space),
             num_samples=budget.num_samples,
             time_budget_s=budget.time_budget_s,
             trial_name_creator=_trial_name,

@@ -1,14 +1,16 @@
 """What a space file says of how to search: the scheduler that stops trials early and
 the Optuna sampler that proposes them, by name, with their settings, checked::
 
-    scheduler: asha          # asha | hyperband | median | fifo, or {NAME: {settings}}
+    scheduler: asha          # asha | hyperband | median | fifo | pbt, or {NAME: {settings}}
     searcher: tpe            # tpe | random | cmaes | gp | nsga2, or {NAME: {settings}}
 
 ``search --scheduler NAME`` and ``--searcher NAME`` override the names. The Ray
 Tune and Optuna objects are built from a :class:`Strategy` in one place,
 :mod:`tuner.engine._strategy`. A combination that cannot work is refused with
 the reason (:meth:`Strategy.check`): CMA-ES and GP model numeric keys, so a
-space that searches none is refused for them.
+space that searches none is refused for them; PBT perturbs the learning rate,
+so it needs a space that searches ``lr``, and it takes its first population
+from TPE or random sampling only.
 
 Example:
     >>> s = Strategy.parse({"asha": {"grace_period": 2}}, "random")
@@ -49,7 +51,16 @@ SCHEDULERS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "min_samples_required": (_int(1), "an integer >= 1"),
     },
     "fifo": {},
+    "pbt": {
+        "perturbation_interval": (_int(1), "an integer >= 1"),
+        "quantile_fraction": (_number(0, 0.5), "a number in (0, 0.5]"),
+        "resample_probability": (_number(0, 1), "a number in (0, 1]"),
+    },
 }
+# What PBT perturbs, where the space searches it: values the optimizer is rebuilt with
+# when a trial continues from a checkpoint (trainables' Training.restore).
+PBT_MUTABLE = ("lr", "weight_decay")
+PBT_SEARCHERS = ("tpe", "random")
 SEARCHERS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "tpe": {
         "n_startup_trials": (_int(0), "an integer >= 0"),
@@ -151,3 +162,15 @@ class Strategy:
                 f"searcher {self.searcher}: {NUMERIC_ONLY[self.searcher]} models numeric keys "
                 "and this space searches none (only choices); use tpe or random"
             )
+        if self.scheduler == "pbt":
+            if self.searcher not in PBT_SEARCHERS:
+                raise ValueError(
+                    f"scheduler pbt with searcher {self.searcher}: PBT changes a trial's lr "
+                    f"mid-run, which {self.searcher}'s model of fixed configurations cannot "
+                    "follow; use tpe or random"
+                )
+            if "lr" not in numeric_keys:
+                raise ValueError(
+                    "scheduler pbt perturbs lr, which this space does not search from a "
+                    "range (give lr a loguniform or uniform distribution)"
+                )

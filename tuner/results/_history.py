@@ -17,7 +17,6 @@ from trainables import FileRefused, safe_name
 from tuner.engine._internals import PBT_GLOBAL, PBT_POLICY, pbt_lineage
 
 if TYPE_CHECKING:
-    from tuner.results._leaderboard import TrialRecord
     from tuner.storage._experiment import Experiment
 
 POLICY_LIMIT = 1 << 20  # one line per exploit of the trial's lineage
@@ -31,19 +30,20 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
     )
 
 
-def pbt_histories(exp: Experiment, trials: list[TrialRecord]) -> dict[str, str] | None:
-    """trial id -> its PBT lineage as text ("" if PBT never touched it); None when the
-    experiment did not run PBT."""
+def pbt_histories(exp: Experiment, tags: dict[str, str]) -> dict[str, str] | None:
+    """trial id -> its PBT lineage as text ("" if PBT never touched it), for the trials
+    of ``tags`` (trial id -> Ray's experiment tag); None when the experiment did not
+    run PBT."""
     if not exp.storage.exists(exp.rel(PBT_GLOBAL)):
         return None
     by_number = {}
-    for trial in trials:
-        match = _TAG_NUMBER.match(trial.tag)
+    for trial_id, tag in tags.items():
+        match = _TAG_NUMBER.match(tag)
         if match:
-            by_number[match.group(1)] = trial.trial_id
+            by_number[match.group(1)] = trial_id
     out = {}
-    for trial in trials:
-        rel = exp.rel(PBT_POLICY.format(safe_name(trial.trial_id, "trial id")))
+    for trial_id in tags:
+        rel = exp.rel(PBT_POLICY.format(safe_name(trial_id, "trial id")))
         try:
             text = exp.storage.read_text(rel, POLICY_LIMIT)
         except (FileNotFoundError, FileRefused, UnicodeDecodeError):
@@ -54,5 +54,5 @@ def pbt_histories(exp: Experiment, trials: list[TrialRecord]) -> dict[str, str] 
             source = by_number.get(match.group(1), donor[:16]) if match else donor[:16]
             change = _changes(old, new)
             steps.append(f"epoch {epoch}: weights of {source}" + (f", {change}" if change else ""))
-        out[trial.trial_id] = "; ".join(steps)
+        out[trial_id] = "; ".join(steps)
     return out

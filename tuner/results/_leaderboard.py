@@ -162,7 +162,7 @@ def build_leaderboard(
     n_val = len((exp.read_json(SPLIT_FILE) or {}).get("val", []))
     board["val_acc_se"] = [standard_error(acc, n_val) for acc in board["val_acc"]]
     board = attach_test_scores(board, exp)
-    lineage = pbt_histories(exp, trials)
+    lineage = pbt_histories(exp, {t.trial_id: t.tag for t in trials})
     if lineage is not None:
         board.insert(board.columns.get_loc("checkpoint"), "pbt_history",
                      [lineage.get(str(t), "") for t in board["trial_id"]])  # fmt: skip

@@ -237,3 +237,25 @@ def test_pbt_refuses_a_search_generator_and_logs_the_lineage_pbt_history_reads()
     )
     line = json.dumps(["2_a", "4_b", 3, 3, {"lr": 0.1}, {"lr": 0.08}])
     assert internals.pbt_lineage(line + "\nnot json\n") == [(3, "4_b", {"lr": 0.1}, {"lr": 0.08})]
+
+
+def test_live_population_training_never_hands_over_weights_with_no_epoch_left():
+    """Its upper quantile leaves out trials at max_t; with none left, nobody exploits
+    (Ray picks a donor from the upper quantile whenever the lower one is not empty)."""
+    from types import SimpleNamespace
+
+    class Trial:
+        def is_finished(self) -> bool:
+            return False
+
+    pbt = internals.LivePopulationTraining(
+        time_attr="epoch", metric="val_acc", mode="max", max_t=4, perturbation_interval=1,
+        hyperparam_mutations={"lr": [0.1, 0.01]},
+    )  # fmt: skip
+    trials = [Trial() for _ in range(4)]
+    for i, trial in enumerate(trials):
+        pbt._trial_state[trial] = SimpleNamespace(last_score=float(i), last_train_time=2)
+    lower, upper = pbt._quantiles()
+    assert lower == [trials[0]] and upper == [trials[3]]
+    pbt._trial_state[trials[3]].last_train_time = 4
+    assert pbt._quantiles() == ([], [])

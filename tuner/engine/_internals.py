@@ -361,4 +361,4 @@ class LivePopulationTraining(PopulationBasedTraining):
     def _quantiles(self) -> tuple[list[Any], list[Any]]:
         lower, upper = super()._quantiles()
         going = [t for t in upper if self._trial_state[t].last_train_time < self._max_t]
-        return lower, going
+        return (lower, going) if going else ([], [])  # no donor: nobody exploits now

@@ -44,6 +44,14 @@ if TYPE_CHECKING:
         screen,
         split_screened,
     )
+    from trainables._deploy import (
+        TRACE_ATOL,
+        Deployed,
+        export_program,
+        onnx_session,
+        random_photos,
+        write_onnx,
+    )
     from trainables._files import (
         KIB,
         MIB,
@@ -59,6 +67,7 @@ if TYPE_CHECKING:
         write_replacing,
     )
     from trainables._inputs import TrainInputs, build_inputs
+    from trainables._latency import CostSpec, deploy_cost
     from trainables._models import (
         WeightsUnavailableError,
         build_model,
@@ -109,6 +118,14 @@ if TYPE_CHECKING:
 # data layer load numpy, Pillow and pyarrow only, not torch (~800 MB of resident
 # libraries with the CUDA build, and seconds of start-up).
 _SOURCES = {
+    "TRACE_ATOL": "_deploy",
+    "Deployed": "_deploy",
+    "export_program": "_deploy",
+    "onnx_session": "_deploy",
+    "random_photos": "_deploy",
+    "write_onnx": "_deploy",
+    "CostSpec": "_latency",
+    "deploy_cost": "_latency",
     "FileRefused": "_files",
     "create_new": "_files",
     "inside": "_files",
@@ -217,13 +234,16 @@ __all__ = [
     "OPTIMIZERS",
     "RAY_DEFAULTS",
     "SPLIT_FILE",
+    "TRACE_ATOL",
     "AugmentParams",
     "CacheSpaceError",
     "CheckpointError",
     "ComputePolicy",
     "ConfigError",
+    "CostSpec",
     "DataError",
     "Decoded",
+    "Deployed",
     "FileRefused",
     "FolderScan",
     "ImageCache",
@@ -256,10 +276,12 @@ __all__ = [
     "decode_split",
     "decode_to_disk",
     "default_device",
+    "deploy_cost",
     "draw_params",
     "ensure_pretrained_weights",
     "eval_transform",
     "evaluate",
+    "export_program",
     "find_decoded",
     "fit",
     "freeze",
@@ -272,6 +294,7 @@ __all__ = [
     "needed_bytes",
     "normalization",
     "normalize",
+    "onnx_session",
     "open_lock",
     "open_regular",
     "parse_json",
@@ -279,6 +302,7 @@ __all__ = [
     "prepare_data",
     "pretrained_weights_file",
     "probe_rels",
+    "random_photos",
     "read_bounded",
     "refuse_links",
     "resize_center_crop",
@@ -293,5 +317,6 @@ __all__ = [
     "train_classifier",
     "train_epoch",
     "use_cache_dir",
+    "write_onnx",
     "write_replacing",
 ]

@@ -272,6 +272,12 @@ BACKBONES: dict[str, Backbone] = {
             TorchvisionWeights("MobileNet_V3_Large_Weights"),
             cpu_bf16=False,  # depthwise convolutions, as in EfficientNet-Lite
         ),
+        Backbone(
+            "mobilenet_v3_small",
+            MobileNetV3(),
+            TorchvisionWeights("MobileNet_V3_Small_Weights"),
+            cpu_bf16=False,
+        ),
     )
 }
 

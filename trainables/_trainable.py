@@ -24,6 +24,7 @@ from typing import Any
 from trainables._checkpoint import load_state
 from trainables._config import TrialConfig
 from trainables._data import ImageCache, load_image_cache
+from trainables._latency import CostSpec, deploy_cost
 from trainables._train import fit
 
 
@@ -67,13 +68,17 @@ def end_quietly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def train_classifier(config: Mapping[str, Any], data: ImageCache | None = None) -> None:
+def train_classifier(
+    config: Mapping[str, Any], data: ImageCache | None = None, cost: CostSpec | None = None
+) -> None:
     """Ray Tune function trainable: one trial of ``config`` on the decoded ``data``.
 
     Without ``data`` the photos under ``config["data_dir"]`` are decoded here
     (for use without the service). Threads follow the trial's CPU resources,
     the device its GPU resources (Ray sets the visible GPU); a trial restored
-    by Tune continues from its last checkpoint.
+    by Tune continues from its last checkpoint. With ``cost``, every result also carries
+    the deployed model's ``params_m`` and ``latency_ms`` (:mod:`trainables._latency`),
+    measured before the first epoch.
     """
     import ray
     from ray import tune
@@ -88,11 +93,12 @@ def train_classifier(config: Mapping[str, Any], data: ImageCache | None = None) 
     resources = tune.get_context().get_trial_resources().required_resources
     threads = int(resources.get("CPU", 0)) or None
     node_id = ray.get_runtime_context().get_node_id()
+    costs = deploy_cost(cfg.model, cfg.image_size, len(data.classes), cost) if cost else {}
 
     def report(metrics: dict[str, Any], folder: Path) -> None:
         try:
             tune.report(
-                metrics | {"node_id": node_id},
+                metrics | costs | {"node_id": node_id},
                 checkpoint=tune.Checkpoint.from_directory(str(folder)),
             )
         finally:

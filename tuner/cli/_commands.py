@@ -43,7 +43,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             max_concurrent=args.max_concurrent,
             test_fraction=args.test_fraction,
         )
-    ).with_strategy(args.scheduler, args.searcher)
+    ).with_strategy(args.scheduler, args.searcher, args.latency_device)
     name = validate_name(args.name or default_name(space))
     storage = Storage.parse(args.storage)
     request = SearchRequest(
@@ -92,7 +92,12 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from tuner.results._leaderboard import build_leaderboard, render
 
     exp = _experiment(args)
-    out = render(build_leaderboard(exp), args.format, args.top)
+    board = build_leaderboard(exp)
+    if args.pareto:
+        from tuner.results._front import front
+
+        board = front(board)
+    out = render(board, args.format, args.top)
     if args.format == "table" and not args.output:
         made = made_model_lines(exp)
         out = "\n".join([str(out), *(["", "Made from the search:"] if made else []), *made])
@@ -194,6 +199,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from tuner.results._tta import choose_tta
 
     check_output(Path(args.output), args.force)  # before any model is loaded
+    if args.pick is not None:
+        if args.ensemble or args.distill:
+            raise UsageError("--pick chooses one trial: it goes without --ensemble and --distill")
+        if args.rank is not None:
+            raise UsageError("--pick chooses the rank: give --pick or --rank, not both")
+        from tuner.results._front import pick_rank
+        from tuner.results._leaderboard import build_leaderboard
+
+        args.rank = pick_rank(build_leaderboard(_experiment(args)), args.pick)
+        print(f"--pick {args.pick}: rank {args.rank}, the most accurate front trial that meets it")
+    args.rank = args.rank or 1
     if args.distill:
         if args.refit:
             raise UsageError("--distill and --refit cannot be combined")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tuner.spaces._objectives import LATENCY_DEVICES
 from tuner.spaces._strategy import SCHEDULERS, SEARCHERS
 
 STORAGE_HELP = (
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Optuna sampler that proposes trials (default: the space's, else tpe)",
     )
     strategy.add_argument(
+        "--latency-device",
+        choices=list(LATENCY_DEVICES),
+        help="where latency_ms is timed, with objectives [{val_acc: max}, {latency_ms: min}]: "
+        "cpu (the ONNX graph under onnxruntime, one thread) or cuda (the torch.export "
+        "program on the trial's GPU); default: the space's, else cpu",
+    )
+    strategy.add_argument(
         "--warm-start",
         nargs="+",
         metavar="EXP",
@@ -169,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("name")
     board.add_argument("--storage", help=STORAGE_HELP)
     board.add_argument("--top", type=_positive_int, metavar="K")
+    board.add_argument(
+        "--pareto",
+        action="store_true",
+        help="only the trials on the Pareto front (a search of several objectives)",
+    )
     board.add_argument(
         "--format", default="table", choices=["table", "csv", "parquet", "json", "markdown"]
     )
@@ -235,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         "averaging the probabilities of K trials' best checkpoints; or, with --distill, "
         "one network trained on train + val to answer like the top-K ensemble.",
     )
-    _add_ranked_trial_args(export)
+    _add_ranked_trial_args(export, rank=None)
     export.add_argument(
         "--output",
         required=True,
@@ -244,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--force", action="store_true", help="replace a non-empty --output folder whole"
+    )
+    export.add_argument(
+        "--pick",
+        metavar="CONSTRAINTS",
+        help="export the most accurate trial on the Pareto front that meets CONSTRAINTS, e.g. "
+        '"latency_ms<=5" or "latency_ms<5,params_m<=4" (a search of several objectives; exit 2 '
+        "if no front trial does)",
     )
     export.add_argument(
         "--refit",
@@ -374,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_ranked_trial_args(parser: argparse.ArgumentParser) -> None:
+def _add_ranked_trial_args(parser: argparse.ArgumentParser, rank: int | None = 1) -> None:
     """NAME, --rank and --storage: which experiment's which ranked trial."""
     parser.add_argument("name")
-    parser.add_argument("--rank", type=_positive_int, default=1, help="trial rank (default: 1)")
+    parser.add_argument("--rank", type=_positive_int, default=rank, help="trial rank (default: 1)")
     parser.add_argument("--storage", help=STORAGE_HELP)

@@ -5,7 +5,9 @@ Per scheduler, it also owns what the rest of the tool asks of it:
 
 * **the scheduler** (:func:`make_scheduler`), on the trials' ``epoch`` and
   ``val_acc``, with the budget's ``max_epochs``, and ``grace_period`` and
-  ``reduction_factor`` unless the scheduler's settings give their own;
+  ``reduction_factor`` unless the scheduler's settings give their own; with several
+  objectives ASHA's rungs rank by Pareto front (:class:`~tuner.engine._pareto.ParetoASHA`)
+  unless ``rungs_by: val_acc``;
 * **the work it expects** (:func:`trial_epochs`), for the banner and the time
   estimate: ASHA's and HyperBand's rungs, every epoch of every trial for FIFO,
   and that as an upper bound for the median rule;
@@ -81,8 +83,13 @@ def trial_epochs(strategy: Strategy, budget: Budget) -> float:
 def describe(strategy: Strategy, budget: Budget, space: Any = None) -> str:
     """The banner's words for the scheduler and the searcher (of ``space``)."""
     eta, grace = _eta(strategy, budget), _grace(strategy, budget)
+    rungs = ""
+    if space is not None and space.objectives.multi and strategy.scheduler == "asha":
+        rungs = (
+            " (rungs by Pareto front)" if pareto_rungs(strategy, space) else " (rungs by val_acc)"
+        )
     scheduler = {
-        "asha": f"ASHA grace {grace} / reduction {eta:g}",
+        "asha": f"ASHA grace {grace} / reduction {eta:g}{rungs}",
         "hyperband": f"HyperBand reduction {eta:g}",
         "median": (
             f"median stopping after epoch {grace}, "
@@ -101,7 +108,17 @@ def describe(strategy: Strategy, budget: Budget, space: Any = None) -> str:
         "gp": "Gaussian-process BO",
         "nsga2": "NSGA-II",
     }[strategy.searcher]
-    return f"{scheduler}, {searcher}"
+    goal = (
+        f"; {space.objectives.describe()}" if space is not None and space.objectives.multi else ""
+    )
+    return f"{scheduler}, {searcher}{goal}"
+
+
+def pareto_rungs(strategy: Strategy, space: Any) -> bool:
+    """Whether ASHA's rungs rank by Pareto front: in a space of several objectives, unless
+    its ``rungs_by: val_acc`` says accuracy alone."""
+    multi = space is not None and space.objectives.multi
+    return multi and strategy.scheduler_settings.get("rungs_by", "pareto") == "pareto"
 
 
 def pbt_mutable(space: Any) -> list[str]:
@@ -118,6 +135,15 @@ def make_scheduler(strategy: Strategy, budget: Budget, space: Any = None) -> Any
 
     settings = strategy.scheduler_settings
     common: dict[str, Any] = {"time_attr": TIME_ATTR, "metric": METRIC, "mode": "max"}
+    if strategy.scheduler == "asha" and pareto_rungs(strategy, space):
+        from tuner.engine._pareto import ParetoASHA
+
+        objectives = space.objectives
+        return ParetoASHA(
+            list(objectives.names), list(objectives.modes), max_t=budget.max_epochs,
+            grace_period=_grace(strategy, budget), reduction_factor=_eta(strategy, budget),
+            time_attr=TIME_ATTR,
+        )  # fmt: skip
     if strategy.scheduler == "asha":
         return ASHAScheduler(
             **common,

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from trainables import TRACE_ATOL, Deployed, export_program, write_onnx
 from tuner._errors import UsageError
 from tuner.results._ensemble import Ensemble
 from tuner.results._inference import Preprocessing, RankedTrial
@@ -67,24 +68,6 @@ PREPROCESSING = (
     "resize px); shorter side resized to resize px (bilinear) and centre-cropped to a square; "
     "centre-cropped to image_size; scaled to [0, 1]; (x - mean) / std per channel"
 )
-# TorchScript, ONNX and eager outputs may differ by float rounding, never by more.
-_TRACE_ATOL = 1e-4
-
-
-class Deployed(torch.nn.Module):
-    """``model`` with what can live in the graph: uint8 RGB photos in, probabilities out."""
-
-    def __init__(self, model: torch.nn.Module, prep: Preprocessing) -> None:
-        super().__init__()
-        self.model = model
-        self.mean: torch.Tensor
-        self.std: torch.Tensor
-        self.register_buffer("mean", torch.tensor(prep.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(prep.std).view(1, 3, 1, 1))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = (image.float() / 255.0 - self.mean) / self.std
-        return self.model(x).float().softmax(1)
 
 
 def deploy_contract(prep: Preprocessing, n_classes: int, tta: str = "none") -> dict[str, Any]:
@@ -206,10 +189,10 @@ def _write_export(
     with torch.no_grad(), quiet_jit():
         traced = torch.jit.trace(model, torch.zeros(1, 3, size, size))
         probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
-        if not torch.allclose(traced(probe), model(probe), atol=_TRACE_ATOL):
+        if not torch.allclose(traced(probe), model(probe), atol=TRACE_ATOL):
             raise RuntimeError(f"the TorchScript export to {output} disagrees with the model")
-    deployed = Deployed(model, prep).eval()
-    program = _program(deployed, size)  # one torch.export for the program and the ONNX file
+    deployed = Deployed(model, prep.mean, prep.std).eval()
+    program = export_program(deployed, size)  # one torch.export for the program and the ONNX file
     config = config | (tta.to_config() if tta is not None else {})
     config |= {"deploy": deploy_contract(prep, len(classes), mode)}
     writers: dict[str, Callable[[Path], object]] = {
@@ -217,7 +200,7 @@ def _write_export(
     }
     writers |= {
         MODEL_PROGRAM: lambda p: _save_program(program, p),
-        MODEL_ONNX: lambda p: _save_onnx(program, deployed, size, p),
+        MODEL_ONNX: lambda p: write_onnx(program, deployed, size, p),
         MODEL_SCRIPT: lambda p: _save_script(traced, p),
         LABELS: lambda p: Path(p).write_text(json.dumps(classes, indent=2) + "\n"),
         CONFIG: lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"),
@@ -273,50 +256,11 @@ def staged(output: Path, force: bool) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _photos(n: int, size: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
-
-
-def _batch_dim() -> Any:
-    return {"image": {0: torch.export.Dim("batch", min=1, max=4096)}}
-
-
-def _program(deployed: Deployed, size: int) -> torch.export.ExportedProgram:
-    """``deployed`` as a ``torch.export`` program, checked against the model itself."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(deployed, (_photos(2, size, 0),), dynamic_shapes=_batch_dim())
-        probe = _photos(3, size, 1)
-        if not torch.allclose(program.module()(probe), deployed(probe), atol=_TRACE_ATOL):
-            raise RuntimeError(f"the torch.export program {MODEL_PROGRAM} disagrees with the model")
-    return program
-
-
 def _save_program(program: torch.export.ExportedProgram, path: Path) -> None:
     with warnings.catch_warnings():
         # "No complete tensor found in the group!": weights that share storage, on the CPU.
         warnings.simplefilter("ignore")
         torch.export.save(program, str(path))
-
-
-def _save_onnx(
-    program: torch.export.ExportedProgram, deployed: Deployed, size: int, path: Path
-) -> None:
-    """``program`` (of ``deployed``) as ONNX, checked with onnxruntime against the model."""
-    import onnxruntime as ort
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            program, (), str(path), input_names=["image"], output_names=["probabilities"],
-            dynamo=True, external_data=False,
-        )  # fmt: skip
-        probe = _photos(3, size, 1)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        answer = torch.from_numpy(session.run(None, {"image": probe.numpy()})[0])
-        if not torch.allclose(answer, deployed(probe), atol=_TRACE_ATOL):
-            raise RuntimeError(f"the ONNX export {path.name} disagrees with the model")
 
 
 def _save_state_dict(model: torch.nn.Module, path: Path) -> None:

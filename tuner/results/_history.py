@@ -30,12 +30,11 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
     )
 
 
-def pbt_histories(exp: Experiment, tags: dict[str, str]) -> dict[str, str] | None:
+def pbt_histories(exp: Experiment, tags: dict[str, str]) -> dict[str, str]:
     """trial id -> its PBT lineage as text ("" if PBT never touched it), for the trials
-    of ``tags`` (trial id -> Ray's experiment tag); None when the experiment did not
-    run PBT."""
+    of ``tags`` (trial id -> Ray's experiment tag) of an experiment that ran PBT."""
     if not exp.storage.exists(exp.rel(PBT_GLOBAL)):
-        return None
+        return dict.fromkeys(tags, "")  # no exploit yet
     by_number = {}
     for trial_id, tag in tags.items():
         match = _TAG_NUMBER.match(tag)

@@ -18,9 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from trainables import SPLIT_FILE, TrialConfig, parse_json, safe_name
+from trainables import SPLIT_FILE, FileRefused, TrialConfig, parse_json, safe_name
 from tuner._errors import UsageError
 from tuner.results._history import pbt_histories
+from tuner.spaces._objectives import COSTS, Objectives, front_ranks, objectives_of
 from tuner.storage._experiment import (
     BEST_CONFIG,
     LEADERBOARD_CSV,
@@ -29,6 +30,7 @@ from tuner.storage._experiment import (
     STATE_LIMIT,
     TEST_SCORES,
     TRIAL_PREFIX,
+    TUNER_FILE,
     Experiment,
 )
 
@@ -149,24 +151,69 @@ def build_leaderboard(
         df = known[trial.trial_id] if trial.trial_id in known else exp.history(trial.trial_id)
         cfg = {k: trial.config.get(k, getattr(defaults, k)) for k in TrialConfig.field_names()}
         rows.append(_trial_row(exp, trial, df, cfg))
-    columns = _BASE_COLUMNS + list(TrialConfig.field_names()) + ["checkpoint"]
-    board = pd.DataFrame(rows, columns=columns[1:])
+    space = recorded_space(exp)
+    objectives = objectives_of(space)
+    costs = [c for c in COSTS if any(c in row for row in rows) or c in objectives.names]
+    columns = _BASE_COLUMNS[:-1] + costs + ["wall_time_s", *TrialConfig.field_names(), "checkpoint"]
+    if objectives.multi:
+        columns.insert(columns.index("status") + 1, "pareto")
+    board = pd.DataFrame(rows, columns=[c for c in columns if c not in ("rank", "pareto")])
     if board.empty:
         return pd.DataFrame(columns=columns)
     # Ties on val_acc are common (one photo is a step): the lower val_loss ranks first.
     board["_order"] = board["status"].map(_STATUS_ORDER).fillna(6)
+    order = ["_order", "val_acc", "val_loss"]
+    if objectives.multi:
+        board["_front"] = fronts(board, objectives)
+        board.insert(board.columns.get_loc("status") + 1, "pareto", board["_front"] == 1)
+        order.insert(1, "_front")
     board = board.sort_values(
-        ["_order", "val_acc", "val_loss"], ascending=[True, False, True], na_position="last"
-    ).drop(columns="_order")
+        order, ascending=[o != "val_acc" for o in order], na_position="last"
+    ).drop(columns=[c for c in ("_order", "_front") if c in board])
     board.insert(0, "rank", range(1, len(board) + 1))
     n_val = len((exp.read_json(SPLIT_FILE) or {}).get("val", []))
     board["val_acc_se"] = [standard_error(acc, n_val) for acc in board["val_acc"]]
     board = attach_test_scores(board, exp)
-    lineage = pbt_histories(exp, {t.trial_id: t.tag for t in trials})
-    if lineage is not None:
+    if _scheduler_of(space) == "pbt":
+        lineage = pbt_histories(exp, {t.trial_id: t.tag for t in trials})
         board.insert(board.columns.get_loc("checkpoint"), "pbt_history",
                      [lineage.get(str(t), "") for t in board["trial_id"]])  # fmt: skip
     return _typed(board.reset_index(drop=True))
+
+
+def recorded_space(exp: Experiment) -> dict[str, Any]:
+    """The resolved space ``tuner.json`` records (empty if unreadable): what the
+    leaderboard needs of it is its objectives and scheduler, for display only."""
+    try:
+        record = exp.read_json(TUNER_FILE, {})
+    except FileRefused:
+        return {}
+    space = record.get("space") if isinstance(record, dict) else None
+    return space if isinstance(space, dict) else {}
+
+
+def _scheduler_of(space: dict[str, Any]) -> str:
+    scheduler = space.get("scheduler")
+    if isinstance(scheduler, dict) and len(scheduler) == 1:
+        scheduler = next(iter(scheduler))
+    return scheduler if isinstance(scheduler, str) else ""
+
+
+def fronts(board: pd.DataFrame, objectives: Objectives) -> list[float]:
+    """Each row's Pareto front (1: on the front) among the trials that completed every
+    epoch with every objective measured, as Optuna's ``best_trials`` holds only COMPLETE
+    trials; the others (stopped early, so of fewer epochs, or unfinished): infinity."""
+    names = list(objectives.names)
+    values = board[names].to_numpy(dtype="float64", na_value=math.nan)
+    whole = [
+        i for i, status in enumerate(board["status"])
+        if status == "completed" and all(math.isfinite(v) for v in values[i])
+    ]  # fmt: skip
+    ranks = front_ranks([tuple(values[i]) for i in whole], objectives.modes)
+    out = [math.inf] * len(board)
+    for i, rank in zip(whole, ranks, strict=True):
+        out[i] = float(rank)
+    return out
 
 
 def load_scores(exp: Experiment) -> dict[str, dict[str, Any]]:
@@ -239,6 +286,9 @@ def _trial_row(
         "checkpoint": "",
         **cfg,
     }
+    for cost in COSTS:  # constant over a trial's epochs: its last value
+        if cost in df and df[cost].notna().any():
+            row[cost] = float(df[cost].dropna().iloc[-1])
     if has_results:
         flags = df.get("diverged", pd.Series(False, index=df.index))
         valid = df[~flags.fillna(False).astype(bool)]
@@ -274,6 +324,8 @@ def _typed(board: pd.DataFrame) -> pd.DataFrame:
         "val_loss": "float64",
         "wall_time_s": "float64",
         "checkpoint": "string",
+        "pareto": "bool",
+        **dict.fromkeys(COSTS, "float64"),
     }
     for key in TrialConfig.field_names():
         default = getattr(defaults, key)
@@ -286,7 +338,7 @@ def _typed(board: pd.DataFrame) -> pd.DataFrame:
             if isinstance(default, float)
             else "string"
         )
-    return board.astype(dtypes)
+    return board.astype({k: v for k, v in dtypes.items() if k in board})
 
 
 def best_config(board: pd.DataFrame) -> dict[str, Any]:

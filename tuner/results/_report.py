@@ -10,6 +10,8 @@ to the experiment's storage.
   stopped end in an x; the best trial is the thick red line.
 - ``best_so_far.png``: the best val_acc found so far against wall-clock time.
 - ``hyperparameters.png``: each trial's best val_acc against each searched key.
+- ``pareto.png`` (a search of several objectives): val_acc against the first cost
+  (latency_ms or params_m), the Pareto front joined, test_acc where scored.
 - ``importance.png``: hyperparameter importances by Optuna's evaluators, on an
   Optuna study rebuilt from the trials (skipped, with the reason, when it
   cannot be computed).
@@ -33,8 +35,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from tuner._errors import UsageError
+from tuner.results._front import draw_front
 from tuner.results._holdout import accuracy_text, made_models
 from tuner.results._leaderboard import best_config, build_leaderboard, render
+from tuner.spaces._objectives import Objectives
 from tuner.spaces._spaces import SearchSpace
 from tuner.storage._experiment import REPORT_DIR, REPORT_FILE, Experiment
 
@@ -128,6 +132,8 @@ def draw_report(exp: _Results, folder: Path) -> Report:
         "hyperparameters": _hyperparameters,
         "importance": _importance,
     }
+    if "pareto" in exp.board:
+        drawers["pareto"] = _pareto
     for name, draw in drawers.items():
         fig = Figure(figsize=(9, 5.5), layout="constrained")
         FigureCanvasAgg(fig)
@@ -141,6 +147,13 @@ def draw_report(exp: _Results, folder: Path) -> Report:
         report.figures.append(str(path))
     Path(report.markdown).write_text(_markdown(exp, report))
     return report
+
+
+def _pareto(exp: _Results, fig: Figure) -> None:
+    objectives = exp.space.objectives if exp.space is not None else Objectives()
+    why = draw_front(exp.board, objectives, fig)
+    if why:
+        raise _Skip(why)
 
 
 def _learning_curves(exp: _Results, fig: Figure) -> None:
@@ -375,6 +388,13 @@ _CAPTIONS = {
         "val_acc against each hyperparameter",
         "Each trial's best validation accuracy against each searched hyperparameter.",
     ),
+    "pareto": (
+        "Accuracy against cost",
+        "Each completed trial's best validation accuracy against its first cost objective "
+        "(latency_ms: the deployed ONNX graph's time for one photo; or params_m). Red: the "
+        "Pareto front, joined; blue diamonds: the test accuracy of front trials scored on the "
+        "held-out photos. Trials stopped early ran fewer epochs and are not drawn.",
+    ),
     "importance": (
         "Hyperparameter importance",
         "Importances computed by Optuna on a study rebuilt from the trials' best val_acc. "
@@ -424,7 +444,7 @@ def _markdown(exp: _Results, report: Report) -> str:
         lines += ["", f"## {title}", "", f"![{title}]({path.name})", "", caption]
     columns = [
         "rank", "trial_id", "status", "val_acc", "val_acc_se", "test_acc", "best_epoch", "epochs",
-        *exp.searched,
+        *[c for c in ("pareto", "latency_ms", "params_m") if c in exp.board], *exp.searched,
     ]  # fmt: skip
     lines += ["", f"## Trials (top {min(len(board), _TABLE_ROWS)})", ""]
     lines.append(str(render(board[columns], "markdown", _TABLE_ROWS)).rstrip())

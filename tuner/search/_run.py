@@ -17,6 +17,7 @@ from typing import Any
 
 from trainables import (
     SPLIT_FILE,
+    CostSpec,
     DataError,
     Decoded,
     ImageCache,
@@ -210,10 +211,17 @@ def _fits(cluster: dict[str, float], resources: dict[str, float]) -> int:
     return max(1, int(fits + 1e-9))
 
 
-def _trainable(cache: ImageCache, resources: dict[str, float]) -> Any:
+def _trainable(cache: ImageCache, resources: dict[str, float], space: SearchSpace) -> Any:
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(train_classifier, data=cache), resources)
+    objectives = space.objectives
+    cost = (
+        CostSpec(latency=objectives.times_latency, device=objectives.latency_device)
+        if objectives.multi
+        else None
+    )
+    trainable = tune.with_parameters(train_classifier, data=cache, cost=cost)
+    return tune.with_resources(trainable, resources)
 
 
 def _trial_name(trial: Any) -> str:
@@ -294,6 +302,12 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     split, cache = prepare_split(req, say)
     cluster = start_ray(req.address, say)
     resources = _resources(req.space, cluster)
+    objectives = req.space.objectives
+    if objectives.times_latency and objectives.latency_device == "cuda" and not resources["gpu"]:
+        raise UsageError(
+            "--latency-device cuda times each trial's model on its GPU, and this search gives "
+            "trials none; use --latency-device cpu, or run where Ray has GPUs"
+        )
     check_storage_reachable(req.storage)
     exp.write_split(split)
     record = _record(req, cache.size, resources, warm.sources)
@@ -316,9 +330,10 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         req.space.points_to_evaluate,
         budget.max_epochs,
         warm.trials,
+        req.space.objectives,
     )
     tuner = tune.Tuner(
-        _trainable(cache, resources),
+        _trainable(cache, resources, req.space),
         param_space=req.space.param_space(),
         tune_config=tune.TuneConfig(
             # Tune's own wrapping for max_concurrent_trials, in a generator that keeps
@@ -392,7 +407,7 @@ def resume(
     make_reserve(exp)
     tuner = tune.Tuner.restore(
         exp.path(),
-        trainable=_trainable(cache, record.resources),
+        trainable=_trainable(cache, record.resources, space),
         resume_unfinished=True,
         resume_errored=not restart_errored,
         restart_errored=restart_errored,
@@ -537,14 +552,9 @@ def _record(
         name=req.name,
         space_name=req.space.name,
         space_source=req.space.source,
-        space={
-            "description": resolved["description"],
-            "params": resolved["params"],
-            "budget": resolved["budget"],
-            "points_to_evaluate": resolved["points_to_evaluate"],
-            "scheduler": resolved["scheduler"],
-            "searcher": resolved["searcher"],
-        },
+        # Everything `resume` parses the space from: params, budget, points, strategy,
+        # objectives (not the name and file, kept beside it).
+        space={k: v for k, v in resolved.items() if k not in ("name", "source")},
         data_dir=req.data_dir,
         storage=req.storage.uri,
         address=req.address,

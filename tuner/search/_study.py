@@ -24,7 +24,10 @@ reported epoch is an intermediate value (``val_acc`` at step ``epoch``),
 trials the scheduler stopped before ``max_epochs`` are PRUNED (Optuna then
 takes their last intermediate value as their value; a trial stopped while
 paused is judged by the epochs the study holds for it), diverged or errored
-ones FAIL, the others COMPLETE with their best val_acc. Each Optuna trial
+ones FAIL, the others COMPLETE with their best val_acc. A study of several objectives
+(``objectives:`` in the space) has their directions, and a COMPLETE trial's values
+are its best val_acc and its costs (``latency_ms``, ``params_m``); Optuna keeps no
+intermediate values there, so its trials have none. Each Optuna trial
 carries the Tune trial id and its best checkpoint's folder as user attributes
 (``tune_trial_id``, ``checkpoint``). A trial Optuna made after the last state a
 killed driver saved is never run: ``resume`` marks it FAIL with the user
@@ -59,6 +62,7 @@ from ray import tune
 
 from trainables import FileRefused, read_bounded
 from tuner.engine._internals import HookedOptunaSearch, optuna_trial_id
+from tuner.spaces._objectives import Objectives
 from tuner.storage._experiment import JOURNAL_FILE, Experiment
 from tuner.storage._signing import (
     STATE_LIMIT,
@@ -211,6 +215,11 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         # trial -> (best val_acc, the folder of that epoch's checkpoint)
         self._best: dict[str, tuple[float, str]] = {}
 
+    @property
+    def multi(self) -> bool:
+        """Whether the study has several objectives (``metric`` is then their list)."""
+        return isinstance(self.metric, list)
+
     def _experiment(self) -> Experiment:
         return Experiment(Storage.parse(self._where[0]), self._where[1])
 
@@ -313,7 +322,8 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         frozen = trial.storage.get_trial(optuna_trial_id(trial))
         if frozen.state.is_finished():
             return  # told before a driver was killed; the restored Tune state did not know
-        if int(epoch) not in frozen.intermediate_values:
+        # Optuna keeps no intermediate values in a study of several objectives.
+        if not self.multi and int(epoch) not in frozen.intermediate_values:
             trial.report(float(acc), int(epoch))
         best = self._best.get(trial_id)
         if best is None or float(acc) >= best[0]:  # the latest of tied epochs, as Tune keeps
@@ -348,9 +358,12 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         elif not result or int(result.get("epoch", 0)) < self._max_epochs:
             state = TrialState.PRUNED  # stopped by the scheduler (or a time budget) early
         else:
-            state, value = TrialState.COMPLETE, result.get(self.metric)
-            if value is None or not math.isfinite(float(value)):
-                state, value = TrialState.FAIL, None
+            metrics = self.metric if self.multi else [self.metric]
+            values: list[Any] | None = [result.get(m) for m in metrics]
+            state = TrialState.COMPLETE
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in values or []):
+                state, values = TrialState.FAIL, None
+            value = values if self.multi or values is None else values[0]
         assert self.study is not None
         # A driver killed after telling Optuna but before Tune saved its state finishes
         # the trial again on resume: the study already has it.
@@ -374,12 +387,19 @@ def make_searcher(
     points: list[dict[str, Any]],
     max_epochs: int,
     warm: list[Any] | None = None,
+    objectives: Objectives | None = None,
 ) -> Any:
     """``sampler`` (seeded) through :class:`MirroredOptunaSearch`, its study the
-    experiment's journal, holding the ``warm`` trials (Optuna frozen trials) first."""
+    experiment's journal, holding the ``warm`` trials (Optuna frozen trials) first.
+    With several ``objectives`` the study has one direction each: ``metric`` (the
+    trial's best val_acc) first, then the costs."""
+    metrics: str | list[str] = metric
+    modes: str | list[str] = "max"
+    if objectives is not None and objectives.multi:
+        metrics, modes = [metric, *objectives.names[1:]], list(objectives.modes)
     return MirroredOptunaSearch(
-        metric=metric,
-        mode="max",
+        metric=metrics,
+        mode=modes,
         sampler=sampler,
         points_to_evaluate=points or None,
         study_name=exp.name,

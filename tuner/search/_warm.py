@@ -10,7 +10,9 @@ TPE (and the other samplers) then model them as their own history: the first
 trials are proposed where the earlier search found good configurations, not at
 random.
 
-A trial is taken only if it fits the new space: every key the space fixes has
+A trial is taken only if it fits the new space: it measured every objective the
+space has (a search of several objectives takes its trials' values, and no
+intermediate values, which Optuna keeps only with one objective); every key the space fixes has
 the same value in the trial (keys only one of them has are left alone), and
 every key it searches lies inside its distribution. The earlier experiments may
 sit on other photos (another split, a subset, a new folder): their val_acc is
@@ -52,6 +54,10 @@ def _plain(value: Any) -> Any:
 
 def _reason(space: SearchSpace, row: dict[str, Any]) -> str | None:
     """Why ``row`` (a leaderboard row) does not fit ``space``; None if it does."""
+    for name in space.objectives.costs:
+        value = _plain(row.get(name))
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return f"no {name} (its search did not measure it)"
     for key, fixed in space.constants.items():
         value = _plain(row.get(key))
         if value is not None and value != fixed:
@@ -84,10 +90,13 @@ def _frozen(
         and math.isfinite(float(r["val_acc"]))
     }
     state = getattr(TrialState, ENDED[row["status"]])
+    values = [float(row[name]) for name in space.objectives.names]
+    if space.objectives.multi:  # a study of several objectives keeps no intermediate values
+        reported = {}
     return create_trial(
         params=params,
         distributions=distributions,
-        value=float(row["val_acc"]) if state == TrialState.COMPLETE else None,
+        values=values if state == TrialState.COMPLETE else None,
         state=state,
         intermediate_values=reported,
         user_attrs={WARM_ATTR: f"{exp.name}/{row['trial_id']}"},

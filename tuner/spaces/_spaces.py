@@ -1,7 +1,8 @@
 """Search spaces: YAML files in ``search_spaces/`` -> Ray Tune distributions + a budget.
 
 A space file has these sections (and optionally ``scheduler:`` and ``searcher:``,
-see :mod:`tuner.spaces._strategy`)::
+see :mod:`tuner.spaces._strategy`, and ``objectives:`` and ``latency_device:``, see
+:mod:`tuner.spaces._objectives`)::
 
     params:                       # trial keys (see trainables.TrialConfig)
       model: efficientnet_lite0   # a constant
@@ -40,6 +41,7 @@ from ray import tune
 
 from trainables import ConfigError, TrialConfig
 from tuner._errors import UsageError
+from tuner.spaces._objectives import Objectives
 from tuner.spaces._strategy import Strategy
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
@@ -202,6 +204,7 @@ class SearchSpace:
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
     strategy: Strategy = field(default_factory=Strategy)
+    objectives: Objectives = field(default_factory=Objectives)
 
     @property
     def searched(self) -> list[str]:
@@ -233,20 +236,27 @@ class SearchSpace:
             "budget": dataclasses.asdict(self.budget),
             "points_to_evaluate": self.points_to_evaluate,
             **self.strategy.to_dict(),
+            **self.objectives.to_dict(),
         }
 
     def numeric_keys(self) -> list[str]:
         """The searched keys drawn from a range (not a choice)."""
         return [k for k, d in self.distributions.items() if d.kind != "choice"]
 
-    def with_strategy(self, scheduler: str | None, searcher: str | None) -> SearchSpace:
-        """The space with the command line's scheduler and searcher names, checked."""
+    def with_strategy(
+        self, scheduler: str | None, searcher: str | None, latency_device: str | None = None
+    ) -> SearchSpace:
+        """The space with the command line's scheduler and searcher names and latency
+        device, checked."""
         try:
             strategy = self.strategy.with_names(scheduler, searcher)
-            strategy.check(self.numeric_keys())
+            strategy.check(self.numeric_keys(), len(self.objectives.items))
+            objectives = self.objectives
+            if latency_device is not None:
+                objectives = Objectives.parse([{n: m} for n, m in objectives.items], latency_device)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        return dataclasses.replace(self, strategy=strategy)
+        return dataclasses.replace(self, strategy=strategy, objectives=objectives)
 
     def with_budget(self, budget: Budget) -> SearchSpace:
         space = dataclasses.replace(self, budget=budget)
@@ -300,6 +310,7 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
         raise fail("expected a mapping with 'params' and 'budget'")
     unknown_sections = set(raw) - {
         "params", "budget", "points_to_evaluate", "description", "scheduler", "searcher",
+        "objectives", "latency_device",
     }  # fmt: skip
     if unknown_sections:
         raise fail(f"unknown section(s): {', '.join(sorted(unknown_sections))}")
@@ -360,6 +371,7 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
 
     try:
         strategy = Strategy.parse(raw.get("scheduler"), raw.get("searcher"))
+        objectives = Objectives.parse(raw.get("objectives"), raw.get("latency_device"))
     except ValueError as exc:
         raise fail(str(exc)) from None
     space = SearchSpace(
@@ -371,10 +383,11 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
         points_to_evaluate=[dict(p) for p in points],
         description=str(raw.get("description", "")).strip(),
         strategy=strategy,
+        objectives=objectives,
     )
     try:
         _validate_edges(space)
-        strategy.check(space.numeric_keys())
+        strategy.check(space.numeric_keys(), len(objectives.items))
     except (ConfigError, ValueError) as exc:
         raise fail(str(exc)) from None
     return space

@@ -38,12 +38,16 @@ def _flag(v: Any) -> bool:
     return isinstance(v, bool)
 
 
+RUNGS_BY = ("pareto", "val_acc")
 # name -> {setting: (check, what it must be)}
 SCHEDULERS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "asha": {
         "grace_period": (_int(1), "an integer >= 1"),
         "reduction_factor": (_number(1), "a number > 1"),
         "brackets": (_int(1), "an integer >= 1"),
+        # With several objectives: keep a rung's top share by Pareto front (MO-ASHA's
+        # rule) or by val_acc alone.
+        "rungs_by": (lambda v: v in RUNGS_BY, "pareto or val_acc"),
     },
     "hyperband": {"reduction_factor": (_number(1), "a number > 1")},
     "median": {
@@ -79,6 +83,9 @@ SEARCHERS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "crossover_prob": (_number(0, 1), "a number in (0, 1]"),
     },
 }
+# Schedulers that can serve several objectives: ASHA (its rungs by Pareto front) and FIFO.
+MULTI_SCHEDULERS = ("asha", "fifo")
+MULTI_SEARCHERS = ("tpe", "random", "gp", "nsga2")
 DEFAULT_SCHEDULER = "asha"
 DEFAULT_SEARCHER = "tpe"
 NUMERIC_ONLY = {"cmaes": "CMA-ES", "gp": "the Gaussian process"}
@@ -155,8 +162,25 @@ class Strategy:
             "searcher": form(self.searcher, self.searcher_settings),
         }
 
-    def check(self, numeric_keys: list[str]) -> None:
-        """Refuse a combination that cannot work (ValueError with the reason)."""
+    def check(self, numeric_keys: list[str], objectives: int = 1) -> None:
+        """Refuse a combination that cannot work (ValueError with the reason), for a
+        space of ``objectives`` objectives."""
+        if objectives > 1 and self.scheduler not in MULTI_SCHEDULERS:
+            raise ValueError(
+                f"scheduler {self.scheduler} with {objectives} objectives: it compares trials "
+                "by val_acc alone, and would stop fast models the front needs; use asha "
+                "(its rungs keep the best Pareto fronts) or fifo"
+            )
+        if objectives > 1 and self.searcher not in MULTI_SEARCHERS:
+            raise ValueError(
+                f"searcher {self.searcher} with {objectives} objectives: it models one "
+                f"objective; use {', '.join(MULTI_SEARCHERS)}"
+            )
+        if objectives == 1 and "rungs_by" in self.scheduler_settings:
+            raise ValueError(
+                "scheduler asha: rungs_by chooses how rungs rank several objectives, and this "
+                "space has one (add objectives: [{val_acc: max}, {latency_ms: min}])"
+            )
         if self.searcher in NUMERIC_ONLY and not numeric_keys:
             raise ValueError(
                 f"searcher {self.searcher}: {NUMERIC_ONLY[self.searcher]} models numeric keys "

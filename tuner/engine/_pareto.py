@@ -5,7 +5,9 @@ ASHA keeps a trial past a rung when its val_acc is in the top ``1/reduction_fact
 of the values recorded there. On accuracy alone that stops a fast model of lower
 accuracy, which may belong on the accuracy/latency front. :class:`ParetoASHA` ranks
 the points recorded at a rung (each trial's objectives there: val_acc, latency_ms,
-...) by Pareto front, then by val_acc within a front, and keeps a trial whose point
+...) by Pareto front, then within a front by NSGA-II's crowding distance (a front's
+ends first, then the points in its sparsest stretches), then by val_acc, and keeps a
+trial whose point
 ranks in the top ``ceil(n / reduction_factor)`` of the ``n`` points, its own
 included: a trial on the rung's first front is kept whenever that front is no larger
 than the share kept. As in Ray's ASHA the first trial at a rung always continues.
@@ -22,6 +24,23 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from tuner.spaces._objectives import front_ranks
+
+
+def crowding_distances(points: list[tuple[float, ...]], ranks: list[int]) -> list[float]:
+    """NSGA-II's crowding distance of each point within its front: the ends of a front on
+    each objective are infinitely far; an inner point scores the gaps between its
+    neighbours on each objective, each over that objective's span in the front."""
+    out = [0.0] * len(points)
+    for rank in set(ranks):
+        members = [i for i, r in enumerate(ranks) if r == rank]
+        for k in range(len(points[0])):
+            members.sort(key=lambda i: points[i][k])
+            span = points[members[-1]][k] - points[members[0]][k]
+            out[members[0]] = out[members[-1]] = math.inf
+            for before, i, after in zip(members, members[1:], members[2:], strict=False):
+                if span > 0:
+                    out[i] += (points[after][k] - points[before][k]) / span
+    return out
 
 
 class ParetoASHA(FIFOScheduler):
@@ -68,8 +87,11 @@ class ParetoASHA(FIFOScheduler):
         """Whether ``point`` ranks in the top share of ``recorded`` plus itself."""
         points = [*recorded, point]
         ranks = front_ranks(points, self._modes)
+        crowding = crowding_distances(points, ranks)
         sign = 1.0 if self._modes[0] == "max" else -1.0
-        order = sorted(range(len(points)), key=lambda i: (ranks[i], -sign * points[i][0], i))
+        order = sorted(
+            range(len(points)), key=lambda i: (ranks[i], -crowding[i], -sign * points[i][0], i)
+        )
         kept = math.ceil(len(points) / self._eta)
         return order.index(len(points) - 1) < kept
 

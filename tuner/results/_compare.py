@@ -4,7 +4,8 @@ For each experiment (a name in one storage: a folder or an object store): its st
 space, strategy (scheduler and searcher) and objectives, the best val_acc and rank 1's
 test_acc, the best test_acc of a model made from it (refit, distilled, ensemble), how many
 trials ran, their epochs and trial-seconds, and its top configurations (the searched
-keys only). The table puts the experiments in columns; csv and json give one record per
+keys only); for a search of several objectives, its Pareto front. The table puts the
+experiments in columns; csv and json give one record per
 experiment; markdown is the table.
 
 The strategy and objectives come from the resolved space in ``tuner.json``
@@ -30,7 +31,7 @@ DEFAULT_OBJECTIVES = [{"val_acc": "max"}]
 TOP = 3
 FIELDS = [
     "status", "space", "scheduler", "searcher", "objectives", "best_val_acc", "test_acc",
-    "best_made_test_acc", "trials", "epochs", "trial_time_s",
+    "best_made_test_acc", "trials", "epochs", "trial_time_s", "front",
 ]  # fmt: skip
 
 
@@ -48,6 +49,21 @@ def _objectives(value: Any) -> str:
         if isinstance(item, dict):
             parts += [f"{k} {v}" for k, v in item.items()]
     return ", ".join(parts)
+
+
+def front_text(board: pd.DataFrame) -> str:
+    """A search of several objectives: its front, most accurate first, as
+    ``val_acc @ COST (model SIZEpx)`` per trial; "" for one objective."""
+    if "pareto" not in board or board.empty:
+        return ""
+    costs = [c for c in ("latency_ms", "params_m") if c in board]
+    unit = {"latency_ms": " ms", "params_m": "M params"}
+    points = []
+    for _, row in board[board["pareto"]].iterrows():
+        cost = ", ".join(f"{float(row[c]):.3g}{unit[c]}" for c in costs if pd.notna(row[c]))
+        where = f"{row['model']} {row['image_size']}px"
+        points.append(f"{float(row['val_acc']):.4f} @ {cost} ({where})")
+    return "; ".join(points)
 
 
 def _config_text(row: pd.Series, keys: list[str]) -> str:
@@ -83,6 +99,7 @@ def summarize(exp: Experiment, top: int = TOP) -> dict[str, Any]:
         "trials": len(board),
         "epochs": int(board["epochs"].fillna(0).sum()) if len(board) else 0,
         "trial_time_s": float(board["wall_time_s"].fillna(0).sum()) if len(board) else 0.0,
+        "front": front_text(board),
     }
     ranked = board[board["val_acc"].notna()] if len(board) else board
     for i in range(top):

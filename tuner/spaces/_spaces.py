@@ -351,6 +351,12 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise fail("'points_to_evaluate' must be a list of mappings")
     for i, point in enumerate(points):
+        missing = [key for key in distributions if key not in point]
+        if missing:
+            raise fail(
+                f"points_to_evaluate[{i}] leaves {', '.join(missing)} unset; a point to try "
+                "first gives a value to every searched key"
+            )
         extra = set(point) - set(distributions)
         if extra:
             raise fail(

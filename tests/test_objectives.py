@@ -20,6 +20,7 @@ from conftest import (
     assert_study_tells_the_leaderboard,
     cli,
     cli_search,
+    make_subset,
     run_cli,
     run_tuner,
 )
@@ -125,13 +126,14 @@ def test_pareto_rungs_keep_a_fast_model_that_accuracy_alone_would_stop():
     assert at("d", 1, 0.85, 12.0) == "STOP"  # on the second front, outside the top half
     assert at("a", 2, 0.92, 10.0) == "CONTINUE"
     assert at("a", 3, 0.93, 10.0) == "CONTINUE"  # between rungs
-    # Rung 2 keeps one of two: both on the front, both its ends; the more accurate goes on.
-    assert at("c", 2, 0.50, 2.0) == "STOP"
-    # Within a front (all five points here), the ends go on, then the sparsest stretch:
-    # kept 3 of 5, a point crowded against the accurate end is not, one alone mid-way is.
+    assert at("c", 2, 0.50, 2.0) == "CONTINUE"  # still on the rung's front
+    assert at("e", 1, 0.80, 8.0) == "CONTINUE"  # between a and c on the front: kept
+    # Off the front, by ASHA's share: a later front's ends go on, then its sparsest
+    # stretch. Front 1 is one point; front 2 five; kept 4 of 7.
+    best, worst = (0.95, 0.3), (0.1, 20.0)
     ends = [(0.9, 10.0), (0.2, 0.4)]
-    assert rungs.keeps((0.55, 3.0), [*ends, (0.89, 9.8), (0.88, 9.6)])
-    assert not rungs.keeps((0.89, 9.8), [*ends, (0.55, 3.0), (0.88, 9.6)])
+    assert rungs.keeps((0.55, 3.0), [best, worst, *ends, (0.89, 9.8), (0.88, 9.6)])
+    assert not rungs.keeps((0.89, 9.8), [best, worst, *ends, (0.55, 3.0), (0.88, 9.6)])
     # On val_acc alone the same search stops c at its first rung.
     space = load_space_of(TWO + "scheduler: {asha: {rungs_by: val_acc}}\n")
     plain = adapter.make_scheduler(space.strategy, space.budget, space)
@@ -246,13 +248,15 @@ def fake_torchvision_weights(hub: Path) -> None:
 
 @pytest.mark.slow
 def test_a_two_objective_search_of_the_mobile_space_gives_a_front_to_pick_from(
-    small_flowers, tmp_path
+    flowers, tmp_path
 ):
+    # 30 photos a class: val_acc in steps of ~4 points, fine enough for a front.
+    photos = make_subset(flowers, tmp_path / "photos", 30)
     hub = tmp_path / "torch"
     fake_torchvision_weights(hub)
     env = {"TORCH_HOME": str(hub)}
     storage = tmp_path / "r"
-    found = cli_search("mobile", small_flowers, storage, "m", "--num-samples", "10",
+    found = cli_search("mobile", photos, storage, "m", "--num-samples", "10",
                        "--max-epochs", "2", env=env, timeout=600)  # fmt: skip
     assert found.returncode == 0, found.stdout[-3000:] + found.stderr[-3000:]
     assert "(rungs by Pareto front)" in found.stdout

@@ -5,12 +5,12 @@ ASHA keeps a trial past a rung when its val_acc is in the top ``1/reduction_fact
 of the values recorded there. On accuracy alone that stops a fast model of lower
 accuracy, which may belong on the accuracy/latency front. :class:`ParetoASHA` ranks
 the points recorded at a rung (each trial's objectives there: val_acc, latency_ms,
-...) by Pareto front, then within a front by NSGA-II's crowding distance (a front's
-ends first, then the points in its sparsest stretches), then by val_acc, and keeps a
-trial whose point
-ranks in the top ``ceil(n / reduction_factor)`` of the ``n`` points, its own
-included: a trial on the rung's first front is kept whenever that front is no larger
-than the share kept. As in Ray's ASHA the first trial at a rung always continues.
+...) by Pareto front. A trial on the rung's first front always continues: nothing seen
+there beats it on every objective, so stopping it could cut the search's front. Any
+other trial continues if it ranks in the top ``ceil(n / reduction_factor)`` of the
+``n`` points, its own included, ranked by front, then within a front by NSGA-II's
+crowding distance (a front's ends first, then the points in its sparsest stretches),
+then by val_acc. As in Ray's ASHA, the first trial at a rung always continues.
 
 Built only through :func:`tuner.engine._strategy.make_scheduler`.
 """
@@ -92,6 +92,8 @@ class ParetoASHA(FIFOScheduler):
         order = sorted(
             range(len(points)), key=lambda i: (ranks[i], -crowding[i], -sign * points[i][0], i)
         )
+        if ranks[-1] == 1:
+            return True  # on the rung's front: cutting it would cut the search's front
         kept = math.ceil(len(points) / self._eta)
         return order.index(len(points) - 1) < kept
 

@@ -514,9 +514,8 @@ def finish(exp: Experiment, budget: Budget, say: Print) -> int:
         from tuner.results._compare import front_text
 
         say(f"Pareto front ({int(board['pareto'].sum())} trials): {front_text(board) or '-'}")
-        say(
-            f'  export one under a latency: python -m tuner export {exp.name} --pick "latency_ms<=5"'
-        )
+        pick = '--pick "latency_ms<=5"'
+        say(f"  export one under a latency: python -m tuner export {exp.name} {pick}")
     for line in test_lines(board):
         say(line)
     say("Wrote " + ", ".join(written))

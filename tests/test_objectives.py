@@ -247,9 +247,7 @@ def fake_torchvision_weights(hub: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_two_objective_search_of_the_mobile_space_gives_a_front_to_pick_from(
-    flowers, tmp_path
-):
+def test_a_two_objective_search_of_the_mobile_space_gives_a_front_to_pick_from(flowers, tmp_path):
     # 30 photos a class: val_acc in steps of ~4 points, fine enough for a front.
     photos = make_subset(flowers, tmp_path / "photos", 30)
     hub = tmp_path / "torch"

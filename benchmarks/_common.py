@@ -74,6 +74,23 @@ def work_dir(keep: bool, prefix: str) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@contextmanager
+def bench_run(
+    args: argparse.Namespace, title: str, setup: str, prefix: str
+) -> Iterator[tuple[Path, Path]]:
+    """Print a benchmark's header (``title``, where it runs, ``setup``, the load), make its
+    work folder; yields (work folder, photos): ``--data``, or 12 of each class of it
+    with ``--quick``."""
+    data = check_data(args.data)
+    print(f"# {title}, {environment_line()}")
+    print(f"# {setup}")
+    print(f"# {load_line()}")
+    with work_dir(args.keep, prefix) as tmp:
+        if args.quick:
+            data = make_subset(data, tmp / "photos", per_class=12)
+        yield tmp, data
+
+
 def write_space(
     dest: Path,
     base: str | None = None,

@@ -35,15 +35,12 @@ import yaml
 from _common import (
     DEFAULT_DATA,
     add_search_flags,
+    bench_run,
     benchmark_search,
-    check_data,
-    environment_line,
     load_line,
-    make_subset,
     print_headlines,
     print_table,
     read_leaderboard,
-    work_dir,
     write_space,
 )
 
@@ -94,20 +91,17 @@ def hypervolume(points: list[tuple[float, float]], slowest: float) -> float:
 
 def main() -> None:
     args = parse_args()
-    data = check_data(args.data)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"# The accuracy/latency front of three schedulers, {environment_line()}")
-    print(
-        f"# space mobile: {', '.join(models)} at {sizes} px; {args.num_samples} trials x <= "
+    boards, walls = {}, {}
+    setup = (
+        f"space mobile: {', '.join(models)} at {sizes} px; {args.num_samples} trials x <= "
         f"{args.max_epochs} epochs, grace 1, reduction 2, random sampling seed {args.seed}, "
         "1 CPU per trial; latency: ONNX under onnxruntime, one thread, batch 1"
     )
-    print(f"# {load_line()}")
-    boards, walls = {}, {}
-    with work_dir(args.keep, "bench-pareto-") as tmp:
-        if args.quick:
-            data = make_subset(data, tmp / "photos", per_class=12)
+    with bench_run(
+        args, "The accuracy/latency front of three schedulers", setup, "bench-pareto-"
+    ) as (tmp, data):
         space = write_space(
             tmp / "space.yaml",
             "mobile",
@@ -130,7 +124,8 @@ def main() -> None:
     fifo_hv = hypervolume(
         [(float(r["latency_ms"]), float(r["val_acc"])) for r in front(boards["fifo"])], slowest
     )
-    rows, figures = [], {}
+    rows: list[list[object]] = []
+    figures: dict[str, float] = {}
     for label, board in boards.items():
         completed = {key(r) for r in board if r["status"] == "completed"}
         mine = front(board)

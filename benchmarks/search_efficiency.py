@@ -29,17 +29,14 @@ from _common import (
     DEFAULT_DATA,
     SearchRun,
     add_search_flags,
+    bench_run,
     benchmark_search,
-    check_data,
-    environment_line,
     epochs_in_order,
     epochs_to_reach,
     load_line,
-    make_subset,
     print_headlines,
     print_table,
     read_leaderboard,
-    work_dir,
     write_space,
 )
 
@@ -109,18 +106,16 @@ def mean(values: list[float]) -> float:
 
 def main() -> None:
     args = parse_args()
-    data = check_data(args.data)
-    print(f"# Search strategies at an equal budget, {environment_line()}")
-    print(
-        f"# space {args.space}: {args.num_samples} trials x <= {args.max_epochs} epochs, "
+    outcomes: list[Outcome] = []
+    setup = (
+        f"space {args.space}: {args.num_samples} trials x <= {args.max_epochs} epochs, "
         f"grace {args.grace_period}, reduction {args.reduction_factor}, 1 CPU per trial; "
         f"seeds 0..{args.seeds - 1}; target val_acc {args.target}"
     )
-    print(f"# {load_line()}")
-    outcomes: list[Outcome] = []
-    with work_dir(args.keep, "bench-strategies-") as tmp:
-        if args.quick:
-            data = make_subset(data, tmp / "photos", per_class=12)
+    with bench_run(args, "Search strategies at an equal budget", setup, "bench-strategies-") as (
+        tmp,
+        data,
+    ):
         space = write_space(
             tmp / "space.yaml",
             args.space,
@@ -142,7 +137,8 @@ def main() -> None:
                 )  # fmt: skip
                 outcomes.append(outcome(label, seed, run, args.target))
     print()
-    rows, figures = [], {}
+    rows: list[list[object]] = []
+    figures: dict[str, float] = {}
     for label in args.only:
         mine = [o for o in outcomes if o.strategy == label]
         reached = [o.to_target for o in mine if o.to_target is not None]

@@ -25,16 +25,13 @@ from _common import (
     DEFAULT_DATA,
     SearchRun,
     add_search_flags,
+    bench_run,
     benchmark_search,
-    check_data,
-    environment_line,
     epochs_in_order,
     epochs_to_reach,
     load_line,
-    make_subset,
     print_headlines,
     print_table,
-    work_dir,
     write_space,
 )
 
@@ -57,16 +54,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    data = check_data(args.data)
-    print(f"# Warm start vs cold, {environment_line()}")
-    print(
-        f"# space {args.space}: {args.num_samples} trials x <= {args.max_epochs} epochs; "
+    setup = (
+        f"space {args.space}: {args.num_samples} trials x <= {args.max_epochs} epochs; "
         "first on split seed 0, cold and warm on seed 1 (warm: --warm-start first)"
     )
-    print(f"# {load_line()}")
-    with work_dir(args.keep, "bench-warm-") as tmp:
-        if args.quick:
-            data = make_subset(data, tmp / "photos", per_class=12)
+    with bench_run(args, "Warm start vs cold", setup, "bench-warm-") as (tmp, data):
         space = write_space(
             tmp / "space.yaml",
             args.space,

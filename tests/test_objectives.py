@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,9 +20,8 @@ from conftest import (
     cli_search,
     make_subset,
     run_cli,
-    run_tuner,
 )
-from test_resume import saved_with_checkpoint, start_search, wait_for
+from test_resume import kill_9_and_resume
 
 from tuner.engine import _strategy as adapter
 from tuner.engine._pareto import ParetoASHA
@@ -312,17 +309,7 @@ def test_a_two_objective_search_survives_a_kill_9_and_resume(small_flowers, tmp_
     space = tiny(tmp_path, TWO, num=4, epochs=4)
     storage = tmp_path / "r"
     exp = storage / "s"
-    proc = start_search(space, small_flowers, storage, "s")
-    try:
-        wait_for(lambda: saved_with_checkpoint(exp), 240, "a saved checkpoint")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-    try:
-        resumed = run_tuner("resume", "s", "--storage", str(storage), timeout=240)
-    except subprocess.TimeoutExpired as hung:
-        pytest.fail(f"resume hung:\n{hung.stdout[-3000:]!s}\n{hung.stderr[-5000:]!s}")
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    kill_9_and_resume(space, small_flowers, storage, "s")
     board = assert_study_tells_the_leaderboard(exp)
     assert len(board) == 4 and board["latency_ms"].notna().all()
     assert board["pareto"].any()

@@ -112,18 +112,35 @@ def saved_with_checkpoint(exp: Path) -> set[str]:
     return {t for t in with_checkpoint(exp) if epochs.get(t)}
 
 
-def killed_with_a_saved_checkpoint(data: Path, storage: Path, name: str) -> Path:
-    """The folder of a search (2 trials of 10 epochs: still running when its first
-    checkpoint is saved) killed -9 once a saved state holds a checkpoint."""
-    space = write_space(storage.parent, 2, 10)
+def kill_9_once_saved(space: Path, data: Path, storage: Path, name: str) -> str:
+    """Start a search and kill -9 it once a saved state holds a checkpoint; its output."""
     exp = storage / name
     proc = start_search(space, data, storage, name)
     try:
         wait_for(lambda: saved_with_checkpoint(exp), 240, "a saved checkpoint")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return exp
+        out = proc.communicate()[0]
+    return out
+
+
+def kill_9_and_resume(space: Path, data: Path, storage: Path, name: str) -> str:
+    """:func:`kill_9_once_saved`, then resume it to the end (the test fails if it hangs or
+    fails); the killed search's output."""
+    out = kill_9_once_saved(space, data, storage, name)
+    try:
+        resumed = run_tuner("resume", name, "--storage", str(storage), timeout=240)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"resume hung:\n{hung.stdout[-3000:]!s}\n{hung.stderr[-5000:]!s}")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return out
+
+
+def killed_with_a_saved_checkpoint(data: Path, storage: Path, name: str) -> Path:
+    """The folder of a search (2 trials of 10 epochs: still running when its first
+    checkpoint is saved) killed -9 once a saved state holds a checkpoint."""
+    kill_9_once_saved(write_space(storage.parent, 2, 10), data, storage, name)
+    return storage / name
 
 
 def test_killed_workers_and_a_kill_9_of_the_driver_lose_no_finished_epoch(small_flowers, tmp_path):

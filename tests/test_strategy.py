@@ -5,15 +5,12 @@ each scheduler run for real through a kill -9 and a resume."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_SPACE, assert_study_tells_the_leaderboard, cli, run_tuner
-from test_resume import saved_with_checkpoint, start_search, wait_for
+from conftest import TINY_SPACE, assert_study_tells_the_leaderboard, cli
+from test_resume import kill_9_and_resume
 
 from tuner.engine import _strategy as adapter
 from tuner.engine._strategy import asha_trial_epochs, hyperband_trial_epochs
@@ -194,18 +191,8 @@ def test_each_scheduler_survives_a_kill_9_and_resume_and_agrees_with_the_study(
     space = write(tmp_path, f"scheduler: {settings}\nsearcher: {searcher}", num=4, epochs=4)
     storage = tmp_path / "r"
     exp = storage / "s"
-    proc = start_search(space, small_flowers, storage, "s")
-    try:
-        wait_for(lambda: saved_with_checkpoint(exp), 240, "a saved checkpoint")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out = proc.communicate()[0]
+    out = kill_9_and_resume(space, small_flowers, storage, "s")
     assert banner in out, out[-3000:]
-    try:
-        resumed = run_tuner("resume", "s", "--storage", str(storage), timeout=240)
-    except subprocess.TimeoutExpired as hung:
-        pytest.fail(f"resume hung:\n{hung.stdout[-3000:]!s}\n{hung.stderr[-5000:]!s}")
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     board = assert_study_tells_the_leaderboard(exp)
     assert len(board) == 4 and set(board["status"]) <= {"completed", "stopped_early"}
     assert (board["stopped_early"] == (board["epochs"] < 4)).all()

@@ -354,7 +354,7 @@ def best_config(board: pd.DataFrame) -> dict[str, Any]:
         "test_acc": test_acc if math.isfinite(test_acc) else None,
         "best_epoch": int(top["best_epoch"]),
         "checkpoint": str(top["checkpoint"]),
-        "config": {k: _plain(top[k]) for k in TrialConfig.field_names()},
+        "config": {k: plain(top[k]) for k in TrialConfig.field_names()},
     }
 
 
@@ -366,7 +366,8 @@ def tie_note(board: pd.DataFrame) -> str:
     return f"; tied on val_acc with {tied} other trial(s), ranked first by its lower val_loss"
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A leaderboard cell as the JSON value a trial config has (numpy scalars unwrapped)."""
     return value.item() if hasattr(value, "item") else value
 
 
@@ -420,7 +421,7 @@ def _table(board: pd.DataFrame) -> str:
     table = shown.drop(columns=constant).astype(object).map(_cell).to_string(index=False)
     if not constant:
         return table
-    same = ", ".join(f"{c}={_cell(_plain(board[c].iloc[0]))}" for c in constant)
+    same = ", ".join(f"{c}={_cell(plain(board[c].iloc[0]))}" for c in constant)
     return f"Same in every trial: {same}\n\n{table}"
 
 
@@ -428,6 +429,6 @@ def _markdown(board: pd.DataFrame) -> str:
     cols = list(board.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in board.iterrows():
-        cells = [_cell(_plain(v)) for v in row]
+        cells = [_cell(plain(v)) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

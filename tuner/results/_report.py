@@ -37,7 +37,7 @@ from matplotlib.ticker import MaxNLocator
 from tuner._errors import UsageError
 from tuner.results._front import draw_front
 from tuner.results._holdout import accuracy_text, made_models
-from tuner.results._leaderboard import best_config, build_leaderboard, render
+from tuner.results._leaderboard import best_config, build_leaderboard, plain, render
 from tuner.spaces._objectives import Objectives
 from tuner.spaces._spaces import SearchSpace
 from tuner.storage._experiment import REPORT_DIR, REPORT_FILE, Experiment
@@ -316,7 +316,7 @@ def param_importances(exp: _Results) -> tuple[dict[str, float], str, int]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for _, row in exp.scored.iterrows():
-        params = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in dists}
+        params = {k: plain(row[k]) for k in dists}
         try:
             trial = optuna.trial.create_trial(
                 params=params, distributions=dists, value=row["val_acc"]

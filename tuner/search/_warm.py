@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner._errors import UsageError
-from tuner.results._leaderboard import build_leaderboard
+from tuner.results._leaderboard import build_leaderboard, plain
 from tuner.search._study import WARM_ATTR
 from tuner.spaces._spaces import SearchSpace
 from tuner.storage._experiment import Experiment
@@ -47,23 +47,18 @@ class WarmStart:
     sources: list[dict[str, Any]]  # per experiment: name, storage, taken, ignored, reasons
 
 
-def _plain(value: Any) -> Any:
-    """A leaderboard cell as the JSON value a trial config has (numpy scalars unwrapped)."""
-    return value.item() if hasattr(value, "item") else value
-
-
 def _reason(space: SearchSpace, row: dict[str, Any]) -> str | None:
     """Why ``row`` (a leaderboard row) does not fit ``space``; None if it does."""
     for name in space.objectives.costs:
-        value = _plain(row.get(name))
+        value = plain(row.get(name))
         if not isinstance(value, int | float) or not math.isfinite(value):
             return f"no {name} (its search did not measure it)"
     for key, fixed in space.constants.items():
-        value = _plain(row.get(key))
+        value = plain(row.get(key))
         if value is not None and value != fixed:
             return f"{key} {value!r} (this space fixes {fixed!r})"
     for key, dist in space.distributions.items():
-        value = _plain(row.get(key))
+        value = plain(row.get(key))
         if dist.kind == "randint" and isinstance(value, float) and value.is_integer():
             value = int(value)
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -80,7 +75,7 @@ def _frozen(
 
     params = {}
     for key, dist in space.distributions.items():
-        value = _plain(row[key])
+        value = plain(row[key])
         params[key] = int(value) if dist.kind == "randint" else value
     reported = {
         int(r["epoch"]): float(r["val_acc"])

@@ -317,6 +317,22 @@ def test_a_two_objective_search_survives_a_kill_9_and_resume(small_flowers, tmp_
         {"val_acc": "max"},
         {"latency_ms": "min"},
     ]
+    # A later search of the same objectives starts from its trials, values and all.
+    warm = cli_search(space, small_flowers, storage, "w", "--warm-start", "s",
+                      "--num-samples", "1", "--max-epochs", "1")  # fmt: skip
+    assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr[-3000:]
+    assert "Warm start from s: 4 of its 4 trials taken" in warm.stdout
+    from conftest import experiment_at
+
+    from tuner.search._study import WARM_ATTR, load_study
+
+    study = load_study(experiment_at(storage / "w"))
+    taken = [t for t in study.trials if WARM_ATTR in t.user_attrs]
+    completed = board[board["status"] == "completed"]
+    got = sorted(tuple(t.values) for t in taken if t.state.name == "COMPLETE")
+    want = sorted((row.val_acc, row.latency_ms) for row in completed.itertuples())
+    assert len(got) == len(want)
+    assert all(g == pytest.approx(w) for g, w in zip(got, want, strict=True))
 
 
 def test_front_options_on_a_search_of_one_objective_are_refused(finished, tmp_path):

@@ -128,7 +128,7 @@ class ParetoASHA(FIFOScheduler):
             self._on_result(trial.trial_id, result)
 
     def debug_string(self) -> str:
-        rungs = ", ".join(f"epoch {m}: {len(r)}" for m, r in reversed(self._rungs))
+        rungs = ", ".join(f"epoch {m}: {len(r)}" for m, r in reversed(self._rungs)) or "none"
         return f"Pareto ASHA on {', '.join(self._metrics)}: {self.stopped} stopped; rungs {rungs}"
 
     def save(self, checkpoint_path: str) -> None:

@@ -231,11 +231,13 @@ def _trial_name(trial: Any) -> str:
 def _reporter(space: SearchSpace) -> Any:
     from ray import tune
 
+    costs = {"latency_ms": "ms", "params_m": "M params"}
     return tune.CLIReporter(
         metric_columns={
             "epoch": "ep",
             "val_acc": "val_acc",
             "best_val_acc": "best",
+            **{c: costs[c] for c in space.objectives.costs},
             "train_loss": "loss",
             "images_per_s": "img/s",
         },

@@ -219,6 +219,20 @@ def test_latency_is_measured_once_per_network_and_size_and_a_bad_cache_is_measur
     assert "latency_ms" not in deploy_cost("efficientnet_lite0", 32, 5, CostSpec(latency=False))
 
 
+@pytest.mark.parametrize("cost", ["latency_ms", "params_m"])
+def test_a_cost_that_is_not_a_number_in_a_result_is_refused(tmp_path, cost):
+    from conftest import experiment_at
+
+    from trainables import FileRefused
+
+    trial = tmp_path / "exp" / "trial_abc"
+    trial.mkdir(parents=True)
+    line = {"epoch": 1, "val_acc": 0.5, cost: "fast"}
+    (trial / "result.json").write_text(json.dumps(line) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(FileRefused, match=f"{cost} is str, not a result Ray Tune wrote"):
+        experiment_at(tmp_path / "exp").reports("abc")
+
+
 def test_cuda_latency_without_a_gpu_is_refused_before_any_trial(tmp_path, small_flowers):
     done = cli_search(tiny(tmp_path), small_flowers, tmp_path / "r", "g", "--latency-device",
                       "cuda", "--gpus-per-trial", "0")  # fmt: skip

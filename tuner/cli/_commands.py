@@ -142,9 +142,10 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     for name in available_spaces():
         space = load_space(name)
         b = space.budget
+        goal = f"; {space.objectives.describe()}" if space.objectives.multi else ""
         print(
             f"{name:10s} {b.num_samples:3d} trials x <= {b.max_epochs:2d} epochs  "
-            f"searches: {', '.join(space.searched)}"
+            f"searches: {', '.join(space.searched)}{goal}"
         )
         if space.description:
             print(f"{'':10s} {space.description}")

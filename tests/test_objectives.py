@@ -145,6 +145,10 @@ def test_pareto_rungs_keep_a_fast_model_that_accuracy_alone_would_stop():
     space = load_space_of(TWO)
     assert isinstance(adapter.make_scheduler(space.strategy, space.budget, space), ParetoASHA)
     assert "rungs by Pareto front" in adapter.describe(space.strategy, space.budget, space)
+    fifo = load_space_of(TWO + "scheduler: fifo\n")
+    assert not adapter.pareto_rungs(fifo.strategy, fifo)
+    made = adapter.make_scheduler(fifo.strategy, fifo.budget, fifo)
+    assert type(made).__name__ == "FIFOScheduler"
 
 
 def load_space_of(extra: str):

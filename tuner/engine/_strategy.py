@@ -119,7 +119,8 @@ def pareto_rungs(strategy: Strategy, space: Any) -> bool:
     """Whether ASHA's rungs rank by Pareto front: in a space of several objectives, unless
     its ``rungs_by: val_acc`` says accuracy alone."""
     multi = space is not None and space.objectives.multi
-    return multi and strategy.scheduler_settings.get("rungs_by", "pareto") == "pareto"
+    by = strategy.scheduler_settings.get("rungs_by", "pareto")
+    return strategy.scheduler == "asha" and multi and by == "pareto"
 
 
 def pbt_mutable(space: Any) -> list[str]:

@@ -216,10 +216,12 @@ def test_latency_is_measured_once_per_network_and_size_and_a_bad_cache_is_measur
                  if json.loads(p.read_text())["key"]["image_size"] == 32]  # fmt: skip
     cached.write_text('{"key": {}, "latency_ms": -1}')
     assert deploy_cost("efficientnet_lite0", 32, 5, CostSpec())["latency_ms"] > 0
+    cached.write_text("[1, 2]")
+    assert deploy_cost("efficientnet_lite0", 32, 5, CostSpec())["latency_ms"] > 0
     cached.unlink()
     os.mkfifo(cached)
     assert deploy_cost("efficientnet_lite0", 32, 5, CostSpec())["latency_ms"] > 0
-    assert measured == [32, 48, 32, 32] and cached.is_file()
+    assert measured == [32, 48, 32, 32, 32] and cached.is_file()
     assert "latency_ms" not in deploy_cost("efficientnet_lite0", 32, 5, CostSpec(latency=False))
 
 

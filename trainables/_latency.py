@@ -122,7 +122,9 @@ def _cached(key: dict[str, Any]) -> float | None:
         data = parse_json(read_bounded(_cache_file(key), _CACHE_LIMIT), "latency cache")
     except (OSError, FileRefused):
         return None
-    value = data.get("latency_ms") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    value = data.get("latency_ms")
     ok = data.get("key") == key and isinstance(value, float) and 0 < value < 1e7
     return value if ok else None
 

@@ -137,7 +137,7 @@ def make_scheduler(strategy: Strategy, budget: Budget, space: Any = None) -> Any
 
     settings = strategy.scheduler_settings
     common: dict[str, Any] = {"time_attr": TIME_ATTR, "metric": METRIC, "mode": "max"}
-    if strategy.scheduler == "asha" and pareto_rungs(strategy, space):
+    if pareto_rungs(strategy, space):
         from tuner.engine._pareto import ParetoASHA
 
         objectives = space.objectives

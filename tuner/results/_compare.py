@@ -24,6 +24,7 @@ from tuner._errors import UsageError
 from tuner.results._holdout import made_models
 from tuner.results._leaderboard import build_leaderboard
 from tuner.results._listing import status_row
+from tuner.spaces._objectives import COSTS
 from tuner.storage._experiment import TUNER_FILE, Experiment
 
 DEFAULT_STRATEGY = {"scheduler": "asha", "searcher": "tpe"}
@@ -56,7 +57,7 @@ def front_text(board: pd.DataFrame) -> str:
     ``val_acc @ COST (model SIZEpx)`` per trial; "" for one objective."""
     if "pareto" not in board or board.empty:
         return ""
-    costs = [c for c in ("latency_ms", "params_m") if c in board]
+    costs = [c for c in COSTS if c in board]
     unit = {"latency_ms": " ms", "params_m": "M params"}
     points = []
     for _, row in board[board["pareto"]].iterrows():

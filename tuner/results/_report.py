@@ -38,7 +38,7 @@ from tuner._errors import UsageError
 from tuner.results._front import draw_front
 from tuner.results._holdout import accuracy_text, made_models
 from tuner.results._leaderboard import best_config, build_leaderboard, plain, render
-from tuner.spaces._objectives import Objectives
+from tuner.spaces._objectives import COSTS, Objectives
 from tuner.spaces._spaces import SearchSpace
 from tuner.storage._experiment import REPORT_DIR, REPORT_FILE, Experiment
 
@@ -444,7 +444,7 @@ def _markdown(exp: _Results, report: Report) -> str:
         lines += ["", f"## {title}", "", f"![{title}]({path.name})", "", caption]
     columns = [
         "rank", "trial_id", "status", "val_acc", "val_acc_se", "test_acc", "best_epoch", "epochs",
-        *[c for c in ("pareto", "latency_ms", "params_m") if c in exp.board], *exp.searched,
+        *[c for c in ("pareto", *COSTS) if c in exp.board], *exp.searched,
     ]  # fmt: skip
     lines += ["", f"## Trials (top {min(len(board), _TABLE_ROWS)})", ""]
     lines.append(str(render(board[columns], "markdown", _TABLE_ROWS)).rstrip())

@@ -69,6 +69,7 @@ from tuner.search._study import (
     make_searcher,
 )
 from tuner.search._warm import warm_start
+from tuner.spaces._objectives import COSTS
 from tuner.spaces._spaces import Budget, SearchSpace
 from tuner.storage._experiment import BEST_CONFIG, JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
 from tuner.storage._signing import (
@@ -518,7 +519,7 @@ def finish(exp: Experiment, budget: Budget, say: Print) -> int:
 
         on_front = board[board["pareto"]]
         say(f"Pareto front ({len(on_front)} trials): {front_text(board) or '-'}")
-        cost = next(c for c in ("latency_ms", "params_m") if c in board)
+        cost = next(c for c in COSTS if c in board)
         if len(on_front):
             limit = f"{float(on_front[cost].median()):.3g}"
             say(f'  export the most accurate under a {cost}: python -m tuner export {exp.name} '

@@ -297,15 +297,40 @@ class SavedHyperBand(HyperBandScheduler):
             return
         super().on_trial_add(tune_controller, trial)
 
+    _ending = False  # a class default: schedulers pickled before it existed lack it
+
     def _process_bracket(self, tune_controller: Any, bracket: Any) -> str:
         paused = [t for t in bracket.current_trials() if t.status == "PAUSED"]
         action: str = super()._process_bracket(tune_controller, bracket)
-        # Schedulers get the controller behind a wrapper that warns on private names.
-        controller = getattr(tune_controller, "_tune_controller", tune_controller)
-        for trial in paused:
-            if trial.status != "PAUSED":
-                controller._mark_trial_to_checkpoint(trial)
+        _mark_stopped(tune_controller, paused)
         return action
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        """Ray ends a finished bracket's PAUSED trials only on a result. A trial that
+        ends with none, restored at its last epoch with nothing left to train, left
+        them PAUSED for ever (a resume hung); they are stopped here instead."""
+        bracket = self._trial_info[trial][0]
+        super().on_trial_remove(tune_controller, trial)
+        if self._ending or not bracket.finished():
+            return
+        self._ending = True  # stopping them removes them: no nested pass
+        try:
+            paused = [t for t in bracket.current_trials() if t.status == "PAUSED"]
+            for other in paused:
+                tune_controller.stop_trial(other)
+            _mark_stopped(tune_controller, paused)
+        finally:
+            self._ending = False
+
+
+def _mark_stopped(tune_controller: Any, paused: list[Any]) -> None:
+    """Mark the trials of ``paused`` that are no longer PAUSED for Tune's next save, which
+    else keeps a trial stopped while paused as PAUSED."""
+    # Schedulers get the controller behind a wrapper that warns on private names.
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    for trial in paused:
+        if trial.status != "PAUSED":
+            controller._mark_trial_to_checkpoint(trial)
 
 
 # Ray Tune's PBT logs (``PopulationBasedTraining._log_config_on_step``), written beside the

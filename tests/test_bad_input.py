@@ -265,6 +265,28 @@ def test_bad_command_lines_exit_2_with_one_message(small_flowers, tmp_path, caps
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
+@pytest.mark.parametrize(
+    ("args", "usage", "hint"),
+    [
+        (["search", "--space", "smoke", "--epochs", "1"], "tuner search", "--max-epochs"),
+        (["export", "x", "--output", "o", "--rnk", "2"], "tuner export", "--rank"),
+        (["data", "check", "d", "--jsn"], "tuner data check", "--json"),
+        (["leaderboard", "x", "extra"], "tuner leaderboard", None),
+    ],
+)
+def test_an_unknown_argument_shows_the_commands_usage_and_the_closest_flag(
+    capsys, args, usage, hint
+):
+    from tuner.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(f"usage: {usage} ")
+    assert f"{usage}: error: unrecognized arguments: " in err
+    assert (f"(did you mean {hint}?)" in err) if hint else "did you mean" not in err
+
+
 def test_bad_input_from_a_real_process_has_no_traceback(small_flowers, tmp_path):
     args = smoke_search(small_flowers, tmp_path / "r", "--cpus-per-trial", "64")
     proc = run_tuner(*args, timeout=120)

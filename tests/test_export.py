@@ -529,6 +529,15 @@ def test_predict_on_a_folder_writes_one_csv_row_per_photo_that_agrees_with_evalu
     assert code == 0, err
     assert sum(right) / len(right) == pytest.approx(json.loads(metrics)["accuracy"])
     assert all(float(r["probability_1"]) >= float(r["probability_2"]) for r in scored)
+    # A .json file holds what --json prints: one object, model_dir and results.
+    photos = [scored[0]["image"], broken[0]["image"]]
+    code, printed, _ = run_cli("predict", str(exported), *photos, "--json")
+    assert code == 1
+    out = tmp_path / "predictions.json"
+    assert run_cli("predict", str(exported), *photos, "--output", str(out))[0] == 1
+    written = json.loads(out.read_text())
+    assert written == json.loads(printed) and list(written) == ["model_dir", "results"]
+    assert [r["image"] for r in written["results"]] == photos
 
 
 def readme_snippet() -> str:

@@ -1,6 +1,7 @@
 """End to end, as a user runs it: `python -m tuner ...` over real photos with real Ray Tune."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -114,13 +115,22 @@ def test_leaderboard_command_formats(finished, tmp_path, capsys):
     assert pd.read_parquet(path)["rank"].tolist() == [1, 2, 3, 4, 5]
 
 
-def test_search_refuses_an_existing_name_and_suggests_resume(finished, small_flowers, capsys):
+def test_search_refuses_an_existing_name_and_says_what_to_do_next(
+    finished, small_flowers, tmp_path, capsys
+):
     _, storage, _ = finished
     args = ("--data", str(small_flowers), "--storage", str(storage), "--name", "e2e")
     code, _, err = cli(capsys, "search", "--space", "smoke", *args)
-    assert code == 2
-    assert "already exists" in err and "tuner resume e2e" in err
-    assert "Traceback" not in err
+    assert code == 2 and "Traceback" not in err
+    # Finished: its results, not a resume that would find nothing to do.
+    assert "already exists" in err and "is finished" in err and "tuner leaderboard e2e" in err
+    assert "resume" not in err
+    # Not finished (no leaderboard written yet): resume it.
+    shutil.copytree(storage / "e2e", tmp_path / "r" / "e2e")
+    (tmp_path / "r" / "e2e" / "best_config.json").unlink()
+    args = ("--data", str(small_flowers), "--storage", str(tmp_path / "r"), "--name", "e2e")
+    code, _, err = cli(capsys, "search", "--space", "smoke", *args)
+    assert code == 2 and "already exists" in err and "tuner resume e2e" in err
 
 
 def test_default_space_without_cached_weights_exits_2_before_ray(

@@ -56,7 +56,7 @@ from trainables._models import frozen_output_part
 from trainables._settings import settings
 from trainables._store import cache_root
 
-BATCH = 32  # Lite0 runs ~1.5x faster per image at 32 than at 128 on CPU
+BATCH = 32  # on a CPU, Lite0 runs faster per photo at 32 than at 128
 # Augmented views of each training photo whose frozen activations are kept.
 AUGMENTED_VIEWS = 4
 FEATURE_DISK_BUDGET = 8 << 30

@@ -339,6 +339,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         format_predictions,
         load_export,
         predict_images,
+        predictions_json,
         resolve_device,
         write_predictions,
     )
@@ -350,11 +351,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     exported = load_export(Path(args.model_dir), trust_model=args.trust_model, device=device)
     results = predict_images(exported, expand_images(args.images), args.top)
     if output is not None:
-        write_predictions(results, output, args.top)
+        write_predictions(results, output, args.top, args.model_dir)
         failed = sum("error" in r for r in results)
         print(f"Wrote {output}: {len(results)} photo(s), {failed} unreadable")
     elif args.json:
-        print(json.dumps({"model_dir": args.model_dir, "results": results}, indent=2))
+        print(predictions_json(args.model_dir, results), end="")
     else:
         text, errors = format_predictions(results)
         if text:

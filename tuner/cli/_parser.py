@@ -6,6 +6,7 @@ Imports nothing heavy, so ``tuner --help`` and usage errors answer at once.
 from __future__ import annotations
 
 import argparse
+import difflib
 from typing import Any
 
 from tuner.spaces._objectives import LATENCY_DEVICES
@@ -67,12 +68,32 @@ def _follow_links(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     )
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: an argument it does not know is refused with this command's
+    usage and the closest flag it has (argparse hands unknown arguments to the top
+    parser, whose usage names no flag of the command)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            flags = [f for a in self._actions for f in a.option_strings if f.startswith("--")]
+            unknown = next((e.split("=", 1)[0] for e in extras if e.startswith("-")), None)
+            close = difflib.get_close_matches(unknown, flags, n=1, cutoff=0.6) if unknown else []
+            self.error(message + (f" (did you mean {close[0]}?)" if close else ""))
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuner",
         description="Hyperparameter search for fine-tuning image classifiers (Ray Tune + Optuna).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
 
     search = sub.add_parser(
         "search",
@@ -242,11 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export",
         help="export a ranked trial as a standalone model folder",
-        description="Write model.pt (state_dict of the stock architecture), model.ts "
-        "(TorchScript), labels.json and config.json (trial config and preprocessing) "
-        "for the best checkpoint of a ranked trial; or, with --ensemble K, one model.ts "
-        "averaging the probabilities of K trials' best checkpoints; or, with --distill, "
-        "one network trained on train + val to answer like the top-K ensemble.",
+        description="Write model.pt (state_dict of the stock architecture), model.onnx "
+        "(ONNX, checked with onnxruntime), model.pt2 (a torch.export program), model.ts "
+        "(TorchScript), labels.json and config.json (trial config, preprocessing and the "
+        "input/output contract) for the best checkpoint of a ranked trial; or, with "
+        "--ensemble K, one model averaging the probabilities of K trials' best "
+        "checkpoints; or, with --distill, one network trained on train + val to answer "
+        "like the top-K ensemble.",
     )
     _add_ranked_trial_args(export, rank=None)
     export.add_argument(

@@ -263,11 +263,19 @@ def expand_images(items: Sequence[str]) -> list[str]:
     return photos
 
 
-def write_predictions(results: Sequence[dict[str, Any]], output: Path, top: int) -> None:
+def predictions_json(model_dir: str, results: Sequence[dict[str, Any]]) -> str:
+    """What ``predict --json`` prints and ``--output F.json`` writes: one object,
+    ``model_dir`` and ``results`` (the :func:`predict_images` entries)."""
+    return json.dumps({"model_dir": model_dir, "results": list(results)}, indent=2) + "\n"
+
+
+def write_predictions(
+    results: Sequence[dict[str, Any]], output: Path, top: int, model_dir: str
+) -> None:
     """``results`` as one row per photo: CSV (image, class_k, probability_k..., error) or
-    JSON (a list of :func:`predict_images` entries); written whole."""
+    JSON (:func:`predictions_json`); written whole."""
     if output.suffix.lower() == ".json":
-        text = json.dumps(list(results), indent=2) + "\n"
+        text = predictions_json(model_dir, results)
     else:
         import csv
         import io

@@ -174,8 +174,8 @@ class RunRecord:
         return json.dumps(asdict(self), indent=2).encode()
 
     def search_space(self) -> SearchSpace:
-        # Imported here: spaces import Ray (2.5 s against 0.3 s for this module), which
-        # `leaderboard`, `list` and `export` never need.
+        # Imported here: spaces import Ray, which `leaderboard`, `list` and `export`
+        # never need.
         from tuner.spaces._spaces import parse_space
 
         return parse_space(self.space, name=self.space_name, source=self.space_source)

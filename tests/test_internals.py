@@ -57,11 +57,53 @@ def live_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         new.fit()
         seen["restored_trials"] = internals.restored_trials(str(storage / "run"))
+        seen["folder"] = storage / "run"
         restored = tune.Tuner.restore(str(storage / "run"), trainable=trainable)
         seen["restored_callbacks"] = internals.run_callbacks(restored)
     finally:
         ray.shutdown()
     return seen
+
+
+def test_the_state_file_and_checkpoint_folders_have_the_layout_engine_formats_reads(live_trials):
+    """Use: the leaderboard reads each trial of the experiment state through
+    trial_states; the pruner and the study name checkpoint folders by report index."""
+    import json
+
+    from tuner.engine._formats import checkpoint_index, checkpoint_name, trial_states
+
+    folder = live_trials["folder"]
+    (newest,) = sorted(folder.glob("experiment_state-*.json"))[-1:]
+    (trial,) = trial_states(json.loads(newest.read_text()), str(newest))
+    assert trial["trial_id"] == live_trials["trial_id"] and trial["status"] == "TERMINATED"
+    assert isinstance(trial["config"], dict) and isinstance(trial["experiment_tag"], str)
+    (trial_dir,) = [p for p in folder.iterdir() if p.is_dir() and live_trials["trial_id"] in p.name]
+    names = sorted(p.name for p in trial_dir.glob("checkpoint_*"))
+    assert names == [checkpoint_name(0), checkpoint_name(1)]
+    assert checkpoint_index(live_trials["latest"].checkpoint.path) == 1
+
+
+def test_the_files_a_restore_loads_are_the_ones_signed():
+    """Use: signing covers every file Tuner.restore unpickles or loads (RESTORED_FILES):
+    the tuner, every state a ``CKPT_FILE_TMPL`` names (trial list, generators, searcher,
+    callbacks)."""
+    import fnmatch
+
+    from ray.tune.callback import CallbackList
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.impl.tuner_internal import _TUNER_PKL
+    from ray.tune.search import BasicVariantGenerator, Searcher, SearchGenerator
+
+    from tuner.engine._formats import RESTORED_FILES
+    from tuner.storage._signing import is_signed
+
+    names = [_TUNER_PKL] + [
+        cls.CKPT_FILE_TMPL.format("2026-12-06_10-00-00")
+        for cls in (TuneController, SearchGenerator, BasicVariantGenerator, Searcher, CallbackList)
+    ]
+    for name in names:
+        assert any(fnmatch.fnmatchcase(name, p) for p in RESTORED_FILES), name
+        assert is_signed(name), name
 
 
 def test_checkpoint_bookkeeping_of_a_live_trial(live_trials):
@@ -190,6 +232,44 @@ def test_hyperband_bookkeeping_the_saved_hyperband_relies_on():
     assert "self._tune_controller = tune_controller" in inspect.getsource(
         TrialRunnerWrapper.__init__
     )
+
+
+def test_tune_logs_and_error_files_where_the_storage_guard_reads_them():
+    """Use: StorageGuard shortens what Tune's trial loop logs (its module logger) and
+    reads a trial's newest failure from its error file (Trial.handle_error's header)."""
+    import inspect
+
+    from ray.tune.execution import tune_controller
+    from ray.tune.experiment.trial import Trial
+
+    from tuner.engine import _logs
+
+    assert tune_controller.logger.name == _logs.CONTROLLER_LOGGER
+    header = f'"{_logs.FAILURE_HEADER}{{}} (occurred at {{}})'
+    assert header in inspect.getsource(Trial.handle_error)
+
+
+def test_the_trial_actor_tune_builds_mixes_in_quiet_stop_before_ray_s_own_class():
+    """Use: tune_trainable sets ``__mixins__``, which tune.with_parameters keeps and
+    wrap_function puts first in the actor class (QuietStop.cleanup runs, then Ray's);
+    nothing here starts Ray."""
+    import inspect
+
+    import ray
+    from ray.tune.trainable import Trainable
+    from ray.tune.trainable.function_trainable import FunctionTrainable, wrap_function
+
+    from tuner.engine._actor import QuietStop, tune_trainable
+
+    def trial(config, data=None):
+        return None
+
+    actor = wrap_function(tune_trainable(trial, {"cpu": 1}, data=[1, 2]))
+    mro = actor.__mro__
+    assert mro.index(QuietStop) < mro.index(FunctionTrainable)
+    # Tune's stop of an actor for good runs cleanup, which QuietStop extends.
+    assert "self.cleanup()" in inspect.getsource(Trainable.stop)
+    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize("saved", [False, True])

@@ -20,6 +20,7 @@ LAYERS = [
     "tuner.results",  # what a search leaves: leaderboard, scores, exports, reports
     "tuner.engine",  # Ray underneath, and Ray's and Optuna's private APIs
     "tuner.storage",  # where an experiment lives: storage, its files, lock, signatures
+    "tuner.engine._formats",  # the names and layout of Ray's files, which storage finds
     "tuner.spaces",  # search spaces
     "tuner._errors",  # the user-facing error every layer raises
     "tuner._lazy",  # package faces that import on first use
@@ -59,10 +60,13 @@ def project_files() -> list[Path]:
 
 
 def layer(module: str) -> int | None:
-    for index, prefix in enumerate(LAYERS):
-        if module == prefix or module.startswith(prefix + "."):
-            return index
-    return None
+    """The index of the longest entry of LAYERS that names ``module`` or a package of it."""
+    found = [
+        (len(prefix), index)
+        for index, prefix in enumerate(LAYERS)
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    return max(found)[1] if found else None
 
 
 def graph() -> dict[str, set[str]]:

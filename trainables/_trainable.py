@@ -28,46 +28,6 @@ from trainables._latency import CostSpec, deploy_cost
 from trainables._train import fit
 
 
-class QuietStop:
-    """Mixed by Ray Tune into the actor it builds from :func:`train_classifier`.
-
-    When Tune stops a trial's actor for good (a trial ASHA stopped, or the
-    last one, with no trial left to reuse the actor for), it runs ``stop`` on
-    the actor, then drops the actor and removes its placement group at once;
-    the raylet sends the process SIGTERM (then SIGKILL 200 ms later). Ray's
-    worker handler turns that SIGTERM into ``SystemExit`` raised in whatever
-    Python code the worker runs at that moment, often a finaliser, which
-    prints ``Exception ignored ... sigterm_handler ... SystemExit: 1`` on the
-    search's stderr. Once the trial has stopped (its results and checkpoints
-    reported, nothing left to save), SIGTERM takes its default action: the
-    process ends at once, quietly.
-    """
-
-    def cleanup(self) -> None:
-        try:
-            super().cleanup()  # type: ignore[misc]
-        finally:
-            end_quietly_on_sigterm()
-
-
-def end_quietly_on_sigterm() -> None:
-    """From now on SIGTERM ends this process at once, running no Python handler.
-
-    Needs the main thread (where Ray runs an actor's tasks); elsewhere nothing changes.
-    """
-    import contextlib
-    import signal
-    import sys
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for stream in (sys.stdout, sys.stderr):  # what the trial printed still reaches the log
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def train_classifier(
     config: Mapping[str, Any], data: ImageCache | None = None, cost: CostSpec | None = None
 ) -> None:
@@ -113,8 +73,3 @@ def train_classifier(
         with tempfile.TemporaryDirectory(prefix="tuner-restore-") as folder:
             state = load_state(Path(checkpoint.to_directory(folder)))
     fit(cfg, data, report, resume_state=state, threads=threads)
-
-
-# Ray Tune's `wrap_function` (and `tune.with_parameters`) put a function's `__mixins__`
-# into the actor class it builds for it.
-train_classifier.__mixins__ = (QuietStop,)  # type: ignore[attr-defined]

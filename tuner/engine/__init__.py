@@ -1,5 +1,10 @@
-"""Ray underneath: starting or joining a cluster, checking that every node reaches the
-storage, and (``_internals``) every private Ray or Optuna API the tool relies on."""
+"""Ray underneath, the one door to it: starting or joining a cluster and checking that
+every node reaches the storage (``_cluster``); the schedulers and samplers
+(``_strategy``, ``_pareto``); how Tune runs the trial function (``_actor``); the names
+and layout of Ray's files (``_formats``, the one part below ``storage/``); what Tune
+logs (``_logs``); and every private Ray or Optuna API the tool relies on
+(``_internals``). ``tests/test_internals.py`` checks each use against the installed
+versions."""
 
 from __future__ import annotations
 

@@ -60,10 +60,10 @@ from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import parse_json, read_bounded
+from tuner.engine._formats import EXPERIMENT_STATE, trial_states
 from tuner.storage._experiment import STATE_LIMIT
 
 # Ray Tune's trial list in a folder it saves (``TuneController.CKPT_FILE_TMPL``).
-EXPERIMENT_STATE = "experiment_state-{}.json"
 # Ray's logger of "Token authentication is enabled ..." (ray/_private/authentication/).
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
@@ -165,8 +165,7 @@ def restored_trials(dirpath: str) -> dict[str, str] | None:
     if path is None:
         return None
     state = parse_json(read_bounded(path, STATE_LIMIT), path, nan=True)
-    trials = [parse_json(trial_json, path, nan=True) for trial_json, _ in state["trial_data"]]
-    return {t["trial_id"]: t["status"] for t in trials}
+    return {t["trial_id"]: t["status"] for t in trial_states(state, path)}
 
 
 class ReconcilingSearchGenerator(SearchGenerator):

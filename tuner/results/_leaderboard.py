@@ -1,6 +1,6 @@
 """The ranked record of every trial of an experiment, and its file formats.
 
-Read from Ray Tune's own experiment state (the newest ``experiment_state-*.json``),
+Read from Ray Tune's own trial list (the newest state file, :mod:`tuner.engine._formats`),
 so it works on finished, interrupted and running experiments without writing to
 them, and lists exactly the trials the experiment knows. Only plain JSON is read
 from it (trial id, status, config): the values Ray stores as cloudpickle are never
@@ -20,13 +20,13 @@ import pandas as pd
 
 from trainables import SPLIT_FILE, FileRefused, TrialConfig, parse_json, safe_name
 from tuner._errors import UsageError
+from tuner.engine._formats import STATE_GLOB, trial_states
 from tuner.results._history import pbt_histories
 from tuner.spaces._objectives import COSTS, Objectives, front_ranks, objectives_of
 from tuner.storage._experiment import (
     BEST_CONFIG,
     LEADERBOARD_CSV,
     LEADERBOARD_PARQUET,
-    STATE_GLOB,
     STATE_LIMIT,
     TEST_SCORES,
     TRIAL_PREFIX,
@@ -109,8 +109,7 @@ def read_trials(exp: Experiment) -> list[TrialRecord]:
     data = parse_json(exp.storage.read_bytes(exp.rel(states[-1]), STATE_LIMIT), where, nan=True)
     trials = []
     try:
-        for entry in data["trial_data"]:
-            state = parse_json(entry[0], f"a trial of {where}", nan=True)
+        for state in trial_states(data, where):
             config = state.get("config")
             plain = (
                 {k: v for k, v in config.items() if not _pickled(v)}

@@ -47,6 +47,7 @@ from ray import tune
 
 from trainables import create_new
 from tuner._errors import UsageError
+from tuner.engine._logs import filter_trial_loop_log, last_failure, silence_tune_logs
 from tuner.storage._experiment import RESERVE_FILE, Experiment
 from tuner.storage._storage import object_store_error
 
@@ -88,7 +89,6 @@ class _ShortDiskErrors(logging.Filter):
 
 
 _SHORT_DISK_ERRORS = _ShortDiskErrors()
-_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
 
 
 def make_reserve(exp: Experiment) -> None:
@@ -146,9 +146,7 @@ class StorageGuard(tune.Callback):
 
     def setup(self, **info: Any) -> None:  # type: ignore[override]
         self.tripped = None
-        controller = logging.getLogger(_CONTROLLER_LOGGER)
-        if _SHORT_DISK_ERRORS not in controller.filters:
-            controller.addFilter(_SHORT_DISK_ERRORS)
+        filter_trial_loop_log(_SHORT_DISK_ERRORS)
 
     def problem(self, running: int = 0) -> str | None:
         """What stops the storage from taking the next checkpoints, if anything."""
@@ -208,8 +206,7 @@ class StorageGuard(tune.Callback):
             text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
         except OSError:
             return
-        # The newest failure is the last one in the file.
-        last = text.rsplit("Failure # ", 1)[-1]
+        last = last_failure(text)
         error, refused = disk_error(last), _upload_error(last)
         if error:
             self._stop(
@@ -229,5 +226,5 @@ class StorageGuard(tune.Callback):
         release_reserve(self.exp)  # room for Ray's last save
         # Ray logs the failed writes of its last save with tracebacks; the driver
         # prints one message instead.
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        silence_tune_logs()
         signal.raise_signal(signal.SIGINT)  # Tune's graceful stop, as for Ctrl-C

@@ -27,15 +27,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any
 
 from ray import tune
 
+from tuner.engine._formats import checkpoint_index
 from tuner.engine._internals import best_checkpoint_results, latest_checkpoint_result
 
 KEEP_BEST = 2
-_INDEX = re.compile(r"checkpoint_(\d+)$")
 
 
 def recorded_checkpoints(trial: Any) -> list[tuple[int, float, str]]:
@@ -54,11 +53,6 @@ def checkpoint_filesystem(trial: Any) -> Any:
     return results[0].checkpoint.filesystem if results else None
 
 
-def _index(path: str) -> int:
-    match = _INDEX.search(path.rstrip("/"))
-    return int(match.group(1)) if match else -1
-
-
 def prunable(
     checkpoints: list[tuple[int, float, str]], safe_below: int, keep_best: int = KEEP_BEST
 ) -> list[str]:
@@ -70,12 +64,12 @@ def prunable(
     """
     best = sorted(checkpoints, key=lambda c: (c[1], c[0]), reverse=True)[:keep_best]
     keep = {path for _, _, path in best}
-    return [p for _, _, p in checkpoints if p not in keep and _index(p) < safe_below]
+    return [p for _, _, p in checkpoints if p not in keep and checkpoint_index(p) < safe_below]
 
 
-def _latest_index(trial: Any) -> int:
+def _latestcheckpoint_index(trial: Any) -> int:
     latest = latest_checkpoint_result(trial)
-    return _index(latest.checkpoint.path) if latest is not None else -1
+    return checkpoint_index(latest.checkpoint.path) if latest is not None else -1
 
 
 class CheckpointPruner(tune.Callback):
@@ -96,19 +90,22 @@ class CheckpointPruner(tune.Callback):
         if not self._saved:
             # The state this run started from (restored by `resume`, or empty) is a
             # completed save: what it names as latest, and anything newer, stays.
-            self._saved = [{t.trial_id: _latest_index(t) for t in trials}]
+            self._saved = [{t.trial_id: _latestcheckpoint_index(t) for t in trials}]
         self._trials = trials
 
     def get_state(self) -> dict[str, Any] | None:
         """Called by Tune each time it saves the experiment state: prune, store nothing."""
-        self._saved = [*self._saved[-1:], {t.trial_id: _latest_index(t) for t in self._trials}]
+        self._saved = [
+            *self._saved[-1:],
+            {t.trial_id: _latestcheckpoint_index(t) for t in self._trials},
+        ]
         for trial in self._trials if self._during else []:
             self._prune(trial, self._saved[0].get(trial.trial_id, -1))
         return None
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         for trial in trials:
-            self._prune(trial, _latest_index(trial))
+            self._prune(trial, _latestcheckpoint_index(trial))
 
     def _prune(self, trial: Any, safe_below: int) -> None:
         fs = checkpoint_filesystem(trial)

@@ -36,6 +36,7 @@ from trainables._settings import settings
 from trainables._store import row_bytes
 from tuner._errors import UsageError
 from tuner.engine import _strategy as strategies
+from tuner.engine._actor import tune_trainable
 from tuner.engine._cluster import (
     check_fits,
     check_storage_reachable,
@@ -213,16 +214,13 @@ def _fits(cluster: dict[str, float], resources: dict[str, float]) -> int:
 
 
 def _trainable(cache: ImageCache, resources: dict[str, float], space: SearchSpace) -> Any:
-    from ray import tune
-
     objectives = space.objectives
     cost = (
         CostSpec(latency=objectives.times_latency, device=objectives.latency_device)
         if objectives.multi
         else None
     )
-    trainable = tune.with_parameters(train_classifier, data=cache, cost=cost)
-    return tune.with_resources(trainable, resources)
+    return tune_trainable(train_classifier, resources, data=cache, cost=cost)
 
 
 def _trial_name(trial: Any) -> str:

@@ -61,6 +61,7 @@ from typing import Any
 from ray import tune
 
 from trainables import FileRefused, read_bounded
+from tuner.engine._formats import checkpoint_name
 from tuner.engine._internals import HookedOptunaSearch, optuna_trial_id
 from tuner.spaces._objectives import Objectives
 from tuner.storage._experiment import JOURNAL_FILE, Experiment
@@ -113,7 +114,7 @@ def upload_journal(exp: Experiment, at_least: int = 0) -> None:
 
 def journal_length(exp: Experiment) -> int | None:
     """The journal's length when Ray saved the trial list ``resume`` restores (the newest
-    ``experiment_state-*.json``), if that list's signature recorded it."""
+    state file), if that list's signature recorded it."""
     names = exp.storage.list(exp.name, dirs=False)
     states = [n for n in names if fnmatch.fnmatchcase(n, STATE_PATTERN)]
     if not states:
@@ -251,11 +252,11 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         )
         self.rebind(storage, study)
 
-    def state_saved(self, experiment_state: Path) -> None:
+    def state_saved(self, trial_list: Path) -> None:
         """Keep the journal's length now with the signature of the trial list just saved:
         the study holds exactly what that list knows (see the module doc)."""
         try:
-            state = read_bounded(experiment_state, STATE_LIMIT)
+            state = read_bounded(trial_list, STATE_LIMIT)
         except (OSError, FileRefused):
             return
         exp = self._experiment()
@@ -328,7 +329,7 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         best = self._best.get(trial_id)
         if best is None or float(acc) >= best[0]:  # the latest of tied epochs, as Tune keeps
             # Tune names each reported checkpoint's folder in the result.
-            name = result.get("checkpoint_dir_name") or f"checkpoint_{int(epoch) - 1:06d}"
+            name = result.get("checkpoint_dir_name") or checkpoint_name(int(epoch) - 1)
             self._best[trial_id] = (float(acc), str(name))
         folder = f"{self._folder}/trial_{trial_id}/{self._best[trial_id][1]}"
         trial.set_user_attr("checkpoint", folder)

@@ -4,8 +4,8 @@ An :class:`Experiment` is a :class:`~tuner.storage._storage.Storage` and a check
 name. Every reader and writer of the folder (the search, ``resume``,
 ``leaderboard``, ``report``, ``evaluate``, ``export``, ``refit``, tests and
 benchmarks) goes through it, so a local folder and an object-store URI are
-the same to all of them. It does not import Ray: Ray Tune's own files
-(``experiment_state-*.json``, ``trial_*/``) are only found, and each trial's
+the same to all of them. It does not import Ray: Ray Tune's own files (the trial
+list named in :mod:`tuner.engine._formats`, ``trial_*/``) are only found, and each trial's
 ``result.json`` read, here.
 
 >>> import tempfile
@@ -29,6 +29,7 @@ import pandas as pd
 
 from trainables import MIB, SPLIT_FILE, FileRefused, Split, parse_json, safe_name
 from tuner._errors import UsageError
+from tuner.engine._formats import STATE_GLOB
 from tuner.storage._storage import Storage
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ DISTILL_DIR = "distilled"
 REPORT_DIR = "report"
 RESULT_FILE = "result.json"
 TRIAL_PREFIX = "trial_"
-STATE_GLOB = "experiment_state-*.json"
 # Kept by the tool beside Ray's files:
 LOCK_FILE = ".writer.json"  # who writes the experiment now (search, resume)
 GUARD_FILE = ".writer.guard"  # flock'd on a local folder while the lock is taken

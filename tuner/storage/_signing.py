@@ -1,9 +1,10 @@
 """The state ``resume`` loads is signed by the user who wrote it, and checked before it loads.
 
-``ray.tune.Tuner.restore`` unpickles ``tuner.pkl``, ``*.pkl``, ``search_gen_state-*.json``,
-``basic-variant-state-*.json`` and fields of ``experiment_state-*.json``; ``resume`` and
-``refit`` join the cluster and read the photos ``tuner.json`` names. Whoever can write
-these files (:func:`is_signed`) could run code as whoever resumes, so they are signed:
+``ray.tune.Tuner.restore`` unpickles or loads Ray's state files
+(:data:`~tuner.engine._formats.RESTORED_FILES`: the tuner, the trial list, the
+generators' and searchers' states); ``resume`` and ``refit`` join the cluster and read
+the photos ``tuner.json`` names. Whoever can write these files (:func:`is_signed`)
+could run code as whoever resumes, so they are signed:
 
 - Ray writes through :func:`signing_filesystem`: a signed file's bytes are buffered and,
   on close, its digest is first added to the record ``NAME/.state-signatures`` (the last
@@ -33,7 +34,7 @@ these files (:func:`is_signed`) could run code as whoever resumes, so they are s
 The record's name ends in neither ``.json`` nor ``.pkl``: Ray copies those from the
 experiment folder to its staging folder on restore and back at every save.
 
->>> is_signed("tuner.pkl"), is_signed("experiment_state-2025.json"), is_signed("split.json")
+>>> is_signed("tuner.pkl"), is_signed(STATE_GLOB.replace("*", "2025")), is_signed("split.json")
 (True, True, False)
 """
 
@@ -53,6 +54,7 @@ import pyarrow.fs as pafs
 
 from trainables import MIB, FileRefused, refuse_links
 from tuner._errors import UsageError
+from tuner.engine._formats import RESTORED_FILES, STATE_GLOB
 from tuner.storage._experiment import SIGNATURES_FILE, Experiment
 from tuner.storage._record import (
     Record,
@@ -65,14 +67,8 @@ from tuner.storage._record import (
 )
 from tuner.storage._storage import read_limited, write_whole
 
-SIGNED = (
-    "tuner.json",
-    "*.pkl",
-    "experiment_state-*.json",
-    "search_gen_state-*.json",
-    "basic-variant-state-*.json",
-)
-STATE_PATTERN = "experiment_state-*.json"  # the trial list Ray restores (the newest by name)
+SIGNED = ("tuner.json", *RESTORED_FILES)
+STATE_PATTERN = STATE_GLOB  # the trial list Ray restores (the newest by name)
 KEEP = 3  # digests kept per file: the version being replaced stays valid
 STATE_LIMIT = 64 * MIB  # the most of a signed file read (Ray's tuner.pkl: a few MB)
 RECORD_LIMIT = 4 * MIB  # the most of the record read (~300 bytes a signed file)

@@ -10,6 +10,7 @@ Results and checkpoints come from each trial's ``result.json`` and folder.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -28,6 +29,7 @@ from tuner.storage._experiment import (
     LEADERBOARD_CSV,
     LEADERBOARD_PARQUET,
     STATE_LIMIT,
+    SUMMARY_FILE,
     TEST_SCORES,
     TRIAL_PREFIX,
     TUNER_FILE,
@@ -98,15 +100,31 @@ def _checked_config(config: dict[str, Any], where: str) -> dict[str, Any]:
     return config
 
 
-def read_trials(exp: Experiment) -> list[TrialRecord]:
-    """The trials of ``exp``'s newest saved state (UsageError if there is none)."""
+def _newest_state(exp: Experiment) -> tuple[str, bytes]:
+    """The name and bytes of ``exp``'s newest saved trial list (UsageError if none)."""
     states = sorted(exp.storage.list(exp.name, STATE_GLOB, dirs=False))
     if not states:
         raise UsageError(
             f"{exp.display()} holds no Ray Tune experiment state (yet); was the search started?"
         )
-    where = exp.display(states[-1])
-    data = parse_json(exp.storage.read_bytes(exp.rel(states[-1]), STATE_LIMIT), where, nan=True)
+    return states[-1], exp.storage.read_bytes(exp.rel(states[-1]), STATE_LIMIT)
+
+
+def state_digest(exp: Experiment) -> str:
+    """sha256 of ``exp``'s newest saved trial list: what a summary was written from."""
+    return hashlib.sha256(_newest_state(exp)[1]).hexdigest()
+
+
+def read_trials(exp: Experiment) -> list[TrialRecord]:
+    """The trials of ``exp``'s newest saved state (UsageError if there is none)."""
+    return read_state(exp)[0]
+
+
+def read_state(exp: Experiment) -> tuple[list[TrialRecord], str]:
+    """The trials of ``exp``'s newest saved state and its :func:`state_digest`."""
+    name, raw = _newest_state(exp)
+    where = exp.display(name)
+    data = parse_json(raw, where, nan=True)
     trials = []
     try:
         for state in trial_states(data, where):
@@ -130,7 +148,7 @@ def read_trials(exp: Experiment) -> list[TrialRecord]:
             f"{where} is not an experiment state this tool can read "
             f"({type(exc).__name__}: {str(exc)[:200]})"
         ) from None
-    return trials
+    return trials, hashlib.sha256(raw).hexdigest()
 
 
 def build_leaderboard(
@@ -371,8 +389,9 @@ def plain(value: Any) -> Any:
 
 
 def write_leaderboard(exp: Experiment, board: pd.DataFrame) -> list[str]:
-    """Write leaderboard.csv, leaderboard.parquet and best_config.json, each whole; their
-    names as a user gives them."""
+    """Write leaderboard.csv, leaderboard.parquet and best_config.json, each whole, then
+    the summary ``list`` reads (:func:`summary`); the first three's names as a user
+    gives them."""
     parquet = io.BytesIO()
     board.to_parquet(parquet, index=False)
     contents = {
@@ -382,7 +401,41 @@ def write_leaderboard(exp: Experiment, board: pd.DataFrame) -> list[str]:
     }
     for name, data in contents.items():
         exp.write_bytes(name, data)
+    top = board.iloc[0] if len(board) else None
+    exp.write_json(
+        SUMMARY_FILE,
+        {
+            "state_sha256": state_digest(exp),
+            "trials": len(board),
+            "best_val_acc": float(top["val_acc"]) if top is not None else None,
+            "test_acc": float(top["test_acc"]) if top is not None else None,
+        },
+    )
     return [exp.display(name) for name in contents]
+
+
+def summary(exp: Experiment, digest: str, trials: int) -> tuple[float, float] | None:
+    """Rank 1's (val_acc, test_acc) from the summary written with the leaderboard, if it
+    was written from the trial list of sha256 ``digest`` holding ``trials`` trials; None
+    where there is none, it is stale, or it is not one this tool wrote."""
+    try:
+        data = exp.read_json(SUMMARY_FILE)
+    except FileRefused:
+        return None
+
+    def number(value: Any) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    if not (
+        isinstance(data, dict)
+        and data.get("state_sha256") == digest
+        and data.get("trials") == trials
+        and number(data.get("best_val_acc"))
+        and number(data.get("test_acc"))
+    ):
+        return None
+    val, test = data["best_val_acc"], data["test_acc"]
+    return (math.nan if val is None else float(val), math.nan if test is None else float(test))
 
 
 def render(board: pd.DataFrame, fmt: str, top: int | None = None) -> str | bytes:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from trainables import FileRefused
 from tuner._errors import UsageError
-from tuner.results._leaderboard import build_leaderboard, read_trials
+from tuner.results._leaderboard import build_leaderboard, read_state, summary
 from tuner.storage._experiment import LOCK_FILE, NAME_RE, TUNER_FILE, Experiment, experiment_names
 from tuner.storage._lock import Observations, is_stale
 from tuner.storage._storage import Storage
@@ -73,15 +73,19 @@ def _read_row(exp: Experiment, lock: bool = True) -> dict[str, Any]:
     if not exp.has_state():
         return row
     try:
-        trials = read_trials(exp)
-        board = build_leaderboard(exp, trials=trials)
+        trials, digest = read_state(exp)
+        # The summary written with the leaderboard spares reading every trial's results.
+        best = summary(exp, digest, len(trials))
+        if best is None:
+            board = build_leaderboard(exp, trials=trials)
+            if len(board):
+                best = float(board["val_acc"].iloc[0]), float(board["test_acc"].iloc[0])
     except UsageError:
         return row
     ended = sum(t.status in _ENDED for t in trials)
     row["trials_ended"] = ended
-    if len(board):
-        row["best_val_acc"] = float(board["val_acc"].iloc[0])
-        row["test_acc"] = float(board["test_acc"].iloc[0])
+    if best is not None:
+        row["best_val_acc"], row["test_acc"] = best
     timed = budget is not None and budget.time_budget_s is not None
     complete = ended == len(trials) and (timed or ended >= row["trials_asked"])
     if not running and complete:

@@ -40,6 +40,7 @@ JOURNAL_FILE = "optuna_journal.log"
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_PARQUET = "leaderboard.parquet"
 BEST_CONFIG = "best_config.json"
+SUMMARY_FILE = "summary.json"  # what `list` shows, written with the leaderboard
 TEST_SCORES = "test_scores.json"
 ENSEMBLES = "ensembles.json"
 REFIT_DIR = "refit"

@@ -35,6 +35,8 @@ def test_a_successful_search_through_uv_run_keeps_stderr_quiet(finished, finishe
         "Warning",
     ):
         assert noise not in proc.stderr, proc.stderr[-3000:]
+    # Piped, so no terminal escape codes (Ray colours each worker line's prefix on one).
+    assert "\x1b[" not in proc.stdout + proc.stderr
     trials = re.search(r"Trials: 5 \((.*)\)", proc.stdout)
     assert trials, proc.stdout[-2000:]
     stopped = re.search(r"(\d+) stopped_early", trials.group(1))

@@ -1,5 +1,6 @@
 """The settings object: every variable read once, with its default, and no import side effect."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,8 +48,9 @@ def test_read_once_until_the_cache_folder_is_changed(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_importing_the_packages_writes_nothing_into_the_environment():
     code = (
-        # Ray writes some variables of its own when imported: import it first.
-        "import os, json, ray, ray.tune, torch; before = dict(os.environ); "
+        # Ray, and torch's compiler (torchvision's transforms import it), write variables
+        # of their own when imported: import them first.
+        "import os, json, ray, ray.tune, torch, torch._dynamo; before = dict(os.environ); "
         "import tuner, tuner.cli, tuner.search._run, trainables, trainables._train; "
         "print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))"
     )
@@ -57,3 +59,17 @@ def test_importing_the_packages_writes_nothing_into_the_environment():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_worker_lines_reach_a_pipe_without_terminal_colour_codes(monkeypatch):
+    """Off a terminal (pytest captures both streams) Ray is told not to colour each worker
+    line's prefix; a colour the user asked for is kept."""
+    from trainables._settings import apply_ray_defaults
+
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_COLOR_PREFIX"}
+    monkeypatch.setattr(os, "environ", environ)  # nothing set here outlives the test
+    apply_ray_defaults()
+    assert environ["RAY_COLOR_PREFIX"] == "0"
+    environ["RAY_COLOR_PREFIX"] = "1"
+    apply_ray_defaults()
+    assert environ["RAY_COLOR_PREFIX"] == "1"

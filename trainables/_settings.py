@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,3 +96,7 @@ def apply_ray_defaults() -> None:
     called by the command line before it imports Ray."""
     for key, value in RAY_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # Ray prefixes each worker line "(train_classifier pid=N)" in colour; a file or a pipe
+    # gets it without the terminal's escape codes.
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")

@@ -33,8 +33,14 @@ def test_a_successful_search_through_uv_run_keeps_stderr_quiet(finished, finishe
         "Token authentication",
         "Bytecode compiled",
         "Warning",
+        "A new study created",  # Optuna's INFO lines
     ):
         assert noise not in proc.stderr, proc.stderr[-3000:]
+    # One line per trial that ended, not Ray's status table (search --verbose shows it).
+    assert "== Status ==" not in proc.stdout and "Result logdir" not in proc.stdout
+    ended = re.findall(r"^trial (\w+) (?:ran all|stopped after).*\[(\d)/5 ended\]$",
+                       proc.stdout, re.M)  # fmt: skip
+    assert sorted(n for _, n in ended) == ["1", "2", "3", "4", "5"], proc.stdout[-3000:]
     # Piped, so no terminal escape codes (Ray colours each worker line's prefix on one).
     assert "\x1b[" not in proc.stdout + proc.stderr
     trials = re.search(r"Trials: 5 \((.*)\)", proc.stdout)

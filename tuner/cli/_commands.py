@@ -54,6 +54,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         address=args.address,
         follow_links=args.follow_links,
         warm_start=tuple(args.warm_start or ()),
+        verbose=args.verbose,
     )
     storage.check_writable()  # the lock is the first thing written: say why it cannot be
     with WriterLock(Experiment(storage, name)):

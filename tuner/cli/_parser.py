@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed the study with the ended trials of these earlier experiments (in "
         "--storage) that fit this space; they may have searched other photos",
     )
+    search.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray Tune's status table of every trial every 30 s (by default one line "
+        "per trial that ends)",
+    )
     res = search.add_argument_group("resources (override the space's)")
     res.add_argument("--cpus-per-trial", type=_positive_float, metavar="C")
     res.add_argument(

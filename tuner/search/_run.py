@@ -61,6 +61,7 @@ from tuner.results._listing import is_finished
 from tuner.search._datacheck import describe
 from tuner.search._estimate import TimeEstimate
 from tuner.search._guard import StorageGuard, make_reserve, release_reserve
+from tuner.search._lines import Quiet, TrialLines, status_table
 from tuner.search._pruning import CheckpointPruner
 from tuner.search._study import (
     JournalUpload,
@@ -99,6 +100,7 @@ class SearchRequest:
     address: str | None = None
     follow_links: bool = False
     warm_start: tuple[str, ...] = ()  # earlier experiments in ``storage`` seeding the study
+    verbose: bool = False  # Ray Tune's status table every 30 s, not one line per ended trial
 
 
 def default_name(space: SearchSpace) -> str:
@@ -227,40 +229,19 @@ def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _reporter(space: SearchSpace) -> Any:
-    from ray import tune
-
-    costs = {"latency_ms": "ms", "params_m": "M params"}
-    return tune.CLIReporter(
-        metric_columns={
-            "epoch": "ep",
-            "val_acc": "val_acc",
-            "best_val_acc": "best",
-            **{c: costs[c] for c in space.objectives.costs},
-            "train_loss": "loss",
-            "images_per_s": "img/s",
-        },
-        parameter_columns=space.searched,
-        max_report_frequency=30,
-        # Ray sorts finished trials by their last metric, which a trial that never
-        # reported (a time budget ended first) does not have: a TypeError at the end.
-        # The leaderboard ranks them; the live table lists trials in start order.
-        sort_by_metric=False,
-        metric=SEARCH_METRIC,
-        mode="max",
-        max_column_length=12,
-    )
-
-
-def _run_config(exp: Experiment, space: SearchSpace, concurrent: int, say: Print) -> Any:
+def _run_config(
+    exp: Experiment, space: SearchSpace, concurrent: int, say: Print, verbose: bool = False
+) -> Any:
     from ray import tune
 
     estimate = TimeEstimate(_trial_epochs(space), concurrent, say)
+    budget = space.budget
     return tune.RunConfig(
         callbacks=[
             StorageGuard(exp),
             CheckpointPruner(during_search=strategies.prunes_during_search(space.strategy)),
             estimate,
+            TrialLines(budget.max_epochs, budget.num_samples, space.searched, say),
             JournalUpload(exp),
             KeptJsonLogger(),
         ],
@@ -275,7 +256,11 @@ def _run_config(exp: Experiment, space: SearchSpace, concurrent: int, say: Print
             checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
         ),
         failure_config=tune.FailureConfig(max_failures=2),
-        progress_reporter=_reporter(space),
+        progress_reporter=(
+            status_table(space.searched, space.objectives.costs, SEARCH_METRIC)
+            if verbose
+            else Quiet()
+        ),
         verbose=1,
     )
 
@@ -359,7 +344,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             # process, no second torch import.
             reuse_actors=True,
         ),
-        run_config=_run_config(exp, req.space, concurrent, say),
+        run_config=_run_config(exp, req.space, concurrent, say, req.verbose),
     )
     return _fit_and_finish(tuner, exp, budget, say)
 

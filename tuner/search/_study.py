@@ -394,6 +394,11 @@ def make_searcher(
     experiment's journal, holding the ``warm`` trials (Optuna frozen trials) first.
     With several ``objectives`` the study has one direction each: ``metric`` (the
     trial's best val_acc) first, then the costs."""
+    import optuna
+
+    # Optuna's "A new study created" and per-trial INFO lines would repeat on stderr
+    # what the search's own lines say.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     metrics: str | list[str] = metric
     modes: str | list[str] = "max"
     if objectives is not None and objectives.multi:

@@ -228,6 +228,8 @@ def test_the_top_trials_are_scored_once_on_the_held_out_test_split(finished, cap
     assert len(scored) == int((board["checkpoint"].fillna("") != "").sum()) >= 1
     assert ((scored["test_acc"] * 10).round(6) % 1 == 0).all()  # k of 10 photos right
     assert "Test split (photos no trial saw): rank 1" in proc.stdout
+    # Each scoring is announced, so the wait at the end is explained.
+    assert f"Scoring rank 1 of {len(board)} on the 10 test photos" in proc.stdout
     # Each val_acc comes with its binomial standard error over the validation photos.
     n_val, acc = len(split["val"]), board["val_acc"]
     assert board["val_acc_se"].to_numpy() == pytest.approx(((acc * (1 - acc)) / n_val) ** 0.5)

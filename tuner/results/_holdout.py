@@ -50,8 +50,14 @@ def test_lines(board: pd.DataFrame) -> list[str]:
     return [f"Test split (photos no trial saw): {cells}"]
 
 
-def score_top_trials(exp: Experiment, board: pd.DataFrame, top_k: int) -> dict[str, float]:
-    """Evaluate the best checkpoints of the ``top_k`` ranked trials on the test split.
+def score_top_trials(
+    exp: Experiment,
+    board: pd.DataFrame,
+    top_k: int,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """Evaluate the best checkpoints of the ``top_k`` ranked trials on the test split,
+    saying (``say``) which one is scored as each starts.
 
     Returns trial id -> test_acc of the trials scored (now or before); an empty
     dict when the experiment holds no test split.
@@ -61,13 +67,16 @@ def score_top_trials(exp: Experiment, board: pd.DataFrame, top_k: int) -> dict[s
         return {}
     scores = load_scores(exp)
     out: dict[str, float] = {}
-    for rank in range(1, min(top_k, len(board)) + 1):
+    last = min(top_k, len(board))
+    for rank in range(1, last + 1):
         row = board.iloc[rank - 1]
         trial_id, checkpoint = str(row["trial_id"]), str(row["checkpoint"])
         if pd.isna(row["val_acc"]) or not checkpoint:
             continue
         entry = scores.get(trial_id, {})
         if entry.get("checkpoint") != checkpoint:
+            if say is not None:
+                say(f"Scoring rank {rank} of {last} on the {len(split.test)} test photos")
             metrics = evaluate_test_split(load_ranked_trial(exp, rank, board))
             entry = {
                 "checkpoint": checkpoint,

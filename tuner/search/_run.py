@@ -496,7 +496,7 @@ def finish(exp: Experiment, budget: Budget, say: Print) -> int:
     unfinished = bool(board["status"].isin(["running", "pending", "paused"]).any()) or (
         budget.time_budget_s is None and len(board) < budget.num_samples
     )
-    if not unfinished and score_top_trials(exp, board, budget.test_top_k):
+    if not unfinished and score_top_trials(exp, board, budget.test_top_k, say):
         board = attach_test_scores(board, exp)
     written = write_leaderboard(exp, board)
     counts = board["status"].value_counts().to_dict()

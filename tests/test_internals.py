@@ -120,7 +120,7 @@ def test_checkpoint_bookkeeping_of_a_live_trial(live_trials):
 
 
 def test_train_session_dir_is_where_ray_stages_experiments(live_trials):
-    """Use: a finished remote search deletes Ray's staging copy (tuner/search/_run.py)."""
+    """Use: a finished remote search deletes Ray's staging copy (tuner/search/_finish.py)."""
     session = live_trials["session"]
     assert session.name == "artifacts" and "session_" in str(session), (
         f"ray.train.constants._get_ray_train_session_dir() now gives {session}"

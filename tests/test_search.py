@@ -406,7 +406,7 @@ def test_the_activation_reserve_grows_with_the_photos_up_to_the_budget():
     """A search of a few photos asks the cache disk for what their activations can take,
     not for the 8 GiB budget (a disk with less free refused every small search)."""
     from trainables._features import FEATURE_DISK_BUDGET
-    from tuner.search._run import ACTIVATION_BYTES_PER_DECODED_BYTE, feature_reserve
+    from tuner.search._prepare import ACTIVATION_BYTES_PER_DECODED_BYTE, feature_reserve
     from tuner.spaces import load_space
 
     space = load_space("smoke")

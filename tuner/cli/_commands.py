@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from tuner.cli._datasets import resolve_data_dir
-    from tuner.search._run import SearchRequest, default_name, run_search
+    from tuner.search._prepare import SearchRequest, default_name
+    from tuner.search._run import run_search
     from tuner.spaces._spaces import load_space
     from tuner.storage._experiment import Experiment, validate_name
     from tuner.storage._lock import WriterLock

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 from tuner._lazy import lazy_names
 
 if TYPE_CHECKING:
-    from tuner.search._run import SearchRequest, default_name, resume, run_search
+    from tuner.search._prepare import SearchRequest, default_name
+    from tuner.search._run import resume, run_search
 
 __getattr__ = lazy_names(
     __name__,
     {
-        "SearchRequest": "_run",
-        "default_name": "_run",
+        "SearchRequest": "_prepare",
+        "default_name": "_prepare",
         "resume": "_run",
         "run_search": "_run",
     },

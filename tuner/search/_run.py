@@ -1,39 +1,26 @@
-"""Assemble and run a search (or resume one): data, Ray, Optuna, a scheduler, results.
+"""Run a search (or resume one): Ray, Optuna, a scheduler, the trials.
 
 The order matters for users: everything that can be wrong with the input
 (name, storage, space, data, pretrained weights) is checked before Ray
-starts, and every file needed to resume is written before the first trial.
+starts (:mod:`tuner.search._prepare`), and every file needed to resume is written
+before the first trial; :mod:`tuner.search._finish` writes the results.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from trainables import (
     SPLIT_FILE,
     CostSpec,
     DataError,
-    Decoded,
     ImageCache,
-    Split,
-    WeightsUnavailableError,
-    cache_size_for,
     decode_split,
-    ensure_pretrained_weights,
-    scan_folder,
-    screen,
-    split_screened,
     train_classifier,
 )
-from trainables._features import FEATURE_DISK_BUDGET, max_cache_bytes
 from trainables._settings import settings
-from trainables._store import row_bytes
 from tuner._errors import UsageError
 from tuner.engine import _strategy as strategies
 from tuner.engine._actor import tune_trainable
@@ -47,21 +34,21 @@ from tuner.engine._internals import (
     KeptJsonLogger,
     make_search_alg,
     run_callbacks,
-    train_session_dir,
-)
-from tuner.results._holdout import score_top_trials, test_lines
-from tuner.results._leaderboard import (
-    attach_test_scores,
-    best_config,
-    build_leaderboard,
-    tie_note,
-    write_leaderboard,
 )
 from tuner.results._listing import is_finished
-from tuner.search._datacheck import describe
 from tuner.search._estimate import TimeEstimate
+from tuner.search._finish import finish
 from tuner.search._guard import StorageGuard, make_reserve, release_reserve
 from tuner.search._lines import Quiet, TrialLines, status_table
+from tuner.search._prepare import (
+    Print,
+    SearchRequest,
+    check_weights,
+    prepare_split,
+    resources_per_trial,
+    run_record,
+    trials_at_once,
+)
 from tuner.search._pruning import CheckpointPruner
 from tuner.search._study import (
     JournalUpload,
@@ -71,7 +58,6 @@ from tuner.search._study import (
     make_searcher,
 )
 from tuner.search._warm import warm_start
-from tuner.spaces._objectives import COSTS
 from tuner.spaces._spaces import Budget, SearchSpace
 from tuner.storage._experiment import BEST_CONFIG, JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
 from tuner.storage._signing import (
@@ -85,134 +71,6 @@ from tuner.storage._storage import Storage
 
 METRIC = "val_acc"
 SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
-
-Print = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """Everything ``search`` needs, resolved and validated by the CLI layer."""
-
-    space: SearchSpace
-    name: str
-    storage: Storage
-    data_dir: str  # a local folder (resolved) or a URI
-    address: str | None = None
-    follow_links: bool = False
-    warm_start: tuple[str, ...] = ()  # earlier experiments in ``storage`` seeding the study
-    verbose: bool = False  # Ray Tune's status table every 30 s, not one line per ended trial
-
-
-def default_name(space: SearchSpace) -> str:
-    return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_weights(space: SearchSpace) -> None:
-    """Fail before Ray starts if a pretrained model's weights cannot be had."""
-    if True not in space.possible_values("pretrained"):
-        return
-    for model in space.possible_values("model"):
-        try:
-            ensure_pretrained_weights(model)
-        except WeightsUnavailableError as exc:
-            raise UsageError(str(exc)) from None
-
-
-# The most one set of frozen activations can take per byte of decoded photos: ResNet-50's
-# stage 1 gives 256 floats per 4x4 input pixels (5.3 per uint8 byte of a photo decoded
-# at least as large as it runs); four augmented views in float16 make that 43 bytes.
-ACTIVATION_BYTES_PER_DECODED_BYTE = 48
-
-
-def feature_reserve(space: SearchSpace, decoded_bytes: int) -> int:
-    """Disk the space's frozen activations may take in the cache: per (depth,
-    augmentation) it can draw, the activation limit or what photos of
-    ``decoded_bytes`` can give, whichever is less, within the folder's LRU budget."""
-    depths = [d for d in space.possible_values("freeze_depth") if d]
-    if not depths or True not in space.possible_values("pretrained"):
-        return 0
-    combos = len(depths) * len(space.possible_values("aug_strength"))
-    per_combo = min(max_cache_bytes(), ACTIVATION_BYTES_PER_DECODED_BYTE * decoded_bytes)
-    return min(FEATURE_DISK_BUDGET, combos * per_combo)
-
-
-def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
-    """Scan, decode once into the disk cache (or reuse it) and split; nothing else written."""
-    size = cache_size_for(max(req.space.possible_values("image_size")))
-    try:
-        scan = scan_folder(req.data_dir, req.follow_links)
-        reserve = feature_reserve(req.space, len(scan.files) * row_bytes(size))
-        usable, decoded = screen(scan, size, reserve=reserve, say=say)
-        for line in describe(usable):
-            say(line)
-        split, cache = split_screened(
-            usable,
-            decoded,
-            size,
-            val_fraction=req.space.budget.val_fraction,
-            seed=req.space.budget.seed,
-            test_fraction=req.space.budget.test_fraction,
-        )
-    except DataError as exc:
-        raise UsageError(f"data: {exc}") from None
-    test = (
-        f"{len(split.test)} test photos (held out: no trial sees it)"
-        if split.test
-        else "no test split (--test-fraction 0)"
-    )
-    say(f"Split: {len(split.train)} train / {len(split.val)} val photos, {test}")
-    say(decode_line(decoded))
-    return split, cache
-
-
-def decode_line(decoded: Decoded) -> str:
-    """What the decode did: reused an entry, or decoded (how fast, how large, where)."""
-    folder = decoded.pixels.path.parent
-    size, n = decoded.pixels.size, decoded.pixels.count
-    mib = decoded.pixels.nbytes / 2**20
-    if decoded.reused:
-        return (
-            f"Decoded photos reused: {n} at {size}px in {folder} ({mib:.0f} MiB, "
-            f"checked in {decoded.seconds:.1f}s)"
-        )
-    return (
-        f"Decoded {n} photos at {size}px in {decoded.seconds:.2f}s "
-        f"({n / max(decoded.seconds, 1e-9):.0f}/s) into {folder} ({mib:.0f} MiB on disk, "
-        "memory-mapped by every trial on this node; later commands reuse it)"
-    )
-
-
-def _resources(space: SearchSpace, cluster: dict[str, float]) -> dict[str, float]:
-    budget = space.budget
-    cpus_available = cluster.get("CPU", 0.0)
-    if budget.cpus_per_trial > cpus_available:
-        raise UsageError(
-            f"cpus-per-trial {budget.cpus_per_trial:g} exceeds the {cpus_available:g} CPUs "
-            "available to Ray"
-        )
-    gpus = budget.gpus_per_trial
-    gpus_available = cluster.get("GPU", 0.0)
-    if gpus is None:
-        # Several trials share a GPU: small models four to a GPU, ResNet-50 two.
-        gpus = (
-            0.0
-            if not gpus_available
-            else (0.5 if "resnet50" in space.possible_values("model") else 0.25)
-        )
-    elif gpus > gpus_available:
-        raise UsageError(f"gpus-per-trial {gpus:g} exceeds the {gpus_available:g} GPUs available")
-    return {"cpu": budget.cpus_per_trial, "gpu": gpus}
-
-
-def _fits(cluster: dict[str, float], resources: dict[str, float]) -> int:
-    """How many trials the cluster runs at once (Tune then starts them all together).
-
-    Ray Tune starts one trial at a time for a searcher unless told this number.
-    """
-    fits = cluster.get("CPU", 0.0) / resources["cpu"]
-    if resources["gpu"]:
-        fits = min(fits, cluster.get("GPU", 0.0) / resources["gpu"])
-    return max(1, int(fits + 1e-9))
 
 
 def _trainable(cache: ImageCache, resources: dict[str, float], space: SearchSpace) -> Any:
@@ -287,12 +145,12 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     req.storage.check_writable()
     load_key()  # the key that signs the state: made (or found unreadable) now, not mid-search
     if not (req.address or settings().ray_address):
-        _resources(req.space, local_resources())  # fail before decoding or starting Ray
+        resources_per_trial(req.space, local_resources())  # fail before decoding or starting Ray
     check_weights(req.space)
     warm = warm_start(req.space, req.storage, list(req.warm_start), say)
     split, cache = prepare_split(req, say)
     cluster = start_ray(req.address, say)
-    resources = _resources(req.space, cluster)
+    resources = resources_per_trial(req.space, cluster)
     objectives = req.space.objectives
     if objectives.times_latency and objectives.latency_device == "cuda" and not resources["gpu"]:
         raise UsageError(
@@ -301,11 +159,12 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         )
     check_storage_reachable(req.storage)
     exp.write_split(split)
-    record = _record(req, cache.size, resources, warm.sources)
+    record = run_record(req, cache.size, resources, warm.sources)
     write_signed(exp, TUNER_FILE, record.encode())
     make_reserve(exp)
     budget, strategy = req.space.budget, req.space.strategy
-    concurrent = min(budget.max_concurrent or _fits(cluster, resources), budget.num_samples)
+    at_once = trials_at_once(cluster, resources)
+    concurrent = min(budget.max_concurrent or at_once, budget.num_samples)
     say(
         f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
         f"{budget.max_epochs} epochs, {strategies.describe(strategy, budget, req.space)} "
@@ -483,95 +342,3 @@ def _fit(tuner: Any, exp: Experiment, say: Print) -> bool:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return True
-
-
-def finish(exp: Experiment, budget: Budget, say: Print) -> int:
-    """Write the leaderboard files and print the summary; 0 if the search completed.
-
-    A search is unfinished when a trial is still running, pending or paused,
-    or when fewer than ``num_samples`` trials exist without a time budget
-    that could explain it.
-    """
-    board = build_leaderboard(exp)
-    unfinished = bool(board["status"].isin(["running", "pending", "paused"]).any()) or (
-        budget.time_budget_s is None and len(board) < budget.num_samples
-    )
-    if not unfinished and score_top_trials(exp, board, budget.test_top_k, say):
-        board = attach_test_scores(board, exp)
-    written = write_leaderboard(exp, board)
-    counts = board["status"].value_counts().to_dict()
-    say("")
-    say(f"Trials: {len(board)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
-    best = best_config(board)
-    if best:
-        say(
-            f"Best trial {best['trial_id']}: val_acc {best['val_acc']:.4f} "
-            f"(± {best['val_acc_se']:.4f}) at epoch {best['best_epoch']}{tie_note(board)}"
-        )
-        say("  " + json.dumps(best["config"]))
-        say(f"  checkpoint: {best['checkpoint']}")
-    if "pareto" in board:
-        from tuner.results._compare import front_text
-
-        on_front = board[board["pareto"]]
-        say(f"Pareto front ({len(on_front)} trials): {front_text(board) or '-'}")
-        cost = next(c for c in COSTS if c in board)
-        if len(on_front):
-            limit = f"{float(on_front[cost].median()):.3g}"
-            say(f'  export the most accurate under a {cost}: python -m tuner export {exp.name} '
-                f'--pick "{cost}<={limit}" --output DIR')  # fmt: skip
-    for line in test_lines(board):
-        say(line)
-    say("Wrote " + ", ".join(written))
-    if unfinished:
-        say(f"The search was interrupted. Continue it with:\n  {exp.resume_command()}")
-        return 1
-    forget_journal(exp)  # the study is in the storage; a remote one's local copy goes
-    _drop_driver_staging(exp)
-    return 0
-
-
-def _drop_driver_staging(exp: Experiment) -> None:
-    """Delete Ray Tune's local staging copy of a finished remote experiment.
-
-    Ray stages the experiment state and the trials' results and logs under its
-    session folder (``/tmp/ray/session_*/artifacts/TIMESTAMP/NAME/``) before
-    uploading them; once the search has finished they are in the bucket, and
-    that copy is the only trace of the experiment left on this disk.
-    """
-    import shutil
-
-    import ray
-
-    if exp.storage.is_local or not ray.is_initialized():
-        return
-    for folder in train_session_dir().glob(f"*/{exp.name}"):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _record(
-    req: SearchRequest,
-    cache_size: int,
-    resources: dict[str, float],
-    warm: list[dict[str, Any]],
-) -> RunRecord:
-    import ray
-
-    resolved = req.space.to_dict()
-    return RunRecord(
-        name=req.name,
-        space_name=req.space.name,
-        space_source=req.space.source,
-        # Everything `resume` parses the space from: params, budget, points, strategy,
-        # objectives (not the name and file, kept beside it).
-        space={k: v for k, v in resolved.items() if k not in ("name", "source")},
-        data_dir=req.data_dir,
-        storage=req.storage.uri,
-        address=req.address,
-        cache_size=cache_size,
-        resources=resources,
-        command=" ".join(sys.argv),
-        follow_links=req.follow_links,
-        ray_version=ray.__version__,
-        warm_start=warm,
-    )

@@ -1,0 +1,61 @@
+"""A synthetic experiment folder, as Ray Tune and a search leave one, written in
+milliseconds: the trial list, each trial's ``result.json`` and checkpoint folders, and
+``split.json``. For fast tests of what reads an experiment (leaderboard, list), without
+running a search."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.engine._formats import EXPERIMENT_STATE, checkpoint_name
+
+
+@dataclass
+class FakeTrial:
+    """One trial: Ray's status, its config, and per epoch (val_acc, val_loss), with a
+    checkpoint folder kept for the epochs in ``kept`` (default: every epoch)."""
+
+    trial_id: str
+    status: str = "TERMINATED"
+    epochs: list[tuple[float, float]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    kept: list[int] | None = None
+    diverged_at: int | None = None  # the epoch whose result says diverged
+    extra: dict[str, Any] = field(default_factory=dict)  # added to every result line
+
+
+def write_experiment(
+    storage: Path, name: str, trials: list[FakeTrial], n_val: int = 20, max_epochs: int = 3
+) -> Path:
+    """``storage/name`` holding ``trials``; every config gets ``max_epochs``."""
+    folder = storage / name
+    folder.mkdir(parents=True)
+    entries = []
+    for trial in trials:
+        config = {"max_epochs": max_epochs, **trial.config}
+        state = {"trial_id": trial.trial_id, "status": trial.status, "config": config,
+                 "experiment_tag": f"0_{trial.trial_id}"}  # fmt: skip
+        entries.append([json.dumps(state), "{}"])
+        trial_dir = folder / f"trial_{trial.trial_id}"
+        trial_dir.mkdir()
+        lines = []
+        for index, (acc, loss) in enumerate(trial.epochs):
+            epoch = index + 1
+            lines.append(
+                json.dumps({"epoch": epoch, "training_iteration": epoch, "val_acc": acc,
+                            "val_loss": loss, "train_loss": loss, "time_total_s": 10.0 * epoch,
+                            "diverged": epoch == trial.diverged_at,
+                            "checkpoint_dir_name": checkpoint_name(index), **trial.extra})
+            )  # fmt: skip
+            if trial.kept is None or epoch in trial.kept:
+                (trial_dir / checkpoint_name(index)).mkdir()
+        (trial_dir / "result.json").write_text("".join(line + "\n" for line in lines))
+    state_file = folder / EXPERIMENT_STATE.format("2026-12-06_10-00-00")
+    state_file.write_text(json.dumps({"trial_data": entries}))
+    val = [[f"a/{i}.jpg", 0] for i in range(n_val)]
+    split = {"root": str(storage), "classes": ["a", "b"], "train": [], "val": val, "test": []}
+    (folder / "split.json").write_text(json.dumps(split))
+    return folder

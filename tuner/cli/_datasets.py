@@ -1,9 +1,9 @@
 """Where the photos come from: ``--data``, ``$TUNER_DATA``, or the cached flower set.
 
 Without a folder the TensorFlow ``flower_photos`` archive is downloaded once
-(with a progress bar), its size checked against the published one, its
-SHA-256 recorded and checked on every later use, and unpacked under
-``$TUNER_CACHE`` (default ``~/.cache/flower-tune``).
+(with a progress bar), its size and SHA-256 checked against the published ones
+(as TensorFlow Datasets pins them) before it is unpacked under ``$TUNER_CACHE``
+(default ``~/.cache/flower-tune``), and its SHA-256 checked again on every later use.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ FLOWERS_URL = (
     "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 )
 FLOWERS_BYTES = 228_813_984  # the published size of flower_photos.tgz
+# Its SHA-256, as TensorFlow Datasets pins it (tensorflow_datasets/url_checksums/tf_flowers.txt).
+FLOWERS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
 _HOW_TO = (
     "Pass a local folder of class sub-folders with --data DIR (or set $TUNER_DATA), "
     "e.g. --data ../shared/data/flowers."
@@ -62,6 +64,12 @@ def _download_flowers(folder: Path) -> Path:
             f"the download is damaged. Try again, or {_HOW_TO}"
         )
     digest = _sha256(archive)
+    if digest != FLOWERS_SHA256:
+        archive.unlink()
+        raise UsageError(
+            f"downloaded flower_photos.tgz has SHA-256 {digest}, expected {FLOWERS_SHA256}; "
+            f"it is not the published archive. {_HOW_TO}"
+        )
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     with tarfile.open(archive) as tar:
@@ -70,17 +78,15 @@ def _download_flowers(folder: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(inner if inner.is_dir() else staging, folder)
     shutil.rmtree(staging, ignore_errors=True)
-    (folder / ".sha256").write_text(digest)
     (folder / ".complete").write_text("")
     return folder
 
 
 def _verify_recorded_checksum(folder: Path) -> None:
     archive = folder.parent / "flower_photos.tgz"
-    recorded = folder / ".sha256"
-    if archive.is_file() and recorded.is_file() and _sha256(archive) != recorded.read_text():
+    if archive.is_file() and _sha256(archive) != FLOWERS_SHA256:
         raise UsageError(
-            f"{archive} no longer matches the checksum recorded when it was downloaded; "
+            f"{archive} no longer matches the published archive's SHA-256; "
             f"delete {folder.parent} to download it again, or {_HOW_TO}"
         )
 

@@ -9,12 +9,14 @@ never unpickles arbitrary objects.
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainables._files import write_replacing
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -29,9 +31,9 @@ def save_state(
     """Write ``state`` plus the trial config and class names to ``folder/checkpoint.pt``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save({**state, "config": dict(config), "classes": list(classes)}, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save({**state, "config": dict(config), "classes": list(classes)}, buffer)
+    write_replacing(path, buffer.getbuffer())
     return path
 
 

@@ -157,7 +157,9 @@ def inside(root: str | os.PathLike[str], *names: str) -> Path:
     return target
 
 
-def write_replacing(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+def write_replacing(
+    path: str | os.PathLike[str], data: bytes | memoryview, mode: int = 0o644
+) -> None:
     """Write ``path`` whole through a temporary file created exclusively in its folder and
     renamed over it: readers see the old file or the new one, and a link planted at
     ``path`` is replaced, never written through."""

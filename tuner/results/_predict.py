@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,14 @@ from typing import Any
 
 import torch
 
-from trainables import IMAGE_EXTENSIONS, MODELS, FileRefused, build_model, default_device
+from trainables import (
+    IMAGE_EXTENSIONS,
+    MODELS,
+    FileRefused,
+    build_model,
+    default_device,
+    write_replacing,
+)
 from tuner._errors import UsageError, printable
 from tuner.results._bounds import (
     CONFIG_BYTES,
@@ -294,10 +300,7 @@ def write_predictions(
         text = buffer.getvalue()
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, output)
+        write_replacing(output, text.encode("utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
 

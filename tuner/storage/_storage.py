@@ -21,7 +21,6 @@ import contextlib
 import os
 import posixpath
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
-from trainables import MIB, FileRefused, read_bounded, refuse_links, settings
+from trainables import MIB, FileRefused, read_bounded, refuse_links, settings, write_replacing
 from tuner._errors import UsageError
 
 DEFAULT_STORAGE = "results"
@@ -90,16 +89,7 @@ def write_whole(fs: Any, path: str, data: bytes) -> None:
         with fs.open_output_stream(path) as f:  # an object is replaced by one PUT
             f.write(data)
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{posixpath.basename(path)}.", suffix=".partial",
-                               dir=posixpath.dirname(path))  # fmt: skip
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_replacing(path, data)
 
 
 @dataclass(frozen=True)

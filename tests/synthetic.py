@@ -28,14 +28,23 @@ class FakeTrial:
 
 
 def write_experiment(
-    storage: Path, name: str, trials: list[FakeTrial], n_val: int = 20, max_epochs: int = 3
+    storage: Path,
+    name: str,
+    trials: list[FakeTrial],
+    n_val: int = 20,
+    max_epochs: int = 3,
+    weights: bool = False,
 ) -> Path:
-    """``storage/name`` holding ``trials``; every config gets ``max_epochs``."""
+    """``storage/name`` holding ``trials``; every config gets ``max_epochs``. With
+    ``weights``, each kept checkpoint holds a real one: a random-init EfficientNet-Lite0
+    at 32 px for the two classes ``a`` and ``b``."""
     folder = storage / name
     folder.mkdir(parents=True)
     entries = []
     for trial in trials:
         config = {"max_epochs": max_epochs, **trial.config}
+        if weights:
+            config = {"model": "efficientnet_lite0", "image_size": 32, **config}
         state = {"trial_id": trial.trial_id, "status": trial.status, "config": config,
                  "experiment_tag": f"0_{trial.trial_id}"}  # fmt: skip
         entries.append([json.dumps(state), "{}"])
@@ -52,10 +61,26 @@ def write_experiment(
             )  # fmt: skip
             if trial.kept is None or epoch in trial.kept:
                 (trial_dir / checkpoint_name(index)).mkdir()
+                if weights:
+                    _save_weights(trial_dir / checkpoint_name(index), config, epoch, acc)
         (trial_dir / "result.json").write_text("".join(line + "\n" for line in lines))
     state_file = folder / EXPERIMENT_STATE.format("2026-12-06_10-00-00")
     state_file.write_text(json.dumps({"trial_data": entries}))
     val = [[f"a/{i}.jpg", 0] for i in range(n_val)]
-    split = {"root": str(storage), "classes": ["a", "b"], "train": [], "val": val, "test": []}
+    split = {"root": str(storage), "classes": ["a", "b"], "seed": 0, "val_fraction": 0.2,
+             "test_fraction": 0.0, "train": [], "val": val, "test": []}  # fmt: skip
     (folder / "split.json").write_text(json.dumps(split))
     return folder
+
+
+def _save_weights(folder: Path, config: dict[str, Any], epoch: int, acc: float) -> None:
+    import torch
+
+    from trainables import TrialConfig, build_model
+    from trainables._checkpoint import save_state
+
+    full = TrialConfig.from_dict(config).to_dict()
+    torch.manual_seed(epoch)
+    model = build_model(full["model"], 2, pretrained=False, image_size=full["image_size"])
+    state = {"model": model.state_dict(), "epoch": epoch, "best_val_acc": acc}
+    save_state(folder, state, config=full, classes=["a", "b"])

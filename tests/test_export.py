@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import cli, experiment_at, run_cli, run_tuner
+from synthetic import FakeTrial, write_experiment
 
 import trainables
 from tuner.cli import main
@@ -232,8 +233,10 @@ def test_predict_prints_readable_lines_and_errors_on_stderr(exported, flowers, t
         (["predict", "{tmp}/corrupt", "photo.jpg"], "is not a usable export"),
     ],
 )
-def test_bad_input_exits_2_with_one_message(finished, tmp_path, capsys, args, message):
-    _, storage, _ = finished
+def test_bad_input_exits_2_with_one_message(tmp_path, capsys, args, message):
+    storage = tmp_path / "results"  # a synthetic experiment with real weights: no search
+    trials = [FakeTrial("t", epochs=[(0.8, 0.5)])]
+    write_experiment(storage, "e2e", trials, max_epochs=1, weights=True)
     (tmp_path / "file.txt").write_text("")
     (tmp_path / "corrupt").mkdir()
     for name in ("model.ts", "labels.json", "config.json"):
@@ -317,8 +320,9 @@ def test_an_ensemble_predicts_the_mean_of_its_members_probabilities(
         (("--ensemble", "0"), "must be >= 1"),
     ],
 )
-def test_bad_ensemble_requests_exit_2_with_one_message(finished, tmp_path, extra, message):
-    _, storage, _ = finished
+def test_bad_ensemble_requests_exit_2_with_one_message(tmp_path, extra, message):
+    storage = tmp_path / "results"
+    write_experiment(storage, "e2e", [FakeTrial("t", epochs=[(0.8, 0.5)])], max_epochs=1)
     args = ("--storage", str(storage), "--output", str(tmp_path / "e"))
     code, _, err = run_cli("export", "e2e", *args, *extra)
     assert code == 2 and message in err and "Traceback" not in err

@@ -19,6 +19,7 @@ from conftest import (
     experiment_at,
     free_port,
 )
+from synthetic import FakeTrial, write_experiment
 
 from tuner.cli import main
 from tuner.results._leaderboard import _BASE_COLUMNS
@@ -115,10 +116,10 @@ def test_leaderboard_command_formats(finished, tmp_path, capsys):
     assert pd.read_parquet(path)["rank"].tolist() == [1, 2, 3, 4, 5]
 
 
-def test_search_refuses_an_existing_name_and_says_what_to_do_next(
-    finished, small_flowers, tmp_path, capsys
-):
-    _, storage, _ = finished
+def test_search_refuses_an_existing_name_and_says_what_to_do_next(small_flowers, tmp_path, capsys):
+    storage = tmp_path / "r"  # a synthetic experiment whose trials all ended
+    exp = write_experiment(storage, "e2e", [FakeTrial("t", epochs=[(0.8, 0.5)])], max_epochs=1)
+    (exp / "best_config.json").write_text("{}")
     args = ("--data", str(small_flowers), "--storage", str(storage), "--name", "e2e")
     code, _, err = cli(capsys, "search", "--space", "smoke", *args)
     assert code == 2 and "Traceback" not in err
@@ -126,9 +127,7 @@ def test_search_refuses_an_existing_name_and_says_what_to_do_next(
     assert "already exists" in err and "is finished" in err and "tuner leaderboard e2e" in err
     assert "resume" not in err
     # Not finished (no leaderboard written yet): resume it.
-    shutil.copytree(storage / "e2e", tmp_path / "r" / "e2e")
-    (tmp_path / "r" / "e2e" / "best_config.json").unlink()
-    args = ("--data", str(small_flowers), "--storage", str(tmp_path / "r"), "--name", "e2e")
+    (exp / "best_config.json").unlink()
     code, _, err = cli(capsys, "search", "--space", "smoke", *args)
     assert code == 2 and "already exists" in err and "tuner resume e2e" in err
 
@@ -384,7 +383,6 @@ def test_resume_of_a_finished_search_says_so_without_starting_ray(finished, caps
 
 def test_resume_writes_the_leaderboard_a_driver_killed_at_the_end_did_not(finished, tmp_path):
     """Killed after Ray's last save, before the leaderboard: resume writes it (no Ray)."""
-    import shutil
 
     from conftest import run_cli
 

@@ -100,7 +100,8 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-Decoded = tuple[np.ndarray | None, str | None, str | None]
+# One photo decoded: (CHW uint8 pixels or None, why it failed or None, SHA-1 of its bytes).
+PhotoResult = tuple[np.ndarray | None, str | None, str | None]
 
 
 BROKEN_LINK = "broken symbolic link"
@@ -115,7 +116,7 @@ def unreadable(exc: OSError) -> str:
     return f"cannot read file: {exc.strerror or exc}"
 
 
-def decode_one(path: str | os.PathLike[str], size: int) -> Decoded:
+def decode_one(path: str | os.PathLike[str], size: int) -> PhotoResult:
     """(CHW uint8 array, None, sha1 of the bytes) or (None, reason, None).
 
     ``path`` may be a link (a user names it), but it must lead to a regular file of at
@@ -141,7 +142,7 @@ def decode_one(path: str | os.PathLike[str], size: int) -> Decoded:
     return decode_bytes(data, size)
 
 
-def decode_bytes(data: bytes, size: int) -> Decoded:
+def decode_bytes(data: bytes, size: int) -> PhotoResult:
     """:func:`decode_one` of a file's bytes."""
     if not data:
         return None, "empty file (0 bytes)", None
@@ -162,7 +163,7 @@ def decode_bytes(data: bytes, size: int) -> Decoded:
     return array, None, hashlib.sha1(data, usedforsecurity=False).hexdigest()
 
 
-def _decode_job(job: tuple[str, int]) -> Decoded:
+def _decode_path_job(job: tuple[str, int]) -> PhotoResult:
     return decode_one(*job)
 
 
@@ -179,9 +180,9 @@ def run_jobs(
 
 
 def stack(
-    results: Sequence[Decoded], size: int
+    results: Sequence[PhotoResult], size: int
 ) -> tuple[np.ndarray, dict[int, str], list[str | None]]:
-    """Decoded photos as one ``(N, 3, size, size)`` array (zero rows where one failed), the
+    """PhotoResult photos as one ``(N, 3, size, size)`` array (zero rows where one failed), the
     reason of each failure by index, and each file's content digest."""
     out = np.zeros((len(results), 3, size, size), dtype=np.uint8)
     failures: dict[int, str] = {}
@@ -200,4 +201,4 @@ def decode_files(
 ) -> tuple[np.ndarray, dict[int, str], list[str | None]]:
     """Decode local photos to an ``(N, 3, size, size)`` uint8 array, on all cores (see
     :func:`stack` for what it returns). For a few photos at a time: the array is in memory."""
-    return stack(run_jobs(_decode_job, [(os.fspath(p), size) for p in paths], workers), size)
+    return stack(run_jobs(_decode_path_job, [(os.fspath(p), size) for p in paths], workers), size)

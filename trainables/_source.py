@@ -41,7 +41,7 @@ from trainables._photos import (
     IMAGE_EXTENSIONS,
     MAX_FILE_BYTES,
     NOT_REGULAR,
-    Decoded,
+    PhotoResult,
     decode_bytes,
     run_jobs,
     stack,
@@ -167,7 +167,7 @@ class PhotoSource:
             raise SourceError(f"{self.display()} is not a local folder")
         return Path(self._path(rel))
 
-    def decode(self, rel: str, size: int) -> Decoded:
+    def decode(self, rel: str, size: int) -> PhotoResult:
         """(CHW uint8 array, None, sha1) of photo ``rel`` at ``size`` px, or (None, reason, None):
         never raises for a bad file."""
         try:
@@ -385,7 +385,7 @@ def _local_file_reason(entry: os.DirEntry[str]) -> str | None:
     return None if stat.S_ISREG(st.st_mode) else NOT_REGULAR
 
 
-def _decode_job(job: tuple[PhotoSource, str, int]) -> Decoded:
+def _decode_source_job(job: tuple[PhotoSource, str, int]) -> PhotoResult:
     source, rel, size = job
     return source.decode(rel, size)
 
@@ -401,7 +401,7 @@ def decode_rels(
 ) -> tuple[Any, dict[int, str], list[str | None]]:
     """Photos ``rels`` of ``source`` decoded at ``size`` px into one in-memory array, on all
     cores (see :func:`trainables._photos.stack`): for a chunk of photos at a time."""
-    return stack(run_jobs(_decode_job, [(source, rel, size) for rel in rels], workers), size)
+    return stack(run_jobs(_decode_source_job, [(source, rel, size) for rel in rels], workers), size)
 
 
 def probe_rels(

@@ -38,7 +38,7 @@ from tuner.storage._experiment import (
 )
 
 
-def test_lines(board: pd.DataFrame) -> list[str]:
+def holdout_lines(board: pd.DataFrame) -> list[str]:
     """The summary line of the scored trials: test against val, by rank."""
     scored = board[board["test_acc"].notna()]
     if scored.empty:

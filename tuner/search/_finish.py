@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tuner.engine._internals import train_session_dir
-from tuner.results._holdout import score_top_trials, test_lines
+from tuner.results._holdout import holdout_lines, score_top_trials
 from tuner.results._leaderboard import (
     attach_test_scores,
     best_config,
@@ -55,7 +55,7 @@ def finish(exp: Experiment, budget: Budget, say: Print) -> int:
             limit = f"{float(on_front[cost].median()):.3g}"
             say(f'  export the most accurate under a {cost}: python -m tuner export {exp.name} '
                 f'--pick "{cost}<={limit}" --output DIR')  # fmt: skip
-    for line in test_lines(board):
+    for line in holdout_lines(board):
         say(line)
     say("Wrote " + ", ".join(written))
     if unfinished:

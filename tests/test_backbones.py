@@ -107,3 +107,20 @@ def test_mobilenet_v3_large_runs_a_real_search_export_and_predict(small_flowers,
     (result,) = json.loads(predicted)["results"]
     probabilities = [p["probability"] for p in result["predictions"]]
     assert len(probabilities) == 5 and abs(sum(probabilities) - 1) < 1e-3
+
+
+def test_the_registry_s_activation_and_gpu_figures_are_each_network_s_own():
+    """activations_per_byte is what the network's largest stage output holds per uint8
+    byte of its input (the disk reserve for frozen activations rests on it); gpu_share is
+    a whole number of trials to a GPU."""
+    side = 128
+    for name, entry in BACKBONES.items():
+        net = build_model(name, 5, pretrained=False, image_size=side).eval()
+        x, most = torch.zeros(1, 3, side, side), 0.0
+        with torch.no_grad():
+            for part in range(5):  # the stem, then stages 1-4: what a frozen prefix caches
+                x = entry.family.run_part(net, part, x)
+                if part:
+                    most = max(most, x.numel() / (3 * side * side))
+        assert entry.activations_per_byte == pytest.approx(most), name
+        assert (1 / entry.gpu_share).is_integer(), name

@@ -404,7 +404,7 @@ def test_the_activation_reserve_grows_with_the_photos_up_to_the_budget():
     """A search of a few photos asks the cache disk for what their activations can take,
     not for the 8 GiB budget (a disk with less free refused every small search)."""
     from trainables._features import FEATURE_DISK_BUDGET
-    from tuner.search._prepare import ACTIVATION_BYTES_PER_DECODED_BYTE, feature_reserve
+    from tuner.search._prepare import activation_bytes_per_decoded_byte, feature_reserve
     from tuner.spaces import load_space
 
     space = load_space("smoke")
@@ -412,5 +412,7 @@ def test_the_activation_reserve_grows_with_the_photos_up_to_the_budget():
         space.possible_values("aug_strength")
     )
     small = feature_reserve(space, 2 << 20)
-    assert sets >= 2 and small == sets * ACTIVATION_BYTES_PER_DECODED_BYTE * (2 << 20) < 1 << 30
+    per_byte = activation_bytes_per_decoded_byte(space)  # Lite0: 0.5 x 4 views x 2 bytes
+    assert per_byte == 4.0
+    assert sets >= 2 and small == sets * int(per_byte * (2 << 20)) < 1 << 30
     assert feature_reserve(space, 10 << 30) == FEATURE_DISK_BUDGET

@@ -243,6 +243,11 @@ class Backbone:
     # bf16 autocast on CPUs that run it natively; off where depthwise convolutions
     # make bf16 slower than fp32 there.
     cpu_bf16: bool = True
+    # The most values any stage's output holds per uint8 byte of its input photo (stage 1
+    # of a ResNet-50: 256 channels at 1/4 the side, 16 per pixel of 3 bytes): what its
+    # frozen activations can take on disk (tests/test_backbones.py measures each).
+    activations_per_byte: float = 0.5
+    gpu_share: float = 0.25  # of one GPU, a trial's default: four small models to a GPU
 
 
 _LITE = EfficientNetLite()
@@ -260,9 +265,25 @@ def _lite(digit: int, size: int) -> Backbone:
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone("resnet18", ResNet(), TorchvisionWeights("ResNet18_Weights")),
-        Backbone("resnet34", ResNet(), TorchvisionWeights("ResNet34_Weights")),
-        Backbone("resnet50", ResNet(), TorchvisionWeights("ResNet50_Weights")),
+        Backbone(
+            "resnet18",
+            ResNet(),
+            TorchvisionWeights("ResNet18_Weights"),
+            activations_per_byte=4 / 3,
+        ),
+        Backbone(
+            "resnet34",
+            ResNet(),
+            TorchvisionWeights("ResNet34_Weights"),
+            activations_per_byte=4 / 3,
+        ),
+        Backbone(
+            "resnet50",
+            ResNet(),
+            TorchvisionWeights("ResNet50_Weights"),
+            activations_per_byte=16 / 3,
+            gpu_share=0.5,  # two to a GPU
+        ),
         _lite(0, 224),
         _lite(1, 240),
         _lite(2, 260),
@@ -277,6 +298,7 @@ BACKBONES: dict[str, Backbone] = {
             MobileNetV3(),
             TorchvisionWeights("MobileNet_V3_Small_Weights"),
             cpu_bf16=False,
+            activations_per_byte=1 / 3,
         ),
     )
 }

@@ -21,7 +21,8 @@ from trainables import (
     screen,
     split_screened,
 )
-from trainables._features import FEATURE_DISK_BUDGET, max_cache_bytes
+from trainables._backbones import backbone
+from trainables._features import AUGMENTED_VIEWS, FEATURE_DISK_BUDGET, max_cache_bytes
 from trainables._store import row_bytes
 from tuner._errors import UsageError
 from tuner.search._datacheck import describe
@@ -61,10 +62,12 @@ def check_weights(space: SearchSpace) -> None:
             raise UsageError(str(exc)) from None
 
 
-# The most one set of frozen activations can take per byte of decoded photos: ResNet-50's
-# stage 1 gives 256 floats per 4x4 input pixels (5.3 per uint8 byte of a photo decoded
-# at least as large as it runs); four augmented views in float16 make that 43 bytes.
-ACTIVATION_BYTES_PER_DECODED_BYTE = 48
+def activation_bytes_per_decoded_byte(space: SearchSpace) -> float:
+    """The most one set of frozen activations of the space's networks can take per byte
+    of decoded photos (decoded at least as large as they run): the registry's values per
+    byte, for every augmented view, in float16."""
+    most = max(backbone(m).activations_per_byte for m in space.possible_values("model"))
+    return most * AUGMENTED_VIEWS * 2
 
 
 def feature_reserve(space: SearchSpace, decoded_bytes: int) -> int:
@@ -75,7 +78,8 @@ def feature_reserve(space: SearchSpace, decoded_bytes: int) -> int:
     if not depths or True not in space.possible_values("pretrained"):
         return 0
     combos = len(depths) * len(space.possible_values("aug_strength"))
-    per_combo = min(max_cache_bytes(), ACTIVATION_BYTES_PER_DECODED_BYTE * decoded_bytes)
+    per_byte = activation_bytes_per_decoded_byte(space)
+    per_combo = min(max_cache_bytes(), int(per_byte * decoded_bytes))
     return min(FEATURE_DISK_BUDGET, combos * per_combo)
 
 
@@ -136,12 +140,9 @@ def resources_per_trial(space: SearchSpace, cluster: dict[str, float]) -> dict[s
     gpus = budget.gpus_per_trial
     gpus_available = cluster.get("GPU", 0.0)
     if gpus is None:
-        # Several trials share a GPU: small models four to a GPU, ResNet-50 two.
-        gpus = (
-            0.0
-            if not gpus_available
-            else (0.5 if "resnet50" in space.possible_values("model") else 0.25)
-        )
+        # Several trials share a GPU, each the share its network's registry entry gives.
+        shares = [backbone(m).gpu_share for m in space.possible_values("model")]
+        gpus = max(shares) if gpus_available else 0.0
     elif gpus > gpus_available:
         raise UsageError(f"gpus-per-trial {gpus:g} exceeds the {gpus_available:g} GPUs available")
     return {"cpu": budget.cpus_per_trial, "gpu": gpus}

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         eval_transform,
         normalize,
     )
+    from trainables._backbones import backbone
     from trainables._checkpoint import CHECKPOINT_FILE, CheckpointError, load_state, save_state
     from trainables._config import (
         MAX_FREEZE_DEPTH,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
         random_photos,
         write_onnx,
     )
+    from trainables._features import AUGMENTED_VIEWS, FEATURE_DISK_BUDGET, max_cache_bytes
     from trainables._files import (
         KIB,
         MIB,
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
         decode_to_disk,
         find_decoded,
         needed_bytes,
+        row_bytes,
     )
     from trainables._train import evaluate, fit, predict_train, train_epoch
     from trainables._trainable import train_classifier
@@ -118,6 +121,11 @@ if TYPE_CHECKING:
 # data layer load numpy, Pillow and pyarrow only, not torch (~800 MB of resident
 # libraries with the CUDA build, and seconds of start-up).
 _SOURCES = {
+    "backbone": "_backbones",
+    "AUGMENTED_VIEWS": "_features",
+    "FEATURE_DISK_BUDGET": "_features",
+    "max_cache_bytes": "_features",
+    "row_bytes": "_store",
     "TRACE_ATOL": "_deploy",
     "Deployed": "_deploy",
     "export_program": "_deploy",
@@ -225,7 +233,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AUGMENTED_VIEWS",
     "CHECKPOINT_FILE",
+    "FEATURE_DISK_BUDGET",
     "IMAGE_EXTENSIONS",
     "KIB",
     "MAX_FREEZE_DEPTH",
@@ -260,6 +270,7 @@ __all__ = [
     "apply_params",
     "apply_ray_defaults",
     "augment_batch",
+    "backbone",
     "build_inputs",
     "build_model",
     "cache_root",
@@ -291,6 +302,7 @@ __all__ = [
     "load_photo",
     "load_state",
     "make_split",
+    "max_cache_bytes",
     "needed_bytes",
     "normalization",
     "normalize",
@@ -306,6 +318,7 @@ __all__ = [
     "read_bounded",
     "refuse_links",
     "resize_center_crop",
+    "row_bytes",
     "safe_name",
     "save_state",
     "scan_folder",

@@ -10,20 +10,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables import (
+    AUGMENTED_VIEWS,
+    FEATURE_DISK_BUDGET,
     DataError,
     Decoded,
     ImageCache,
     Split,
     WeightsUnavailableError,
+    backbone,
     cache_size_for,
     ensure_pretrained_weights,
+    max_cache_bytes,
+    row_bytes,
     scan_folder,
     screen,
     split_screened,
 )
-from trainables._backbones import backbone
-from trainables._features import AUGMENTED_VIEWS, FEATURE_DISK_BUDGET, max_cache_bytes
-from trainables._store import row_bytes
 from tuner._errors import UsageError
 from tuner.search._datacheck import describe
 from tuner.spaces._spaces import SearchSpace

@@ -18,9 +18,9 @@ from trainables import (
     DataError,
     ImageCache,
     decode_split,
+    settings,
     train_classifier,
 )
-from trainables._settings import settings
 from tuner._errors import UsageError
 from tuner.engine import _strategy as strategies
 from tuner.engine._actor import tune_trainable

@@ -120,3 +120,16 @@ def test_trainables_imports_nothing_from_tuner():
         if dst.startswith("tuner")
     ]
     assert not offending, offending
+
+
+def test_tuner_reaches_trainables_through_its_face_only():
+    """``trainables/__init__.py`` names what the rest of the project may use; its private
+    modules (``trainables._x``) are its own."""
+    offending = [
+        f"{src} -> {dst}"
+        for src, targets in graph().items()
+        if src.startswith("tuner")
+        for dst in targets
+        if dst.startswith("trainables._")
+    ]
+    assert not offending, offending

@@ -33,11 +33,10 @@ def trial_line(
     asked: int,
 ) -> str:
     """The line of a trial that ended after ``epochs`` of ``max_epochs``."""
-    ran = (
-        f"ran all {max_epochs} epochs"
-        if epochs >= max_epochs
-        else (f"stopped after {epochs} of {max_epochs} epochs")
-    )
+    if epochs >= max_epochs:
+        ran = f"ran all {max_epochs} epochs"
+    else:
+        ran = f"stopped after {epochs} of {max_epochs} epochs"
     best = result.get("best_val_acc")
     scores = [f"best val_acc {best:.4f}"] if isinstance(best, (int, float)) else ["no epoch"]
     scores += [f"{result[c]:.3g} {u}" for c, u in COST_UNITS.items() if c in result]

@@ -10,6 +10,7 @@ import shutil
 import pandas as pd
 import pytest
 from conftest import run_cli
+from synthetic import FakeTrial, write_experiment
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def test_compare_puts_each_experiments_figures_side_by_side(two):
     ("names", "message"),
     [(("e2e", "nosuch"), "nosuch"), (("e2e", "e2e"), "an experiment is named twice")],
 )
-def test_bad_compare_requests_exit_2_with_one_message(two, names, message):
-    storage, _ = two
+def test_bad_compare_requests_exit_2_with_one_message(tmp_path, names, message):
+    storage = tmp_path  # a synthetic experiment: no search
+    write_experiment(storage, "e2e", [FakeTrial("t", epochs=[(0.8, 0.5)])], max_epochs=1)
     code, _, err = run_cli("compare", *names, "--storage", str(storage))
     assert code == 2 and message in err and "Traceback" not in err, err

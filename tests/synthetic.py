@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.engine._formats import EXPERIMENT_STATE, checkpoint_name
+from tuner.engine.formats import EXPERIMENT_STATE, checkpoint_name
 
 
 @dataclass

@@ -70,7 +70,7 @@ def test_the_state_file_and_checkpoint_folders_have_the_layout_engine_formats_re
     trial_states; the pruner and the study name checkpoint folders by report index."""
     import json
 
-    from tuner.engine._formats import checkpoint_index, checkpoint_name, trial_states
+    from tuner.engine.formats import checkpoint_index, checkpoint_name, trial_states
 
     folder = live_trials["folder"]
     (newest,) = sorted(folder.glob("experiment_state-*.json"))[-1:]
@@ -94,7 +94,7 @@ def test_the_files_a_restore_loads_are_the_ones_signed():
     from ray.tune.impl.tuner_internal import _TUNER_PKL
     from ray.tune.search import BasicVariantGenerator, Searcher, SearchGenerator
 
-    from tuner.engine._formats import RESTORED_FILES
+    from tuner.engine.formats import RESTORED_FILES
     from tuner.storage._signing import is_signed
 
     names = [_TUNER_PKL] + [

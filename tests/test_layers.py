@@ -20,7 +20,7 @@ LAYERS = [
     "tuner.results",  # what a search leaves: leaderboard, scores, exports, reports
     "tuner.engine",  # Ray underneath, and Ray's and Optuna's private APIs
     "tuner.storage",  # where an experiment lives: storage, its files, lock, signatures
-    "tuner.engine._formats",  # the names and layout of Ray's files, which storage finds
+    "tuner.engine.formats",  # the names and layout of Ray's files, which storage finds
     "tuner.spaces",  # search spaces
     "tuner._errors",  # the user-facing error every layer raises
     "tuner._lazy",  # package faces that import on first use
@@ -126,7 +126,26 @@ def test_trainables_imports_nothing_from_tuner():
     assert not arrows("trainables", "tuner")
 
 
-def test_tuner_reaches_trainables_through_its_face_only():
-    """``trainables/__init__.py`` names what the rest of the project may use; its private
-    modules (``trainables._x``) are its own."""
-    assert not arrows("tuner", "trainables._")
+def private_owner(module: str) -> str | None:
+    """The package whose private module ``module`` is (``a.b`` for ``a.b._c.d``), if any."""
+    parts = module.split(".")
+    for index, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:index])
+    return None
+
+
+def test_no_package_imports_another_packages_private_modules():
+    """Each package's face (its ``__init__.py``) names what other packages may use; its
+    private modules (``package._x``) are its own and its subpackages'."""
+    reached_in = [
+        f"{src} -> {dst}"
+        for src, targets in graph().items()
+        for dst in targets
+        if (owner := private_owner(dst)) is not None
+        and src != owner
+        and not src.startswith(owner + ".")
+    ]
+    assert not reached_in, "imports of another package's private module:\n" + "\n".join(
+        reached_in
+    )

@@ -19,18 +19,15 @@ from tuner._errors import UsageError, printable
 from tuner.cli._parser import build_parser
 
 if TYPE_CHECKING:
-    from tuner.results._inference import RankedTrial
-    from tuner.storage._experiment import Experiment
+    from tuner.results import RankedTrial
+    from tuner.storage import Experiment
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from tuner.cli._datasets import resolve_data_dir
-    from tuner.search._prepare import SearchRequest, default_name
-    from tuner.search._run import run_search
-    from tuner.spaces._spaces import load_space
-    from tuner.storage._experiment import Experiment, validate_name
-    from tuner.storage._lock import WriterLock
-    from tuner.storage._storage import Storage
+    from tuner.search import SearchRequest, default_name, run_search
+    from tuner.spaces import load_space
+    from tuner.storage import Experiment, Storage, WriterLock, validate_name
 
     space = load_space(args.space)
     space = space.with_budget(
@@ -63,10 +60,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from tuner.search._run import resume
-    from tuner.storage._experiment import Experiment
-    from tuner.storage._lock import WriterLock
-    from tuner.storage._storage import Storage
+    from tuner.search import resume
+    from tuner.storage import Experiment, Storage, WriterLock
 
     storage = Storage.parse(args.storage)
     storage.check_writable()  # the lock is the first thing written: say why it cannot be
@@ -90,13 +85,12 @@ def print_data(text: str) -> None:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from tuner.results._holdout import made_model_lines
-    from tuner.results._leaderboard import build_leaderboard, render
+    from tuner.results import build_leaderboard, made_model_lines, render
 
     exp = _experiment(args)
     board = build_leaderboard(exp)
     if args.pareto:
-        from tuner.results._front import front
+        from tuner.results import front
 
         board = front(board)
     out = render(board, args.format, args.top)
@@ -117,17 +111,16 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from tuner.results._listing import list_experiments, render_list
-    from tuner.storage._storage import Storage
+    from tuner.results import list_experiments, render_list
+    from tuner.storage import Storage
 
     print_data(render_list(list_experiments(Storage.parse(args.storage)), args.format))
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from tuner.results._compare import compare, render_compare
-    from tuner.storage._experiment import Experiment
-    from tuner.storage._storage import Storage
+    from tuner.results import compare, render_compare
+    from tuner.storage import Experiment, Storage
 
     storage = Storage.parse(args.storage)
     experiments = [Experiment.open(storage, name) for name in args.names]
@@ -136,7 +129,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_spaces(args: argparse.Namespace) -> int:
-    from tuner.spaces._spaces import available_spaces, load_space
+    from tuner.spaces import available_spaces, load_space
 
     if args.name:
         print(json.dumps(load_space(args.name).to_dict(), indent=2))
@@ -156,14 +149,13 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
 
 def _experiment(args: argparse.Namespace) -> Experiment:
     """The experiment that NAME and --storage name (UsageError if there is none)."""
-    from tuner.storage._experiment import Experiment
-    from tuner.storage._storage import Storage
+    from tuner.storage import Experiment, Storage
 
     return Experiment.open(Storage.parse(args.storage), args.name)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tuner.results._report import write_report
+    from tuner.results import write_report
 
     report = write_report(_experiment(args))
     for path in report.figures:
@@ -176,8 +168,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _ranked_trial(args: argparse.Namespace) -> RankedTrial:
     """The ranked trial that NAME, --rank and --storage name, loaded."""
-    from tuner.results._inference import load_ranked_trial
-    from tuner.results._leaderboard import build_leaderboard
+    from tuner.results import build_leaderboard, load_ranked_trial
 
     exp = _experiment(args)
     return load_ranked_trial(exp, args.rank, build_leaderboard(exp))
@@ -186,8 +177,7 @@ def _ranked_trial(args: argparse.Namespace) -> RankedTrial:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from tuner.results._inference import evaluate_folder, evaluate_test_split
-    from tuner.results._tta import apply_tta
+    from tuner.results import apply_tta, evaluate_folder, evaluate_test_split
 
     trial = _ranked_trial(args)
     trial = replace(trial, model=apply_tta(trial.model, args.tta))
@@ -198,8 +188,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tuner.results._export import check_output, export_trial
-    from tuner.results._tta import choose_tta
+    from tuner.results import check_output, choose_tta, export_trial
 
     check_output(Path(args.output), args.force)  # before any model is loaded
     if args.pick is not None:
@@ -207,8 +196,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise UsageError("--pick chooses one trial: it goes without --ensemble and --distill")
         if args.rank is not None:
             raise UsageError("--pick chooses the rank: give --pick or --rank, not both")
-        from tuner.results._front import pick_rank
-        from tuner.results._leaderboard import build_leaderboard
+        from tuner.results import build_leaderboard, pick_rank
 
         args.rank = pick_rank(build_leaderboard(_experiment(args)), args.pick)
         print(f"--pick {args.pick}: rank {args.rank}, the most accurate front trial that meets it")
@@ -229,7 +217,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     scored = f"the search checkpoint of trial {trial.trial_id}" if args.refit else "the model"
     tta = choose_tta(args.tta, trial.model, trial.experiment.split(), trial.preprocessing, scored)
     if args.refit:
-        from tuner.results._refit import load_refit
+        from tuner.results import load_refit
 
         trial = load_refit(trial)
     for path in export_trial(trial, Path(args.output), args.force, tta):
@@ -245,9 +233,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_distilled(args: argparse.Namespace) -> int:
-    from tuner.results._distill import DistillRequest, distill, load_distilled
-    from tuner.results._export import export_trial
-    from tuner.results._tta import choose_tta
+    from tuner.results import DistillRequest, choose_tta, distill, export_trial, load_distilled
 
     exp = _experiment(args)
     request = DistillRequest(
@@ -274,7 +260,7 @@ def _export_distilled(args: argparse.Namespace) -> int:
 
 
 def _cmd_refit(args: argparse.Namespace) -> int:
-    from tuner.results._refit import refit
+    from tuner.results import refit
 
     exp = _experiment(args)
     record = refit(exp, args.rank, trust_state=args.trust_state)
@@ -293,11 +279,14 @@ def _cmd_refit(args: argparse.Namespace) -> int:
 
 
 def _export_ensemble(args: argparse.Namespace) -> int:
-    from tuner.results._ensemble import choose_ensemble
-    from tuner.results._export import export_ensemble
-    from tuner.results._holdout import record_ensemble, score_module_on_test
-    from tuner.results._leaderboard import build_leaderboard
-    from tuner.results._tta import choose_tta
+    from tuner.results import (
+        build_leaderboard,
+        choose_ensemble,
+        choose_tta,
+        export_ensemble,
+        record_ensemble,
+        score_module_on_test,
+    )
 
     exp = _experiment(args)
     board = build_leaderboard(exp)
@@ -336,7 +325,7 @@ def _export_ensemble(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tuner.results._predict import (
+    from tuner.results import (
         expand_images,
         format_predictions,
         load_export,
@@ -369,7 +358,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from trainables import DataError, check_folder, scan_folder
-    from tuner.search._datacheck import describe, summary
+    from tuner.search import describe, summary
 
     try:
         usable = check_folder(scan_folder(args.dir, args.follow_links))

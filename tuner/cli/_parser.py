@@ -9,8 +9,7 @@ import argparse
 import difflib
 from typing import Any
 
-from tuner.spaces._objectives import LATENCY_DEVICES
-from tuner.spaces._strategy import SCHEDULERS, SEARCHERS
+from tuner.spaces import LATENCY_DEVICES, SCHEDULERS, SEARCHERS
 
 STORAGE_HELP = (
     "where experiments live: a folder or a URI such as s3://BUCKET/PREFIX "

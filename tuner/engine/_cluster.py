@@ -19,7 +19,7 @@ from collections.abc import Callable
 from trainables import settings
 from tuner._errors import UsageError
 from tuner.engine._internals import TOKEN_NOTICE_LOGGER
-from tuner.storage._storage import Storage
+from tuner.storage import Storage
 
 CONNECT_TIMEOUT_S = 15.0  # for a cluster's port to answer
 RAY_CLIENT_PORT = 10001  # ray://HOST without a port

@@ -60,8 +60,8 @@ from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import parse_json, read_bounded
-from tuner.engine._formats import EXPERIMENT_STATE, trial_states
-from tuner.storage._experiment import STATE_LIMIT
+from tuner.engine.formats import EXPERIMENT_STATE, trial_states
+from tuner.storage import STATE_LIMIT
 
 # Ray Tune's trial list in a folder it saves (``TuneController.CKPT_FILE_TMPL``).
 # Ray's logger of "Token authentication is enabled ..." (ray/_private/authentication/).

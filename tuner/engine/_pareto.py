@@ -23,7 +23,7 @@ from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from tuner.spaces._objectives import front_ranks
+from tuner.spaces import front_ranks
 
 
 def crowding_distances(points: list[tuple[float, ...]], ranks: list[int]) -> list[float]:

@@ -36,8 +36,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tuner.spaces._spaces import Budget
-from tuner.spaces._strategy import PBT_MUTABLE, Strategy
+from tuner.spaces import PBT_MUTABLE, Budget, Strategy
 
 METRIC = "val_acc"  # what schedulers compare: each epoch's val_acc
 TIME_ATTR = "epoch"

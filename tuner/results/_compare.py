@@ -24,8 +24,8 @@ from tuner._errors import UsageError
 from tuner.results._holdout import made_models
 from tuner.results._leaderboard import build_leaderboard
 from tuner.results._listing import status_row
-from tuner.spaces._objectives import COSTS
-from tuner.storage._experiment import TUNER_FILE, Experiment
+from tuner.spaces import COSTS
+from tuner.storage import TUNER_FILE, Experiment
 
 DEFAULT_STRATEGY = {"scheduler": "asha", "searcher": "tpe"}
 DEFAULT_OBJECTIVES = [{"val_acc": "max"}]

@@ -50,7 +50,7 @@ from tuner.results._inference import (
 )
 from tuner.results._leaderboard import build_leaderboard
 from tuner.results._refit import checked_record, refit_data, train_on_train_val
-from tuner.storage._experiment import DISTILL_DIR, DISTILL_RECORD, Experiment
+from tuner.storage import DISTILL_DIR, DISTILL_RECORD, Experiment
 
 TEACHER_WEIGHT = 0.7
 TEACHER_SIZE = 3

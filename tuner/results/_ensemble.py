@@ -27,7 +27,7 @@ from torch import nn
 
 from tuner._errors import UsageError
 from tuner.results._inference import RankedTrial, classify_labelled, load_ranked_trial
-from tuner.storage._experiment import Experiment
+from tuner.storage import Experiment
 
 METHODS = ("greedy", "top")
 

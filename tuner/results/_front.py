@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from tuner._errors import UsageError
-from tuner.spaces._objectives import Constraint, Objectives
+from tuner.spaces import Constraint, Objectives
 
 
 def require_front(board: pd.DataFrame, what: str) -> None:

@@ -14,10 +14,10 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from trainables import FileRefused, safe_name
-from tuner.engine._internals import PBT_GLOBAL, PBT_POLICY, pbt_lineage
+from tuner.engine import PBT_GLOBAL, PBT_POLICY, pbt_lineage
 
 if TYPE_CHECKING:
-    from tuner.storage._experiment import Experiment
+    from tuner.storage import Experiment
 
 POLICY_LIMIT = 1 << 20  # one line per exploit of the trial's lineage
 _TAG_NUMBER = re.compile(r"(\d+)_")

@@ -28,7 +28,7 @@ from tuner.results._inference import (
     load_ranked_trial,
 )
 from tuner.results._leaderboard import load_scores
-from tuner.storage._experiment import (
+from tuner.storage import (
     DISTILL_DIR,
     DISTILL_RECORD,
     ENSEMBLES,

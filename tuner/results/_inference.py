@@ -41,7 +41,7 @@ from trainables import (
     scan_folder,
 )
 from tuner._errors import UsageError
-from tuner.storage._experiment import Experiment
+from tuner.storage import Experiment
 
 # Photos decoded at once, and run through the model at once: bound memory on large folders.
 # Batches of 16 in channels-last: on a CPU, faster per photo than larger contiguous

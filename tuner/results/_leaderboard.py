@@ -1,6 +1,6 @@
 """The ranked record of every trial of an experiment, and its file formats.
 
-Read from Ray Tune's own trial list (the newest state file, :mod:`tuner.engine._formats`),
+Read from Ray Tune's own trial list (the newest state file, :mod:`tuner.engine.formats`),
 so it works on finished, interrupted and running experiments without writing to
 them, and lists exactly the trials the experiment knows. Only plain JSON is read
 from it (trial id, status, config): the values Ray stores as cloudpickle are never
@@ -21,10 +21,10 @@ import pandas as pd
 
 from trainables import SPLIT_FILE, FileRefused, TrialConfig, parse_json, safe_name
 from tuner._errors import UsageError
-from tuner.engine._formats import STATE_GLOB, trial_states
+from tuner.engine.formats import STATE_GLOB, trial_states
 from tuner.results._history import pbt_histories
-from tuner.spaces._objectives import COSTS, Objectives, front_ranks, objectives_of
-from tuner.storage._experiment import (
+from tuner.spaces import COSTS, Objectives, front_ranks, objectives_of
+from tuner.storage import (
     BEST_CONFIG,
     LEADERBOARD_CSV,
     LEADERBOARD_PARQUET,

@@ -19,9 +19,16 @@ import pandas as pd
 from trainables import FileRefused
 from tuner._errors import UsageError
 from tuner.results._leaderboard import build_leaderboard, read_state, summary
-from tuner.storage._experiment import LOCK_FILE, NAME_RE, TUNER_FILE, Experiment, experiment_names
-from tuner.storage._lock import Observations, is_stale
-from tuner.storage._storage import Storage
+from tuner.storage import (
+    LOCK_FILE,
+    NAME_RE,
+    TUNER_FILE,
+    Experiment,
+    Observations,
+    Storage,
+    experiment_names,
+    is_stale,
+)
 
 COLUMNS = ["name", "status", "trials_ended", "trials_asked", "best_val_acc", "test_acc"]
 COLUMNS += ["space", "created"]

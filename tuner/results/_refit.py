@@ -38,7 +38,7 @@ from trainables import (
     parse_json,
 )
 from tuner._errors import UsageError
-from tuner.engine._cluster import check_fits, start_ray, whole_node
+from tuner.engine import check_fits, start_ray, whole_node
 from tuner.results._inference import (
     RankedTrial,
     load_checkpoint,
@@ -46,9 +46,15 @@ from tuner.results._inference import (
     model_from_state,
 )
 from tuner.results._leaderboard import build_leaderboard
-from tuner.storage._experiment import REFIT_DIR, REFIT_RECORD, TUNER_FILE, Experiment, RunRecord
-from tuner.storage._signing import read_checked
-from tuner.storage._storage import Storage
+from tuner.storage import (
+    REFIT_DIR,
+    REFIT_RECORD,
+    TUNER_FILE,
+    Experiment,
+    RunRecord,
+    Storage,
+    read_checked,
+)
 
 
 def _train(

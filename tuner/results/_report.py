@@ -38,9 +38,8 @@ from tuner._errors import UsageError
 from tuner.results._front import draw_front
 from tuner.results._holdout import accuracy_text, made_models
 from tuner.results._leaderboard import best_config, build_leaderboard, plain, render
-from tuner.spaces._objectives import COSTS, Objectives
-from tuner.spaces._spaces import SearchSpace
-from tuner.storage._experiment import REPORT_DIR, REPORT_FILE, Experiment
+from tuner.spaces import COSTS, Objectives, SearchSpace
+from tuner.storage import REPORT_DIR, REPORT_FILE, Experiment
 
 _LOG_KEYS = ("lr", "weight_decay")
 _BEST_COLOUR = "tab:red"

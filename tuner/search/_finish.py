@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 
-from tuner.engine._internals import train_session_dir
-from tuner.results._holdout import holdout_lines, score_top_trials
-from tuner.results._leaderboard import (
+from tuner.engine import train_session_dir
+from tuner.results import (
     attach_test_scores,
     best_config,
     build_leaderboard,
+    holdout_lines,
+    score_top_trials,
     tie_note,
     write_leaderboard,
 )
 from tuner.search._prepare import Print
 from tuner.search._study import forget_journal
-from tuner.spaces._objectives import COSTS
-from tuner.spaces._spaces import Budget
-from tuner.storage._experiment import Experiment
+from tuner.spaces import COSTS, Budget
+from tuner.storage import Experiment
 
 
 def finish(exp: Experiment, budget: Budget, say: Print) -> int:
@@ -46,7 +46,7 @@ def finish(exp: Experiment, budget: Budget, say: Print) -> int:
         say("  " + json.dumps(best["config"]))
         say(f"  checkpoint: {best['checkpoint']}")
     if "pareto" in board:
-        from tuner.results._compare import front_text
+        from tuner.results import front_text
 
         on_front = board[board["pareto"]]
         say(f"Pareto front ({len(on_front)} trials): {front_text(board) or '-'}")

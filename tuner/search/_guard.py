@@ -47,9 +47,8 @@ from ray import tune
 
 from trainables import create_new
 from tuner._errors import UsageError
-from tuner.engine._logs import filter_trial_loop_log, last_failure, silence_tune_logs
-from tuner.storage._experiment import RESERVE_FILE, Experiment
-from tuner.storage._storage import object_store_error
+from tuner.engine import filter_trial_loop_log, last_failure, silence_tune_logs
+from tuner.storage import RESERVE_FILE, Experiment, object_store_error
 
 RESERVE_BYTES = 32 * 2**20
 # Room kept free beyond the next checkpoints: trial results, logs, the state itself.

@@ -28,9 +28,8 @@ from trainables import (
 )
 from tuner._errors import UsageError
 from tuner.search._datacheck import describe
-from tuner.spaces._spaces import SearchSpace
-from tuner.storage._experiment import RunRecord
-from tuner.storage._storage import Storage
+from tuner.spaces import SearchSpace
+from tuner.storage import RunRecord, Storage
 
 Print = Callable[[str], None]
 

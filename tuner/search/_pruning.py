@@ -31,8 +31,8 @@ from typing import Any
 
 from ray import tune
 
-from tuner.engine._formats import checkpoint_index
-from tuner.engine._internals import best_checkpoint_results, latest_checkpoint_result
+from tuner.engine import best_checkpoint_results, latest_checkpoint_result
+from tuner.engine.formats import checkpoint_index
 
 KEEP_BEST = 2
 

@@ -22,20 +22,24 @@ from trainables import (
     train_classifier,
 )
 from tuner._errors import UsageError
-from tuner.engine import _strategy as strategies
-from tuner.engine._actor import tune_trainable
-from tuner.engine._cluster import (
+from tuner.engine import (
+    KeptJsonLogger,
     check_fits,
     check_storage_reachable,
+    describe,
+    live_trials,
     local_resources,
-    start_ray,
-)
-from tuner.engine._internals import (
-    KeptJsonLogger,
+    make_sampler,
+    make_scheduler,
     make_search_alg,
+    pareto_rungs,
+    prunes_during_search,
     run_callbacks,
+    start_ray,
+    trial_epochs,
+    tune_trainable,
 )
-from tuner.results._listing import is_finished
+from tuner.results import is_finished
 from tuner.search._estimate import TimeEstimate
 from tuner.search._finish import finish
 from tuner.search._guard import StorageGuard, make_reserve, release_reserve
@@ -58,16 +62,20 @@ from tuner.search._study import (
     make_searcher,
 )
 from tuner.search._warm import warm_start
-from tuner.spaces._spaces import Budget, SearchSpace
-from tuner.storage._experiment import BEST_CONFIG, JOURNAL_FILE, TUNER_FILE, Experiment, RunRecord
-from tuner.storage._signing import (
+from tuner.spaces import Budget, SearchSpace
+from tuner.storage import (
+    BEST_CONFIG,
+    JOURNAL_FILE,
+    TUNER_FILE,
+    Experiment,
+    RunRecord,
+    Storage,
     check_signed,
     load_key,
     read_checked,
     signing_filesystem,
     write_signed,
 )
-from tuner.storage._storage import Storage
 
 METRIC = "val_acc"
 SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
@@ -97,7 +105,7 @@ def _run_config(
     return tune.RunConfig(
         callbacks=[
             StorageGuard(exp),
-            CheckpointPruner(during_search=strategies.prunes_during_search(space.strategy)),
+            CheckpointPruner(during_search=prunes_during_search(space.strategy)),
             estimate,
             TrialLines(budget.max_epochs, budget.num_samples, space.searched, say),
             JournalUpload(exp),
@@ -124,7 +132,7 @@ def _run_config(
 
 
 def _trial_epochs(space: SearchSpace) -> float:
-    return strategies.trial_epochs(space.strategy, space.budget)
+    return trial_epochs(space.strategy, space.budget)
 
 
 def run_search(req: SearchRequest, say: Print = print) -> int:
@@ -167,8 +175,8 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     concurrent = min(budget.max_concurrent or at_once, budget.num_samples)
     say(
         f"Search: space {req.space.name!r}, {budget.num_samples} trials of up to "
-        f"{budget.max_epochs} epochs, {strategies.describe(strategy, budget, req.space)} "
-        f"({'at least ' if strategies.pareto_rungs(strategy, req.space) else ''}"
+        f"{budget.max_epochs} epochs, {describe(strategy, budget, req.space)} "
+        f"({'at least ' if pareto_rungs(strategy, req.space) else ''}"
         f"~{_trial_epochs(req.space):.0f} trial-epochs), "
         f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial, {concurrent} at once; "
         "a time estimate follows the first epochs"
@@ -177,7 +185,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
     searcher = make_searcher(
         exp,
         SEARCH_METRIC,
-        strategies.make_sampler(strategy, budget.seed),
+        make_sampler(strategy, budget.seed),
         req.space.points_to_evaluate,
         budget.max_epochs,
         warm.trials,
@@ -191,10 +199,10 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
             # a resume's trial count and searcher in step with its trials.
             search_alg=make_search_alg(
                 searcher,
-                strategies.live_trials(strategy, concurrent, budget.num_samples),
+                live_trials(strategy, concurrent, budget.num_samples),
                 population=strategy.scheduler == "pbt",
             ),
-            scheduler=strategies.make_scheduler(strategy, budget, req.space),
+            scheduler=make_scheduler(strategy, budget, req.space),
             num_samples=budget.num_samples,
             time_budget_s=budget.time_budget_s,
             trial_name_creator=_trial_name,

@@ -61,18 +61,19 @@ from typing import Any
 from ray import tune
 
 from trainables import FileRefused, read_bounded
-from tuner.engine._formats import checkpoint_name
-from tuner.engine._internals import HookedOptunaSearch, optuna_trial_id
-from tuner.spaces._objectives import Objectives
-from tuner.storage._experiment import JOURNAL_FILE, Experiment
-from tuner.storage._signing import (
+from tuner.engine import HookedOptunaSearch, optuna_trial_id
+from tuner.engine.formats import checkpoint_name
+from tuner.spaces import Objectives
+from tuner.storage import (
+    JOURNAL_FILE,
     STATE_LIMIT,
     STATE_PATTERN,
+    Experiment,
+    Storage,
     load_key,
     note_journal,
     stored_record,
 )
-from tuner.storage._storage import Storage
 
 _UPLOADED: dict[str, int] = {}  # remote journal (its display) -> bytes uploaded at least
 _UPLOADING = threading.Lock()

@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner._errors import UsageError
-from tuner.results._leaderboard import build_leaderboard, plain
+from tuner.results import build_leaderboard, plain
 from tuner.search._study import WARM_ATTR
-from tuner.spaces._spaces import SearchSpace
-from tuner.storage._experiment import Experiment
-from tuner.storage._storage import Storage
+from tuner.spaces import SearchSpace
+from tuner.storage import Experiment, Storage
 
 ENDED = {"completed": "COMPLETE", "stopped_early": "PRUNED"}
 

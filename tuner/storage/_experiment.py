@@ -5,7 +5,7 @@ name. Every reader and writer of the folder (the search, ``resume``,
 ``leaderboard``, ``report``, ``evaluate``, ``export``, ``refit``, tests and
 benchmarks) goes through it, so a local folder and an object-store URI are
 the same to all of them. It does not import Ray: Ray Tune's own files (the trial
-list named in :mod:`tuner.engine._formats`, ``trial_*/``) are only found, and each trial's
+list named in :mod:`tuner.engine.formats`, ``trial_*/``) are only found, and each trial's
 ``result.json`` read, here.
 
 >>> import tempfile
@@ -29,11 +29,11 @@ import pandas as pd
 
 from trainables import MIB, SPLIT_FILE, FileRefused, Split, parse_json, safe_name
 from tuner._errors import UsageError
-from tuner.engine._formats import STATE_GLOB
+from tuner.engine.formats import STATE_GLOB
 from tuner.storage._storage import Storage
 
 if TYPE_CHECKING:
-    from tuner.spaces._spaces import SearchSpace
+    from tuner.spaces import SearchSpace
 
 TUNER_FILE = "tuner.json"
 JOURNAL_FILE = "optuna_journal.log"
@@ -61,7 +61,9 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # results grow by one line an epoch (~1 KiB).
 JSON_LIMIT = 16 * MIB
 RESULTS_LIMIT = 64 * MIB
-STATE_LIMIT = 64 * MIB  # Ray's experiment state: ~2 KiB a trial
+STATE_LIMIT = (
+    64 * MIB
+)  # the most of a state file read: Ray's trial list (~2 KiB a trial), tuner.pkl (a few MB)
 _RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "space_name": str,
@@ -177,7 +179,7 @@ class RunRecord:
     def search_space(self) -> SearchSpace:
         # Imported here: spaces import Ray, which `leaderboard`, `list` and `export`
         # never need.
-        from tuner.spaces._spaces import parse_space
+        from tuner.spaces import parse_space
 
         return parse_space(self.space, name=self.space_name, source=self.space_source)
 

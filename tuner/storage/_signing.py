@@ -1,7 +1,7 @@
 """The state ``resume`` loads is signed by the user who wrote it, and checked before it loads.
 
 ``ray.tune.Tuner.restore`` unpickles or loads Ray's state files
-(:data:`~tuner.engine._formats.RESTORED_FILES`: the tuner, the trial list, the
+(:data:`~tuner.engine.formats.RESTORED_FILES`: the tuner, the trial list, the
 generators' and searchers' states); ``resume`` and ``refit`` join the cluster and read
 the photos ``tuner.json`` names. Whoever can write these files (:func:`is_signed`)
 could run code as whoever resumes, so they are signed:
@@ -54,8 +54,8 @@ import pyarrow.fs as pafs
 
 from trainables import MIB, FileRefused, refuse_links
 from tuner._errors import UsageError
-from tuner.engine._formats import RESTORED_FILES, STATE_GLOB
-from tuner.storage._experiment import SIGNATURES_FILE, Experiment
+from tuner.engine.formats import RESTORED_FILES, STATE_GLOB
+from tuner.storage._experiment import SIGNATURES_FILE, STATE_LIMIT, Experiment
 from tuner.storage._record import (
     Record,
     high_water,
@@ -70,7 +70,6 @@ from tuner.storage._storage import read_limited, write_whole
 SIGNED = ("tuner.json", *RESTORED_FILES)
 STATE_PATTERN = STATE_GLOB  # the trial list Ray restores (the newest by name)
 KEEP = 3  # digests kept per file: the version being replaced stays valid
-STATE_LIMIT = 64 * MIB  # the most of a signed file read (Ray's tuner.pkl: a few MB)
 RECORD_LIMIT = 4 * MIB  # the most of the record read (~300 bytes a signed file)
 _LOCK = threading.Lock()  # one read-modify-write of a signatures file at a time
 # sha256 of an experiment state Ray saved -> (the journal's length then, what makes the

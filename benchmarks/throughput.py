@@ -70,7 +70,7 @@ from torchvision import datasets, transforms
 
 import trainables
 
-# The project's augmentation at strength s (trainables/_augment.py): random resized
+# The project's augmentation at strength s (trainables/train/_augment.py): random resized
 # crop down to 1 - 0.92 s of the area, colour jitter 0.4 s, hue 0.05 s. The plain
 # loop uses the same crop range and jitter so both do comparable work.
 _MIN_CROP_SCALE = 0.08

@@ -77,7 +77,7 @@ def _save_weights(folder: Path, config: dict[str, Any], epoch: int, acc: float) 
     import torch
 
     from trainables import TrialConfig, build_model
-    from trainables._checkpoint import save_state
+    from trainables.train._checkpoint import save_state
 
     full = TrialConfig.from_dict(config).to_dict()
     torch.manual_seed(epoch)

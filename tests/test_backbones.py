@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from trainables import build_model, freeze, head, normalization, set_train_mode, stages
-from trainables._backbones import BACKBONES, N_STAGES, backbone, names
-from trainables._models import HEAD, N_PARTS, POOL, STEM, run_parts
+from trainables.models._backbones import BACKBONES, N_STAGES, backbone, names
+from trainables.models._models import HEAD, N_PARTS, POOL, STEM, run_parts
 
 SIZE = 64
 

@@ -18,7 +18,7 @@ from test_export import assert_snippet_answers_like_predict
 
 import trainables
 from trainables import TrialConfig, augment_batch, build_inputs, choose_precision
-from trainables._train import Training
+from trainables.train._train import Training
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
 
@@ -82,7 +82,7 @@ def test_a_teacher_member_runs_only_its_trained_part_and_answers_as_the_whole_mo
     """predict_train (cached frozen activations at depth 3) gives the probabilities the whole
     network gives on the same centre crops."""
     from trainables import eval_transform, normalize, predict_train
-    from trainables._features import cache_part
+    from trainables.train._features import cache_part
 
     cfg = TrialConfig.from_dict({**BASE, "freeze_depth": depth, "aug_strength": 0.6})
     assert (cache_part(cfg) is not None) == (depth > 0)

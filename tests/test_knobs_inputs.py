@@ -17,9 +17,9 @@ from trainables import (
     choose_precision,
     freeze,
 )
-from trainables._augment import augment_batch, eval_transform
-from trainables._features import feature_key
-from trainables._mixing import Mixing
+from trainables.train._augment import augment_batch, eval_transform
+from trainables.train._features import feature_key
+from trainables.train._mixing import Mixing
 
 SIZE = 64
 BASE = dict(

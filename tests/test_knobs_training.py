@@ -15,8 +15,8 @@ from trainables import (
     build_inputs,
     choose_precision,
 )
-from trainables._models import params_by_depth, stages
-from trainables._train import Training, WeightAverage, _make_optimizer, evaluate, train_epoch
+from trainables.models._models import params_by_depth, stages
+from trainables.train._train import Training, WeightAverage, _make_optimizer, evaluate, train_epoch
 from tuner.results._inference import model_from_state
 
 BASE = dict(

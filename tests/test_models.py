@@ -93,7 +93,7 @@ def test_lite_pretrained_weights_load_strictly_from_their_packages(model, blocks
             assert torch.equal(mine[key], value), key
     assert net._fc.out_features == 5
     # Four stride stages, each opened by a stride-2 block (after the first's stride-1 block).
-    from trainables._backbones import lite_stages
+    from trainables.models._backbones import lite_stages
 
     stages = lite_stages(net)
     assert len(stages) == 4 and stages[0].start == 0 and stages[-1].stop == blocks
@@ -101,7 +101,7 @@ def test_lite_pretrained_weights_load_strictly_from_their_packages(model, blocks
 
 @pytest.mark.parametrize("model", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_lite1_and_lite2_split_at_a_frozen_depth_like_the_whole_network(model):
-    from trainables._models import STEM, frozen_output_part, run_parts
+    from trainables.models._models import STEM, frozen_output_part, run_parts
 
     net = build_model(model, num_classes=3, pretrained=True, image_size=64)
     frozen = freeze(net, model, 3)
@@ -141,7 +141,7 @@ def test_cached_resnet_weights_are_used_through_torchvision(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("model", ["resnet18", "efficientnet_lite0"])
 def test_the_network_split_at_any_frozen_depth_computes_the_same_logits(model):
-    from trainables._models import STEM, frozen_output_part, run_parts
+    from trainables.models._models import STEM, frozen_output_part, run_parts
 
     torch.manual_seed(0)
     net = build_model(model, num_classes=3, pretrained=False, image_size=64)

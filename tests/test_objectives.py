@@ -1,6 +1,6 @@
 """Several objectives: val_acc against the deployed model's latency (or size), parsed at the
 edge (tuner/spaces/_objectives.py), timed once per network and size
-(trainables/_latency.py), ranked by Pareto front in ASHA's rungs (tuner/engine/_pareto.py),
+(trainables/models/_latency.py), ranked by Pareto front in ASHA's rungs (tuner/engine/_pareto.py),
 the study and the leaderboard, picked from by ``export --pick``."""
 
 from __future__ import annotations

@@ -403,7 +403,7 @@ def test_resume_writes_the_leaderboard_a_driver_killed_at_the_end_did_not(finish
 def test_the_activation_reserve_grows_with_the_photos_up_to_the_budget():
     """A search of a few photos asks the cache disk for what their activations can take,
     not for the 8 GiB budget (a disk with less free refused every small search)."""
-    from trainables._features import FEATURE_DISK_BUDGET
+    from trainables.train._features import FEATURE_DISK_BUDGET
     from tuner.search._prepare import activation_bytes_per_decoded_byte, feature_reserve
     from tuner.spaces import load_space
 

@@ -51,7 +51,7 @@ def test_importing_the_packages_writes_nothing_into_the_environment():
         # Ray, and torch's compiler (torchvision's transforms import it), write variables
         # of their own when imported: import them first.
         "import os, json, ray, ray.tune, torch, torch._dynamo; before = dict(os.environ); "
-        "import tuner, tuner.cli, tuner.search._run, trainables, trainables._train; "
+        "import tuner, tuner.cli, tuner.search._run, trainables, trainables.train._train; "
         "print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))"
     )
     env = {k: v for k, v in __import__("os").environ.items() if k not in RAY_DEFAULTS}

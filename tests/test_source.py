@@ -13,7 +13,7 @@ from conftest import S3_BUCKET, s3_uri
 from PIL import Image
 
 from trainables import scan_folder
-from trainables._source import LEAVES, PhotoSource, SourceError
+from trainables.data._source import LEAVES, PhotoSource, SourceError
 
 # (relative path, kind): kind is an image format or raw bytes.
 TREE = {

@@ -78,13 +78,13 @@ def test_unreadable_photos_are_skipped_with_their_reason_and_remembered(tmp_path
 
 DECODE_SLOWLY = """
 import sys, time
-import trainables._photos as photos
+import trainables.data._photos as photos
 real = photos.decode_bytes
 def slow(data, size):
     time.sleep(0.05)
     return real(data, size)
 photos.decode_bytes = slow
-import trainables._source as source
+import trainables.data._source as source
 source.decode_bytes = slow
 from trainables import decode_to_disk, scan_folder
 root, cache = sys.argv[1], sys.argv[2]
@@ -117,7 +117,7 @@ import sys, time
 from pathlib import Path
 import torch
 from trainables import TrialConfig, prepare_data, scan_folder
-from trainables._inputs import Rows
+from trainables.train._inputs import Rows
 _, cache = prepare_data(scan_folder(sys.argv[1]), int(sys.argv[2]), seed=0)
 rows = Rows(cache.pixels.array(), cache.train_rows)
 total = sum(int(rows.gather(torch.arange(i, min(i + 64, len(rows)))).sum() > 0)

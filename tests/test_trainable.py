@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import METRIC_KEYS, decoded, fit_reports
 
-import trainables._inputs as inputs_module
+import trainables.train._inputs as inputs_module
 from trainables import (
     TrialConfig,
     build_inputs,
@@ -16,7 +16,7 @@ from trainables import (
     fit,
     freeze,
 )
-from trainables._features import AUGMENTED_VIEWS, cache_part, prune, views_for
+from trainables.train._features import AUGMENTED_VIEWS, cache_part, prune, views_for
 
 
 @pytest.fixture

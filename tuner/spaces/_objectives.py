@@ -4,7 +4,7 @@
     latency_device: cpu                               # or cuda; search --latency-device
 
 ``latency_ms`` is the deployed graph's time for one photo, measured once per trial
-configuration on the machine that runs the trial (see :mod:`trainables._latency`);
+configuration on the machine that runs the trial (see :mod:`trainables.models._latency`);
 ``params_m`` its millions of parameters. With more than one objective the Optuna
 study has one direction per objective and the leaderboard ranks trials by
 Pareto front (:func:`front_ranks`), then val_acc.

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from trainables._config import TrialConfig
+from trainables.train._config import TrialConfig
 
 MixMode = Literal["mixup", "cutmix"]
 

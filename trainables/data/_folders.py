@@ -2,7 +2,7 @@
 
 A folder in ImageFolder layout (``ROOT/CLASS/.../photo.jpg``) is listed once,
 split once (:func:`make_split`, saved as ``split.json``) and decoded once per
-node into a memory-mapped file on local disk (:mod:`trainables._store`) that
+node into a memory-mapped file on local disk (:mod:`trainables.data._store`) that
 every trial on the node maps, so no trial decodes a JPEG after start-up and
 no process holds the photos in its own memory.
 
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from trainables._source import PhotoSource, SourceError, probe_rels
-from trainables._store import CacheSpaceError, Decoded, PixelFile, decode_to_disk
+from trainables.data._source import PhotoSource, SourceError, probe_rels
+from trainables.data._store import CacheSpaceError, Decoded, PixelFile, decode_to_disk
 
 # Decoded photos are kept a little larger than the training size so that
 # evaluation can resize + centre-crop (the classic 256 -> 224 ratio) and

@@ -1,6 +1,6 @@
 """Backbones built, given a new head, frozen by stages and run part by part.
 
-Every backbone (see :mod:`trainables._backbones`, the registry) is a stem plus
+Every backbone (see :mod:`trainables.models._backbones`, the registry) is a stem plus
 four stages of growing stride (4, 8, 16, 32); ``freeze_depth = k`` freezes the
 stem and the first ``k`` stages: their parameters stop requiring gradients and
 their BatchNorm layers stay in eval mode (running statistics kept). Because
@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables._backbones import backbone
-from trainables._config import MAX_FREEZE_DEPTH
+from trainables.models._backbones import MAX_FREEZE_DEPTH, backbone
 
 
 class WeightsUnavailableError(RuntimeError):

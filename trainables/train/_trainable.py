@@ -21,11 +21,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainables._checkpoint import load_state
-from trainables._config import TrialConfig
-from trainables._data import ImageCache, load_image_cache
-from trainables._latency import CostSpec, deploy_cost
-from trainables._train import fit
+from trainables.data import ImageCache, load_image_cache
+from trainables.models import CostSpec, deploy_cost
+from trainables.train._checkpoint import load_state
+from trainables.train._config import TrialConfig
+from trainables.train._train import fit
 
 
 def train_classifier(
@@ -37,7 +37,7 @@ def train_classifier(
     (for use without the service). Threads follow the trial's CPU resources,
     the device its GPU resources (Ray sets the visible GPU); a trial restored
     by Tune continues from its last checkpoint. With ``cost``, every result also carries
-    the deployed model's ``params_m`` and ``latency_ms`` (:mod:`trainables._latency`),
+    the deployed model's ``params_m`` and ``latency_ms`` (:mod:`trainables.models._latency`),
     measured before the first epoch.
     """
     import ray

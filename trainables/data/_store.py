@@ -54,7 +54,7 @@ import numpy as np
 from trainables._files import KIB, MIB, FileRefused, open_lock, parse_json, read_bounded
 from trainables._progress import Progress
 from trainables._settings import settings
-from trainables._source import PhotoSource
+from trainables.data._source import PhotoSource
 
 # Bumped whenever decode_one would produce other pixels for the same file.
 DECODER_VERSION = 1

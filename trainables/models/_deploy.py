@@ -2,7 +2,7 @@
 ``torch.export`` and ONNX programs.
 
 Export (``tuner export``) writes these files; the search times the same graph
-(:mod:`trainables._latency`), so the latency a leaderboard shows is that of the
+(:mod:`trainables.models._latency`), so the latency a leaderboard shows is that of the
 model the user ships.
 """
 

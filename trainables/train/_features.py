@@ -50,11 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from trainables._config import TrialConfig
-from trainables._data import ImageCache
-from trainables._models import frozen_output_part
 from trainables._settings import settings
-from trainables._store import cache_root
+from trainables.data import ImageCache, cache_root
+from trainables.models import frozen_output_part
+from trainables.train._config import TrialConfig
 
 BATCH = 32  # on a CPU, Lite0 runs faster per photo at 32 than at 128
 # Augmented views of each training photo whose frozen activations are kept.

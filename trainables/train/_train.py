@@ -24,13 +24,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables._augment import eval_transform
-from trainables._checkpoint import save_state
-from trainables._config import TrialConfig
-from trainables._data import ImageCache
-from trainables._inputs import TrainInputs, build_inputs
-from trainables._models import build_model, freeze, params_by_depth, run_parts, set_train_mode
-from trainables._precision import ComputePolicy, choose_precision, default_device, prepare_device
+from trainables.data import ImageCache
+from trainables.models import (
+    ComputePolicy,
+    build_model,
+    choose_precision,
+    default_device,
+    freeze,
+    params_by_depth,
+    prepare_device,
+    run_parts,
+    set_train_mode,
+)
+from trainables.train._augment import eval_transform
+from trainables.train._checkpoint import save_state
+from trainables.train._config import TrialConfig
+from trainables.train._inputs import TrainInputs, build_inputs
 
 # How often (in steps) the loss is checked for NaN/inf during an epoch.
 _DIVERGENCE_CHECK_EVERY = 10

@@ -44,7 +44,7 @@ import torch
 from torch.nn import functional as F
 from torchvision.transforms import v2
 
-from trainables._data import cache_size_for
+from trainables.data import cache_size_for
 
 MAX_ROTATION_DEG = 30.0
 MAX_TRANSLATE = 0.15

@@ -29,6 +29,7 @@ from torch import nn
 
 # A backbone is a stem and this many stages; ``freeze_depth`` counts stages.
 N_STAGES = 4
+MAX_FREEZE_DEPTH = N_STAGES  # freeze_depth N freezes the stem and the first N stages
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

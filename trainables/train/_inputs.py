@@ -15,7 +15,7 @@
 
 ``train_size = S`` (FixRes) crops training photos at S pixels while validation
 stays at ``image_size``; cached train activations (and views) are then of S-pixel
-crops, under their own key. ``mixup`` / ``cutmix`` (:mod:`trainables._mixing`)
+crops, under their own key. ``mixup`` / ``cutmix`` (:mod:`trainables.train._mixing`)
 mix each training batch where the trained part starts: pixels for ``images``,
 the cached activations otherwise (manifold mixup: the cache stays in use); a
 mixed batch's labels are class probabilities. A cache with ``train_soft`` (a
@@ -43,10 +43,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables._augment import apply_params, augment_batch, draw_params, eval_transform, normalize
-from trainables._config import TrialConfig
-from trainables._data import ImageCache
-from trainables._features import (
+from trainables._progress import Progress
+from trainables.data import ImageCache
+from trainables.models import STEM, ComputePolicy, normalization, pretrained_weights_file, run_parts
+from trainables.train._augment import (
+    apply_params,
+    augment_batch,
+    draw_params,
+    eval_transform,
+    normalize,
+)
+from trainables.train._config import TrialConfig
+from trainables.train._features import (
     BATCH,
     FeatureFile,
     cache_fits,
@@ -56,10 +64,7 @@ from trainables._features import (
     on_disk,
     views_for,
 )
-from trainables._mixing import Mixing
-from trainables._models import STEM, normalization, pretrained_weights_file, run_parts
-from trainables._precision import ComputePolicy
-from trainables._progress import Progress
+from trainables.train._mixing import Mixing
 
 InputKind = Literal["images", "activations", "views"]
 

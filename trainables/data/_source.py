@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
-from trainables._photos import (
+from trainables.data._photos import (
     BROKEN_LINK,
     IMAGE_EXTENSIONS,
     MAX_FILE_BYTES,
@@ -400,7 +400,7 @@ def decode_rels(
     source: PhotoSource, rels: Sequence[str], size: int, workers: int | None = None
 ) -> tuple[Any, dict[int, str], list[str | None]]:
     """Photos ``rels`` of ``source`` decoded at ``size`` px into one in-memory array, on all
-    cores (see :func:`trainables._photos.stack`): for a chunk of photos at a time."""
+    cores (see :func:`trainables.data._photos.stack`): for a chunk of photos at a time."""
     return stack(run_jobs(_decode_source_job, [(source, rel, size) for rel in rels], workers), size)
 
 

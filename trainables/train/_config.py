@@ -12,7 +12,7 @@ Example:
     >>> TrialConfig.from_dict({"lr": -1})
     Traceback (most recent call last):
     ...
-    trainables._config.ConfigError: lr must be > 0, got -1.0
+    trainables.train._config.ConfigError: lr must be > 0, got -1.0
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-from trainables._backbones import N_STAGES, names
+from trainables.models import MAX_FREEZE_DEPTH, names
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
 PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16"]  # what a config asks for
@@ -33,7 +33,6 @@ MODELS: tuple[str, ...] = names()
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 PRECISIONS: tuple[str, ...] = get_args(PrecisionSetting)
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
-MAX_FREEZE_DEPTH = N_STAGES
 # Below this the stride-32 backbones end in a feature map under 1x1 pixel.
 MIN_IMAGE_SIZE = 32
 
@@ -49,7 +48,7 @@ class ConfigError(ValueError):
 class TrialConfig:
     """Hyperparameters of one fine-tuning trial (the keys a search space may set)."""
 
-    model: str = "resnet18"  # a name in the backbone registry (trainables/_backbones.py)
+    model: str = "resnet18"  # a name in the backbone registry (trainables/models/_backbones.py)
     pretrained: bool = True
     optimizer: OptimizerName = "sgd"
     lr: float = 1e-3

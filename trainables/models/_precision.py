@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainables._backbones import backbone
+from trainables.models._backbones import backbone
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What a trial's model costs where it is deployed: its latency and its size.
 
-``latency_ms`` is the time the deployed graph (:class:`trainables._deploy.Deployed`:
+``latency_ms`` is the time the deployed graph (:class:`trainables.models._deploy.Deployed`:
 uint8 photo in, probabilities out) takes for one photo at the trial's
 ``image_size``. On ``cpu`` the graph is the ONNX file ``export`` writes, run by
 onnxruntime on one thread (the thread a one-CPU trial holds, and what a
@@ -71,7 +71,7 @@ def _median_ms(run: Any, clock: Any = time.perf_counter) -> float:
 def cpu_latency_ms(deployed: Any, size: int) -> float:
     """The median time of ``deployed`` (a :class:`Deployed`) for one photo, as ONNX under
     onnxruntime on one CPU thread."""
-    from trainables._deploy import export_program, onnx_session, random_photos, write_onnx
+    from trainables.models._deploy import export_program, onnx_session, random_photos, write_onnx
 
     with tempfile.TemporaryDirectory(prefix="tuner-latency-") as folder:
         path = Path(folder) / "model.onnx"
@@ -89,7 +89,7 @@ def cuda_latency_ms(deployed: Any, size: int) -> float:
     current CUDA device, between CUDA events."""
     import torch
 
-    from trainables._deploy import export_program, random_photos
+    from trainables.models._deploy import export_program, random_photos
 
     module = export_program(deployed, size).module().to("cuda")
     photo = random_photos(1, size, 2).to("cuda")
@@ -109,7 +109,7 @@ def cuda_latency_ms(deployed: Any, size: int) -> float:
 
 
 def _cache_file(key: dict[str, Any]) -> Path:
-    from trainables._store import cache_root
+    from trainables.data import cache_root
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return cache_root() / "latency" / f"{digest}.json"
@@ -136,9 +136,9 @@ def deploy_cost(model: str, image_size: int, num_classes: int, spec: CostSpec) -
 
     import torch
 
-    from trainables._deploy import Deployed
     from trainables._files import write_replacing
-    from trainables._models import build_model, normalization
+    from trainables.models._deploy import Deployed
+    from trainables.models._models import build_model, normalization
 
     net = build_model(model, num_classes, pretrained=False, image_size=image_size).eval()
     cost = {"params_m": _params_m(net)}

@@ -162,7 +162,7 @@ def wait_for_an_end(journal: Path, proc: subprocess.Popen[bytes], timeout: float
 def journal_ahead(exp: Path, told_at: int) -> str:
     """Whether the journal was ahead of the saved state when the study was told."""
     sys.path.insert(0, str(ROOT))
-    from tuner.search._study import journal_length
+    from tuner.search._journal import journal_length
 
     saved = journal_length(experiment_at(exp))
     if saved is None:

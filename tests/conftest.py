@@ -343,8 +343,11 @@ S3_ENV = {
 S3_BUCKET = "flowers"
 
 
-def start_s3_server(env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """A real S3-compatible server process (moto's standalone server) on 127.0.0.1.
+def start_s3_server(
+    env: dict[str, str] | None = None, log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A real S3-compatible server process (moto's standalone server) on 127.0.0.1, with
+    one line per request it serves in ``log`` if given.
 
     Returns the process and its ``HOST:PORT``, once it answers.
     """
@@ -355,7 +358,7 @@ def start_s3_server(env: dict[str, str] | None = None) -> tuple[subprocess.Popen
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("ab") if log else subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
     deadline = time.monotonic() + 60

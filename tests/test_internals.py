@@ -7,6 +7,7 @@ fix ``tuner/engine/_internals.py`` (or pin the older version), nothing else.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,18 @@ def test_the_files_a_restore_loads_are_the_ones_signed():
     for name in names:
         assert any(fnmatch.fnmatchcase(name, p) for p in RESTORED_FILES), name
         assert is_signed(name), name
+
+
+def test_a_config_value_ray_cannot_write_as_json_is_the_fallback_plain_config_drops():
+    """Use: the leaderboard reads a trial's config from the state file without decoding
+    Ray's cloudpickle fallback (tuner/engine/formats.py::plain_config)."""
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    from tuner.engine.formats import plain_config
+
+    written = json.loads(json.dumps({"lr": 0.1, "fn": len}, cls=TuneFunctionEncoder))
+    assert isinstance(written["fn"], dict) and "value" in written["fn"], written
+    assert plain_config(written) == {"lr": 0.1}, "Ray's CLOUDPICKLE_FALLBACK encoding changed"
 
 
 def test_checkpoint_bookkeeping_of_a_live_trial(live_trials):

@@ -16,7 +16,8 @@ from trainables import (
     choose_precision,
 )
 from trainables.models._models import params_by_depth, stages
-from trainables.train._train import Training, WeightAverage, _make_optimizer, evaluate, train_epoch
+from trainables.train._optim import WeightAverage, make_optimizer
+from trainables.train._train import Training, evaluate, train_epoch
 from tuner.results._inference import model_from_state
 
 BASE = dict(
@@ -67,7 +68,7 @@ def legacy_start(cfg, n_classes=5):
     parameters in model order, a StepLR, no weight average."""
     training = start(cfg.replace(**DEFAULTS), n_classes)
     params = [p for p in training.model.parameters() if p.requires_grad]
-    training.optimizer = _make_optimizer(cfg, params)
+    training.optimizer = make_optimizer(cfg, params)
     training.scheduler = torch.optim.lr_scheduler.StepLR(
         training.optimizer, cfg.step_size, cfg.gamma
     )

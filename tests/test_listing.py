@@ -7,9 +7,10 @@ import os
 import shutil
 import socket
 import time
+from urllib.parse import unquote
 
 import pytest
-from conftest import run_cli
+from conftest import S3_ENV, run_cli, s3_uri, start_s3_server
 
 from tuner.storage._experiment import LOCK_FILE
 
@@ -86,3 +87,61 @@ def test_list_reads_the_summary_written_with_the_leaderboard_while_it_is_current
     row = listed()
     assert row["status"] == "finished"
     assert row["best_val_acc"] == pytest.approx(board[0]["val_acc"])
+
+
+@pytest.mark.slow  # an S3 server process
+def test_list_on_s3_reads_a_few_files_per_finished_experiment(tmp_path, monkeypatch):
+    """Five finished experiments on a real S3 server: ``list`` asks the server a handful
+    of times per experiment (record, lock, trial list, summary), not once per trial. The
+    server's own request log counts the requests; a stale summary, which sends ``list`` to
+    every trial's results, shows the count can grow."""
+    import pyarrow.fs as pafs
+    from synthetic import FakeTrial, write_experiment
+
+    from tuner import build_leaderboard, load_space, write_leaderboard
+    from tuner.storage import Experiment, RunRecord, Storage
+
+    trials, names = 12, [f"e{i}" for i in range(5)]
+    space = {k: v for k, v in load_space("smoke").to_dict().items() if k not in ("name", "source")}
+    space["budget"] |= {"num_samples": trials, "max_epochs": 2}
+    for name in names:
+        folder = write_experiment(tmp_path / "local", name, [
+            FakeTrial(f"{name}t{i}", epochs=[(0.5, 0.9), (0.5 + i / 100, 0.8)])
+            for i in range(trials)
+        ], max_epochs=2)  # fmt: skip
+        record = RunRecord(name=name, space_name="smoke", space_source="smoke", space=space,
+                           data_dir="photos", storage=str(tmp_path / "local"), address=None,
+                           cache_size=40, resources={"CPU": 1.0})  # fmt: skip
+        (folder / "tuner.json").write_bytes(record.encode())
+        exp = Experiment(Storage.parse(str(tmp_path / "local")), name)
+        write_leaderboard(exp, build_leaderboard(exp))
+
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    log = tmp_path / "requests.log"
+    server, endpoint = start_s3_server(log=log)
+    try:
+        fs, _ = pafs.FileSystem.from_uri(s3_uri(endpoint, "bkt") + "&allow_bucket_creation=true")
+        fs.create_dir("bkt")
+        pafs.copy_files(str(tmp_path / "local"), "bkt/list", destination_filesystem=fs)
+
+        def requests_per_experiment() -> dict[str, int]:
+            before = len(log.read_text().splitlines())
+            code, out, err = run_cli("list", "--storage", s3_uri(endpoint, "bkt/list"),
+                                     "--format", "json")  # fmt: skip
+            assert code == 0, err
+            rows = json.loads(out)
+            assert [r["status"] for r in rows] == ["finished"] * 5, (rows, err)
+            served = [unquote(line) for line in log.read_text().splitlines()[before:]]
+            served = [line for line in served if '"GET ' in line or '"HEAD ' in line]
+            return {n: sum(f"list/{n}/" in line for line in served) for n in names}
+
+        counts = requests_per_experiment()
+        assert max(counts.values()) <= 8, counts  # measured: 6
+        # A summary from another trial list: e0's row is rebuilt from its 12 trials.
+        fs.delete_file("bkt/list/e0/summary.json")
+        stale = requests_per_experiment()
+        assert stale["e0"] >= counts["e0"] + trials, (counts, stale)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

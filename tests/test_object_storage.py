@@ -97,7 +97,7 @@ def ray_staging(name: str) -> list[Path]:
 
 
 def test_a_search_on_s3_keeps_every_file_in_the_bucket_and_none_on_disk(s3_search):
-    from tuner.search._study import local_journal
+    from tuner.search._journal import local_journal
 
     proc, uri, exp, cwd, staged_now = s3_search
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -157,7 +157,7 @@ def test_every_command_reads_the_experiment_from_its_uri(s3_search, tmp_path, mo
 
 
 def test_kill_9_then_resume_from_a_fresh_folder_given_only_the_uri(s3, small_flowers, tmp_path):
-    from tuner.search._study import local_journal
+    from tuner.search._journal import local_journal
 
     uri = s3_uri(s3, f"{S3_BUCKET}/killed")
     space, first, second = write_space(tmp_path, epochs=3, size=96), tmp_path / "a", tmp_path / "b"

@@ -194,7 +194,8 @@ def test_pick_exports_the_most_accurate_front_trial_meeting_the_constraints():
 def test_latency_is_measured_once_per_network_and_size_and_a_bad_cache_is_measured_again(
     tmp_path, monkeypatch
 ):
-    from trainables import CostSpec, _latency, deploy_cost, use_cache_dir
+    from trainables import CostSpec, deploy_cost, use_cache_dir
+    from trainables.models import _latency
 
     use_cache_dir(tmp_path / "cache")
     measured: list[int] = []

@@ -12,7 +12,8 @@ from conftest import experiment_at, run_cli
 from PIL import Image
 
 from tuner.cli import main
-from tuner.results._report import _load, _Skip, draw_report, param_importances
+from tuner.results._figures import Skip, param_importances
+from tuner.results._report import _load, draw_report
 
 FIGURES = ("learning_curves", "best_so_far", "hyperparameters", "importance")
 
@@ -77,7 +78,7 @@ def test_a_figure_that_cannot_be_drawn_is_skipped_with_the_reason(finished, tmp_
     _, _, exp = finished
     loaded = _load(experiment_at(exp))
     loaded.board = loaded.board.head(1)  # one trial: no importance can be computed
-    with pytest.raises(_Skip, match="at least 2"):
+    with pytest.raises(Skip, match="at least 2"):
         param_importances(loaded)
     report = draw_report(loaded, tmp_path / "report")
     assert "importance" in report.skipped and not (tmp_path / "report/importance.png").exists()

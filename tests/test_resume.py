@@ -252,7 +252,8 @@ def test_a_kill_after_the_study_was_told_but_before_the_state_was_saved(small_fl
     runs the trial on, and the study ends saying what the leaderboard says."""
     from optuna.trial import TrialState
 
-    from tuner.search._study import journal_length, load_study
+    from tuner.search._journal import journal_length
+    from tuner.search._study import load_study
 
     storage = tmp_path / "r"
     exp = killed_with_a_saved_checkpoint(small_flowers, storage, "ahead")

@@ -18,7 +18,8 @@ import pytest
 from ray import tune
 
 from tuner.engine._internals import ReconcilingSearchGenerator, make_search_alg
-from tuner.search._study import MirroredOptunaSearch, journal_storage
+from tuner.search._journal import journal_storage
+from tuner.search._study import MirroredOptunaSearch
 from tuner.storage._experiment import Experiment
 from tuner.storage._storage import Storage
 
@@ -140,7 +141,7 @@ def test_a_study_told_after_the_saved_trial_list_is_cut_back_to_it(tmp_path):
     journal is cut back to its length at the restored save; the trial ends COMPLETE."""
     from optuna.trial import TrialState
 
-    from tuner.search._study import cut_journal, local_journal
+    from tuner.search._journal import cut_journal, local_journal
     from tuner.storage._signing import write_signed
 
     exp = Experiment(Storage.parse(str(tmp_path / "results")), "s")
@@ -186,7 +187,7 @@ def test_a_searcher_state_newer_than_the_cut_study_tells_its_trial_again(tmp_pat
     completed), the trial list and the journal before: the completion is told again."""
     from optuna.trial import TrialState
 
-    from tuner.search._study import cut_journal
+    from tuner.search._journal import cut_journal
     from tuner.storage._signing import write_signed
 
     exp = Experiment(Storage.parse(str(tmp_path / "results")), "s")
@@ -211,7 +212,7 @@ def test_a_searcher_state_newer_than_the_cut_study_tells_its_trial_again(tmp_pat
 
 
 def search_alg_at(exp: Experiment, num_samples: int = 1) -> ReconcilingSearchGenerator:
-    from tuner.search._study import local_journal
+    from tuner.search._journal import local_journal
 
     searcher = MirroredOptunaSearch(
         metric="val_acc", mode="max", seed=0, study_name="s",

@@ -21,7 +21,7 @@ from conftest import cli, experiment_at
 
 from trainables import FileRefused
 from tuner import Experiment, Storage, UsageError
-from tuner.search._study import journal_length
+from tuner.search._journal import journal_length
 from tuner.storage import _signing as signing
 
 RECORD = ".state-signatures"

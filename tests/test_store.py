@@ -117,7 +117,7 @@ import sys, time
 from pathlib import Path
 import torch
 from trainables import TrialConfig, prepare_data, scan_folder
-from trainables.train._inputs import Rows
+from trainables.train._batches import Rows
 _, cache = prepare_data(scan_folder(sys.argv[1]), int(sys.argv[2]), seed=0)
 rows = Rows(cache.pixels.array(), cache.train_rows)
 total = sum(int(rows.gather(torch.arange(i, min(i + 64, len(rows)))).sum() > 0)

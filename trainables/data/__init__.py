@@ -5,24 +5,27 @@ NumPy, Pillow and pyarrow only: no torch."""
 
 from __future__ import annotations
 
-from trainables.data._folders import (
-    SPLIT_FILE,
-    DataError,
-    FolderScan,
+from trainables.data._decoded import (
     ImageCache,
-    Skipped,
-    Split,
-    cache_size_for,
     check_folder,
     decode_for_refit,
     decode_split,
     load_image_cache,
-    make_split,
     prepare_data,
-    scan_folder,
     screen,
     split_screened,
 )
+from trainables.data._folders import (
+    SPLIT_FILE,
+    DataError,
+    FolderScan,
+    Skipped,
+    Split,
+    cache_size_for,
+    make_split,
+    scan_folder,
+)
+from trainables.data._jobs import decode_rels, probe_rels
 from trainables.data._photos import (
     IMAGE_EXTENSIONS,
     decode_files,
@@ -30,7 +33,7 @@ from trainables.data._photos import (
     load_photo,
     resize_center_crop,
 )
-from trainables.data._source import PhotoSource, SourceError, decode_rels, probe_rels
+from trainables.data._source import PhotoSource, SourceError
 from trainables.data._store import (
     CacheSpaceError,
     Decoded,

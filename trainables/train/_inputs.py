@@ -32,9 +32,6 @@ of photos. Labels and augmentation parameters live on the device.
 
 from __future__ import annotations
 
-import queue
-import threading
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,6 +50,7 @@ from trainables.train._augment import (
     eval_transform,
     normalize,
 )
+from trainables.train._batches import Rows, host_tensor, stream
 from trainables.train._config import TrialConfig
 from trainables.train._features import (
     BATCH,
@@ -70,99 +68,6 @@ InputKind = Literal["images", "activations", "views"]
 
 # Augmented views are drawn from this seed (not the trial's), so trials share them.
 _VIEW_SEED = 20_231_123
-_PREFETCH = 2  # batches gathered ahead of the step
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A CPU tensor over ``array`` without a copy (a read-only map is never written)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.asarray(array))
-
-
-class Rows:
-    """Rows ``rows`` of a host array (a memory map, usually): ``gather`` copies a batch of them."""
-
-    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None) -> None:
-        self.array = array
-        self.rows = np.arange(len(array)) if rows is None else np.asarray(rows, dtype=np.int64)
-        self.source = _tensor(array)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.rows), *self.array.shape[1:])
-
-    def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """A new CPU tensor of the rows at positions ``idx`` (a CPU index tensor)."""
-        at = torch.from_numpy(self.rows[idx.numpy()])
-        return self.source.index_select(0, at)
-
-
-def stream(
-    gather: Callable[[torch.Tensor], torch.Tensor],
-    batches: Sequence[torch.Tensor],
-    device: torch.device,
-) -> Iterator[torch.Tensor]:
-    """``gather(idx)`` of each batch, on ``device``, prepared ahead on a background thread.
-
-    On a GPU each batch is gathered into pinned memory and copied on a side
-    stream without blocking; the step's stream waits for that copy alone.
-    """
-    cuda = device.type == "cuda"
-    copies = torch.cuda.Stream(device) if cuda else None
-    ready: queue.Queue[Any] = queue.Queue(maxsize=_PREFETCH)
-    stop = threading.Event()
-    end = object()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for idx in batches:
-                host = gather(idx)
-                if copies is not None:
-                    host = host.pin_memory()
-                    with torch.cuda.stream(copies):
-                        moved = host.to(device, non_blocking=True)
-                        done = torch.cuda.Event()
-                        done.record(copies)
-                    item: Any = (moved, done)
-                else:
-                    item = (host.to(device), None)
-                if not put(item):
-                    return
-            put(end)
-        except BaseException as exc:  # handed to the step, raised there
-            put(exc)
-
-    worker = threading.Thread(target=work, name="batch-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            batch, done = item
-            if done is not None:
-                current = torch.cuda.current_stream(device)
-                current.wait_event(done)
-                batch.record_stream(current)
-            yield batch
-    finally:
-        stop.set()
-        worker.join()
 
 
 class AugmentedViews:
@@ -190,7 +95,7 @@ class AugmentedViews:
         n = len(images)
         self.params = draw_params(views * n, strength, torch.Generator().manual_seed(_VIEW_SEED))
         self.file: FeatureFile | None = None
-        self.store = _tensor(stored) if stored is not None else None
+        self.store = host_tensor(stored) if stored is not None else None
         self.done = torch.full((views, n), stored is not None, dtype=torch.bool)
         self.complete = stored is not None
 
@@ -216,7 +121,7 @@ class AugmentedViews:
             if bool(self.done.all()):
                 self.complete = True
                 if self.file is not None:
-                    self.store = _tensor(self.file.keep())
+                    self.store = host_tensor(self.file.keep())
         assert self.store is not None
         return self.store[view, idx].to(device)
 

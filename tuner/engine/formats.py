@@ -2,7 +2,9 @@
 
 - The experiment state file (``experiment_state-*.json``): ``trial_data`` holds one
   ``[trial JSON, run metadata JSON]`` pair per trial; each trial JSON has
-  ``trial_id``, ``status``, ``config`` and ``experiment_tag``.
+  ``trial_id``, ``status``, ``config`` and ``experiment_tag``. A config value that is
+  not plain JSON is stored as ``{"_type": "CLOUDPICKLE_FALLBACK", "value": HEX}``
+  (:func:`plain_config` leaves those out unread).
 - A trial's checkpoint folders, ``checkpoint_NNNNNN`` by report index
   (``StorageContext._make_checkpoint_dir_name``), also named in each result as
   ``checkpoint_dir_name``.
@@ -36,6 +38,22 @@ def trial_states(state: Any, where: str) -> list[Any]:
     [{'trial_id': 'a', 'status': 'PAUSED'}]
     """
     return [parse_json(entry[0], f"a trial of {where}", nan=True) for entry in state["trial_data"]]
+
+
+def plain_config(config: Any) -> dict[str, Any]:
+    """A trial's config without the values Ray stored as cloudpickle, which are never
+    decoded ({} if ``config`` is not a mapping).
+
+    >>> plain_config({"lr": 0.1, "fn": {"_type": "CLOUDPICKLE_FALLBACK", "value": "80"}})
+    {'lr': 0.1}
+    """
+    if not isinstance(config, dict):
+        return {}
+    return {
+        k: v
+        for k, v in config.items()
+        if not (isinstance(v, dict) and v.get("_type") == "CLOUDPICKLE_FALLBACK")
+    }
 
 
 def checkpoint_name(index: int) -> str:

@@ -18,7 +18,8 @@ import pandas as pd
 
 from trainables import FileRefused
 from tuner._errors import UsageError
-from tuner.results._leaderboard import build_leaderboard, read_state, summary
+from tuner.results._leaderboard import build_leaderboard, summary
+from tuner.results._trials import read_state
 from tuner.storage import (
     LOCK_FILE,
     NAME_RE,
@@ -62,7 +63,7 @@ def status_row(exp: Experiment) -> dict[str, Any]:
 
 
 def _read_row(exp: Experiment, lock: bool = True) -> dict[str, Any]:
-    record = exp.record() if exp.has_record() else None
+    record = exp.record_if_written()
     budget = record.search_space().budget if record else None
     holder = exp.read_json(LOCK_FILE) if lock else None
     seen = Observations().get(exp.display(LOCK_FILE)) if isinstance(holder, dict) else None
@@ -77,10 +78,8 @@ def _read_row(exp: Experiment, lock: bool = True) -> dict[str, Any]:
         "space": record.space_name if record else "",
         "created": record.created if record else "",
     }
-    if not exp.has_state():
-        return row
     try:
-        trials, digest = read_state(exp)
+        trials, digest = read_state(exp)  # UsageError before Ray saved a state
         # The summary written with the leaderboard spares reading every trial's results.
         best = summary(exp, digest, len(trials))
         if best is None:

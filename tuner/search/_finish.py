@@ -14,8 +14,8 @@ from tuner.results import (
     tie_note,
     write_leaderboard,
 )
+from tuner.search._journal import forget_journal
 from tuner.search._prepare import Print
-from tuner.search._study import forget_journal
 from tuner.spaces import COSTS, Budget
 from tuner.storage import Experiment
 

@@ -43,6 +43,7 @@ from tuner.results import is_finished
 from tuner.search._estimate import TimeEstimate
 from tuner.search._finish import finish
 from tuner.search._guard import StorageGuard, make_reserve, release_reserve
+from tuner.search._journal import JournalUpload, cut_journal, fetch_journal, forget_journal
 from tuner.search._lines import Quiet, TrialLines, status_table
 from tuner.search._prepare import (
     Print,
@@ -54,13 +55,7 @@ from tuner.search._prepare import (
     trials_at_once,
 )
 from tuner.search._pruning import CheckpointPruner
-from tuner.search._study import (
-    JournalUpload,
-    cut_journal,
-    fetch_journal,
-    forget_journal,
-    make_searcher,
-)
+from tuner.search._study import make_searcher
 from tuner.search._warm import warm_start
 from tuner.spaces import Budget, SearchSpace
 from tuner.storage import (

@@ -266,6 +266,11 @@ class Experiment:
     def record(self) -> RunRecord:
         return RunRecord.from_json(self._required(TUNER_FILE), self.display(TUNER_FILE))
 
+    def record_if_written(self) -> RunRecord | None:
+        """The record, or None before the search wrote it (one read, no existence check)."""
+        data = self.read_json(TUNER_FILE)
+        return None if data is None else RunRecord.from_json(data, self.display(TUNER_FILE))
+
     def split(self) -> Split:
         return Split.from_json(self._required(SPLIT_FILE))
 

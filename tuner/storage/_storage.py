@@ -64,18 +64,16 @@ def read_limited(fs: Any, path: str, limit: int, shown: str | None = None) -> by
     if isinstance(fs, pafs.LocalFileSystem):
         return read_bounded(path, limit)
     shown = shown or path
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(path)
-    if info.type != pafs.FileType.File:
-        raise FileRefused(f"{shown} is not a file; not reading it")
-    if info.size is not None and info.size > limit:
-        raise FileRefused(
-            f"{shown} is {info.size / 2**20:.1f} MiB, over the {limit / 2**20:.1f} MiB such a "
-            "file may be"
-        )
-    with fs.open_input_stream(path) as f:
-        data = bytes(f.read(limit + 1))  # an object only as large as it reads
+    # One HEAD (the size) and one ranged GET on an object store; a key that is no object
+    # (absent, or only a prefix of others) is FileNotFoundError.
+    with fs.open_input_file(path) as f:
+        size = f.size()
+        if size > limit:
+            raise FileRefused(
+                f"{shown} is {size / 2**20:.1f} MiB, over the {limit / 2**20:.1f} MiB such a "
+                "file may be"
+            )
+        data = bytes(f.read(limit + 1))
     if len(data) > limit:
         raise FileRefused(f"{shown} is over the {limit} bytes it may be")
     return data

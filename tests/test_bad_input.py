@@ -287,6 +287,7 @@ def test_an_unknown_argument_shows_the_commands_usage_and_the_closest_flag(
     assert (f"(did you mean {hint}?)" in err) if hint else "did you mean" not in err
 
 
+@pytest.mark.slow
 def test_bad_input_from_a_real_process_has_no_traceback(small_flowers, tmp_path):
     args = smoke_search(small_flowers, tmp_path / "r", "--cpus-per-trial", "64")
     proc = run_tuner(*args, timeout=120)

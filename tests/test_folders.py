@@ -48,6 +48,7 @@ def hostile(flowers: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_data_check_lists_every_bad_file_with_its_reason_in_seconds_and_little_memory(hostile):
     t0 = time.monotonic()
     proc = subprocess.run(

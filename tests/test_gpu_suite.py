@@ -51,6 +51,7 @@ def gpu_suite() -> Iterator[ModuleType]:
         sys.path.remove(str(SCRIPT.parent))
 
 
+@pytest.mark.slow
 def test_without_a_gpu_it_exits_2_with_one_line(tmp_path):
     proc = suite("--data", str(tmp_path))
     assert proc.returncode == 2
@@ -90,6 +91,7 @@ def test_only_picks_steps_by_key_or_name(tmp_path):
     assert proc.returncode == 2 and "unknown step(s) zz" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_best_path_benchmark_without_a_gpu_exits_2_with_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT.parent / "gpu_best_path.py"), "--data", str(tmp_path)],
@@ -145,6 +147,7 @@ def test_where_a_searchs_time_went_is_read_from_its_trials_and_log(best_path, fi
     ("value", "message"),
     [("-3", "must be >= 0"), ("x", "invalid photo_count value"), ("500", "no CUDA GPU: ")],
 )
+@pytest.mark.slow
 def test_memory_probe_arguments(tmp_path, value, message):
     proc = suite("--data", str(tmp_path), "--gpu-memory-probe", value)
     assert proc.returncode == 2
@@ -179,6 +182,7 @@ def test_headlines_and_pytest_summaries_are_read(gpu_suite, tmp_path):
     assert problem == "1 trial(s) errored"
 
 
+@pytest.mark.slow
 def test_failed_and_timed_out_steps_are_reported_and_the_suite_goes_on(
     gpu_suite, tmp_path, monkeypatch, capsys
 ):

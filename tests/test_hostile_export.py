@@ -28,6 +28,8 @@ import torch
 from conftest import ROOT, Outcome, measured, run_cli
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # each runs predict in its own process, measured
+
 GB = 10**9
 MIB = 2**20
 PEAK_LIMIT = 1.5 * GB

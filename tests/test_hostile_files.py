@@ -65,6 +65,7 @@ def test_a_reserve_file_linked_to_the_state_key_is_replaced_not_written_through(
     assert reserve.stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_trial_ids_that_climb_out_are_refused_before_they_become_paths(tmp_path):
     """Finding 2: a trial id ``x/../../../P`` made ``export --ensemble`` write outside."""
     storage = tmp_path / "results"
@@ -84,6 +85,7 @@ def test_trial_ids_that_climb_out_are_refused_before_they_become_paths(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file", ["state", "result"])
 def test_leaderboard_refuses_a_file_linked_to_dev_zero_at_once(tmp_path, file):
     """Finding 4: ``result.json -> /dev/zero`` grew until a cap stopped it; the state
@@ -100,6 +102,7 @@ def test_leaderboard_refuses_a_file_linked_to_dev_zero_at_once(tmp_path, file):
     assert rss < LEADERBOARD_RSS_MB, f"peak RSS {rss:.0f} MB"
 
 
+@pytest.mark.slow
 def test_a_sparse_gigabyte_result_is_refused_by_its_size(tmp_path):
     storage = tmp_path / "results"
     exp = _experiment(storage)
@@ -111,6 +114,7 @@ def test_a_sparse_gigabyte_result_is_refused_by_its_size(tmp_path):
     assert rss < LEADERBOARD_RSS_MB, f"peak RSS {rss:.0f} MB"
 
 
+@pytest.mark.slow
 def test_fifos_in_an_experiment_are_refused_not_waited_on(tmp_path):
     """Finding 5: a FIFO as ``result.json`` (leaderboard) or ``.writer.json`` hung."""
     storage = tmp_path / "results"
@@ -130,6 +134,7 @@ def test_fifos_in_an_experiment_are_refused_not_waited_on(tmp_path):
     assert "FIFO" in _one_error(err, "list")
 
 
+@pytest.mark.slow
 def test_the_half_written_last_line_of_a_running_trial_is_skipped(tmp_path):
     """Finding 9: reading while a search writes met a truncated last line."""
     storage = tmp_path / "results"
@@ -148,6 +153,7 @@ def test_the_half_written_last_line_of_a_running_trial_is_skipped(tmp_path):
      ("[" * 5000 + "]" * 5000, "nests deeper"),
      ('{"epoch": 1' + "0" * 400 + "}", "too large")],
 )  # fmt: skip
+@pytest.mark.slow
 def test_a_malformed_result_line_before_the_last_is_one_error_line(tmp_path, line, says):
     storage = tmp_path / "results"
     exp = _experiment(storage)
@@ -158,6 +164,7 @@ def test_a_malformed_result_line_before_the_last_is_one_error_line(tmp_path, lin
     assert says in _one_error(err, "leaderboard")
 
 
+@pytest.mark.slow
 def test_a_tuner_json_of_the_wrong_types_is_one_error_line(tmp_path):
     """Finding 9: ``"resources": "x"`` in tuner.json was a traceback in ``list``; now the
     experiment is listed as unreadable, with the reason."""
@@ -188,6 +195,7 @@ def test_a_linked_folder_in_an_experiment_is_never_written_through(tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_object_store_that_never_answers_ends_with_one_line(tmp_path):
     """Finding 5: ``--storage gs://...`` without a network was silent until killed."""
     code, _, err, seconds, _ = _tuner(

@@ -152,3 +152,13 @@ def test_no_package_imports_another_packages_private_modules():
         and not src.startswith(owner + ".")
     ]
     assert not reached_in, "imports of another package's private module:\n" + "\n".join(reached_in)
+
+
+def test_no_module_is_over_400_lines():
+    """A module that grows past this does more than one job: split it by job."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in project_files()
+        if (n := len(path.read_text().splitlines())) > 400
+    }
+    assert not long, long

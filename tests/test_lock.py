@@ -190,6 +190,7 @@ def test_a_heartbeat_from_the_future_is_taken_over_after_the_same_wait(tmp_path)
         lock.release()
 
 
+@pytest.mark.slow
 def test_the_cli_says_when_a_silent_holder_may_be_taken_over_and_then_takes_it(tmp_path):
     """Two real `resume` commands: the first is refused and records its sighting in the
     user's config folder; one STALE_S later (its record aged by hand) takes the lock."""
@@ -234,6 +235,7 @@ def test_an_unreadable_record_of_sightings_is_replaced_never_written_through(tmp
     assert json.loads(seen.read_text())[exp.display(LOCK_FILE)]["seen"] == now + 5
 
 
+@pytest.mark.slow
 def test_a_planted_guard_link_is_refused_and_nothing_is_created_outside(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -191,6 +191,7 @@ def test_pick_exports_the_most_accurate_front_trial_meeting_the_constraints():
     ]
 
 
+@pytest.mark.slow
 def test_latency_is_measured_once_per_network_and_size_and_a_bad_cache_is_measured_again(
     tmp_path, monkeypatch
 ):
@@ -240,6 +241,7 @@ def test_a_cost_that_is_not_a_number_in_a_result_is_refused(tmp_path, cost):
         experiment_at(tmp_path / "exp").reports("abc")
 
 
+@pytest.mark.slow
 def test_cuda_latency_without_a_gpu_is_refused_before_any_trial(tmp_path, small_flowers):
     done = cli_search(tiny(tmp_path), small_flowers, tmp_path / "r", "g", "--latency-device",
                       "cuda", "--gpus-per-trial", "0")  # fmt: skip

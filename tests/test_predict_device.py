@@ -105,6 +105,7 @@ def test_a_device_that_is_none_of_the_four_forms_exits_2(export, capsys, device)
     assert f"expected cpu, cuda, cuda:N or auto, got {device!r}" in err
 
 
+@pytest.mark.slow
 def test_without_cuda_a_gpu_request_exits_2_before_anything_loads(export):
     """As a user runs it: a separate process, the real torch, no GPU (skipped on a GPU host)."""
     if torch.cuda.is_available():

@@ -99,6 +99,7 @@ def test_trial_workers_write_through_it_without_the_key(tmp_path):
         stream.close()
 
 
+@pytest.mark.slow
 def test_many_signed_files_upload_to_an_object_store_with_threads(s3, tmp_path):
     """Ray uploads its staging folder with ``copy_files(use_threads=True)`` when the file
     system is not an ``S3FileSystem`` (ours wraps one): each signed file is written while

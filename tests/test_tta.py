@@ -95,6 +95,7 @@ def probabilities(folder: Path, paths: list[Path], *extra: str) -> torch.Tensor:
     return torch.tensor([[row[c] for c in CLASSES] for row in rows])
 
 
+@pytest.mark.slow
 def test_a_flip_export_predicts_the_mean_of_the_photo_and_its_mirror(flip_export, photos, tmp_path):
     plain = retagged(flip_export, tmp_path / "plain", tta="none")
     originals, mirrors = [p for p, _ in photos], [m for _, m in photos]
@@ -108,6 +109,7 @@ def test_a_flip_export_predicts_the_mean_of_the_photo_and_its_mirror(flip_export
                           atol=1e-4)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_onnx_and_torch_export_of_a_flip_export_answer_like_predict(
     flip_export, photos, flowers, tmp_path
 ):
@@ -134,6 +136,7 @@ def test_onnx_and_torch_export_of_a_flip_export_answer_like_predict(
     assert torch.allclose(got, expected.repeat(len(variants), 1), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_an_export_without_the_key_predicts_the_plain_model(flip_export, photos, tmp_path):
     """Exports written before `--tta` existed (no key) predict as they always did."""
     from efficientnet_lite_pytorch import EfficientNet
@@ -156,6 +159,7 @@ def test_an_export_without_the_key_predicts_the_plain_model(flip_export, photos,
     assert torch.allclose(probabilities(retagged(old, tmp_path / "none", tta="none"), paths), got)
 
 
+@pytest.mark.slow  # builds an export (ONNX, torch.export) first
 @pytest.mark.parametrize("value", ["rotate", "Flip", 1, None, ["flip"], True])
 def test_a_tta_predict_cannot_apply_exits_2_with_one_line(flip_export, photos, tmp_path, value):
     folder = retagged(flip_export, tmp_path / "bad", tta=value)

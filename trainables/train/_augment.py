@@ -42,7 +42,6 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
-from torchvision.transforms import v2
 
 from trainables.data import cache_size_for
 
@@ -63,13 +62,24 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 
 
 def eval_transform(image_size: int) -> Transform:
-    """Resize (shorter side to ``image_size / 0.875``) + centre crop: deterministic."""
-    return v2.Compose(
-        [
-            v2.Resize(cache_size_for(image_size), antialias=True),
-            v2.CenterCrop(image_size),
-        ]
-    )
+    """Resize (shorter side to ``image_size / 0.875``) + centre crop: deterministic, as
+    torchvision's ``Resize`` + ``CenterCrop``. Photos decoded at that side (every photo a
+    trial sees) are only cropped, and torchvision (whose import loads torch's compiler
+    stack) is imported only for others."""
+    side = cache_size_for(image_size)
+
+    def transform(images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if min(height, width) != side:
+            from torchvision.transforms.v2 import functional as tvf
+
+            images = tvf.resize(images, [side], antialias=True)
+            height, width = images.shape[-2:]
+        top = round((height - image_size) / 2.0)
+        left = round((width - image_size) / 2.0)
+        return images[..., top : top + image_size, left : left + image_size]
+
+    return transform
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import trainables
-from trainables import AugmentParams, apply_params, augment_batch, draw_params, eval_transform
+from trainables import (
+    AugmentParams,
+    apply_params,
+    augment_batch,
+    cache_size_for,
+    draw_params,
+    eval_transform,
+)
 
 
 @pytest.fixture
@@ -106,3 +113,18 @@ def test_normalize_uses_the_given_statistics():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     out = trainables.normalize(x, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), torch.float32)
     assert torch.allclose(out, torch.ones_like(out))
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 37), (2, 3, 37, 50), (2, 3, 60, 90), (1, 3, 300, 256)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_eval_transform_is_torchvisions_resize_and_centre_crop(shape, dtype):
+    """Photos at the decoded side are only cropped, others resized first: both exactly as
+    torchvision's Resize(side, antialias) + CenterCrop(size)."""
+    from torchvision.transforms import v2
+
+    images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if dtype.is_floating_point:
+        images /= 255
+    size = 32
+    reference = v2.Compose([v2.Resize(cache_size_for(size), antialias=True), v2.CenterCrop(size)])
+    assert torch.equal(eval_transform(size)(images), reference(images))

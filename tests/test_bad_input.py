@@ -136,7 +136,9 @@ def test_a_salted_search_with_diverging_trials_completes_and_skips_exactly_the_b
     assert {s["path"] for s in split["skipped"]} == bad
     assert good <= used and not (bad & used)
     assert len(used) == 5 * 8 + 1 + len(good)
-    assert "Skipped 8 file(s)" in proc.stdout and "daisy/empty.jpg" in proc.stdout
+    # The first five skipped files with their reasons, then where to see every one.
+    assert "Skipped 8 file(s)" in proc.stdout and "... and 3 more (tuner data check" in proc.stdout
+    assert sum(f"  {path}: " in proc.stdout for path in bad) == 5, proc.stdout
     # A non-finite loss ends its trial as diverged; the search goes on and ranks it last.
     board = pd.read_csv(exp / "leaderboard.csv")
     assert list(board["status"]) == ["completed", "diverged", "diverged"]

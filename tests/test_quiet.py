@@ -43,6 +43,9 @@ def test_a_successful_search_through_uv_run_keeps_stderr_quiet(finished, finishe
     assert sorted(n for _, n in ended) == ["1", "2", "3", "4", "5"], proc.stdout[-3000:]
     # Piped, so no terminal escape codes (Ray colours each worker line's prefix on one).
     assert "\x1b[" not in proc.stdout + proc.stderr
+    # What a person reads: a screenful on stdout, nothing on stderr.
+    assert len(proc.stdout.splitlines()) <= 30, proc.stdout
+    assert proc.stderr == "", proc.stderr[-3000:]
     trials = re.search(r"Trials: 5 \((.*)\)", proc.stdout)
     assert trials, proc.stdout[-2000:]
     stopped = re.search(r"(\d+) stopped_early", trials.group(1))

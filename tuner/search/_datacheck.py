@@ -24,19 +24,31 @@ def summary(usable: FolderScan) -> dict[str, Any]:
     }
 
 
-def describe(usable: FolderScan) -> list[str]:
-    """Human-readable lines: counts per class, skipped files, ambiguous labels."""
+def describe(usable: FolderScan, most: int | None = None) -> list[str]:
+    """Human-readable lines: counts per class, skipped files, ambiguous labels. With
+    ``most``, the classes share one line and at most ``most`` skipped files and ambiguous
+    groups are named (a search's start; ``data check`` names every one)."""
     counts = usable.counts()
     root = printable(usable.root)
-    lines = [f"{root}: {len(usable.files)} usable photos in {len(counts)} classes"]
-    lines += [f"  {printable(name)}: {n}" for name, n in counts.items()]
+    head = f"{root}: {len(usable.files)} usable photos in {len(counts)} classes"
+    per_class = [f"{printable(name)}: {n}" for name, n in counts.items()]
+    lines = [f"{head} ({', '.join(per_class)})"] if most is not None else [head]
+    lines += [] if most is not None else [f"  {c}" for c in per_class]
     if usable.skipped:
         lines.append(f"Skipped {len(usable.skipped)} file(s):")
-        lines += [f"  {printable(s.path)}: {printable(s.reason)}" for s in usable.skipped]
+        shown = usable.skipped if most is None else usable.skipped[:most]
+        lines += [f"  {printable(s.path)}: {printable(s.reason)}" for s in shown]
+        lines += _more(len(usable.skipped) - len(shown), root)
     if usable.ambiguous:
         lines.append(
             f"Warning: {len(usable.ambiguous)} photo(s) are filed under more than one class "
             "(ambiguous label; both copies are kept):"
         )
-        lines += ["  " + " = ".join(printable(p) for p in group) for group in usable.ambiguous]
+        groups = usable.ambiguous if most is None else usable.ambiguous[:most]
+        lines += ["  " + " = ".join(printable(p) for p in group) for group in groups]
+        lines += _more(len(usable.ambiguous) - len(groups), root)
     return lines
+
+
+def _more(left: int, root: str) -> list[str]:
+    return [f"  ... and {left} more (tuner data check {root} lists every one)"] if left else []

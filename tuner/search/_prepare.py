@@ -91,7 +91,7 @@ def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
         scan = scan_folder(req.data_dir, req.follow_links)
         reserve = feature_reserve(req.space, len(scan.files) * row_bytes(size))
         usable, decoded = screen(scan, size, reserve=reserve, say=say)
-        for line in describe(usable):
+        for line in describe(usable, most=5):
             say(line)
         split, cache = split_screened(
             usable,

@@ -396,9 +396,10 @@ def s3() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(finished: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared search's rank 1, exported as a user runs ``export`` (once per module)."""
+    """The shared search's rank 1, exported as a user runs ``export`` (once per test run; tests
+    only read it, or copy it to change the copy)."""
     _, storage, _ = finished
     out = tmp_path_factory.mktemp("export") / "model"
     code, _, err = run_cli("export", "e2e", "--storage", str(storage), "--output", str(out))

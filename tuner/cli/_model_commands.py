@@ -129,10 +129,16 @@ def export_ensemble(args: argparse.Namespace) -> int:
 
     exp = experiment_of(args)
     board = build_leaderboard(exp)
-    ensemble = choose_ensemble(exp, board, args.ensemble, args.ensemble_method)
+    ensemble = choose_ensemble(exp, board, args.ensemble, args.ensemble_method, say=print)
     prep = ensemble.members[0].preprocessing
-    tta = choose_tta(args.tta, ensemble.module(), exp.split(), prep, "the ensemble")
+    split = exp.split()
+    if args.tta == "auto":
+        print(f"Trying a flip average on the {len(split.val)} validation photos")
+    tta = choose_tta(args.tta, ensemble.module(), split, prep, "the ensemble")
+    if split.test:
+        print(f"Scoring the ensemble on the {len(split.test)} test photos")
     test_acc = score_module_on_test(exp, ensemble.module(), prep)
+    print("Writing the export (state dicts, TorchScript, ONNX, torch.export program)")
     for path in export_ensemble(ensemble, Path(args.output), test_acc, args.force, tta):
         print(f"Wrote {path}")
     print(tta.line())

@@ -18,6 +18,7 @@ Selection reads only the validation split; the test split scores the result.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +71,15 @@ def _val_probabilities(trial: RankedTrial, split: Any) -> tuple[torch.Tensor, to
     return result.logits.softmax(1), labels
 
 
-def choose_ensemble(exp: Experiment, board: pd.DataFrame, k: int, method: str) -> Ensemble:
-    """Pick ``k`` members by ``method`` (see the module doc) from ``board``'s ranked trials."""
+def choose_ensemble(
+    exp: Experiment,
+    board: pd.DataFrame,
+    k: int,
+    method: str,
+    say: Callable[[str], None] = lambda _: None,
+) -> Ensemble:
+    """Pick ``k`` members by ``method`` (see the module doc) from ``board``'s ranked trials,
+    saying which candidate it scores on the validation photos."""
     if method not in METHODS:
         raise UsageError(f"unknown ensemble method {method!r}; choose one of: {', '.join(METHODS)}")
     ranks = [
@@ -93,7 +101,9 @@ def choose_ensemble(exp: Experiment, board: pd.DataFrame, k: int, method: str) -
         )
     split = exp.split()
     probs, labels = [], torch.empty(0)
-    for trial in trials:
+    for n, trial in enumerate(trials, 1):
+        photos = f"the {len(split.val)} validation photos"
+        say(f"Scoring rank {trial.rank} ({n} of {len(trials)}) on {photos}")
         p, labels = _val_probabilities(trial, split)
         probs.append(p)
     counts = [1.0] * len(trials) if method == "top" else _greedy(probs, labels, k)

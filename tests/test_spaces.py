@@ -106,3 +106,67 @@ def test_budget_overrides_are_validated():
 def test_parse_space_accepts_plain_dicts():
     space = parse_space({"params": {"lr": {"choice": [0.1, 0.01]}}}, name="d")
     assert space.possible_values("lr") == [0.1, 0.01]
+
+
+def schema_errors(document: object) -> list[str]:
+    """What ``tuner spaces --schema``'s schema finds wrong in ``document``."""
+    import json
+
+    import jsonschema
+    from conftest import run_cli
+
+    code, printed, err = run_cli("spaces", "--schema")
+    assert code == 0, err
+    schema = json.loads(printed)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    return [error.message for error in validator.iter_errors(document)]
+
+
+@pytest.mark.parametrize("name", available_spaces())
+def test_every_builtin_space_file_meets_the_schema(name):
+    import yaml
+
+    from tuner.spaces._spaces import spaces_dir
+
+    assert schema_errors(yaml.safe_load((spaces_dir() / f"{name}.yaml").read_text())) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"budjet": {"num_samples": 2}},  # a misspelt section
+        {"params": {"model": "efficientnet_lite0", "learning_rate": 0.1}},  # no such trial key
+        {"params": {"model": "vgg16"}},  # not in the registry
+        {"params": {"lr": {"logunif": [1e-4, 1e-2]}}},  # no such distribution
+        {"params": {"optimizer": {"choice": ["adam", "rmsprop"]}}},  # a choice it cannot take
+        {"params": {"batch_size": True}},  # a bool for an integer
+        {"budget": {"max_epochs": "ten"}},
+        {"budget": {"num_samples": 2.5}},
+        {"scheduler": {"asha": {"grace": 2}}},  # a setting asha does not have
+        {"searcher": "bayes"},
+        {"objectives": [{"val_acc": "max"}, {"latency": "min"}]},
+    ],
+)
+def test_the_schema_refuses_what_the_space_parser_refuses(change, tmp_path):
+    document = {"params": {"model": "efficientnet_lite0", "lr": {"loguniform": [1e-4, 1e-2]}}}
+    document |= change
+    assert schema_errors(document), change
+    with pytest.raises(UsageError):
+        parse_space(document, "changed")
+
+
+def test_schema_and_a_space_name_together_are_refused():
+    from conftest import run_cli
+
+    code, _, err = run_cli("spaces", "smoke", "--schema")
+    assert code == 2 and "give a space to show or --schema, not both" in err
+
+
+def test_a_count_in_the_budget_is_a_whole_number():
+    raw = {"params": {"model": "efficientnet_lite0"}, "budget": {"num_samples": 4.0}}
+    budget = parse_space(raw, "whole").budget
+    assert budget.num_samples == 4 and isinstance(budget.num_samples, int)
+    raw["budget"] = {"num_samples": 2.5}
+    with pytest.raises(UsageError, match=r"budget: num_samples must be a whole number, got 2\.5"):
+        parse_space(raw, "half")

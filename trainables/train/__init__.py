@@ -14,7 +14,15 @@ from trainables.train._augment import (
     normalize,
 )
 from trainables.train._checkpoint import CHECKPOINT_FILE, CheckpointError, load_state, save_state
-from trainables.train._config import MAX_FREEZE_DEPTH, MODELS, OPTIMIZERS, ConfigError, TrialConfig
+from trainables.train._config import (
+    MAX_FREEZE_DEPTH,
+    MODELS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    ConfigError,
+    TrialConfig,
+)
 from trainables.train._features import AUGMENTED_VIEWS, FEATURE_DISK_BUDGET, max_cache_bytes
 from trainables.train._inputs import TrainInputs, build_inputs
 from trainables.train._train import evaluate, fit, predict_train, train_epoch
@@ -27,6 +35,8 @@ __all__ = [
     "MAX_FREEZE_DEPTH",
     "MODELS",
     "OPTIMIZERS",
+    "PRECISIONS",
+    "SCHEDULES",
     "AugmentParams",
     "CheckpointError",
     "ConfigError",

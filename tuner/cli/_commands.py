@@ -110,8 +110,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_spaces(args: argparse.Namespace) -> int:
-    from tuner.spaces import available_spaces, load_space
+    from tuner.spaces import available_spaces, load_space, space_schema
 
+    if args.schema:
+        if args.name:
+            raise UsageError("give a space to show or --schema, not both")
+        print(json.dumps(space_schema(), indent=2))
+        return 0
     if args.name:
         print(json.dumps(load_space(args.name).to_dict(), indent=2))
         return 0

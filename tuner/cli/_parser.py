@@ -154,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the search spaces, or show one resolved",
         description="List the built-in spaces, or show one resolved.",
     )
-    spaces.add_argument("name", nargs="?")
+    spaces.add_argument("name", nargs="?", help="a built-in space or a YAML file: show it resolved")
+    spaces.add_argument(
+        "--schema",
+        action="store_true",
+        help="print the JSON Schema of a space file instead, for editors that check YAML",
+    )
 
     add_result_commands(sub)
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         front_ranks,
         objectives_of,
     )
+    from tuner.spaces._schema import space_schema
     from tuner.spaces._spaces import Budget, SearchSpace, available_spaces, load_space, parse_space
     from tuner.spaces._strategy import PBT_MUTABLE, SCHEDULERS, SEARCHERS, Strategy
 
@@ -34,6 +35,7 @@ __getattr__ = lazy_names(
         "parse_space": "_spaces",
         "PBT_MUTABLE": "_strategy",
         "SCHEDULERS": "_strategy",
+        "space_schema": "_schema",
         "SEARCHERS": "_strategy",
         "SearchSpace": "_spaces",
         "Strategy": "_strategy",
@@ -56,4 +58,5 @@ __all__ = [
     "load_space",
     "objectives_of",
     "parse_space",
+    "space_schema",
 ]

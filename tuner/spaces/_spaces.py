@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -257,7 +258,7 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
             f"known: {', '.join(sorted(budget_fields))}"
         )
     try:
-        budget = Budget(**budget_raw)
+        budget = Budget(**_checked_budget(budget_raw))
         budget.validate()
     except (TypeError, UsageError) as exc:
         raise fail(str(exc)) from None
@@ -312,6 +313,25 @@ def parse_space(raw: Any, name: str, source: str = "<memory>") -> SearchSpace:
     except (ConfigError, ValueError) as exc:
         raise fail(str(exc)) from None
     return space
+
+
+def _checked_budget(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with each count a whole int (YAML may write ``2.0``); UsageError for a value
+    that is not a number, or not a whole one where the key counts something (None where the
+    key may be unset)."""
+    hints = typing.get_type_hints(Budget)
+    checked = dict(raw)
+    for key, value in raw.items():
+        kinds = typing.get_args(hints[key]) or (hints[key],)
+        if value is None and type(None) in kinds:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"budget: {key} must be a number, got {value!r}")
+        if float not in kinds:
+            if not float(value).is_integer():
+                raise UsageError(f"budget: {key} must be a whole number, got {value!r}")
+            checked[key] = int(value)
+    return checked
 
 
 def _validate_edges(space: SearchSpace) -> None:

@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def run(
-    cfg: trainables.TrialConfig, data: trainables.ImageCache, threads: int | None
+    cfg: trainables.TrialConfig, data: trainables.DecodedSplit, threads: int | None
 ) -> dict[str, float]:
     """One trial: its best and last val_acc, its lowest val_loss (finer than accuracy on
     588 photos, where one photo is 0.0017) and its time (s)."""

@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run(cfg: trainables.TrialConfig, data: trainables.ImageCache, threads: int) -> list[dict]:
+def run(cfg: trainables.TrialConfig, data: trainables.DecodedSplit, threads: int) -> list[dict]:
     rows: list[dict[str, Any]] = []
 
     def report(metrics: dict[str, Any], folder: Path) -> None:

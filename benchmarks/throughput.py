@@ -210,9 +210,9 @@ def _sync(device: torch.device) -> None:
 
 
 def subset_cache(
-    cache: trainables.ImageCache, n_train: int, n_val: int, seed: int = 0
-) -> trainables.ImageCache:
-    """An ImageCache of ``n_train`` random training rows and ``n_val`` validation rows."""
+    cache: trainables.DecodedSplit, n_train: int, n_val: int, seed: int = 0
+) -> trainables.DecodedSplit:
+    """An DecodedSplit of ``n_train`` random training rows and ``n_val`` validation rows."""
     rng = np.random.default_rng(seed)
     train = np.sort(rng.choice(len(cache.train_y), size=n_train, replace=False))
     val = np.sort(rng.choice(len(cache.val_y), size=min(n_val, len(cache.val_y)), replace=False))

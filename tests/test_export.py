@@ -502,8 +502,11 @@ def test_an_export_killed_midway_leaves_no_output_folder(finished, tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
-    line = proc.stdout.readline()  # the first member's state_dict is written: midway
-    assert line.startswith("wrote"), line
+    # After the lines of the steps before it: the first member's state_dict is written.
+    lines = [proc.stdout.readline()]
+    while lines[-1] and not lines[-1].startswith("wrote"):
+        lines.append(proc.stdout.readline())
+    assert lines[-1].startswith("wrote"), lines  # midway
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()

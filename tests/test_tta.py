@@ -42,7 +42,15 @@ def write_export(output: Path, tta: str) -> Path:
     net = trainables.build_model(MODEL, len(CLASSES), pretrained=True, image_size=SIZE).eval()
     prep = Preprocessing.for_model(MODEL, SIZE)
     config = {"model": MODEL, **prep.to_dict(), "preprocessing": PREPROCESSING, "num_classes": 5}
-    _write_export(output, net, prep, CLASSES, config, {MODEL_STATE: net}, tta=TtaChoice(tta, tta))
+    _write_export(
+        output,
+        net,
+        prep,
+        CLASSES,
+        config,
+        {MODEL_STATE: net},
+        tta=TtaChoice(mode=tta, requested=tta),
+    )
     return output
 
 

@@ -6,7 +6,7 @@ NumPy, Pillow and pyarrow only: no torch."""
 from __future__ import annotations
 
 from trainables.data._decoded import (
-    ImageCache,
+    DecodedSplit,
     check_folder,
     decode_for_refit,
     decode_split,
@@ -52,8 +52,8 @@ __all__ = [
     "CacheSpaceError",
     "DataError",
     "Decoded",
+    "DecodedSplit",
     "FolderScan",
-    "ImageCache",
     "PhotoSource",
     "PixelFile",
     "Skipped",

@@ -1,4 +1,4 @@
-"""The decoded photos of a split (:class:`ImageCache`), decoded once per node into a
+"""The decoded photos of a split (:class:`DecodedSplit`), decoded once per node into a
 memory-mapped file on local disk (:mod:`trainables.data._store`) that every trial on the
 node maps, so no trial decodes a JPEG after start-up and no process holds the photos in
 its own memory; and a folder's photos decoded once to check them (:func:`screen`).
@@ -43,14 +43,14 @@ from trainables.data._source import PhotoSource
 from trainables.data._store import CacheSpaceError, Decoded, PixelFile, decode_to_disk
 
 
-@dataclass
-class ImageCache:
+@dataclass(kw_only=True)
+class DecodedSplit:
     """The train and val photos of a split: rows of a memory-mapped decoded file, plus labels.
 
     Small to pickle (paths, row numbers and labels; never pixels), so Ray ships
     it to every trial; each trial maps :attr:`pixels` read-only, and on a node
     where that file is missing decodes the photos itself into its own cache
-    (:meth:`local`). ``train_x`` and ``val_x`` gather the rows into memory, for
+    (:meth:`decoded_here`). ``train_x`` and ``val_x`` gather the rows into memory, for
     small sets and tests; trials read batches of rows instead.
 
     ``train_soft`` (None: the labels alone) gives each training photo a target
@@ -78,14 +78,16 @@ class ImageCache:
 
     @property
     def train_x(self) -> np.ndarray:
-        return self.local().pixels.array()[self.train_rows]
+        return self.decoded_here().pixels.array()[self.train_rows]
 
     @property
     def val_x(self) -> np.ndarray:
-        return self.local().pixels.array()[self.val_rows]
+        return self.decoded_here().pixels.array()[self.val_rows]
 
-    def local(self) -> ImageCache:
-        """This cache with its pixels on this node: the file, or a decode into this node's cache."""
+    def decoded_here(self) -> DecodedSplit:
+        """This split with its pixels in a file on this node: the file it names if this node
+        has it, else the photos decoded here first (into this node's cache), after which
+        this object names that file."""
         if self.pixels.path.is_file() or not self.root:
             return self
         decoded = decode_to_disk(photo_source(self.root), self.entry_files, self.size)
@@ -99,7 +101,7 @@ class ImageCache:
         self.pixels = decoded.pixels
         return self
 
-    def subset(self, train: np.ndarray, val: np.ndarray) -> ImageCache:
+    def subset(self, train: np.ndarray, val: np.ndarray) -> DecodedSplit:
         """The cache of training rows ``train`` and validation rows ``val`` (indices)."""
         soft = None if self.train_soft is None else self.train_soft[train]
         return dataclasses.replace(
@@ -145,8 +147,8 @@ def decode_split(
     workers: int | None = None,
     cache_dir: Path | None = None,
     say: Callable[[str], None] | None = None,
-) -> ImageCache:
-    """The :class:`ImageCache` of an existing ``split`` (reusing its decoded photos).
+) -> DecodedSplit:
+    """The :class:`DecodedSplit` of an existing ``split`` (reusing its decoded photos).
 
     Used when an experiment is resumed from its ``split.json``; a file that
     can no longer be decoded raises :class:`DataError` naming it. The test
@@ -163,7 +165,7 @@ def decode_for_refit(
     workers: int | None = None,
     cache_dir: Path | None = None,
     say: Callable[[str], None] | None = None,
-) -> ImageCache:
+) -> DecodedSplit:
     """The cache a refit trains on: train + val photos to train, the test photos to score.
 
     Only for retraining a configuration that the search already chose: no
@@ -173,7 +175,14 @@ def decode_for_refit(
         raise DataError("the experiment holds no test split (it was searched with test fraction 0)")
     files = split.train + split.val + split.test
     decoded, index = _decoded_split(split, files, size, workers, cache_dir, say)
-    refit = Split(split.root, split.classes, split.train + split.val, split.test, split.seed, 0.0)
+    refit = Split(
+        root=split.root,
+        classes=split.classes,
+        train=split.train + split.val,
+        val=split.test,
+        seed=split.seed,
+        val_fraction=0.0,
+    )
     return _cache_from(refit, decoded, index, size)
 
 
@@ -185,7 +194,7 @@ def prepare_data(
     workers: int | None = None,
     test_fraction: float = 0.0,
     cache_dir: Path | None = None,
-) -> tuple[Split, ImageCache]:
+) -> tuple[Split, DecodedSplit]:
     """Decode every candidate photo once (to the disk cache), drop the unreadable ones, split.
 
     Returns the split (its ``skipped`` lists every unusable file with the
@@ -203,7 +212,7 @@ def split_screened(
     val_fraction: float = 0.2,
     seed: int = 0,
     test_fraction: float = 0.0,
-) -> tuple[Split, ImageCache]:
+) -> tuple[Split, DecodedSplit]:
     """Split the output of :func:`screen`; the cache maps the train and val rows."""
     split = make_split(usable, val_fraction=val_fraction, seed=seed, test_fraction=test_fraction)
     return split, _cache_from(split, decoded, usable.row_of, size)
@@ -224,7 +233,9 @@ def _usable(
         for group in by_digest.values()
         if len({label for _, label in group}) > 1
     )
-    usable = FolderScan(scan.root, scan.classes, kept, skipped, ambiguous)
+    usable = FolderScan(
+        root=scan.root, classes=scan.classes, files=kept, skipped=skipped, ambiguous=ambiguous
+    )
     usable.row_of = {p: i for i, (p, _) in enumerate(scan.files)}
     return usable
 
@@ -258,7 +269,7 @@ def check_folder(scan: FolderScan, workers: int | None = None) -> FolderScan:
 
 def load_image_cache(
     root: str | os.PathLike[str], image_size: int, val_fraction: float = 0.2, seed: int = 0
-) -> ImageCache:
+) -> DecodedSplit:
     """Scan, split and decode ``root`` for training at ``image_size`` in one call."""
     _, cache = prepare_data(
         scan_folder(root), cache_size_for(image_size), val_fraction=val_fraction, seed=seed
@@ -266,14 +277,22 @@ def load_image_cache(
     return cache
 
 
-def _cache_from(split: Split, decoded: Decoded, index: dict[str, int], size: int) -> ImageCache:
+def _cache_from(split: Split, decoded: Decoded, index: dict[str, int], size: int) -> DecodedSplit:
     def rows(part: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
         at = decoded.rows[np.array([index[p] for p, _ in part], dtype=np.int64)]
         return at, np.array([y for _, y in part], dtype=np.int64)
 
     train_rows, train_y = rows(split.train)
     val_rows, val_y = rows(split.val)
-    return ImageCache(
-        list(split.classes), size, decoded.pixels, train_rows, train_y, val_rows, val_y,
-        key=decoded.key, root=split.root.record(), entry_files=decoded.entry_files,
-    )  # fmt: skip
+    return DecodedSplit(
+        classes=list(split.classes),
+        size=size,
+        pixels=decoded.pixels,
+        train_rows=train_rows,
+        train_y=train_y,
+        val_rows=val_rows,
+        val_y=val_y,
+        key=decoded.key,
+        root=split.root.record(),
+        entry_files=decoded.entry_files,
+    )

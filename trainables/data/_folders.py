@@ -38,7 +38,7 @@ class Skipped:
     reason: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FolderScan:
     """Photos per class found under ``root``: candidates, or after :func:`screen` usable ones."""
 
@@ -77,7 +77,7 @@ class FolderScan:
         return None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Split:
     """The train/val/test file lists and class names of an experiment.
 

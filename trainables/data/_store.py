@@ -107,7 +107,7 @@ class PixelFile:
         return self.count * row_bytes(self.size)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Decoded:
     """The photos asked for, as rows of an entry: ``rows[i]`` is the row of file i
     (-1 where it could not be decoded: ``failed[i]`` says why)."""
@@ -210,7 +210,16 @@ def _lookup(
             os.utime(entry / INDEX_FILE)  # recently used
             pixels = PixelFile(entry / PIXELS_FILE, len(index["files"]), size)
             entry_files = [rel for rel, *_rest in index["files"]]
-            return Decoded(pixels, entry.name, rows, failed, digests, True, 0.0, entry_files)
+            return Decoded(
+                pixels=pixels,
+                key=entry.name,
+                rows=rows,
+                failed=failed,
+                digests=digests,
+                reused=True,
+                seconds=0.0,
+                entry_files=entry_files,
+            )
     return None
 
 
@@ -341,7 +350,16 @@ def decode_to_disk(
     rows = np.array([-1 if i in failed else i for i in range(len(files))], dtype=np.int64)
     pixels = PixelFile(folder / key / PIXELS_FILE, len(files), size)
     seconds = time.perf_counter() - t0
-    return Decoded(pixels, key, rows, failed, digests, False, seconds, list(files))
+    return Decoded(
+        pixels=pixels,
+        key=key,
+        rows=rows,
+        failed=failed,
+        digests=digests,
+        reused=False,
+        seconds=seconds,
+        entry_files=list(files),
+    )
 
 
 def _decode_all(

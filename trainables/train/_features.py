@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from trainables._settings import settings
-from trainables.data import ImageCache, cache_root
+from trainables.data import DecodedSplit, cache_root
 from trainables.models import frozen_output_part
 from trainables.train._config import TrialConfig
 
@@ -112,7 +112,7 @@ def _cache_dir() -> Path | None:
     return cache_root() / "features"
 
 
-def feature_key(cfg: TrialConfig, data: ImageCache, weights: str) -> str:
+def feature_key(cfg: TrialConfig, data: DecodedSplit, weights: str) -> str:
     """Identifies activations: model, weights, image size (and train size when it differs),
     depth, views and the decoded photos (the decoded entry's key and its train and val rows)."""
     h = hashlib.blake2b(digest_size=16)

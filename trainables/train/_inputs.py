@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from trainables._progress import Progress
-from trainables.data import ImageCache
+from trainables.data import DecodedSplit
 from trainables.models import STEM, ComputePolicy, normalization, pretrained_weights_file, run_parts
 from trainables.train._augment import (
     apply_params,
@@ -126,7 +126,7 @@ class AugmentedViews:
         return self.store[view, idx].to(device)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainInputs:
     """A trial's training and validation inputs: host rows streamed to ``device``.
 
@@ -245,14 +245,14 @@ def _compute(
 
 
 def build_inputs(
-    cfg: TrialConfig, data: ImageCache, model: nn.Module, precision: ComputePolicy
+    cfg: TrialConfig, data: DecodedSplit, model: nn.Module, precision: ComputePolicy
 ) -> TrainInputs:
     """Choose and prepare the trial's inputs for ``precision.device`` (see the module doc).
 
     ``model`` must already be on that device and frozen to ``cfg.freeze_depth``.
     """
     device = precision.device
-    data = data.local()
+    data = data.decoded_here()
     mean, std = normalization(cfg.model)
     pixels = data.pixels.array()
     train_y, val_y = (
@@ -264,9 +264,19 @@ def build_inputs(
     mixing = Mixing.for_config(cfg, len(data.classes))
     extra: dict[str, Any] = {"train_size": cfg.train_size, "mixing": mixing}
     images = TrainInputs(
-        "images", STEM, train, train_y, val, val_y, cfg.image_size, cfg.aug_strength,
-        mean, std, device, **extra,
-    )  # fmt: skip
+        kind="images",
+        start=STEM,
+        train=train,
+        train_labels=train_y,
+        val=val,
+        val_labels=val_y,
+        image_size=cfg.image_size,
+        strength=cfg.aug_strength,
+        mean=mean,
+        std=std,
+        device=device,
+        **extra,
+    )
     part = cache_part(cfg)
     if part is None or not len(val):
         return images
@@ -296,13 +306,34 @@ def build_inputs(
             train, images.train_crop, cfg.aug_strength, views, prefix, key, stored
         )
         return TrainInputs(
-            "views", part, train, train_y, Rows(val_f), val_y, cfg.image_size,
-            cfg.aug_strength, mean, std, device, views=lazy, **extra,
-        )  # fmt: skip
+            kind="views",
+            start=part,
+            train=train,
+            train_labels=train_y,
+            val=Rows(val_f),
+            val_labels=val_y,
+            image_size=cfg.image_size,
+            strength=cfg.aug_strength,
+            mean=mean,
+            std=std,
+            device=device,
+            views=lazy,
+            **extra,
+        )
     train_f = load_features(key, "train", (n,))
     if train_f is None:
         train_f = _compute(prefix, train, images, key, "train", images.train_crop)
     return TrainInputs(
-        "activations", part, Rows(train_f), train_y, Rows(val_f), val_y,
-        cfg.image_size, cfg.aug_strength, mean, std, device, **extra,
-    )  # fmt: skip
+        kind="activations",
+        start=part,
+        train=Rows(train_f),
+        train_labels=train_y,
+        val=Rows(val_f),
+        val_labels=val_y,
+        image_size=cfg.image_size,
+        strength=cfg.aug_strength,
+        mean=mean,
+        std=std,
+        device=device,
+        **extra,
+    )

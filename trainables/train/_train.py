@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.data import ImageCache
+from trainables.data import DecodedSplit
 from trainables.models import (
     ComputePolicy,
     build_model,
@@ -47,7 +47,7 @@ _EVAL_BATCH = 128
 Report = Callable[[dict[str, Any], Path], None]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Training:
     """What a step changes and a checkpoint keeps: model, optimizer, schedule, scaler and,
     with ``ema_decay``, the weight average (what :func:`evaluate` scores and the
@@ -73,10 +73,16 @@ class Training:
         model = model.to(precision.device).to(memory_format=torch.channels_last)
         optimizer = make_optimizer(cfg, optimizer_params(cfg, model))
         return cls(
-            cfg, model, frozen, precision, optimizer, make_scheduler(cfg, optimizer),
-            precision.grad_scaler(), nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+            cfg=cfg,
+            model=model,
+            frozen=frozen,
+            precision=precision,
+            optimizer=optimizer,
+            scheduler=make_scheduler(cfg, optimizer),
+            scaler=precision.grad_scaler(),
+            loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
             ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
-        )  # fmt: skip
+        )
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -233,7 +239,7 @@ def evaluate(training: Training, inputs: TrainInputs) -> tuple[float, float]:
 
 @torch.no_grad()
 def predict_train(
-    cfg: TrialConfig, data: ImageCache, model: nn.Module, device: torch.device | None = None
+    cfg: TrialConfig, data: DecodedSplit, model: nn.Module, device: torch.device | None = None
 ) -> np.ndarray:
     """Class probabilities (float32, rows x classes) of ``model``, a trained ``cfg`` trial,
     for each training row of ``data`` in order, on the validation's centre crops.
@@ -273,7 +279,7 @@ def _metrics(epoch: int, lr: float, result: EpochResult, t0: float) -> dict[str,
 
 def fit(
     cfg: TrialConfig,
-    data: ImageCache,
+    data: DecodedSplit,
     report: Report,
     *,
     resume_state: Mapping[str, Any] | None = None,

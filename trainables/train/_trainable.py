@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainables.data import ImageCache, load_image_cache
+from trainables.data import DecodedSplit, load_image_cache
 from trainables.models import CostSpec, deploy_cost
 from trainables.train._checkpoint import load_state
 from trainables.train._config import TrialConfig
@@ -29,7 +29,7 @@ from trainables.train._train import fit
 
 
 def train_classifier(
-    config: Mapping[str, Any], data: ImageCache | None = None, cost: CostSpec | None = None
+    config: Mapping[str, Any], data: DecodedSplit | None = None, cost: CostSpec | None = None
 ) -> None:
     """Ray Tune function trainable: one trial of ``config`` on the decoded ``data``.
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables import CheckpointError, ConfigError, ImageCache, TrialConfig, predict_train
+from trainables import CheckpointError, ConfigError, DecodedSplit, TrialConfig, predict_train
 from tuner._errors import UsageError
 from tuner.results._ensemble import Ensemble, choose_ensemble
 from tuner.results._inference import (
@@ -76,7 +76,7 @@ class DistillRequest:
             raise UsageError(f"--ensemble {self.size}: a teacher ensemble needs at least 2 members")
 
 
-def soft_targets(ensemble: Ensemble, data: ImageCache, weight: float) -> tuple[np.ndarray, float]:
+def soft_targets(ensemble: Ensemble, data: DecodedSplit, weight: float) -> tuple[np.ndarray, float]:
     """``weight * teacher + (1 - weight) * onehot`` for every training row of ``data`` (a
     refit's cache: the train + val photos), the teacher being ``ensemble``'s weighted mean
     probability; and the teacher's accuracy on those photos."""

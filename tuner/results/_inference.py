@@ -165,7 +165,7 @@ def classify_labelled(
     return result, torch.tensor([files[i][1] for i in result.ok], dtype=torch.long)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RankedTrial:
     """The best checkpoint of one ranked trial, loaded as an eval-mode fp32 model."""
 

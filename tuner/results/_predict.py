@@ -48,7 +48,7 @@ from tuner.results._inference import Preprocessing, classify
 from tuner.results._tta import apply_tta
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportedModel:
     """An export folder loaded for prediction (the model, labels, preprocessing)."""
 
@@ -207,7 +207,9 @@ def load_export(
             folder, MODEL_STATE, config.get("model"), len(labels), prep.image_size, files
         )
         model = apply_tta(net, tta).to(device)
-    return ExportedModel(folder, model, labels, prep, tta, device)
+    return ExportedModel(
+        folder=folder, model=model, labels=labels, preprocessing=prep, tta=tta, device=device
+    )
 
 
 def _script(folder: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -30,7 +30,7 @@ from trainables import (
     CHECKPOINT_FILE,
     CheckpointError,
     DataError,
-    ImageCache,
+    DecodedSplit,
     Progress,
     TrialConfig,
     decode_for_refit,
@@ -59,7 +59,7 @@ from tuner.storage import (
 
 def _train(
     config: dict[str, Any],
-    data: ImageCache,
+    data: DecodedSplit,
     storage: Storage,
     dest: str,
     threads: int,
@@ -88,7 +88,7 @@ def train_on_train_val(
     exp: Experiment,
     saved: RunRecord,
     config: dict[str, Any],
-    data: ImageCache,
+    data: DecodedSplit,
     folder: str,
     label: str,
     say: Callable[[str], None] = print,
@@ -117,7 +117,7 @@ def train_on_train_val(
     return last, time.perf_counter() - t0, resources
 
 
-def refit_data(exp: Experiment, saved: RunRecord, say: Callable[[str], None]) -> ImageCache:
+def refit_data(exp: Experiment, saved: RunRecord, say: Callable[[str], None]) -> DecodedSplit:
     """The experiment's train + val photos to train on, its test photos to score."""
     try:
         return decode_for_refit(exp.split(), saved.cache_size, say=say)

@@ -71,7 +71,7 @@ def apply_tta(model: nn.Module, mode: str) -> nn.Module:
     return FlipAverage(model).eval() if mode == "flip" else model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TtaChoice:
     """The test-time augmentation an export applies, and how it was chosen."""
 
@@ -120,13 +120,20 @@ def choose_tta(
     if requested not in TTA_CHOICES:
         raise ValueError(f"unknown --tta {requested!r}")
     if requested != "auto":
-        return TtaChoice(requested, requested)
+        return TtaChoice(mode=requested, requested=requested)
     files: Sequence[tuple[str, int]] = split.val
     result, labels = classify_labelled(_BothViews(model).eval(), split.root, files, prep)
     if not result.ok:
-        return TtaChoice("none", "auto")
+        return TtaChoice(mode="none", requested="auto")
     plain, mirrored = result.logits.chunk(2, dim=1)
     acc_none = float((plain.argmax(1) == labels).float().mean())
     acc_flip = float(((plain + mirrored).argmax(1) == labels).float().mean())
     mode = "flip" if acc_flip > acc_none else "none"
-    return TtaChoice(mode, "auto", acc_none, acc_flip, len(result.ok), scored)
+    return TtaChoice(
+        mode=mode,
+        requested="auto",
+        val_acc_none=acc_none,
+        val_acc_flip=acc_flip,
+        n_val=len(result.ok),
+        scored=scored,
+    )

@@ -14,7 +14,7 @@ from trainables import (
     FEATURE_DISK_BUDGET,
     DataError,
     Decoded,
-    ImageCache,
+    DecodedSplit,
     Split,
     WeightsUnavailableError,
     backbone,
@@ -34,7 +34,7 @@ from tuner.storage import RunRecord, Storage
 Print = Callable[[str], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchRequest:
     """Everything ``search`` needs, resolved and validated by the CLI layer."""
 
@@ -84,7 +84,7 @@ def feature_reserve(space: SearchSpace, decoded_bytes: int) -> int:
     return min(FEATURE_DISK_BUDGET, combos * per_combo)
 
 
-def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, ImageCache]:
+def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, DecodedSplit]:
     """Scan, decode once into the disk cache (or reuse it) and split; nothing else written."""
     size = cache_size_for(max(req.space.possible_values("image_size")))
     try:

@@ -16,7 +16,7 @@ from trainables import (
     SPLIT_FILE,
     CostSpec,
     DataError,
-    ImageCache,
+    DecodedSplit,
     decode_split,
     settings,
     train_classifier,
@@ -76,7 +76,7 @@ METRIC = "val_acc"
 SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
 
 
-def _trainable(cache: ImageCache, resources: dict[str, float], space: SearchSpace) -> Any:
+def _trainable(cache: DecodedSplit, resources: dict[str, float], space: SearchSpace) -> Any:
     objectives = space.objectives
     cost = (
         CostSpec(latency=objectives.times_latency, device=objectives.latency_device)
@@ -295,9 +295,14 @@ def _start_again(exp: Experiment, record: RunRecord, say: Print) -> int:
     """Run a search whose driver died before Ray saved any state: no trial ran, so it
     starts again from its recorded request."""
     request = SearchRequest(
-        record.search_space(), exp.name, exp.storage, record.data_dir, record.address,
-        record.follow_links, tuple(s["experiment"] for s in record.warm_start),
-    )  # fmt: skip
+        space=record.search_space(),
+        name=exp.name,
+        storage=exp.storage,
+        data_dir=record.data_dir,
+        address=record.address,
+        follow_links=record.follow_links,
+        warm_start=tuple(s["experiment"] for s in record.warm_start),
+    )
     say(f"{exp.name} was stopped before its first trial was recorded; starting it again")
     for leftover in (TUNER_FILE, SPLIT_FILE, JOURNAL_FILE):
         exp.delete(leftover)

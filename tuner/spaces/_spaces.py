@@ -46,7 +46,7 @@ from tuner.spaces._objectives import Objectives
 from tuner.spaces._strategy import Strategy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Budget:
     """How much searching to do, and with what resources per trial."""
 
@@ -108,7 +108,7 @@ class Budget:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchSpace:
     """A parsed, validated space: constants, distributions, budget, seed points."""
 

@@ -118,7 +118,7 @@ def validate_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRecord:
     """``tuner.json``: the resolved run, enough to reproduce or resume it."""
 

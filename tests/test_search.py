@@ -1,6 +1,7 @@
 """End to end, as a user runs it: `python -m tuner ...` over real photos with real Ray Tune."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -228,7 +229,10 @@ def test_the_top_trials_are_scored_once_on_the_held_out_test_split(finished, cap
     assert ((scored["test_acc"] * 10).round(6) % 1 == 0).all()  # k of 10 photos right
     assert "Test split (photos no trial saw): rank 1" in proc.stdout
     # Each scoring is announced, so the wait at the end is explained.
-    assert f"Scoring rank 1 of {len(board)} on the 10 test photos" in proc.stdout
+    assert f"Scoring rank 1 of {len(board)} on the 10 test photos\n" in proc.stdout
+    # From the second on, with the time left at the pace of those before.
+    left = rf"Scoring rank 2 of {len(board)} on the 10 test photos \(about \d+ s left\)$"
+    assert re.search(left, proc.stdout, re.M), proc.stdout
     # Each val_acc comes with its binomial standard error over the validation photos.
     n_val, acc = len(split["val"]), board["val_acc"]
     assert board["val_acc_se"].to_numpy() == pytest.approx(((acc * (1 - acc)) / n_val) ** 0.5)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
         safe_name,
         write_replacing,
     )
-    from trainables._progress import Progress
+    from trainables._progress import Progress, describe_duration
     from trainables._settings import (
         RAY_DEFAULTS,
         Settings,
@@ -127,6 +127,7 @@ if TYPE_CHECKING:
 # data layer load numpy, Pillow and pyarrow only, not torch (~800 MB of resident
 # libraries with the CUDA build, and seconds of start-up).
 _SOURCES = {
+    "describe_duration": "_progress",
     "FileRefused": "_files",
     "KIB": "_files",
     "MIB": "_files",
@@ -298,6 +299,7 @@ __all__ = [
     "decode_to_disk",
     "default_device",
     "deploy_cost",
+    "describe_duration",
     "draw_params",
     "ensure_pretrained_weights",
     "eval_transform",

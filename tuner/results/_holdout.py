@@ -15,12 +15,15 @@ distilled model (``distilled/*/distill.json``) and each exported ensemble
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 import torch
 
+from trainables import describe_duration
 from tuner.results._inference import (
     Preprocessing,
     classify_labelled,
@@ -68,6 +71,7 @@ def score_top_trials(
     scores = load_scores(exp)
     out: dict[str, float] = {}
     last = min(top_k, len(board))
+    took: list[float] = []  # seconds each scoring took, for the time left
     for rank in range(1, last + 1):
         row = board.iloc[rank - 1]
         trial_id, checkpoint = str(row["trial_id"]), str(row["checkpoint"])
@@ -76,8 +80,12 @@ def score_top_trials(
         entry = scores.get(trial_id, {})
         if entry.get("checkpoint") != checkpoint:
             if say is not None:
-                say(f"Scoring rank {rank} of {last} on the {len(split.test)} test photos")
+                left = describe_duration(statistics.mean(took) * (last - rank + 1)) if took else ""
+                say(f"Scoring rank {rank} of {last} on the {len(split.test)} test photos"
+                    + (f" (about {left} left)" if left else ""))  # fmt: skip
+            started = time.monotonic()
             metrics = evaluate_test_split(load_ranked_trial(exp, rank, board))
+            took.append(time.monotonic() - started)
             entry = {
                 "checkpoint": checkpoint,
                 "test_acc": metrics["accuracy"],

@@ -5,10 +5,6 @@ The start banner gives the work
 reported a few epochs, :class:`TimeEstimate` prints how long the whole search
 should take at the pace measured so far, and which flags shorten it, so a
 user who started a large space on a laptop learns it within minutes.
-
-Example:
-    >>> describe_duration(40), describe_duration(600), describe_duration(5400)
-    ('40 s', '10 min', '1.5 h')
 """
 
 from __future__ import annotations
@@ -20,6 +16,8 @@ from typing import Any
 
 from ray import tune
 
+from trainables import describe_duration
+
 # Estimates are printed after this many reported epochs, then at most this often.
 _FIRST_AFTER_EPOCHS = 3
 _EVERY_S = 300.0
@@ -27,14 +25,6 @@ _EVERY_S = 300.0
 
 def _print(line: str) -> None:
     print(line)
-
-
-def describe_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class TimeEstimate(tune.Callback):

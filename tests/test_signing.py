@@ -170,6 +170,19 @@ def test_resume_runs_no_planted_pickle_unless_told_to_trust_the_state(
         assert not marker.exists(), tamper.__name__
         assert "Resuming" not in out  # refused before decoding or starting Ray
 
+    # Signed, but saved by a version whose modules this one does not have (Ray pickles
+    # the search's callbacks by module and name): one line saying so, no traceback.
+    other = tmp_path / "other_version" / "sig"
+    shutil.copytree(exp, other)
+    saved = (other / "tuner.pkl").read_bytes()
+    assert b"tuner.search._guard" in saved
+    renamed = saved.replace(b"tuner.search._guard", b"tuner.search._gone_")  # same length
+    signing.write_signed(experiment_at(other), "tuner.pkl", renamed)
+    moved = run_tuner("resume", "sig", "--storage", str(other.parent), timeout=400)
+    assert moved.returncode == 2, moved.stdout[-2000:] + moved.stderr[-3000:]
+    assert "written by another version of this tool" in moved.stderr, moved.stderr[-3000:]
+    assert "tuner.search._gone_" in moved.stderr and "Traceback" not in moved.stderr
+
     trusted = run_tuner(
         "resume", "sig", "--storage", str(tmp_path / "in_tuner_pkl"), "--trust-state", timeout=400
     )

@@ -8,8 +8,10 @@ before the first trial; :mod:`tuner.search._finish` writes the results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+from collections.abc import Iterator
 from typing import Any
 
 from trainables import (
@@ -267,16 +269,33 @@ def resume(
     start_ray(record.address, say)
     check_fits(record.resources)  # not waiting for ever for a node that has them
     make_reserve(exp)
-    tuner = tune.Tuner.restore(
-        exp.path(),
-        trainable=_trainable(cache, record.resources, space),
-        resume_unfinished=True,
-        resume_errored=not restart_errored,
-        restart_errored=restart_errored,
-        # Checks each signed file again as Ray reads it (unless trusted).
-        storage_filesystem=signing_filesystem(exp, verify=not trust_state),
-    )
-    return _fit_and_finish(tuner, exp, space.budget, say)
+    with _saved_by_this_version(exp):
+        tuner = tune.Tuner.restore(
+            exp.path(),
+            trainable=_trainable(cache, record.resources, space),
+            resume_unfinished=True,
+            resume_errored=not restart_errored,
+            restart_errored=restart_errored,
+            # Checks each signed file again as Ray reads it (unless trusted).
+            storage_filesystem=signing_filesystem(exp, verify=not trust_state),
+        )
+    with _saved_by_this_version(exp):  # Tune loads the searcher's and callbacks' state here
+        return _fit_and_finish(tuner, exp, space.budget, say)
+
+
+@contextlib.contextmanager
+def _saved_by_this_version(exp: Experiment) -> Iterator[None]:
+    """UsageError, not a traceback, when Ray's pickled state names a module or a class that
+    this version of the tool does not have: the state was saved by another version."""
+    try:
+        yield
+    except (ModuleNotFoundError, AttributeError) as exc:
+        if isinstance(exc, AttributeError) and "Can't get attribute" not in str(exc):
+            raise
+        raise UsageError(
+            f"{exp.display()}: its saved state was written by another version of this tool "
+            f"({exc}); resume it with the version that started it"
+        ) from None
 
 
 def _checked_record(exp: Experiment, trust_state: bool, say: Print) -> RunRecord:

@@ -32,9 +32,10 @@ of photos. Labels and augmentation parameters live on the device.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -262,7 +263,6 @@ def build_inputs(
         train_y = torch.tensor(data.train_soft, dtype=torch.float32, device=device)
     train, val = Rows(pixels, data.train_rows), Rows(pixels, data.val_rows)
     mixing = Mixing.for_config(cfg, len(data.classes))
-    extra: dict[str, Any] = {"train_size": cfg.train_size, "mixing": mixing}
     images = TrainInputs(
         kind="images",
         start=STEM,
@@ -275,7 +275,8 @@ def build_inputs(
         mean=mean,
         std=std,
         device=device,
-        **extra,
+        train_size=cfg.train_size,
+        mixing=mixing,
     )
     part = cache_part(cfg)
     if part is None or not len(val):
@@ -305,35 +306,10 @@ def build_inputs(
         lazy = AugmentedViews(
             train, images.train_crop, cfg.aug_strength, views, prefix, key, stored
         )
-        return TrainInputs(
-            kind="views",
-            start=part,
-            train=train,
-            train_labels=train_y,
-            val=Rows(val_f),
-            val_labels=val_y,
-            image_size=cfg.image_size,
-            strength=cfg.aug_strength,
-            mean=mean,
-            std=std,
-            device=device,
-            views=lazy,
-            **extra,
-        )
+        return dataclasses.replace(images, kind="views", start=part, val=Rows(val_f), views=lazy)
     train_f = load_features(key, "train", (n,))
     if train_f is None:
         train_f = _compute(prefix, train, images, key, "train", images.train_crop)
-    return TrainInputs(
-        kind="activations",
-        start=part,
-        train=Rows(train_f),
-        train_labels=train_y,
-        val=Rows(val_f),
-        val_labels=val_y,
-        image_size=cfg.image_size,
-        strength=cfg.aug_strength,
-        mean=mean,
-        std=std,
-        device=device,
-        **extra,
+    return dataclasses.replace(
+        images, kind="activations", start=part, train=Rows(train_f), val=Rows(val_f)
     )

@@ -278,7 +278,7 @@ def memory_probe(data: Path, photos: int) -> None:
             folder = make_subset(data, Path(tmp) / "photos", max(1, photos // max(1, len(classes))))
         t0 = time.perf_counter()
         split, cache = trainables.prepare_data(
-            trainables.scan_folder(folder), size=trainables.cache_size_for(224), seed=0
+            trainables.scan_folder(folder), resize=trainables.resize_for(224), seed=0
         )
         decode_s = time.perf_counter() - t0
         n = len(split.train) + len(split.val)

@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mixup": {"mixup": 0.2},
     "cutmix": {"cutmix": 1.0},
     "lr_decay": {"freeze_depth": 2, "lr_decay": 0.3},
+    "fixres": {"train_size": 192},  # train at 192 px, validate at the 240 px
 }
 
 
@@ -83,7 +84,7 @@ def main() -> None:
     base = {**BASE, "max_epochs": args.epochs}
     print(f"# plain trial: {base}")
     split, cache = trainables.prepare_data(
-        trainables.scan_folder(data_dir), trainables.cache_size_for(base["image_size"]),
+        trainables.scan_folder(data_dir), trainables.resize_for(base["image_size"]),
         val_fraction=0.2, seed=args.split_seed, test_fraction=0.15,
     )  # fmt: skip
     print(f"split: {len(split.train)} train / {len(split.val)} val (seed {args.split_seed})")

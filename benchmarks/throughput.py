@@ -279,12 +279,12 @@ def main() -> None:
         # The project's one-time cost: decode every photo into the uint8 cache.
         t0 = time.perf_counter()
         split, cache = trainables.prepare_data(
-            trainables.scan_folder(data), trainables.cache_size_for(args.image_size)
+            trainables.scan_folder(data), trainables.resize_for(args.image_size)
         )
         decode_s = time.perf_counter() - t0
         n_photos = len(split.train) + len(split.val)
         print(
-            f"decoded {n_photos} photos once at {cache.size}px in {decode_s:.1f}s "
+            f"decoded {n_photos} photos once at {cache.resize}px in {decode_s:.1f}s "
             f"({n_photos / decode_s:.0f} photos/s, {cache.nbytes / 2**20:.0f} MiB)"
         )
         n_train = args.steps * args.batch_size

@@ -199,7 +199,7 @@ def run_recipe(split: trainables.Split, args: argparse.Namespace) -> dict[str, A
     )
     eval_tf = transforms.Compose(
         [
-            transforms.Resize(trainables.cache_size_for(size)),
+            transforms.Resize(trainables.resize_for(size)),
             transforms.CenterCrop(size),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),

@@ -466,6 +466,6 @@ def fit_reports(cfg: Any, data: Any, resume_state: Any = None) -> list[tuple[dic
 def decoded(folder: Path, size: int) -> Any:
     """The photos of ``folder`` decoded for ``size`` px and split (seed 0)."""
     from trainables import prepare_data, scan_folder
-    from trainables.data._folders import cache_size_for
+    from trainables.data._folders import resize_for
 
-    return prepare_data(scan_folder(folder), size=cache_size_for(size), seed=0)[1]
+    return prepare_data(scan_folder(folder), resize=resize_for(size), seed=0)[1]

@@ -10,9 +10,9 @@ from trainables import (
     AugmentParams,
     apply_params,
     augment_batch,
-    cache_size_for,
     draw_params,
     eval_transform,
+    resize_for,
 )
 
 
@@ -126,5 +126,5 @@ def test_eval_transform_is_torchvisions_resize_and_centre_crop(shape, dtype):
     if dtype.is_floating_point:
         images /= 255
     size = 32
-    reference = v2.Compose([v2.Resize(cache_size_for(size), antialias=True), v2.CenterCrop(size)])
+    reference = v2.Compose([v2.Resize(resize_for(size), antialias=True), v2.CenterCrop(size)])
     assert torch.equal(eval_transform(size)(images), reference(images))

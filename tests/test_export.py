@@ -47,7 +47,7 @@ def reference_inputs(
     paths: list[Path], size: int, mean: list[float], std: list[float]
 ) -> torch.Tensor:
     """Photos as a trial's validation photos are prepared, step by step with trainables."""
-    resize = trainables.cache_size_for(size)
+    resize = trainables.resize_for(size)
     crop = trainables.eval_transform(size)
     images = [
         crop(torch.tensor(trainables.resize_center_crop(trainables.load_photo(p, resize), resize)))
@@ -160,7 +160,7 @@ def test_export_writes_a_stock_state_dict_and_matching_torchscript(
     assert config["val_acc"] == pytest.approx(board.loc[0, "val_acc"])
     assert config["source_checkpoint"] == board.loc[0, "checkpoint"]
     assert config["model"] == "efficientnet_lite0" and config["image_size"] == 32
-    assert config["resize"] == trainables.cache_size_for(32)
+    assert config["resize"] == trainables.resize_for(32)
     mean, std = trainables.normalization(config["model"])
     assert config["mean"] == list(mean) and config["std"] == list(std)
 

@@ -171,7 +171,7 @@ def test_a_tuner_json_of_the_wrong_types_is_one_error_line(tmp_path):
     storage = tmp_path / "results"
     exp = _experiment(storage)
     record = {"name": "e1", "space_name": "s", "space_source": "s", "space": {},
-              "data_dir": "/d", "storage": str(storage), "address": None, "cache_size": 32,
+              "data_dir": "/d", "storage": str(storage), "address": None, "resize": 32,
               "resources": "x"}  # fmt: skip
     (exp / "tuner.json").write_text(json.dumps(record))
     code, out, err, _, _ = _tuner("list", "--storage", str(storage), "--format", "json")

@@ -111,7 +111,7 @@ def test_list_on_s3_reads_a_few_files_per_finished_experiment(tmp_path, monkeypa
         ], max_epochs=2)  # fmt: skip
         record = RunRecord(name=name, space_name="smoke", space_source="smoke", space=space,
                            data_dir="photos", storage=str(tmp_path / "local"), address=None,
-                           cache_size=40, resources={"CPU": 1.0})  # fmt: skip
+                           resize=40, resources={"CPU": 1.0})  # fmt: skip
         (folder / "tuner.json").write_bytes(record.encode())
         exp = Experiment(Storage.parse(str(tmp_path / "local")), name)
         write_leaderboard(exp, build_leaderboard(exp))
@@ -145,3 +145,17 @@ def test_list_on_s3_reads_a_few_files_per_finished_experiment(tmp_path, monkeypa
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_record_that_names_the_resize_by_its_earlier_name_still_reads():
+    from trainables import FileRefused
+    from tuner.storage import RunRecord
+
+    fields = {"name": "e", "space_name": "smoke", "space_source": "smoke", "space": {},
+              "data_dir": "photos", "storage": "/r", "address": None,
+              "resources": {"CPU": 1}, "created": "2026-12-06T00:00:00+0000"}  # fmt: skip
+    written = RunRecord.from_json({**fields, "resize": 40})
+    assert json.loads(written.encode())["resize"] == 40
+    assert RunRecord.from_json({**fields, "cache_size": 40}) == written
+    with pytest.raises(FileRefused, match="resize"):
+        RunRecord.from_json(fields)

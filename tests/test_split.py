@@ -39,7 +39,7 @@ def test_split_json_round_trip(tmp_path, synthetic):
 def test_prepare_data_decodes_once_and_skips_unusable_files(synthetic):
     (synthetic / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
     (synthetic / "class1" / "notes.txt").write_text("hello")
-    split, cache = prepare_data(scan_folder(synthetic), size=24, val_fraction=0.2, seed=0)
+    split, cache = prepare_data(scan_folder(synthetic), resize=24, val_fraction=0.2, seed=0)
     skipped = {s.path: s.reason for s in split.skipped}
     assert "class0/broken.jpg" in skipped and "class1/notes.txt" in skipped
     assert all("broken" not in p for p, _ in split.train + split.val)
@@ -68,7 +68,7 @@ def test_test_split_is_stratified_disjoint_and_never_decoded_for_trials(flowers)
 
 
 def test_a_trials_data_holds_no_test_photo(synthetic, tmp_path):
-    split, cache = prepare_data(scan_folder(synthetic), size=24, seed=0, test_fraction=0.2)
+    split, cache = prepare_data(scan_folder(synthetic), resize=24, seed=0, test_fraction=0.2)
     assert len(split.test) == 6  # 2 of each class's 10
     assert len(cache.train_y) + len(cache.val_y) == len(split.train) + len(split.val)
     # Each decoded row is the photo of its split entry: none is a test photo.
@@ -99,7 +99,7 @@ def test_bad_test_fractions_are_refused(synthetic, fraction, message):
 def test_a_refit_trains_on_train_and_val_and_scores_on_test_only(synthetic):
     from trainables import decode_files, decode_for_refit
 
-    split, _ = prepare_data(scan_folder(synthetic), size=24, seed=0, test_fraction=0.2)
+    split, _ = prepare_data(scan_folder(synthetic), resize=24, seed=0, test_fraction=0.2)
     cache = decode_for_refit(split, 24)
     assert len(cache.train_y) == len(split.train) + len(split.val)
     assert len(cache.val_y) == len(split.test)

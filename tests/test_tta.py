@@ -78,7 +78,7 @@ def retagged(export: Path, dest: Path, **change: object) -> Path:
 @pytest.fixture(scope="module")
 def photos(flowers: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, Path]]:
     """Real photos (one per class) as square PNGs of the resize size, with mirrored copies."""
-    resize = trainables.cache_size_for(SIZE)
+    resize = trainables.resize_for(SIZE)
     assert (resize - SIZE) % 2 == 0  # the centre crop is symmetric
     folder = tmp_path_factory.mktemp("photos")
     pairs = []
@@ -156,7 +156,7 @@ def test_an_export_without_the_key_predicts_the_plain_model(flip_export, photos,
     stock.load_state_dict(torch.load(old / "model.pt", weights_only=True), strict=True)
     mean, std = trainables.normalization(MODEL)
     crop = trainables.eval_transform(SIZE)
-    resize = trainables.cache_size_for(SIZE)
+    resize = trainables.resize_for(SIZE)
     pixels = torch.stack([
         crop(torch.tensor(trainables.resize_center_crop(trainables.load_photo(p, resize), resize)))
         for p in paths

@@ -21,8 +21,8 @@ from trainables.data._folders import (
     FolderScan,
     Skipped,
     Split,
-    cache_size_for,
     make_split,
+    resize_for,
     scan_folder,
 )
 from trainables.data._jobs import decode_rels, probe_rels
@@ -60,7 +60,6 @@ __all__ = [
     "SourceError",
     "Split",
     "cache_root",
-    "cache_size_for",
     "check_folder",
     "check_space",
     "decode_files",
@@ -77,6 +76,7 @@ __all__ = [
     "prepare_data",
     "probe_rels",
     "resize_center_crop",
+    "resize_for",
     "row_bytes",
     "scan_folder",
     "screen",

@@ -11,7 +11,7 @@ Example:
     ...     (root / cls).mkdir()
     ...     for i in range(5):
     ...         Image.new("RGB", (40, 30), (i * 40, 0, 0)).save(root / cls / f"{i}.jpg")
-    >>> split, cache = prepare_data(scan_folder(root), size=16, val_fraction=0.2, seed=0)
+    >>> split, cache = prepare_data(scan_folder(root), resize=16, val_fraction=0.2, seed=0)
     >>> split.classes, len(split.train), len(split.val)
     (['a', 'b'], 8, 2)
     >>> cache.train_x.shape, cache.train_x.dtype.name, cache.pixels.path.name
@@ -33,9 +33,9 @@ from trainables.data._folders import (
     FolderScan,
     Skipped,
     Split,
-    cache_size_for,
     make_split,
     photo_source,
+    resize_for,
     scan_folder,
 )
 from trainables.data._jobs import probe_rels
@@ -60,7 +60,7 @@ class DecodedSplit:
     """
 
     classes: list[str]
-    size: int
+    resize: int
     pixels: PixelFile
     train_rows: np.ndarray
     train_y: np.ndarray
@@ -74,7 +74,7 @@ class DecodedSplit:
     @property
     def nbytes(self) -> int:
         """Bytes of the decoded train and val rows."""
-        return (len(self.train_rows) + len(self.val_rows)) * 3 * self.size * self.size
+        return (len(self.train_rows) + len(self.val_rows)) * 3 * self.resize * self.resize
 
     @property
     def train_x(self) -> np.ndarray:
@@ -90,7 +90,7 @@ class DecodedSplit:
         this object names that file."""
         if self.pixels.path.is_file() or not self.root:
             return self
-        decoded = decode_to_disk(photo_source(self.root), self.entry_files, self.size)
+        decoded = decode_to_disk(photo_source(self.root), self.entry_files, self.resize)
         needed = np.concatenate([self.train_rows, self.val_rows])
         lost = sorted(i for i in decoded.failed if i in set(needed.tolist()))
         if lost:
@@ -113,7 +113,7 @@ class DecodedSplit:
 def _decode(
     root: PhotoSource,
     files: list[tuple[str, int]],
-    size: int,
+    resize: int,
     workers: int | None,
     cache_dir: Path | None,
     say: Callable[[str], None] | None,
@@ -121,7 +121,7 @@ def _decode(
 ) -> Decoded:
     paths = [p for p, _ in files]
     try:
-        return decode_to_disk(root, paths, size, cache_dir, workers, say=say, reserve=reserve)
+        return decode_to_disk(root, paths, resize, cache_dir, workers, say=say, reserve=reserve)
     except CacheSpaceError as exc:
         raise DataError(str(exc)) from None
 
@@ -129,12 +129,12 @@ def _decode(
 def _decoded_split(
     split: Split,
     files: list[tuple[str, int]],
-    size: int,
+    resize: int,
     workers: int | None,
     cache_dir: Path | None,
     say: Callable[[str], None] | None,
 ) -> tuple[Decoded, dict[str, int]]:
-    decoded = _decode(split.root, files, size, workers, cache_dir, say)
+    decoded = _decode(split.root, files, resize, workers, cache_dir, say)
     if decoded.failed:
         i, reason = next(iter(sorted(decoded.failed.items())))
         raise DataError(f"{split.root}: {files[i][0]} can no longer be decoded: {reason}")
@@ -143,7 +143,7 @@ def _decoded_split(
 
 def decode_split(
     split: Split,
-    size: int,
+    resize: int,
     workers: int | None = None,
     cache_dir: Path | None = None,
     say: Callable[[str], None] | None = None,
@@ -155,18 +155,19 @@ def decode_split(
     files are not decoded: no trial sees them.
     """
     files = split.train + split.val
-    decoded, index = _decoded_split(split, files, size, workers, cache_dir, say)
-    return _cache_from(split, decoded, index, size)
+    decoded, index = _decoded_split(split, files, resize, workers, cache_dir, say)
+    return _cache_from(split, decoded, index, resize)
 
 
 def decode_for_refit(
     split: Split,
-    size: int,
+    resize: int,
     workers: int | None = None,
     cache_dir: Path | None = None,
     say: Callable[[str], None] | None = None,
 ) -> DecodedSplit:
-    """The cache a refit trains on: train + val photos to train, the test photos to score.
+    """The cache a refit trains on: train + val photos in its train slot, the test photos
+    in its val slot (the rows the training loop scores each epoch).
 
     Only for retraining a configuration that the search already chose: no
     choice is made on the test photos.
@@ -174,7 +175,7 @@ def decode_for_refit(
     if not split.test:
         raise DataError("the experiment holds no test split (it was searched with test fraction 0)")
     files = split.train + split.val + split.test
-    decoded, index = _decoded_split(split, files, size, workers, cache_dir, say)
+    decoded, index = _decoded_split(split, files, resize, workers, cache_dir, say)
     refit = Split(
         root=split.root,
         classes=split.classes,
@@ -183,12 +184,12 @@ def decode_for_refit(
         seed=split.seed,
         val_fraction=0.0,
     )
-    return _cache_from(refit, decoded, index, size)
+    return _cache_from(refit, decoded, index, resize)
 
 
 def prepare_data(
     scan: FolderScan,
-    size: int,
+    resize: int,
     val_fraction: float = 0.2,
     seed: int = 0,
     workers: int | None = None,
@@ -201,21 +202,21 @@ def prepare_data(
     reason) and the cache of exactly the split's train and val files
     (never its test files).
     """
-    usable, decoded = screen(scan, size, workers, cache_dir)
-    return split_screened(usable, decoded, size, val_fraction, seed, test_fraction)
+    usable, decoded = screen(scan, resize, workers, cache_dir)
+    return split_screened(usable, decoded, resize, val_fraction, seed, test_fraction)
 
 
 def split_screened(
     usable: FolderScan,
     decoded: Decoded,
-    size: int,
+    resize: int,
     val_fraction: float = 0.2,
     seed: int = 0,
     test_fraction: float = 0.0,
 ) -> tuple[Split, DecodedSplit]:
     """Split the output of :func:`screen`; the cache maps the train and val rows."""
     split = make_split(usable, val_fraction=val_fraction, seed=seed, test_fraction=test_fraction)
-    return split, _cache_from(split, decoded, usable.row_of, size)
+    return split, _cache_from(split, decoded, usable.row_of, resize)
 
 
 def _usable(
@@ -242,7 +243,7 @@ def _usable(
 
 def screen(
     scan: FolderScan,
-    size: int,
+    resize: int,
     workers: int | None = None,
     cache_dir: Path | None = None,
     say: Callable[[str], None] | None = None,
@@ -257,7 +258,7 @@ def screen(
     the caller will also write to the cache disk (frozen activations), checked with
     the decode's own before it starts.
     """
-    decoded = _decode(scan.root, scan.files, size, workers, cache_dir, say, reserve)
+    decoded = _decode(scan.root, scan.files, resize, workers, cache_dir, say, reserve)
     return _usable(scan, decoded.failed, decoded.digests), decoded
 
 
@@ -272,12 +273,12 @@ def load_image_cache(
 ) -> DecodedSplit:
     """Scan, split and decode ``root`` for training at ``image_size`` in one call."""
     _, cache = prepare_data(
-        scan_folder(root), cache_size_for(image_size), val_fraction=val_fraction, seed=seed
+        scan_folder(root), resize_for(image_size), val_fraction=val_fraction, seed=seed
     )
     return cache
 
 
-def _cache_from(split: Split, decoded: Decoded, index: dict[str, int], size: int) -> DecodedSplit:
+def _cache_from(split: Split, decoded: Decoded, index: dict[str, int], resize: int) -> DecodedSplit:
     def rows(part: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
         at = decoded.rows[np.array([index[p] for p, _ in part], dtype=np.int64)]
         return at, np.array([y for _, y in part], dtype=np.int64)
@@ -286,7 +287,7 @@ def _cache_from(split: Split, decoded: Decoded, index: dict[str, int], size: int
     val_rows, val_y = rows(split.val)
     return DecodedSplit(
         classes=list(split.classes),
-        size=size,
+        resize=resize,
         pixels=decoded.pixels,
         train_rows=train_rows,
         train_y=train_y,

@@ -126,8 +126,10 @@ class Split:
         )
 
 
-def cache_size_for(image_size: int) -> int:
-    """Side of the decoded square needed to train and evaluate at ``image_size``."""
+def resize_for(image_size: int) -> int:
+    """The resize for ``image_size``: photos are resized to this shorter side and centre-
+    cropped to a square of it (decoded and stored so), then cropped to ``image_size``
+    for the network. ``config.json``'s ``resize`` and ``tuner.json``'s ``resize``."""
     return round(image_size / CROP_RATIO)
 
 

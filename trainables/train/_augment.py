@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from trainables.data import cache_size_for
+from trainables.data import resize_for
 
 MAX_ROTATION_DEG = 30.0
 MAX_TRANSLATE = 0.15
@@ -66,7 +66,7 @@ def eval_transform(image_size: int) -> Transform:
     torchvision's ``Resize`` + ``CenterCrop``. Photos decoded at that side (every photo a
     trial sees) are only cropped, and torchvision (whose import loads torch's compiler
     stack) is imported only for others."""
-    side = cache_size_for(image_size)
+    side = resize_for(image_size)
 
     def transform(images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]

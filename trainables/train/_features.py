@@ -120,7 +120,7 @@ def feature_key(cfg: TrialConfig, data: DecodedSplit, weights: str) -> str:
     aug = f"{cfg.aug_strength!r}x{views}" if views else "plain"
     if cfg.train_size not in (0, cfg.image_size):  # FixRes: the train split's crops are smaller
         aug += f"|train{cfg.train_size}"
-    h.update(f"{cfg.model}|{weights}|{cfg.image_size}|{cfg.freeze_depth}|{data.size}|".encode())
+    h.update(f"{cfg.model}|{weights}|{cfg.image_size}|{cfg.freeze_depth}|{data.resize}|".encode())
     h.update(f"{aug}|{data.key}|".encode())
     for rows in (data.train_rows, data.val_rows):
         h.update(np.ascontiguousarray(rows, dtype=np.int64).data)
@@ -128,16 +128,16 @@ def feature_key(cfg: TrialConfig, data: DecodedSplit, weights: str) -> str:
     return h.hexdigest()
 
 
-def _entry(key: str | None, part: str) -> Path | None:
+def _entry(key: str | None, rows: str) -> Path | None:
     folder = _cache_dir() if key else None
-    return folder / f"{key}-{part}.npy" if folder else None
+    return folder / f"{key}-{rows}.npy" if folder else None
 
 
-def load_features(key: str | None, part: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The activations ``part`` ("train", "val", "views") stored under ``key``, mapped
+def load_features(key: str | None, rows: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The activations of ``rows`` ("train", "val", "views") stored under ``key``, mapped
     read-only, or None. ``shape`` gives the leading dimensions expected (rows, or views
     and rows); an entry that does not match them, or cannot be read, counts as absent."""
-    path = _entry(key, part)
+    path = _entry(key, rows)
     if path is None or not path.is_file():
         return None
     try:
@@ -154,8 +154,8 @@ class FeatureFile:
     """Activations being computed: a writable map on disk (or an array in memory when the
     disk cache is off or unwritable), renamed into the cache by :meth:`keep` when full."""
 
-    def __init__(self, key: str | None, part: str, shape: tuple[int, ...], dtype: Any) -> None:
-        self.path = _entry(key, part)
+    def __init__(self, key: str | None, rows: str, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path = _entry(key, rows)
         self.tmp: Path | None = None
         self.array: np.ndarray
         if self.path is not None:

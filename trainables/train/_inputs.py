@@ -225,20 +225,21 @@ def _compute(
     rows: Rows,
     inputs: TrainInputs,
     key: str | None,
-    part: str,
-    size: int,
+    which: str,
+    image_size: int,
 ) -> np.ndarray:
-    """The prefix's fp32 output for every row (photos centre-cropped at ``size``), streamed
-    batch by batch into a file of the disk cache."""
-    crop = eval_transform(size)
+    """The prefix's fp32 output for every row of ``rows`` (``which``: "train", "val"),
+    photos centre-cropped at ``image_size``, streamed batch by batch into a file of the
+    disk cache."""
+    crop = eval_transform(image_size)
     batches = list(torch.arange(len(rows)).split(BATCH))
     out: FeatureFile | None = None
-    with Progress(len(rows), f"frozen activations ({part})", "photo") as progress:
+    with Progress(len(rows), f"frozen activations ({which})", "photo") as progress:
         for idx, photos in zip(batches, stream(rows.gather, batches, inputs.device), strict=True):
             with torch.no_grad():
                 features = prefix(crop(photos)).float().cpu().numpy()
             if out is None:
-                out = FeatureFile(key, part, (len(rows), *features.shape[1:]), np.float32)
+                out = FeatureFile(key, which, (len(rows), *features.shape[1:]), np.float32)
             out.array[int(idx[0]) : int(idx[-1]) + 1] = features
             progress.update(len(idx))
     assert out is not None

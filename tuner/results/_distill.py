@@ -161,7 +161,7 @@ def distill(
         f"{request.rank}): {epochs} epoch(s) on {len(targets)} train + val photos, targets "
         f"{request.teacher_weight:g} teacher + {1 - request.teacher_weight:g} true label"
     )
-    last, wall, resources = train_on_train_val(
+    scores, wall, resources = train_on_train_val(
         exp, saved, config, data, folder, "distillation", say
     )
     record = {
@@ -177,8 +177,7 @@ def distill(
             "accuracy_on_train_val": teacher_acc,
         },
         "teacher_weight": request.teacher_weight,
-        "test_acc": float(last["val_acc"]),  # the "val" photos of this training are the test split
-        "test_loss": float(last["val_loss"]),
+        **scores,
         "n_train": len(targets),
         "n_test": len(split.test),
         "checkpoint": exp.display(folder),

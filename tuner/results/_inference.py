@@ -6,7 +6,7 @@ and the same way a trial's validation photos were (see
 :func:`trainables.decode_split` and :func:`trainables.eval_transform`):
 
 1. decode as RGB with the EXIF orientation applied,
-2. shorter side to ``resize = cache_size_for(image_size)``, centre crop to a square,
+2. shorter side to ``resize = resize_for(image_size)``, centre crop to a square,
 3. centre crop to ``image_size``,
 4. scale to [0, 1] and standardise with the model's ``mean`` and ``std``.
 """
@@ -30,7 +30,6 @@ from trainables import (
     PhotoSource,
     Progress,
     build_model,
-    cache_size_for,
     decode_files,
     decode_rels,
     eval_transform,
@@ -38,6 +37,7 @@ from trainables import (
     load_state,
     normalization,
     normalize,
+    resize_for,
     scan_folder,
 )
 from tuner._errors import UsageError
@@ -77,7 +77,7 @@ class Preprocessing:
     @property
     def resize(self) -> int:
         """The shorter side is resized to this before the centre crop to ``image_size``."""
-        return cache_size_for(self.image_size)
+        return resize_for(self.image_size)
 
     @classmethod
     def for_model(cls, model: Any, image_size: int) -> Preprocessing:

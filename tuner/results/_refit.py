@@ -92,11 +92,11 @@ def train_on_train_val(
     folder: str,
     label: str,
     say: Callable[[str], None] = print,
-) -> tuple[dict[str, Any], float, dict[str, float]]:
-    """Train ``config`` on ``data`` (train + val, scored on test) as one Ray task on the
-    experiment's cluster, its checkpoint written to ``folder`` of ``exp``; the last epoch's
-    metrics, the wall time (s) and the resources it had. UsageError if the training
-    diverged.
+) -> tuple[dict[str, float], float, dict[str, float]]:
+    """Train ``config`` on ``data`` (:func:`refit_data`: train + val to train on, the test
+    split to score) as one Ray task on the experiment's cluster, its checkpoint written to
+    ``folder`` of ``exp``; the last epoch's ``test_acc`` and ``test_loss``, the wall time
+    (s) and the resources it had. UsageError if the training diverged.
 
     The task runs alone after the search: it asks for every CPU of the largest node that
     has one trial's resources (and a whole GPU where a trial had a share), and trains on
@@ -114,13 +114,15 @@ def train_on_train_val(
     last: dict[str, Any] = result["history"][-1]
     if last.get("diverged"):
         raise UsageError(f"the {label} diverged at epoch {last['epoch']}")
-    return last, time.perf_counter() - t0, resources
+    # The training loop scores the rows in its "val" slot: here, the test split.
+    scores = {"test_acc": float(last["val_acc"]), "test_loss": float(last["val_loss"])}
+    return scores, time.perf_counter() - t0, resources
 
 
 def refit_data(exp: Experiment, saved: RunRecord, say: Callable[[str], None]) -> DecodedSplit:
     """The experiment's train + val photos to train on, its test photos to score."""
     try:
-        return decode_for_refit(exp.split(), saved.cache_size, say=say)
+        return decode_for_refit(exp.split(), saved.resize, say=say)
     except DataError as exc:
         raise UsageError(f"{exc}; a model trained on train + val is scored on the test split") \
             from None  # fmt: skip
@@ -160,15 +162,14 @@ def refit(
         f"{len(split.test)} test photos"
     )
     folder = f"{REFIT_DIR}/{trial.trial_id}"
-    last, wall, resources = train_on_train_val(exp, saved, config, data, folder, "refit", say)
+    scores, wall, resources = train_on_train_val(exp, saved, config, data, folder, "refit", say)
     record = {
         "trial_id": trial.trial_id,
         "rank": rank,
         "epochs": epochs,
         "config": config,
         "search_val_acc": trial.val_acc,
-        "test_acc": float(last["val_acc"]),  # the refit's "val" photos are the test split
-        "test_loss": float(last["val_loss"]),
+        **scores,
         "n_train": len(split.train) + len(split.val),
         "n_test": len(split.test),
         "checkpoint": exp.display(folder),

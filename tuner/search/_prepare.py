@@ -18,9 +18,9 @@ from trainables import (
     Split,
     WeightsUnavailableError,
     backbone,
-    cache_size_for,
     ensure_pretrained_weights,
     max_cache_bytes,
+    resize_for,
     row_bytes,
     scan_folder,
     screen,
@@ -86,17 +86,17 @@ def feature_reserve(space: SearchSpace, decoded_bytes: int) -> int:
 
 def prepare_split(req: SearchRequest, say: Print) -> tuple[Split, DecodedSplit]:
     """Scan, decode once into the disk cache (or reuse it) and split; nothing else written."""
-    size = cache_size_for(max(req.space.possible_values("image_size")))
+    resize = resize_for(max(req.space.possible_values("image_size")))
     try:
         scan = scan_folder(req.data_dir, req.follow_links)
-        reserve = feature_reserve(req.space, len(scan.files) * row_bytes(size))
-        usable, decoded = screen(scan, size, reserve=reserve, say=say)
+        reserve = feature_reserve(req.space, len(scan.files) * row_bytes(resize))
+        usable, decoded = screen(scan, resize, reserve=reserve, say=say)
         for line in describe(usable, most=5):
             say(line)
         split, cache = split_screened(
             usable,
             decoded,
-            size,
+            resize,
             val_fraction=req.space.budget.val_fraction,
             seed=req.space.budget.seed,
             test_fraction=req.space.budget.test_fraction,
@@ -162,7 +162,7 @@ def trials_at_once(cluster: dict[str, float], resources: dict[str, float]) -> in
 
 def run_record(
     req: SearchRequest,
-    cache_size: int,
+    resize: int,
     resources: dict[str, float],
     warm: list[dict[str, Any]],
 ) -> RunRecord:
@@ -179,7 +179,7 @@ def run_record(
         data_dir=req.data_dir,
         storage=req.storage.uri,
         address=req.address,
-        cache_size=cache_size,
+        resize=resize,
         resources=resources,
         command=" ".join(sys.argv),
         follow_links=req.follow_links,

@@ -164,7 +164,7 @@ def run_search(req: SearchRequest, say: Print = print) -> int:
         )
     check_storage_reachable(req.storage)
     exp.write_split(split)
-    record = run_record(req, cache.size, resources, warm.sources)
+    record = run_record(req, cache.resize, resources, warm.sources)
     write_signed(exp, TUNER_FILE, record.encode())
     make_reserve(exp)
     budget, strategy = req.space.budget, req.space.strategy
@@ -257,7 +257,7 @@ def resume(
     space = record.search_space()
     split = exp.split()
     try:
-        cache = decode_split(split, record.cache_size, say=say)
+        cache = decode_split(split, record.resize, say=say)
     except DataError as exc:
         raise UsageError(f"data: {exc}") from None
     say(

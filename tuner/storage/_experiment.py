@@ -71,7 +71,7 @@ _RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
     "space": dict,
     "data_dir": str,
     "storage": str,
-    "cache_size": int,
+    "resize": int,
     "resources": dict,
 }
 # What each field of a trial's result line must be when present (Ray's own fields and
@@ -129,7 +129,7 @@ class RunRecord:
     data_dir: str
     storage: str
     address: str | None
-    cache_size: int
+    resize: int  # side of the decoded squares (trainables.resize_for of the largest image_size)
     resources: dict[str, float]
     command: str = ""
     ray_version: str = ""
@@ -146,6 +146,8 @@ class RunRecord:
         try:
             if not isinstance(data, dict):
                 raise TypeError("not an object")
+            if "resize" not in data and "cache_size" in data:  # its earlier name
+                data = {**data, "resize": data["cache_size"]}
             known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
             missing = [k for k in _RECORD_TYPES if k not in known]
             if missing:
@@ -158,7 +160,7 @@ class RunRecord:
                        for v in resources.values()):  # fmt: skip
                 raise TypeError("resources are not numbers")
             known["resources"] = {str(k): float(v) for k, v in resources.items()}
-            known["cache_size"] = int(known["cache_size"])
+            known["resize"] = int(known["resize"])
             warm = known.get("warm_start", [])
             if not isinstance(warm, list) or not all(
                 isinstance(w, dict) and isinstance(w.get("experiment"), str) for w in warm

@@ -99,6 +99,26 @@ def test_trial_workers_write_through_it_without_the_key(tmp_path):
         stream.close()
 
 
+def test_only_a_module_or_class_of_the_pickled_state_counts_as_another_version(tmp_path):
+    from tuner.search._run import _saved_by_this_version
+
+    exp = Experiment(Storage.parse(str(tmp_path)), "e")
+    for missing in (
+        ModuleNotFoundError("No module named 'tuner.search._gone'", name="tuner.search._gone"),
+        AttributeError("Can't get attribute 'Gone' on <module 'tuner.search._guard'>"),
+    ):
+        with pytest.raises(UsageError, match="written by another version"), \
+                _saved_by_this_version(exp):  # fmt: skip
+            raise missing
+    for other in (
+        ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib"),
+        AttributeError("'NoneType' object has no attribute 'fit'"),
+    ):
+        with pytest.raises(type(other)) as raised, _saved_by_this_version(exp):
+            raise other
+        assert raised.value is other
+
+
 @pytest.mark.slow
 def test_many_signed_files_upload_to_an_object_store_with_threads(s3, tmp_path):
     """Ray uploads its staging folder with ``copy_files(use_threads=True)`` when the file

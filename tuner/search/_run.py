@@ -283,14 +283,23 @@ def resume(
         return _fit_and_finish(tuner, exp, space.budget, say)
 
 
+# The packages whose objects Ray's saved state pickles by module and name.
+_PICKLED_PACKAGES = ("tuner", "trainables", "ray", "optuna")
+
+
 @contextlib.contextmanager
 def _saved_by_this_version(exp: Experiment) -> Iterator[None]:
     """UsageError, not a traceback, when Ray's pickled state names a module or a class that
-    this version of the tool does not have: the state was saved by another version."""
+    this version of the tool does not have: the state was saved by another version. Any
+    other missing module (an optional dependency) is raised as it is."""
     try:
         yield
     except (ModuleNotFoundError, AttributeError) as exc:
-        if isinstance(exc, AttributeError) and "Can't get attribute" not in str(exc):
+        if isinstance(exc, ModuleNotFoundError):
+            moved = (exc.name or "").split(".")[0] in _PICKLED_PACKAGES
+        else:
+            moved = "Can't get attribute" in str(exc)
+        if not moved:
             raise
         raise UsageError(
             f"{exp.display()}: its saved state was written by another version of this tool "

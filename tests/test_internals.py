@@ -262,6 +262,29 @@ def test_tune_logs_and_error_files_where_the_storage_guard_reads_them():
     assert header in inspect.getsource(Trial.handle_error)
 
 
+def test_tune_run_logs_its_restore_hint_where_no_restore_hint_drops_it(caplog):
+    """Use: ``no_restore_hint`` filters the logger of ``tune.run``, whose interrupted
+    search ends with "Resume experiment with: Tuner.restore(...)"."""
+    import inspect
+    import logging
+
+    from ray.tune import tune
+
+    from tuner.engine import _logs
+
+    assert tune.logger.name == _logs.RUN_LOGGER
+    assert f"\\n{_logs.RESTORE_HINT}{{restore_entrypoint}}" in inspect.getsource(tune.run)
+    with caplog.at_level(logging.WARNING, logger=_logs.RUN_LOGGER):
+        with _logs.no_restore_hint():
+            tune.logger.warning(f"interrupted.\n{_logs.RESTORE_HINT}Tuner.restore(path='x')")
+            tune.logger.warning("Stop signal received")
+        tune.logger.warning(f"{_logs.RESTORE_HINT}after")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Stop signal received",
+        f"{_logs.RESTORE_HINT}after",
+    ]
+
+
 def test_the_trial_actor_tune_builds_mixes_in_quiet_stop_before_ray_s_own_class():
     """Use: tune_trainable sets ``__mixins__``, which tune.with_parameters keeps and
     wrap_function puts first in the actor class (QuietStop.cleanup runs, then Ray's);

@@ -202,6 +202,7 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes(small_flowers, tmp
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert f"python -m tuner resume cc --storage {storage}" in out
+    assert "Tuner.restore" not in out  # Ray's own hint, for its Python API
     split = json.loads((exp / "split.json").read_text())
     assert split["test"] and not (exp / "test_scores.json").exists()  # scored only at the end
     resumed = run_tuner("resume", "cc", "--storage", str(storage), timeout=400)

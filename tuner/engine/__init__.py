@@ -34,7 +34,12 @@ if TYPE_CHECKING:
         run_callbacks,
         train_session_dir,
     )
-    from tuner.engine._logs import filter_trial_loop_log, last_failure, silence_tune_logs
+    from tuner.engine._logs import (
+        filter_trial_loop_log,
+        last_failure,
+        no_restore_hint,
+        silence_tune_logs,
+    )
     from tuner.engine._strategy import (
         describe,
         live_trials,
@@ -62,6 +67,7 @@ __getattr__ = lazy_names(
         "make_sampler": "_strategy",
         "make_scheduler": "_strategy",
         "make_search_alg": "_internals",
+        "no_restore_hint": "_logs",
         "optuna_trial_id": "_internals",
         "pareto_rungs": "_strategy",
         "PBT_GLOBAL": "_internals",
@@ -95,6 +101,7 @@ __all__ = [
     "make_sampler",
     "make_scheduler",
     "make_search_alg",
+    "no_restore_hint",
     "optuna_trial_id",
     "pareto_rungs",
     "pbt_lineage",

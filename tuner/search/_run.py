@@ -34,6 +34,7 @@ from tuner.engine import (
     make_sampler,
     make_scheduler,
     make_search_alg,
+    no_restore_hint,
     pareto_rungs,
     prunes_during_search,
     run_callbacks,
@@ -371,7 +372,8 @@ def _fit(tuner: Any, exp: Experiment, say: Print) -> bool:
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        tuner.fit()
+        with no_restore_hint():  # finish() and the handler below say `tuner resume`
+            tuner.fit()
     except KeyboardInterrupt:
         say(f"\nInterrupted. Continue the search with:\n  {exp.resume_command()}")
         return False

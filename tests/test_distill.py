@@ -97,6 +97,32 @@ def test_a_teacher_member_runs_only_its_trained_part_and_answers_as_the_whole_mo
     assert np.allclose(got, want, atol=1e-5)
 
 
+def test_the_students_epochs_default_to_the_trials_best_and_epochs_sets_them():
+    from types import SimpleNamespace
+
+    from tuner._errors import UsageError
+    from tuner.results._distill import DistillRequest, _folder, student_config
+
+    trial = SimpleNamespace(config=TrialConfig.from_dict(BASE | {"max_epochs": 6}).to_dict(),
+                            best_epoch=2)  # fmt: skip
+    assert student_config(trial, None, None)["max_epochs"] == 2
+    longer = student_config(trial, None, 5)
+    assert longer["max_epochs"] == 5
+    assert {k: v for k, v in longer.items() if k != "max_epochs"} == {
+        k: v for k, v in student_config(trial, None, None).items() if k != "max_epochs"
+    }
+    with pytest.raises(UsageError, match="--student vgg99"):
+        student_config(trial, "vgg99", 5)
+    # A record written before --epochs existed still matches the default request; a
+    # student of other epochs lands in a folder of its own.
+    assert "epochs" not in DistillRequest().as_record()
+    assert DistillRequest(epochs=5).as_record()["epochs"] == 5
+    assert _folder("t", DistillRequest()) == "distilled/t-top3"
+    assert (
+        _folder("t", DistillRequest(epochs=5, student="resnet18")) == "distilled/t-top3-resnet18-e5"
+    )
+
+
 # --- the command --------------------------------------------------------------------------
 
 
@@ -167,6 +193,27 @@ def test_distilling_again_with_the_same_settings_exports_the_same_model(
     assert (again / "model.pt").read_bytes() == (out / "model.pt").read_bytes()
 
 
+def test_distill_epochs_sets_the_students_epochs_and_keeps_it_beside_the_default(
+    distilled, finished, board, tmp_path
+):
+    _, _, exp = distilled
+    _, storage, _ = finished
+    default = exp / "distilled" / f"{board.loc[0, 'trial_id']}-top3" / "distill.json"
+    before = default.read_bytes()
+    epochs = int(board.loc[0, "best_epoch"]) + 1
+    out = str(tmp_path / "longer")
+    code, printed, err = run_cli("export", "e2e", "--storage", str(storage), "--output", out,
+                                 "--distill", "--epochs", str(epochs))  # fmt: skip
+    assert code == 0, err[-2000:]
+    assert "Distilled model found" not in printed
+    folder = exp / "distilled" / f"{board.loc[0, 'trial_id']}-top3-e{epochs}"
+    record = json.loads((folder / "distill.json").read_text())
+    assert record["epochs"] == record["config"]["max_epochs"] == epochs
+    assert record["request"]["epochs"] == epochs
+    assert f"distillation: {epochs}/{epochs} epochs" in err
+    assert default.read_bytes() == before  # the default student is kept as it was
+
+
 def test_the_readme_snippet_answers_like_predict_for_a_distilled_export(
     distilled, flowers, tmp_path
 ):
@@ -182,6 +229,8 @@ def test_the_readme_snippet_answers_like_predict_for_a_distilled_export(
         (("--distill", "--ensemble", "1"), "a teacher ensemble needs at least 2 members"),
         (("--distill", "--refit"), "--distill and --refit cannot be combined"),
         (("--student", "efficientnet_lite1"), "--student goes with --distill"),
+        (("--epochs", "4"), "--epochs goes with --distill"),
+        (("--distill", "--epochs", "0"), "--epochs: must be >= 1, got 0"),
         (("--distill", "--student", "vgg99"), "--student vgg99"),
         (("--distill", "--student", "../../x"), "--student ../../x"),
     ],

@@ -44,8 +44,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.refit:
             raise UsageError("--distill and --refit cannot be combined")
         return export_distilled(args)
-    if args.student is not None or args.trust_state:
-        flag = "--student" if args.student is not None else "--trust-state"
+    given = {"--student": args.student is not None, "--epochs": args.epochs is not None,
+             "--trust-state": args.trust_state}  # fmt: skip
+    flag = next((f for f, on in given.items() if on), None)
+    if flag is not None:
         raise UsageError(f"{flag} goes with --distill")
     if args.ensemble:
         if args.refit:
@@ -77,7 +79,7 @@ def export_distilled(args: argparse.Namespace) -> int:
     exp = experiment_of(args)
     request = DistillRequest(
         rank=args.rank, size=args.ensemble or 3, method=args.ensemble_method,
-        student=args.student, teacher_weight=args.teacher_weight,
+        student=args.student, teacher_weight=args.teacher_weight, epochs=args.epochs,
     )  # fmt: skip
     request.check()  # before anything loads
     record, folder, trial = distill(exp, request, trust_state=args.trust_state)

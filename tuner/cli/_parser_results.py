@@ -150,6 +150,13 @@ def add_result_commands(sub: Any) -> None:
         "the ranked trial's own)",
     )
     export.add_argument(
+        "--epochs",
+        type=positive_int,
+        metavar="N",
+        help="with --distill: the student's epochs (default: the ranked trial's best epoch "
+        "count, as a refit)",
+    )
+    export.add_argument(
         "--teacher-weight",
         type=float,
         default=0.7,

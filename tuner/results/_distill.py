@@ -13,12 +13,13 @@
    by members of one model, depth and size and by the student when it is one of them.
 3. **Student.** The rank-1 configuration (``--rank`` picks another; ``--student``
    another architecture from the registry, the rest of the configuration kept),
-   trained like a refit on train + val for that trial's best epoch count, as one Ray
+   trained like a refit on train + val for that trial's best epoch count (``--epochs``
+   sets another: soft targets may bear more epochs than hard labels did), as one Ray
    task on every CPU of one node, on those targets (cross-entropy with class
    probabilities; mixup / cutmix mix them as they mix labels). Its progress is shown an
    epoch at a time.
 4. **Record.** The student's checkpoint and ``distill.json`` land in
-   ``NAME/distilled/TRIAL_ID-METHODK[-STUDENT]/``: its ``test_acc`` on the test split,
+   ``NAME/distilled/TRIAL_ID-METHODK[-STUDENT][-eEPOCHS]/``: its ``test_acc`` on the test split,
    the teacher's members and the settings. The leaderboard lists it among the made
    models. Asking again with the same settings and teacher exports the model already
    trained.
@@ -65,6 +66,15 @@ class DistillRequest:
     method: str = "top"
     student: str | None = None  # None: the ranked trial's own model
     teacher_weight: float = TEACHER_WEIGHT
+    epochs: int | None = None  # None: the ranked trial's best epoch count
+
+    def as_record(self) -> dict[str, Any]:
+        """The request as ``distill.json`` keeps it (no ``epochs`` where not given, as
+        records written before the option was added)."""
+        record = dataclasses.asdict(self)
+        if self.epochs is None:
+            del record["epochs"]
+        return record
 
     def check(self) -> None:
         if not 0.0 <= self.teacher_weight <= 1.0 or math.isnan(self.teacher_weight):
@@ -93,7 +103,8 @@ def soft_targets(ensemble: Ensemble, data: DecodedSplit, weight: float) -> tuple
 
 def _folder(trial_id: str, request: DistillRequest) -> str:
     student = f"-{request.student}" if request.student else ""
-    return f"{DISTILL_DIR}/{trial_id}-{request.method}{request.size}{student}"
+    epochs = f"-e{request.epochs}" if request.epochs is not None else ""
+    return f"{DISTILL_DIR}/{trial_id}-{request.method}{request.size}{student}{epochs}"
 
 
 def _same(record: Any, request: dict[str, Any], members: list[dict[str, Any]]) -> bool:
@@ -112,14 +123,17 @@ def _same(record: Any, request: dict[str, Any], members: list[dict[str, Any]]) -
         return False
 
 
-def _student_config(trial: RankedTrial, student: str | None) -> dict[str, Any]:
-    config = {**trial.config, "max_epochs": max(1, trial.best_epoch)}
+def student_config(trial: RankedTrial, student: str | None, epochs: int | None) -> dict[str, Any]:
+    """The configuration the student trains with: ``trial``'s, for its best epoch count
+    (or ``epochs``), with the architecture ``student`` where given."""
+    config = {**trial.config, "max_epochs": epochs or max(1, trial.best_epoch)}
     if student is not None:
         config["model"] = student
     try:
         return TrialConfig.from_dict(config).to_dict()
     except ConfigError as exc:
-        raise UsageError(f"--student {student}: {exc}") from None
+        flag = f"--student {student}" if student is not None else f"--epochs {epochs}"
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 def distill(
@@ -137,11 +151,11 @@ def distill(
     saved = checked_record(exp, request.rank, trust_state, command)
     board = build_leaderboard(exp)
     trial = load_ranked_trial(exp, request.rank, board)
-    config = _student_config(trial, request.student)  # a registry model: a plain name
+    config = student_config(trial, request.student, request.epochs)  # a registry model
     ensemble = choose_ensemble(exp, board, request.size, request.method)
     members = [{"trial_id": m.trial_id, "rank": m.rank} for m in ensemble.members]
     folder = _folder(trial.trial_id, request)
-    wanted = dataclasses.asdict(request)
+    wanted = request.as_record()
     previous = exp.read_json(f"{folder}/{DISTILL_RECORD}")
     if _same(previous, wanted, members):
         say(f"Distilled model found in {exp.display(folder)} (same teacher and settings)")

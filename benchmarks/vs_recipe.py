@@ -41,6 +41,9 @@ the interval drawn split by split (photos resampled within each split).
     uv run python benchmarks/vs_recipe.py --quick   # same code paths, a few minutes
     uv run python benchmarks/vs_recipe.py --seed 3 --record s3.json  # keep the results
     uv run python benchmarks/vs_recipe.py --pool s0.json s1.json s2.json  # over splits
+    # the search side again against a recorded recipe of the same split, the distilled
+    # student trained 6 epochs (`export --distill --epochs 6`):
+    uv run python benchmarks/vs_recipe.py --seed 3 --recipe-from s3.json --distill-epochs 6
 """
 
 from __future__ import annotations
@@ -111,6 +114,16 @@ def parse_args() -> argparse.Namespace:
         "--record", type=Path, help="write every model's right/wrong per test photo to this JSON"
     )
     parser.add_argument(
+        "--recipe-from", type=Path, metavar="RECORD",
+        help="no recipe run: its result and wall time from this record of the same split "
+        "(--seed), as measured then",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-epochs", type=int, metavar="N",
+        help="the distilled student's epochs (export --distill --epochs N; default: "
+        "export's, the ranked trial's best epoch count)",
+    )  # fmt: skip
+    parser.add_argument(
         "--pool", type=Path, nargs="+", metavar="RECORD",
         help="no run: gains over the photos of these records' splits (one per split)",
     )  # fmt: skip
@@ -127,6 +140,17 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--reuse: {args.reuse} was not kept by {run}; pass --quick with both")
         kept = experiment_at(args.reuse / "results" / "vs").record()
         args.space, args.seed = kept.space_name, kept.space["budget"]["seed"]
+    if args.distill_epochs is not None and args.distill_epochs < 1:
+        parser.error(f"--distill-epochs {args.distill_epochs}: must be >= 1")
+    if args.recipe_from is not None:
+        if args.reuse is not None:
+            parser.error("--recipe-from goes without --reuse (which runs the recipe alone)")
+        args.recorded = read_record(args.recipe_from, parser, "--recipe-from")
+        if args.recorded["seed"] != args.seed:
+            parser.error(f"--recipe-from: {args.recipe_from} is of seed "
+                         f"{args.recorded['seed']}, not --seed {args.seed}")  # fmt: skip
+        if recipe_trained_on(args.recorded) != RECIPE_TRAINED_ON:
+            parser.error("--recipe-from: its recipe trained on the train split alone")
     if args.pool:
         args.records = [read_record(path, parser) for path in args.pool]
         seeds = [r["seed"] for r in args.records]
@@ -134,6 +158,9 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--pool: records of the same split (seeds {seeds}); pool each once")
         if len({r["space"] for r in args.records}) > 1:
             parser.error("--pool: the records come from searches of different spaces")
+        if len({r.get("distill_epochs") for r in args.records}) > 1:
+            parser.error("--pool: the records' distilled students trained different epochs "
+                         "(--distill-epochs); pool records of one kind")  # fmt: skip
         if len({recipe_trained_on(r) for r in args.records}) > 1:
             parser.error(
                 "--pool: some records' recipes trained on train + val, others on the train "
@@ -144,18 +171,43 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def read_record(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """A ``--record`` file, or a usage error that says what is wrong with it."""
+def read_record(
+    path: Path, parser: argparse.ArgumentParser, flag: str = "--pool"
+) -> dict[str, Any]:
+    """A ``--record`` file, or a usage error of ``flag`` that says what is wrong with it."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        parser.error(f"--pool: cannot read {path}: {exc}")
+        parser.error(f"{flag}: cannot read {path}: {exc}")
     if not isinstance(record, dict) or not {"seed", "space", "recipe", "models"} <= set(record):
-        parser.error(f"--pool: {path} is not a record written by vs_recipe.py --record")
+        parser.error(f"{flag}: {path} is not a record written by vs_recipe.py --record")
     n = len(record["recipe"]["right"])
     if any(len(model["right"]) != n for model in record["models"].values()):
-        parser.error(f"--pool: {path}: its models were scored on other photos than the recipe")
+        parser.error(f"{flag}: {path}: its models were scored on other photos than the recipe")
     return record
+
+
+def recorded_recipe(args: argparse.Namespace, split: trainables.Split) -> dict[str, Any]:
+    """The recipe's result from ``--recipe-from``, checked to be of this split."""
+    record = args.recorded
+    if record["test"] != [path for path, _ in split.test]:
+        print(f"error: --recipe-from {args.recipe_from}: its test photos are not this split's",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    recipe = {k: v for k, v in record["recipe"].items() if k != "right"}
+    recipe["test_right"] = np.asarray(record["recipe"]["right"], dtype=bool)
+    print(f"recipe: from {args.recipe_from} (not run again): test_acc "
+          f"{recipe['test_acc']:.4f}, {recipe['wall_s']:.0f} s when measured")  # fmt: skip
+    return recipe
+
+
+def contenders(args: argparse.Namespace) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """:data:`EXPORTS`, with the distilled student's epochs of ``--distill-epochs``."""
+    if args.distill_epochs is None:
+        return EXPORTS
+    label, flags = EXPORTS["distilled"]
+    n = str(args.distill_epochs)
+    return EXPORTS | {"distilled": (f"{label}, {n} epochs", (*flags, "--epochs", n))}
 
 
 def recipe_trained_on(record: dict[str, Any]) -> str:
@@ -313,7 +365,7 @@ def search_side(args: argparse.Namespace, data: Path, storage: Path, tmp: Path) 
     t0 = time.perf_counter()
     tuner("refit", "vs", *where, cache=cache)
     walls = {"search": run.wall_s, "refit": time.perf_counter() - t0}
-    for key, (_, export_flags) in EXPORTS.items():
+    for key, (_, export_flags) in contenders(args).items():
         t0 = time.perf_counter()
         out = tuner("export", "vs", *where, "--output", str(tmp / key), *export_flags, cache=cache)
         walls[key] = run.wall_s + walls.get(key, 0.0) + time.perf_counter() - t0
@@ -411,7 +463,7 @@ def main() -> None:
         )
         print(f"split: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test; "
               f"the recipe trains on {len(split.train) + len(split.val)}")  # fmt: skip
-        recipe = run_recipe(split, args)
+        recipe = recorded_recipe(args, split) if args.recipe_from else run_recipe(split, args)
         name = f"recipe (Lite0 {args.recipe_size} px, {args.recipe_epochs} epochs, train + val)"
         rows.append([name, "", recipe["test_acc"], "", "", recipe["wall_s"]])
 
@@ -424,7 +476,7 @@ def main() -> None:
             raise SystemExit(2)
         gains: dict[str, dict[str, float]] = {}
         models: dict[str, dict[str, Any]] = {}
-        for key, (label, _) in EXPORTS.items():
+        for key, (label, _) in contenders(args).items():
             val_acc, reported, tta = tuner_figures(tmp / key, exp)
             right = right_on_test(tmp / key, split)
             # The tuner scores without test-time augmentation; the export applies it.
@@ -449,6 +501,10 @@ def main() -> None:
         record = {"seed": args.seed, "space": args.space, "data": str(data),
                   "test": [path for path, _ in split.test], "search_wall_s": walls.get("search"),
                   "recipe": recipe_record, "models": models}  # fmt: skip
+        if args.distill_epochs:
+            record["distill_epochs"] = args.distill_epochs
+        if args.recipe_from:
+            record["recipe_from"] = str(args.recipe_from)
         args.record.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {args.record}")
     print()

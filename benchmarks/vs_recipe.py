@@ -113,16 +113,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--record", type=Path, help="write every model's right/wrong per test photo to this JSON"
     )
-    parser.add_argument(
-        "--recipe-from", type=Path, metavar="RECORD",
-        help="no recipe run: its result and wall time from this record of the same split "
-        "(--seed), as measured then",
-    )  # fmt: skip
-    parser.add_argument(
-        "--distill-epochs", type=int, metavar="N",
-        help="the distilled student's epochs (export --distill --epochs N; default: "
-        "export's, the ranked trial's best epoch count)",
-    )  # fmt: skip
+    helps = {
+        "--recipe-from": "no recipe run: its result and wall time from this record of the "
+        "same split (--seed), as measured then",
+        "--distill-epochs": "the distilled student's epochs (export --distill --epochs N; "
+        "default: export's, the ranked trial's best epoch count)",
+    }
+    parser.add_argument("--recipe-from", type=Path, metavar="RECORD", help=helps["--recipe-from"])
+    parser.add_argument("--distill-epochs", type=int, metavar="N", help=helps["--distill-epochs"])
     parser.add_argument(
         "--pool", type=Path, nargs="+", metavar="RECORD",
         help="no run: gains over the photos of these records' splits (one per split)",

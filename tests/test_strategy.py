@@ -149,6 +149,46 @@ def test_the_adapter_builds_each_sampler_seeded(searcher, sampler):
     assert first_lrs(3) != first_lrs(4)
 
 
+@pytest.mark.parametrize("restarted", [False, True], ids=["one driver", "driver restarted"])
+def test_a_pbt_trial_is_told_its_own_best_not_its_donors(tmp_path, restarted):
+    """A trial that exploited another's checkpoint reports the donor's best_val_acc (it is
+    in the checkpoint); the study must be told the best val_acc the trial itself reported,
+    which is what the leaderboard ranks it by, also from a searcher restored without it."""
+    from optuna.trial import TrialState
+    from ray import tune
+
+    from tuner.search._journal import journal_storage
+    from tuner.search._study import BEST_METRIC, MirroredOptunaSearch
+    from tuner.storage import Experiment, Storage
+
+    exp = Experiment(Storage.parse(str(tmp_path / "results")), "pbt")
+
+    def searcher() -> MirroredOptunaSearch:
+        made = MirroredOptunaSearch(
+            metric=BEST_METRIC, mode="max", seed=0, study_name="pbt", max_epochs=3, exp=exp,
+            storage=journal_storage(tmp_path / "journal.log"),
+        )  # fmt: skip
+        made.set_search_properties(BEST_METRIC, "max", {"lr": tune.loguniform(1e-4, 1e-1)})
+        return made
+
+    search = searcher()
+    search.suggest("t1")
+    search.save(str(tmp_path / "searcher.pkl"))  # before it saw any epoch of the trial
+    own = [0.30, 0.25]
+    search.on_trial_result("t1", {"epoch": 1, "val_acc": own[0], BEST_METRIC: own[0]})
+    # Exploited at epoch 1: the donor's checkpoint carried its best, 0.4.
+    search.on_trial_result("t1", {"epoch": 2, "val_acc": own[1], BEST_METRIC: 0.4})
+    if restarted:  # the study's journal has the epochs, the restored searcher does not
+        search = searcher()
+        search.restore(str(tmp_path / "searcher.pkl"))
+        assert "t1" not in search._best
+    last = {"epoch": 3, "val_acc": 0.2, BEST_METRIC: 0.4}
+    search.on_trial_complete("t1", last)
+    (told,) = search.study.get_trials()
+    assert told.state == TrialState.COMPLETE
+    assert told.value == max(own)
+
+
 def test_the_expected_work_follows_the_scheduler():
     budget = Budget(num_samples=8, max_epochs=6, grace_period=2, reduction_factor=3)
 

@@ -58,7 +58,7 @@ from tuner.search._prepare import (
     trials_at_once,
 )
 from tuner.search._pruning import CheckpointPruner
-from tuner.search._study import make_searcher
+from tuner.search._study import BEST_METRIC, make_searcher
 from tuner.search._warm import warm_start
 from tuner.spaces import Budget, SearchSpace
 from tuner.storage import (
@@ -76,7 +76,7 @@ from tuner.storage import (
 )
 
 METRIC = "val_acc"
-SEARCH_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
+SEARCH_METRIC = BEST_METRIC
 
 
 def _trainable(cache: DecodedSplit, resources: dict[str, float], space: SearchSpace) -> Any:

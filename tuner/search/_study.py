@@ -24,11 +24,12 @@ reported epoch is an intermediate value (``val_acc`` at step ``epoch``),
 trials the scheduler stopped before ``max_epochs`` are PRUNED (Optuna then
 takes their last intermediate value as their value; a trial stopped while
 paused is judged by the epochs the study holds for it), diverged or errored
-ones FAIL, the others COMPLETE with their best val_acc. A study of several objectives
-(``objectives:`` in the space) has their directions, and a COMPLETE trial's values
-are its best val_acc and its costs (``latency_ms``, ``params_m``); Optuna keeps no
-intermediate values there, so its trials have none. Each Optuna trial
-carries the Tune trial id and its best checkpoint's folder as user attributes
+ones FAIL, the others COMPLETE with the best val_acc they themselves reported
+(never a PBT donor's, which an exploited checkpoint carries). A study of several
+objectives (``objectives:`` in the space) has their directions, and a COMPLETE
+trial's values are its best val_acc and its costs (``latency_ms``, ``params_m``);
+Optuna keeps no intermediate values there, so its trials have none. Each Optuna
+trial carries the Tune trial id and its best checkpoint's folder as user attributes
 (``tune_trial_id``, ``checkpoint``). A trial Optuna made after the last state a
 killed driver saved is never run: ``resume`` marks it FAIL with the user
 attribute ``orphaned`` (:meth:`MirroredOptunaSearch.reconcile`).
@@ -65,6 +66,7 @@ from tuner.storage import (
 )
 
 WARM_ATTR = "warm_start"  # user attribute of a warm-start trial: EXPERIMENT/TRIAL_ID
+BEST_METRIC = "best_val_acc"  # Optuna learns from each trial's best epoch
 
 
 class MirroredOptunaSearch(HookedOptunaSearch):
@@ -237,6 +239,8 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         else:
             metrics = self.metric if self.multi else [self.metric]
             values: list[Any] | None = [result.get(m) for m in metrics]
+            if values and metrics[0] == BEST_METRIC:
+                values[0] = self._own_best(trial_id, values[0])
             state = TrialState.COMPLETE
             if not all(isinstance(v, int | float) and math.isfinite(v) for v in values or []):
                 state, values = TrialState.FAIL, None
@@ -246,6 +250,21 @@ class MirroredOptunaSearch(HookedOptunaSearch):
         # the trial again on resume: the study already has it.
         self.study.tell(ot_trial, value, state=state, skip_if_finished=True)
         self.completed.add(trial_id)
+
+    def _own_best(self, trial_id: str, reported: Any) -> Any:
+        """The best val_acc ``trial_id`` itself reported, as the leaderboard ranks it.
+
+        A trial's ``best_val_acc`` comes from its checkpoint: a PBT trial that
+        exploited another's checkpoint carries the donor's best, which it never
+        reported. The study takes the best of the epochs this searcher saw and of the
+        intermediate values the study holds (those outlive a driver's restart); the
+        reported value only where it saw none."""
+        seen = [self._best[trial_id][0]] if trial_id in self._best else []
+        if not self.multi:
+            ot_trial = self.optuna_trials[trial_id]
+            frozen = ot_trial.storage.get_trial(optuna_trial_id(ot_trial))
+            seen += [float(v) for v in frozen.intermediate_values.values()]
+        return max(seen) if seen else reported
 
 
 def make_searcher(

@@ -97,7 +97,7 @@ def test_a_teacher_member_runs_only_its_trained_part_and_answers_as_the_whole_mo
     assert np.allclose(got, want, atol=1e-5)
 
 
-def test_the_students_epochs_default_to_the_trials_best_and_epochs_sets_them():
+def test_the_students_epochs_default_to_the_trials_max_epochs_and_epochs_sets_them():
     from types import SimpleNamespace
 
     from tuner._errors import UsageError
@@ -105,7 +105,7 @@ def test_the_students_epochs_default_to_the_trials_best_and_epochs_sets_them():
 
     trial = SimpleNamespace(config=TrialConfig.from_dict(BASE | {"max_epochs": 6}).to_dict(),
                             best_epoch=2)  # fmt: skip
-    assert student_config(trial, None, None)["max_epochs"] == 2
+    assert student_config(trial, None, None)["max_epochs"] == 6  # not its best epoch, 2
     longer = student_config(trial, None, 5)
     assert longer["max_epochs"] == 5
     assert {k: v for k, v in longer.items() if k != "max_epochs"} == {
@@ -113,11 +113,9 @@ def test_the_students_epochs_default_to_the_trials_best_and_epochs_sets_them():
     }
     with pytest.raises(UsageError, match="--student vgg99"):
         student_config(trial, "vgg99", 5)
-    # A record written before --epochs existed still matches the default request; a
-    # student of other epochs lands in a folder of its own.
-    assert "epochs" not in DistillRequest().as_record()
+    # A student's folder and record name its epochs: each count has a folder of its own.
     assert DistillRequest(epochs=5).as_record()["epochs"] == 5
-    assert _folder("t", DistillRequest()) == "distilled/t-top3"
+    assert _folder("t", DistillRequest(epochs=6)) == "distilled/t-top3-e6"
     assert (
         _folder("t", DistillRequest(epochs=5, student="resnet18")) == "distilled/t-top3-resnet18-e5"
     )
@@ -157,13 +155,16 @@ def test_distill_trains_the_rank_1_config_on_the_ensembles_targets_and_scores_it
     assert ranks == [1, 2, 3] and teacher["method"] == "top"
     assert [m["trial_id"] for m in teacher["members"]] == list(board["trial_id"][:3])
     assert config["trial_id"] == board.loc[0, "trial_id"] and config["val_acc"] is None
-    folder = exp / "distilled" / f"{board.loc[0, 'trial_id']}-top3"
+    given = json.loads((exp / "best_config.json").read_text())["config"]["max_epochs"]
+    folder = exp / "distilled" / f"{board.loc[0, 'trial_id']}-top3-e{given}"
     record = json.loads((folder / "distill.json").read_text())
     split = json.loads((exp / "split.json").read_text())
     assert record["n_train"] == len(split["train"]) + len(split["val"])
     assert record["n_test"] == len(split["test"]) == 10
     assert round(record["test_acc"] * 10, 6) % 1 == 0  # k of the 10 test photos
-    assert record["epochs"] == board.loc[0, "best_epoch"] and record["teacher_weight"] == 0.7
+    # The epochs rank 1 was given, not its best epoch count.
+    assert record["epochs"] == record["request"]["epochs"] == given
+    assert record["teacher_weight"] == 0.7
     assert config["distilled"]["test_acc"] == record["test_acc"]
     # It ran alone after the search: on every CPU of the node (a trial had one).
     assert record["resources"] == {"cpu": os.cpu_count(), "gpu": 0.0}
@@ -198,9 +199,14 @@ def test_distill_epochs_sets_the_students_epochs_and_keeps_it_beside_the_default
 ):
     _, _, exp = distilled
     _, storage, _ = finished
-    default = exp / "distilled" / f"{board.loc[0, 'trial_id']}-top3" / "distill.json"
+    given = json.loads((exp / "best_config.json").read_text())["config"]["max_epochs"]
+    default = exp / "distilled" / f"{board.loc[0, 'trial_id']}-top3-e{given}" / "distill.json"
     before = default.read_bytes()
-    epochs = int(board.loc[0, "best_epoch"]) + 1
+    # Asking for the default's epochs by number is the same request: nothing trains.
+    same = ("--output", str(tmp_path / "same"), "--distill", "--epochs", str(given))
+    code, printed, err = run_cli("export", "e2e", "--storage", str(storage), *same)
+    assert code == 0 and "Distilled model found" in printed, err[-2000:]
+    epochs = given + 1
     out = str(tmp_path / "longer")
     code, printed, err = run_cli("export", "e2e", "--storage", str(storage), "--output", out,
                                  "--distill", "--epochs", str(epochs))  # fmt: skip

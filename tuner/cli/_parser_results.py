@@ -153,8 +153,8 @@ def add_result_commands(sub: Any) -> None:
         "--epochs",
         type=positive_int,
         metavar="N",
-        help="with --distill: the student's epochs (default: the ranked trial's best epoch "
-        "count, as a refit)",
+        help="with --distill: the student's epochs (default: the ranked trial's max_epochs, "
+        "the epochs it was given)",
     )
     export.add_argument(
         "--teacher-weight",

@@ -13,16 +13,20 @@
    by members of one model, depth and size and by the student when it is one of them.
 3. **Student.** The rank-1 configuration (``--rank`` picks another; ``--student``
    another architecture from the registry, the rest of the configuration kept),
-   trained like a refit on train + val for that trial's best epoch count (``--epochs``
-   sets another: soft targets may bear more epochs than hard labels did), as one Ray
+   trained like a refit on train + val for the epochs that trial was given
+   (``max_epochs``; ``--epochs`` sets others): its best epoch on hard labels is often
+   a scheduler's early stop, and soft targets bear more epochs than hard labels do
+   (``docs/performance.md``, the distilled student's epochs), as one Ray
    task on every CPU of one node, on those targets (cross-entropy with class
    probabilities; mixup / cutmix mix them as they mix labels). Its progress is shown an
    epoch at a time.
 4. **Record.** The student's checkpoint and ``distill.json`` land in
-   ``NAME/distilled/TRIAL_ID-METHODK[-STUDENT][-eEPOCHS]/``: its ``test_acc`` on the test split,
-   the teacher's members and the settings. The leaderboard lists it among the made
-   models. Asking again with the same settings and teacher exports the model already
-   trained.
+   ``NAME/distilled/TRIAL_ID-METHODK[-STUDENT]-eEPOCHS/``: its ``test_acc`` on the test
+   split, the teacher's members and the settings. The leaderboard lists it among the
+   made models. Asking again with the same settings (the default epochs or the same
+   number given) and teacher exports the model already trained. Folders without
+   ``-eEPOCHS`` hold students of an earlier default (the trial's best epoch count);
+   they stay listed and are never taken for a new request.
 
 The export is a single model's (``model.pt``, ``model.onnx``, ``model.pt2``,
 ``model.ts``) with a ``distilled`` section in ``config.json``. Its test-time
@@ -66,15 +70,11 @@ class DistillRequest:
     method: str = "top"
     student: str | None = None  # None: the ranked trial's own model
     teacher_weight: float = TEACHER_WEIGHT
-    epochs: int | None = None  # None: the ranked trial's best epoch count
+    epochs: int | None = None  # None: the ranked trial's max_epochs
 
     def as_record(self) -> dict[str, Any]:
-        """The request as ``distill.json`` keeps it (no ``epochs`` where not given, as
-        records written before the option was added)."""
-        record = dataclasses.asdict(self)
-        if self.epochs is None:
-            del record["epochs"]
-        return record
+        """The request as ``distill.json`` keeps it."""
+        return dataclasses.asdict(self)
 
     def check(self) -> None:
         if not 0.0 <= self.teacher_weight <= 1.0 or math.isnan(self.teacher_weight):
@@ -102,9 +102,9 @@ def soft_targets(ensemble: Ensemble, data: DecodedSplit, weight: float) -> tuple
 
 
 def _folder(trial_id: str, request: DistillRequest) -> str:
+    """The student's folder, for a request whose ``epochs`` are resolved."""
     student = f"-{request.student}" if request.student else ""
-    epochs = f"-e{request.epochs}" if request.epochs is not None else ""
-    return f"{DISTILL_DIR}/{trial_id}-{request.method}{request.size}{student}{epochs}"
+    return f"{DISTILL_DIR}/{trial_id}-{request.method}{request.size}{student}-e{request.epochs}"
 
 
 def _same(record: Any, request: dict[str, Any], members: list[dict[str, Any]]) -> bool:
@@ -124,9 +124,9 @@ def _same(record: Any, request: dict[str, Any], members: list[dict[str, Any]]) -
 
 
 def student_config(trial: RankedTrial, student: str | None, epochs: int | None) -> dict[str, Any]:
-    """The configuration the student trains with: ``trial``'s, for its best epoch count
-    (or ``epochs``), with the architecture ``student`` where given."""
-    config = {**trial.config, "max_epochs": epochs or max(1, trial.best_epoch)}
+    """The configuration the student trains with: ``trial``'s, for the epochs it was
+    given (or ``epochs``), with the architecture ``student`` where given."""
+    config = {**trial.config, "max_epochs": epochs or trial.config["max_epochs"]}
     if student is not None:
         config["model"] = student
     try:
@@ -152,6 +152,7 @@ def distill(
     board = build_leaderboard(exp)
     trial = load_ranked_trial(exp, request.rank, board)
     config = student_config(trial, request.student, request.epochs)  # a registry model
+    request = dataclasses.replace(request, epochs=int(config["max_epochs"]))
     ensemble = choose_ensemble(exp, board, request.size, request.method)
     members = [{"trial_id": m.trial_id, "rank": m.rank} for m in ensemble.members]
     folder = _folder(trial.trial_id, request)

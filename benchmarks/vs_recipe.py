@@ -117,7 +117,7 @@ def parse_args() -> argparse.Namespace:
         "--recipe-from": "no recipe run: its result and wall time from this record of the "
         "same split (--seed), as measured then",
         "--distill-epochs": "the distilled student's epochs (export --distill --epochs N; "
-        "default: export's, the ranked trial's best epoch count)",
+        "default: export's, the ranked trial's max_epochs)",
     }
     parser.add_argument("--recipe-from", type=Path, metavar="RECORD", help=helps["--recipe-from"])
     parser.add_argument("--distill-epochs", type=int, metavar="N", help=helps["--distill-epochs"])
@@ -156,9 +156,10 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--pool: records of the same split (seeds {seeds}); pool each once")
         if len({r["space"] for r in args.records}) > 1:
             parser.error("--pool: the records come from searches of different spaces")
-        if len({r.get("distill_epochs") for r in args.records}) > 1:
+        if len({distill_epochs(r) for r in args.records}) > 1:
             parser.error("--pool: the records' distilled students trained different epochs "
-                         "(--distill-epochs); pool records of one kind")  # fmt: skip
+                         "(--distill-epochs, or export's default of another version); pool "
+                         "records of one kind")  # fmt: skip
         if len({recipe_trained_on(r) for r in args.records}) > 1:
             parser.error(
                 "--pool: some records' recipes trained on train + val, others on the train "
@@ -206,6 +207,16 @@ def contenders(args: argparse.Namespace) -> dict[str, tuple[str, tuple[str, ...]
     label, flags = EXPORTS["distilled"]
     n = str(args.distill_epochs)
     return EXPORTS | {"distilled": (f"{label}, {n} epochs", (*flags, "--epochs", n))}
+
+
+DISTILL_DEFAULT = "max_epochs"  # a record's distill_epochs where export chose them
+
+
+def distill_epochs(record: dict[str, Any]) -> int | str:
+    """How a record's distilled student got its epochs: a number (``--distill-epochs``),
+    export's default, or (records without the key) the earlier default, the ranked trial's
+    best epoch count."""
+    return record.get("distill_epochs") or "best epoch"
 
 
 def recipe_trained_on(record: dict[str, Any]) -> str:
@@ -499,8 +510,7 @@ def main() -> None:
         record = {"seed": args.seed, "space": args.space, "data": str(data),
                   "test": [path for path, _ in split.test], "search_wall_s": walls.get("search"),
                   "recipe": recipe_record, "models": models}  # fmt: skip
-        if args.distill_epochs:
-            record["distill_epochs"] = args.distill_epochs
+        record["distill_epochs"] = args.distill_epochs or DISTILL_DEFAULT
         if args.recipe_from:
             record["recipe_from"] = str(args.recipe_from)
         args.record.write_text(json.dumps(record, indent=1) + "\n")

@@ -14,8 +14,8 @@
 3. **Student.** The rank-1 configuration (``--rank`` picks another; ``--student``
    another architecture from the registry, the rest of the configuration kept),
    trained like a refit on train + val for the epochs that trial was given
-   (``max_epochs``; ``--epochs`` sets others): its best epoch on hard labels is often
-   a scheduler's early stop, and soft targets bear more epochs than hard labels do
+   (``max_epochs``; ``--epochs`` sets others): its best epoch is one noisy pick on
+   the validation photos, and soft targets bear more epochs than hard labels do
    (``docs/performance.md``, the distilled student's epochs), as one Ray
    task on every CPU of one node, on those targets (cross-entropy with class
    probabilities; mixup / cutmix mix them as they mix labels). Its progress is shown an

@@ -119,6 +119,11 @@ def test_the_students_epochs_default_to_the_trials_max_epochs_and_epochs_sets_th
     assert (
         _folder("t", DistillRequest(epochs=5, student="resnet18")) == "distilled/t-top3-resnet18-e5"
     )
+    # Another teacher weight is another model: it never lands in (and replaces) the
+    # default's folder.
+    assert _folder("t", DistillRequest(epochs=6, teacher_weight=0.0)) == "distilled/t-top3-e6-w0"
+    weighed = DistillRequest(epochs=6, teacher_weight=0.35)
+    assert _folder("t", weighed) == "distilled/t-top3-e6-w0.35"
 
 
 # --- the command --------------------------------------------------------------------------

@@ -21,10 +21,11 @@
    probabilities; mixup / cutmix mix them as they mix labels). Its progress is shown an
    epoch at a time.
 4. **Record.** The student's checkpoint and ``distill.json`` land in
-   ``NAME/distilled/TRIAL_ID-METHODK[-STUDENT]-eEPOCHS/``: its ``test_acc`` on the test
-   split, the teacher's members and the settings. The leaderboard lists it among the
-   made models. Asking again with the same settings (the default epochs or the same
-   number given) and teacher exports the model already trained. Folders without
+   ``NAME/distilled/TRIAL_ID-METHODK[-STUDENT]-eEPOCHS[-wWEIGHT]/`` (``-wWEIGHT`` for a
+   teacher weight other than the default): its ``test_acc`` on the test split, the
+   teacher's members and the settings. The leaderboard lists it among the made models.
+   Asking again with the same settings (the default epochs or the same number given) and
+   teacher exports the model already trained; other settings never replace it. Folders without
    ``-eEPOCHS`` hold students of an earlier default (the trial's best epoch count);
    they stay listed and are never taken for a new request.
 
@@ -102,9 +103,12 @@ def soft_targets(ensemble: Ensemble, data: DecodedSplit, weight: float) -> tuple
 
 
 def _folder(trial_id: str, request: DistillRequest) -> str:
-    """The student's folder, for a request whose ``epochs`` are resolved."""
+    """The student's folder, for a request whose ``epochs`` are resolved: one per teacher,
+    student, epoch count and (where not the default) teacher weight."""
     student = f"-{request.student}" if request.student else ""
-    return f"{DISTILL_DIR}/{trial_id}-{request.method}{request.size}{student}-e{request.epochs}"
+    weight = "" if request.teacher_weight == TEACHER_WEIGHT else f"-w{request.teacher_weight:g}"
+    name = f"{trial_id}-{request.method}{request.size}{student}-e{request.epochs}{weight}"
+    return f"{DISTILL_DIR}/{name}"
 
 
 def _same(record: Any, request: dict[str, Any], members: list[dict[str, Any]]) -> bool:

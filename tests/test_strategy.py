@@ -189,6 +189,27 @@ def test_a_pbt_trial_is_told_its_own_best_not_its_donors(tmp_path, restarted):
     assert told.value == max(own)
 
 
+def test_a_pbt_trials_line_says_its_own_best_not_its_donors():
+    """The line a trial prints as it ends says the best val_acc it reported itself, as the
+    study and the leaderboard do, also after a resume restores the lines' saved state."""
+    from types import SimpleNamespace
+
+    from tuner.search._lines import TrialLines
+
+    said: list[str] = []
+    lines = TrialLines(3, 1, ["lr"], said.append)
+    trial = SimpleNamespace(trial_id="t1", config={"lr": 0.01}, last_result={})
+    lines.on_trial_result(0, [], trial, {"epoch": 1, "val_acc": 0.30, "best_val_acc": 0.30})
+    # Exploited at epoch 1: the donor's checkpoint carried its best, 0.4.
+    lines.on_trial_result(0, [], trial, {"epoch": 2, "val_acc": 0.25, "best_val_acc": 0.4})
+    resumed = TrialLines(3, 1, ["lr"], said.append)
+    resumed.set_state(lines.get_state())
+    trial.last_result = {"epoch": 3, "val_acc": 0.2, "best_val_acc": 0.4}
+    resumed.on_trial_result(0, [], trial, trial.last_result)
+    resumed.on_trial_complete(0, [], trial)
+    assert said == ["trial t1 ran all 3 epochs: best val_acc 0.3000 (lr=0.01)  [1/1 ended]"]
+
+
 def test_the_expected_work_follows_the_scheduler():
     budget = Budget(num_samples=8, max_epochs=6, grace_period=2, reduction_factor=3)
 

@@ -2,7 +2,8 @@
 
 Ray Tune's status table (every trial, every 30 s, with Ray's session paths) is shown
 only with ``search --verbose``. Otherwise each trial that ends prints one line: how
-many epochs it ran, its best val_acc (and costs), and the values searched for it.
+many epochs it ran, the best val_acc it reported itself (what the leaderboard ranks
+it by; and its costs), and the values searched for it.
 
     >>> line = trial_line("3f2a1b8c", 2, 6, {"best_val_acc": 0.71}, {"lr": 0.00123}, 3, 8)
     >>> line
@@ -11,6 +12,7 @@ many epochs it ran, its best val_acc (and costs), and the values searched for it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,6 +59,9 @@ class TrialLines(tune.Callback):
         self.max_epochs, self.asked, self.searched = max_epochs, asked, list(searched)
         self.say = say
         self.ended: set[str] = set()
+        # trial -> the best val_acc it reported itself. A result's best_val_acc comes
+        # from the trial's checkpoint: under PBT, another trial's (the donor's best).
+        self.best: dict[str, float] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled with the run: ``say`` is this process's (see TimeEstimate).
@@ -68,18 +73,30 @@ class TrialLines(tune.Callback):
 
     def get_state(self) -> dict[str, Any]:
         # Saved with the experiment (a signed file): a resume counts on from here.
-        return {"ended": sorted(self.ended)}
+        return {"ended": sorted(self.ended), "best": dict(self.best)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         ended = state.get("ended") if isinstance(state, dict) else None
         if isinstance(ended, list):
             self.ended = {str(t) for t in ended}
+        best = state.get("best") if isinstance(state, dict) else None
+        if isinstance(best, dict):
+            self.best = {str(t): float(v) for t, v in best.items() if isinstance(v, int | float)}
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        acc = result.get("val_acc")
+        if isinstance(acc, int | float) and math.isfinite(acc):
+            self.best[trial.trial_id] = max(float(acc), self.best.get(trial.trial_id, -math.inf))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if trial.trial_id in self.ended:
             return
         self.ended.add(trial.trial_id)
-        result = trial.last_result or {}
+        result = dict(trial.last_result or {})
+        if trial.trial_id in self.best:  # its own, as the leaderboard ranks it
+            result["best_val_acc"] = self.best[trial.trial_id]
         config = trial.config or {}
         searched = {k: config[k] for k in self.searched if k in config}
         epochs = int(result.get("epoch", 0) or 0)

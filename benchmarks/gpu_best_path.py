@@ -53,7 +53,9 @@ SPACE = "lite-accurate"
 EXPORT_FLAGS: tuple[str, ...] = ()  # the README's "Best model on your photos"
 SAMPLE_MS = 500
 # "frozen activations (val): 588/588 photos (41/s in 14s)" (trainables.Progress's last line)
-CACHING = re.compile(r"frozen activations \(\w+\): (\d+)/\1 \w+ \([\d.]+/s in (?:(\d+)m)?(\d+)s\)")
+CACHING = re.compile(
+    r"frozen activations \(\w+\): (\d+)/\1 \w+ \((?:[\d.]+/s|[\dms]+/\w+) in (?:(\d+)m)?(\d+)s\)"
+)
 
 
 def parse_utilisation(lines: Iterable[str]) -> list[float]:

@@ -134,10 +134,11 @@ def test_where_a_searchs_time_went_is_read_from_its_trials_and_log(best_path, fi
     first = min(r["timestamp"] - r["epoch_time_s"] for r in rows)
     log = ("frozen activations (train): 40/40 photos (12/s in 3s)\n"
            "frozen activations (val): 10/10 photos (5/s in 1m02s)\n"
+           "frozen activations (test): 3/3 photos (2s/photo in 6s)\n"
            "frozen activations (val): 3/10 photos (5/s, 1s left)\n")  # fmt: skip
     got = best_path.time_breakdown(exp, log, first - 7.0)
     assert got["startup_s"] == pytest.approx(7.0)
-    assert got["caching_s"] == 65.0  # finished lines only
+    assert got["caching_s"] == 71.0  # finished lines only
     assert got["trial_s"] == pytest.approx(sum(r["epoch_time_s"] for r in rows))
     assert 0 < got["train_s"] <= got["trial_s"] and got["val_s"] >= 0
     assert got["concurrency"] > 0

@@ -104,13 +104,22 @@ class Progress:
             self.say(self.line(now))
 
     def line(self, now: float) -> str:
+        """The plain line at ``now``: the rate per second, or for an item slower than one
+        a second (an epoch) the time per item.
+
+        >>> slow = Progress(6, "distillation", "epoch", say=print)
+        >>> slow.t0, slow.done = 0.0, 2
+        >>> slow.line(114.0)
+        'distillation: 2/6 epochs (57s/epoch, 3m48s left)'
+        """
         elapsed = max(now - self.t0, 1e-9)
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate else 0.0
         tail = (
             f", {_duration(left)} left" if self.done < self.total else f" in {_duration(elapsed)}"
         )
-        return f"{self.desc}: {self.done}/{self.total} {self.unit}s ({rate:.0f}/s{tail})"
+        speed = f"{rate:.0f}/s" if rate >= 1 or not rate else f"{_duration(1 / rate)}/{self.unit}"
+        return f"{self.desc}: {self.done}/{self.total} {self.unit}s ({speed}{tail})"
 
     def close(self) -> None:
         if self.bar is not None:

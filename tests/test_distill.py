@@ -121,9 +121,11 @@ def test_the_students_epochs_default_to_the_trials_max_epochs_and_epochs_sets_th
     )
     # Another teacher weight is another model: it never lands in (and replaces) the
     # default's folder.
-    assert _folder("t", DistillRequest(epochs=6, teacher_weight=0.0)) == "distilled/t-top3-e6-w0"
+    assert _folder("t", DistillRequest(epochs=6, teacher_weight=0.0)) == "distilled/t-top3-e6-w0.0"
     weighed = DistillRequest(epochs=6, teacher_weight=0.35)
     assert _folder("t", weighed) == "distilled/t-top3-e6-w0.35"
+    near = DistillRequest(epochs=6, teacher_weight=0.35000001)
+    assert _folder("t", near) != _folder("t", weighed)
 
 
 # --- the command --------------------------------------------------------------------------

@@ -106,7 +106,8 @@ def _folder(trial_id: str, request: DistillRequest) -> str:
     """The student's folder, for a request whose ``epochs`` are resolved: one per teacher,
     student, epoch count and (where not the default) teacher weight."""
     student = f"-{request.student}" if request.student else ""
-    weight = "" if request.teacher_weight == TEACHER_WEIGHT else f"-w{request.teacher_weight:g}"
+    # repr: two weights that differ anywhere never share a folder.
+    weight = "" if request.teacher_weight == TEACHER_WEIGHT else f"-w{request.teacher_weight!r}"
     name = f"{trial_id}-{request.method}{request.size}{student}-e{request.epochs}{weight}"
     return f"{DISTILL_DIR}/{name}"
 

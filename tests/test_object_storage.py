@@ -128,6 +128,26 @@ def test_a_search_on_s3_keeps_every_file_in_the_bucket_and_none_on_disk(s3_searc
     assert secret not in proc.stdout + proc.stderr
 
 
+def test_reading_the_study_of_an_s3_experiment_leaves_no_download_behind(
+    s3_search, tmp_path, monkeypatch
+):
+    """The journal a study of a bucket is read from is a download of this process's: it
+    is removed with the study, not left in the temporary folder for good."""
+    import gc
+
+    from tuner.search._study import load_study
+
+    _, _, exp, _, _ = s3_search
+    downloads = tmp_path / "tmp"
+    downloads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(downloads))
+    study = load_study(exp)
+    assert study.trials and any(downloads.iterdir())  # read from a download there
+    del study
+    gc.collect()
+    assert not any(downloads.iterdir())
+
+
 def test_every_command_reads_the_experiment_from_its_uri(s3_search, tmp_path, monkeypatch):
     """Run (in this process) from an empty folder: nothing is read from a local path."""
     import json

@@ -48,7 +48,9 @@ agreeing once resumed.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +310,17 @@ def load_study(exp: Experiment) -> Any:
     import optuna
 
     path = local_journal(exp)
-    if not exp.storage.is_local:
-        path = Path(tempfile.mkdtemp(prefix="flower-tune-study-")) / JOURNAL_FILE
-        exp.storage.download(exp.rel(JOURNAL_FILE), path)
-    return optuna.load_study(study_name=exp.name, storage=journal_storage(path))
+    if exp.storage.is_local:
+        return optuna.load_study(study_name=exp.name, storage=journal_storage(path))
+    folder = Path(tempfile.mkdtemp(prefix="flower-tune-study-"))
+    try:
+        exp.storage.download(exp.rel(JOURNAL_FILE), folder / JOURNAL_FILE)
+        study = optuna.load_study(
+            study_name=exp.name, storage=journal_storage(folder / JOURNAL_FILE)
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    # Optuna reads the file again on every query: it goes with the study (or at exit).
+    weakref.finalize(study, shutil.rmtree, folder, ignore_errors=True)
+    return study

@@ -54,6 +54,45 @@ def test_reports_every_epoch_with_metrics_and_full_checkpoint(cache):
     assert [m["lr"] for m, _ in reports] == pytest.approx([0.05, 0.025, 0.0125])
 
 
+def test_checkpoint_folders_a_killed_worker_left_are_swept_at_a_trials_start(
+    cache, tmp_path, monkeypatch
+):
+    """A worker killed between writing a checkpoint folder and removing it leaves it (a
+    checkpoint's size): a trial's start removes those of processes that are gone and its
+    own process's; a running process's, a link and other names are left."""
+    import os
+    import subprocess
+    import sys
+
+    from trainables.train._checkpoint import sweep_temporary_folders
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp))
+    folders: list[str] = []
+
+    def report(metrics: dict, folder) -> None:
+        folders.append(folder.name)  # left behind, as by a worker killed after writing it
+
+    fit(TrialConfig.from_dict(CFG | {"max_epochs": 1}), cache, report, threads=1)
+    assert [f.startswith(f"tuner-ckpt-{os.getpid()}-") for f in folders] == [True]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    (tmp / f"tuner-restore-{gone.stdout.strip()}-x").mkdir()  # a killed worker's
+    running = tmp / f"tuner-ckpt-{os.getppid()}-y"  # a live process's: in use
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    (tmp / f"tuner-ckpt-{gone.stdout.strip()}-link").symlink_to(victim)
+    for kept in (running, tmp / "tuner-ckpt-other"):
+        kept.mkdir()
+    assert sweep_temporary_folders() == 2
+    assert sorted(p.name for p in tmp.glob("tuner-*")) == sorted(
+        [running.name, "tuner-ckpt-other", f"tuner-ckpt-{gone.stdout.strip()}-link"]
+    )
+    assert (victim / "keep").read_text() == "x"
+
+
 def test_resumes_from_its_checkpoint_at_the_next_epoch_with_identical_results(cache):
     cfg = TrialConfig.from_dict(CFG)
     straight = run(cfg, cache)

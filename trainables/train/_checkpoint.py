@@ -5,11 +5,22 @@ optimizer, scheduler and grad-scaler state, the epoch, the best val_acc so
 far, the RNG state, the trial config and the class names), written
 atomically and read back with ``torch.load(..., weights_only=True)``, which
 never unpickles arbitrary objects.
+
+A trial writes each checkpoint to a temporary folder of its own
+(:func:`temporary_folder`, named after its process), which Ray Tune copies to
+the experiment before the trial's report returns; the caller then removes it.
+A worker killed meanwhile (kill -9, a lost node, a search ended under it) never
+does, and each such folder is a checkpoint's size:
+:func:`sweep_temporary_folders`, at each trial's start, removes those of
+processes that are gone, and any its own process left.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +30,42 @@ import torch
 from trainables._files import write_replacing
 
 CHECKPOINT_FILE = "checkpoint.pt"
+TEMPORARY_PREFIXES = ("tuner-ckpt-", "tuner-restore-")
+
+
+def temporary_folder(prefix: str = TEMPORARY_PREFIXES[0]) -> Path:
+    """A new temporary folder for one checkpoint, named after this process."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's: alive
+        return False
+    return False
+
+
+def sweep_temporary_folders() -> int:
+    """Remove the temporary checkpoint folders of this process (call it where no
+    checkpoint of this process is being written: a trial's start) and of processes that
+    are gone; never a link, nor another user's. Returns how many were removed."""
+    removed, me, uid = 0, os.getpid(), os.getuid()
+    for prefix in TEMPORARY_PREFIXES:
+        for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+            pid = folder.name.removeprefix(prefix).split("-", 1)[0]
+            if not pid.isdigit() or (int(pid) != me and not _gone(int(pid))):
+                continue
+            try:
+                if folder.is_symlink() or folder.lstat().st_uid != uid or not folder.is_dir():
+                    continue
+            except OSError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 class CheckpointError(RuntimeError):

@@ -12,7 +12,6 @@ optimizer: :func:`fit` builds the model and the :class:`Training` state
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from trainables.models import (
     set_train_mode,
 )
 from trainables.train._augment import eval_transform
-from trainables.train._checkpoint import save_state
+from trainables.train._checkpoint import save_state, temporary_folder
 from trainables.train._config import TrialConfig
 from trainables.train._inputs import TrainInputs, build_inputs
 from trainables.train._optim import WeightAverage, make_optimizer, make_scheduler, optimizer_params
@@ -143,7 +142,7 @@ class Training:
 
     def save(self, classes: list[str]) -> Path:
         """The full state in a new temporary folder (the caller owns and removes it)."""
-        folder = Path(tempfile.mkdtemp(prefix="tuner-ckpt-"))
+        folder = temporary_folder()
         state = {
             "model": self.scored.state_dict(),
             "optimizer": self.optimizer.state_dict(),

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from trainables.data import DecodedSplit, load_image_cache
 from trainables.models import CostSpec, deploy_cost
-from trainables.train._checkpoint import load_state
+from trainables.train._checkpoint import (
+    TEMPORARY_PREFIXES,
+    load_state,
+    sweep_temporary_folders,
+    temporary_folder,
+)
 from trainables.train._config import TrialConfig
 from trainables.train._train import fit
 
@@ -46,6 +50,8 @@ def train_classifier(
     # One line per checkpoint from Ray is noise in a search's live table.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    # Checkpoint folders an earlier trial of this worker, or a killed worker, left.
+    sweep_temporary_folders()
     cfg = TrialConfig.from_dict(config)
     if data is None:
         data = load_image_cache(config["data_dir"], cfg.image_size, seed=cfg.seed)
@@ -70,6 +76,9 @@ def train_classifier(
         # A folder of this trial's own: PBT continues several trials from one checkpoint
         # at once, and `as_directory()` shares one download among them, deleted under
         # the others ("corrupt or truncated" checkpoints).
-        with tempfile.TemporaryDirectory(prefix="tuner-restore-") as folder:
-            state = load_state(Path(checkpoint.to_directory(folder)))
+        folder = temporary_folder(TEMPORARY_PREFIXES[1])
+        try:
+            state = load_state(Path(checkpoint.to_directory(str(folder))))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     fit(cfg, data, report, resume_state=state, threads=threads)

@@ -226,3 +226,19 @@ def open_lock(path: str | os.PathLike[str], mode: int = 0o644) -> int:
         os.close(fd)
         raise FileRefused(f"{path} is not a regular file; not using it")
     return fd
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (another user's counts), for files a
+    process owns by name or lock: those of a process that is gone may be taken or removed.
+
+    >>> process_alive(os.getpid())
+    True
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

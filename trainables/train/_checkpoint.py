@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 
-from trainables._files import write_replacing
+from trainables._files import process_alive, write_replacing
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TEMPORARY_PREFIXES = ("tuner-ckpt-", "tuner-restore-")
@@ -38,16 +39,6 @@ def temporary_folder(prefix: str = TEMPORARY_PREFIXES[0]) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # another user's: alive
-        return False
-    return False
-
-
 def sweep_temporary_folders() -> int:
     """Remove the temporary checkpoint folders of this process (call it where no
     checkpoint of this process is being written: a trial's start) and of processes that
@@ -56,12 +47,13 @@ def sweep_temporary_folders() -> int:
     for prefix in TEMPORARY_PREFIXES:
         for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
             pid = folder.name.removeprefix(prefix).split("-", 1)[0]
-            if not pid.isdigit() or (int(pid) != me and not _gone(int(pid))):
+            if not pid.isdigit() or (int(pid) != me and process_alive(int(pid))):
                 continue
             try:
-                if folder.is_symlink() or folder.lstat().st_uid != uid or not folder.is_dir():
-                    continue
+                found = folder.lstat()  # a link is no folder here
             except OSError:
+                continue
+            if not stat.S_ISDIR(found.st_mode) or found.st_uid != uid:
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1

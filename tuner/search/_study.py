@@ -309,9 +309,8 @@ def load_study(exp: Experiment) -> Any:
     from a fresh download, never from a running driver's copy)."""
     import optuna
 
-    path = local_journal(exp)
     if exp.storage.is_local:
-        return optuna.load_study(study_name=exp.name, storage=journal_storage(path))
+        return optuna.load_study(study_name=exp.name, storage=journal_storage(local_journal(exp)))
     folder = Path(tempfile.mkdtemp(prefix="flower-tune-study-"))
     try:
         exp.storage.download(exp.rel(JOURNAL_FILE), folder / JOURNAL_FILE)

@@ -50,6 +50,7 @@ from trainables import (
     FileRefused,
     open_lock,
     parse_json,
+    process_alive,
     read_bounded,
     settings,
     write_replacing,
@@ -76,16 +77,6 @@ class Sighting:
 
     def matches(self, holder: dict[str, Any]) -> bool:
         return (self.token, self.beats) == (holder.get("token"), heartbeat(holder))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def heartbeat(holder: dict[str, Any]) -> Any:
@@ -117,7 +108,7 @@ def is_stale(holder: Any, seen: Sighting | None = None, now: float | None = None
     sighting a live-looking lock is never stale: its own time stamps are not trusted."""
     if not isinstance(holder, dict) or not _wrote_by_this_tool(holder):
         return True  # not a lock this tool wrote: nobody holds it
-    if holder["host"] == socket.gethostname() and not _alive(holder["pid"]):
+    if holder["host"] == socket.gethostname() and not process_alive(holder["pid"]):
         return True
     if seen is None or not seen.matches(holder):
         return False

@@ -77,18 +77,18 @@ def test_checkpoint_folders_a_killed_worker_left_are_swept_at_a_trials_start(
     fit(TrialConfig.from_dict(CFG | {"max_epochs": 1}), cache, report, threads=1)
     assert [f.startswith(f"tuner-ckpt-{os.getpid()}-") for f in folders] == [True]
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    (tmp / f"tuner-restore-{gone.stdout.strip()}-x").mkdir()  # a killed worker's
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (tmp / f"tuner-restore-{gone}-x").mkdir()  # a killed worker's
     running = tmp / f"tuner-ckpt-{os.getppid()}-y"  # a live process's: in use
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep").write_text("x")
-    (tmp / f"tuner-ckpt-{gone.stdout.strip()}-link").symlink_to(victim)
+    (tmp / f"tuner-ckpt-{gone}-link").symlink_to(victim)
     for kept in (running, tmp / "tuner-ckpt-other"):
         kept.mkdir()
     assert sweep_temporary_folders() == 2
     assert sorted(p.name for p in tmp.glob("tuner-*")) == sorted(
-        [running.name, "tuner-ckpt-other", f"tuner-ckpt-{gone.stdout.strip()}-link"]
+        [running.name, "tuner-ckpt-other", f"tuner-ckpt-{gone}-link"]
     )
     assert (victim / "keep").read_text() == "x"
 

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The suite runs two test processes, each with searches of several processes, on a few
+# cores: an OpenMP thread that spins while it waits takes a core another process needs.
+# Set before torch loads; every process a test starts inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pandas as pd
 import pytest
 from PIL import Image
@@ -159,13 +164,22 @@ def synthetic(tmp_path: Path) -> Path:
 
 
 def _exit_code(args: tuple[str, ...]) -> int:
-    """``tuner.cli.main(args)``'s exit code (argparse's own errors exit via SystemExit)."""
+    """``tuner.cli.main(args)``'s exit code (argparse's own errors exit via SystemExit).
+
+    The command ends as its process would: a Ray it started (``refit``, ``export
+    --distill``) is shut down, so that a later test in this process can start its own."""
     from tuner.cli import main
 
+    ray = sys.modules.get("ray")
+    ray_before = ray is not None and ray.is_initialized()
     try:
         return main(list(args))
     except SystemExit as stop:
         return int(stop.code or 0)
+    finally:
+        ray = sys.modules.get("ray")
+        if ray is not None and not ray_before and ray.is_initialized():
+            ray.shutdown()
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

@@ -39,6 +39,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cutmix": {"cutmix": 1.0},
     "lr_decay": {"freeze_depth": 2, "lr_decay": 0.3},
     "fixres": {"train_size": 192},  # train at 192 px, validate at the 240 px
+    "size280": {"image_size": 280},  # train and validate at a larger size
+    "size320": {"image_size": 320},
 }
 
 
@@ -83,11 +85,20 @@ def main() -> None:
     print(f"# Training knobs against the plain trial, on val; {environment_line()}")
     base = {**BASE, "max_epochs": args.epochs}
     print(f"# plain trial: {base}")
-    split, cache = trainables.prepare_data(
-        trainables.scan_folder(data_dir), trainables.resize_for(base["image_size"]),
-        val_fraction=0.2, seed=args.split_seed, test_fraction=0.15,
-    )  # fmt: skip
-    print(f"split: {len(split.train)} train / {len(split.val)} val (seed {args.split_seed})")
+    scan = trainables.scan_folder(data_dir)
+    decoded: dict[int, trainables.DecodedSplit] = {}
+
+    def photos_for(image_size: int) -> trainables.DecodedSplit:
+        """The split's photos decoded for ``image_size`` (the same split at every size)."""
+        resize = trainables.resize_for(image_size)
+        if resize not in decoded:
+            split, decoded[resize] = trainables.prepare_data(
+                scan, resize, val_fraction=0.2, seed=args.split_seed, test_fraction=0.15
+            )
+            print(f"split: {len(split.train)} train / {len(split.val)} val (seed "
+                  f"{args.split_seed}), decoded at {resize} px")  # fmt: skip
+        return decoded[resize]
+
     names = args.only.split(",") if args.only else list(VARIANTS)
     results: dict[str, list[dict[str, float]]] = {}
     for name in ["plain", *names]:
@@ -95,7 +106,7 @@ def main() -> None:
         results[name] = []
         for seed in range(args.seeds):
             cfg = trainables.TrialConfig.from_dict({**base, **change, "seed": seed})
-            result = run(cfg, cache, args.threads)
+            result = run(cfg, photos_for(cfg.image_size), args.threads)
             results[name].append(result)
             print(f"  {name} seed {seed}: best val_acc {result['best']:.4f}, last "
                   f"{result['last']:.4f}, lowest val_loss {result['loss']:.4f}, "

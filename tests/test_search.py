@@ -359,6 +359,52 @@ def test_the_estimate_scales_the_measured_epoch_time_by_the_work_left():
     assert "6 min left (20 s per trial-epoch, 2 at once, ~40 trial-epochs" in lines[0]
 
 
+def test_the_estimate_counts_epochs_by_the_clock_and_the_start_up_of_trials_to_come():
+    """An epoch is the time between two results of a trial (validation and checkpoint
+    included), a start-up the time to a trial's first result less its epoch; each trial
+    not started yet adds one."""
+    from types import SimpleNamespace
+
+    from tuner.search._estimate import TimeEstimate
+
+    now = [0.0]
+    lines: list[str] = []
+    estimate = TimeEstimate(20, 2, lines.append, trials=6, clock=lambda: now[0])
+    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    estimate.on_trial_start(0, [], a)
+    estimate.on_trial_start(0, [], b)
+    for at, trial in ((35.0, a), (45.0, b), (47.0, a)):  # start-ups 30 and 40 s; a gap of 12 s
+        now[0] = at
+        estimate.on_trial_result(0, [], trial, {"epoch_time_s": 5.0})
+    # (17 trial-epochs x 12 s + 4 trials x 35 s) / 2 = 172 s left, 219 s in all.
+    expected = [
+        "Estimate: about 4 min in all, 3 min left (12 s per trial-epoch and 35 s to start a "
+        "trial, 2 at once, ~20 trial-epochs expected). Shorter: --num-samples, --max-epochs, "
+        "--time-budget SECONDS, or a smaller space."
+    ]
+    assert lines == expected
+    # A resume (a new callback given the saved state) counts on from there.
+    resumed = TimeEstimate(20, 2, lines.append, trials=6, clock=lambda: now[0])
+    resumed.set_state(estimate.get_state())
+    assert resumed.line(47.0) == expected[0]
+
+
+def test_an_estimate_saved_by_an_earlier_version_resumes():
+    """Tune restores the callbacks it pickled with the run; an earlier version's estimate
+    had fewer attributes."""
+    from tuner.search._estimate import TimeEstimate
+
+    lines: list[str] = []
+    old = {"trial_epochs": 10.0, "concurrent": 1, "_epoch_seconds": [], "_started": 0.0,
+           "_last": 0.0}  # fmt: skip
+    estimate = TimeEstimate.__new__(TimeEstimate)
+    estimate.__setstate__(old)
+    estimate.say = lines.append
+    for _ in range(3):
+        estimate.on_trial_result(0, [], None, {"epoch_time_s": 4.0})
+    assert len(lines) == 1 and "(4 s per trial-epoch, 1 at once, ~10 trial-epochs" in lines[0]
+
+
 def test_the_estimate_pickles_after_ray_swapped_print(monkeypatch, capsys):
     """Tune pickles its callbacks; Ray replaces builtins.print once a progress bar reaches
     the driver, after which the original ``print`` no longer pickles by reference."""

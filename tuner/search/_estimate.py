@@ -5,6 +5,12 @@ The start banner gives the work
 reported a few epochs, :class:`TimeEstimate` prints how long the whole search
 should take at the pace measured so far, and which flags shorten it, so a
 user who started a large space on a laptop learns it within minutes.
+
+The pace is wall-clock time, as the user waits it: an epoch is the time between
+two results of one trial (its validation and checkpoint included), and a trial's
+start-up is the time from its start to its first result, less one epoch (a new
+worker, the model's weights, frozen activations computed for a new network, its
+latency measured). Trials not started yet each add a start-up.
 """
 
 from __future__ import annotations
@@ -30,12 +36,25 @@ def _print(line: str) -> None:
 class TimeEstimate(tune.Callback):
     """Prints the expected duration of the search at the pace measured so far."""
 
-    def __init__(self, trial_epochs: float, concurrent: int, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        trial_epochs: float,
+        concurrent: int,
+        say: Callable[[str], None],
+        trials: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.trial_epochs = trial_epochs
         self.concurrent = max(1, concurrent)
+        self.trials = trials
         self.say = say
-        self._epoch_seconds: list[float] = []
-        self._started = time.monotonic()
+        self.clock = clock
+        self._epoch_seconds: list[float] = []  # as each trial measured its training
+        self._gaps: list[float] = []  # between two results of one trial
+        self._startups: list[float] = []  # from a trial's start to its first result, less an epoch
+        self._trials_started: set[str] = set()
+        self._since: dict[str, tuple[float, bool]] = {}  # trial -> (time, started there)
+        self._started = clock()
         self._last = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -46,8 +65,35 @@ class TimeEstimate(tune.Callback):
         return {k: v for k, v in self.__dict__.items() if k != "say"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # A search saved by an earlier version lacks the later attributes: their defaults.
+        self.__init__(state.get("trial_epochs", 0.0), state.get("concurrent", 1), _print)  # type: ignore[misc]
         self.__dict__.update(state)
         self.say = _print
+
+    def get_state(self) -> dict[str, Any]:
+        # Saved with the experiment: a resume counts the epochs and trials so far.
+        return {
+            "epoch_seconds": list(self._epoch_seconds),
+            "gaps": list(self._gaps),
+            "startups": list(self._startups),
+            "trials_started": sorted(self._trials_started),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            return
+        for key in ("epoch_seconds", "gaps", "startups"):
+            values = state.get(key)
+            if isinstance(values, list):
+                kept = [float(v) for v in values if isinstance(v, int | float) and v >= 0]
+                setattr(self, f"_{key}", kept)
+        started = state.get("trials_started")
+        if isinstance(started, list):
+            self._trials_started = {str(t) for t in started}
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._trials_started.add(trial.trial_id)
+        self._since[trial.trial_id] = (self.clock(), True)
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -55,8 +101,18 @@ class TimeEstimate(tune.Callback):
         seconds = result.get("epoch_time_s")
         if seconds is None:
             return
+        now = self.clock()
         self._epoch_seconds.append(float(seconds))
-        now, reported = time.monotonic(), len(self._epoch_seconds)
+        trial_id = getattr(trial, "trial_id", None)
+        if trial_id in self._since:
+            before, at_start = self._since[trial_id]
+            if at_start:
+                self._startups.append(max(0.0, now - before - float(seconds)))
+            else:
+                self._gaps.append(now - before)
+        if trial_id is not None:
+            self._since[trial_id] = (now, False)
+        reported = len(self._epoch_seconds)
         due = reported == _FIRST_AFTER_EPOCHS or (
             reported > _FIRST_AFTER_EPOCHS and now - self._last >= _EVERY_S
         )
@@ -66,13 +122,17 @@ class TimeEstimate(tune.Callback):
         self.say(self.line(now - self._started))
 
     def line(self, elapsed: float) -> str:
-        """The estimate as one line (median epoch time x remaining trial-epochs / concurrency)."""
-        per_epoch = statistics.median(self._epoch_seconds)
+        """The estimate as one line: the remaining trial-epochs at the median epoch, and the
+        trials not started yet at the median start-up, ``concurrent`` at a time."""
+        per_epoch = statistics.median(self._gaps or self._epoch_seconds)
+        startup = statistics.median(self._startups) if self._startups else 0.0
         remaining = max(0.0, self.trial_epochs - len(self._epoch_seconds))
-        left = remaining * per_epoch / self.concurrent
+        to_start = max(0, self.trials - len(self._trials_started))
+        left = (remaining * per_epoch + to_start * startup) / self.concurrent
+        starting = f" and {describe_duration(startup)} to start a trial" if startup >= 1 else ""
         return (
             f"Estimate: about {describe_duration(elapsed + left)} in all, "
-            f"{describe_duration(left)} left ({per_epoch:.0f} s per trial-epoch, "
+            f"{describe_duration(left)} left ({per_epoch:.0f} s per trial-epoch{starting}, "
             f"{self.concurrent} at once, ~{self.trial_epochs:.0f} trial-epochs expected). "
             "Shorter: --num-samples, --max-epochs, --time-budget SECONDS, or a smaller space."
         )

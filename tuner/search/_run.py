@@ -98,8 +98,8 @@ def _run_config(
 ) -> Any:
     from ray import tune
 
-    estimate = TimeEstimate(_trial_epochs(space), concurrent, say)
     budget = space.budget
+    estimate = TimeEstimate(_trial_epochs(space), concurrent, say, trials=budget.num_samples)
     return tune.RunConfig(
         callbacks=[
             StorageGuard(exp),

@@ -395,14 +395,14 @@ def test_an_estimate_saved_by_an_earlier_version_resumes():
     from tuner.search._estimate import TimeEstimate
 
     lines: list[str] = []
-    old = {"trial_epochs": 10.0, "concurrent": 1, "_epoch_seconds": [], "_started": 0.0,
+    old = {"trial_epochs": 10.0, "concurrent": 1, "_epoch_seconds": [4.0], "_started": 0.0,
            "_last": 0.0}  # fmt: skip
     estimate = TimeEstimate.__new__(TimeEstimate)
     estimate.__setstate__(old)
     estimate.say = lines.append
-    for _ in range(3):
+    for _ in range(2):  # the third epoch with the one it had measured
         estimate.on_trial_result(0, [], None, {"epoch_time_s": 4.0})
-    assert len(lines) == 1 and "(4 s per trial-epoch, 1 at once, ~10 trial-epochs" in lines[0]
+    assert len(lines) == 1 and "28 s left (4 s per trial-epoch, 1 at once, ~10 trial-" in lines[0]
 
 
 def test_the_estimate_pickles_after_ray_swapped_print(monkeypatch, capsys):

@@ -27,6 +27,8 @@ from trainables import describe_duration
 # Estimates are printed after this many reported epochs, then at most this often.
 _FIRST_AFTER_EPOCHS = 3
 _EVERY_S = 300.0
+# The pace is the median of the latest this many of each measure (kept with the state).
+_KEPT = 500
 
 
 def _print(line: str) -> None:
@@ -49,6 +51,7 @@ class TimeEstimate(tune.Callback):
         self.trials = trials
         self.say = say
         self.clock = clock
+        self._reported = 0  # results with an epoch time
         self._epoch_seconds: list[float] = []  # as each trial measured its training
         self._gaps: list[float] = []  # between two results of one trial
         self._startups: list[float] = []  # from a trial's start to its first result, less an epoch
@@ -68,11 +71,14 @@ class TimeEstimate(tune.Callback):
         # A search saved by an earlier version lacks the later attributes: their defaults.
         self.__init__(state.get("trial_epochs", 0.0), state.get("concurrent", 1), _print)  # type: ignore[misc]
         self.__dict__.update(state)
+        if "_reported" not in state:
+            self._reported = len(self._epoch_seconds)
         self.say = _print
 
     def get_state(self) -> dict[str, Any]:
         # Saved with the experiment: a resume counts the epochs and trials so far.
         return {
+            "reported": self._reported,
             "epoch_seconds": list(self._epoch_seconds),
             "gaps": list(self._gaps),
             "startups": list(self._startups),
@@ -87,6 +93,9 @@ class TimeEstimate(tune.Callback):
             if isinstance(values, list):
                 kept = [float(v) for v in values if isinstance(v, int | float) and v >= 0]
                 setattr(self, f"_{key}", kept)
+        reported = state.get("reported")
+        if isinstance(reported, int) and reported >= 0:
+            self._reported = reported
         started = state.get("trials_started")
         if isinstance(started, list):
             self._trials_started = {str(t) for t in started}
@@ -102,17 +111,18 @@ class TimeEstimate(tune.Callback):
         if seconds is None:
             return
         now = self.clock()
-        self._epoch_seconds.append(float(seconds))
+        self._reported += 1
+        _keep(self._epoch_seconds, float(seconds))
         trial_id = getattr(trial, "trial_id", None)
         if trial_id in self._since:
             before, at_start = self._since[trial_id]
             if at_start:
-                self._startups.append(max(0.0, now - before - float(seconds)))
+                _keep(self._startups, max(0.0, now - before - float(seconds)))
             else:
-                self._gaps.append(now - before)
+                _keep(self._gaps, now - before)
         if trial_id is not None:
             self._since[trial_id] = (now, False)
-        reported = len(self._epoch_seconds)
+        reported = self._reported
         due = reported == _FIRST_AFTER_EPOCHS or (
             reported > _FIRST_AFTER_EPOCHS and now - self._last >= _EVERY_S
         )
@@ -126,7 +136,7 @@ class TimeEstimate(tune.Callback):
         trials not started yet at the median start-up, ``concurrent`` at a time."""
         per_epoch = statistics.median(self._gaps or self._epoch_seconds)
         startup = statistics.median(self._startups) if self._startups else 0.0
-        remaining = max(0.0, self.trial_epochs - len(self._epoch_seconds))
+        remaining = max(0.0, self.trial_epochs - self._reported)
         to_start = max(0, self.trials - len(self._trials_started))
         left = (remaining * per_epoch + to_start * startup) / self.concurrent
         starting = f" and {describe_duration(startup)} to start a trial" if startup >= 1 else ""
@@ -136,3 +146,8 @@ class TimeEstimate(tune.Callback):
             f"{self.concurrent} at once, ~{self.trial_epochs:.0f} trial-epochs expected). "
             "Shorter: --num-samples, --max-epochs, --time-budget SECONDS, or a smaller space."
         )
+
+
+def _keep(values: list[float], value: float) -> None:
+    values.append(value)
+    del values[:-_KEPT]

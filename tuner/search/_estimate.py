@@ -92,7 +92,7 @@ class TimeEstimate(tune.Callback):
             values = state.get(key)
             if isinstance(values, list):
                 kept = [float(v) for v in values if isinstance(v, int | float) and v >= 0]
-                setattr(self, f"_{key}", kept)
+                setattr(self, f"_{key}", kept[-_KEPT:])
         reported = state.get("reported")
         if isinstance(reported, int) and reported >= 0:
             self._reported = reported

@@ -3,6 +3,7 @@
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import METRIC_KEYS, decoded, fit_reports
@@ -13,9 +14,13 @@ from trainables import (
     build_inputs,
     build_model,
     choose_precision,
+    decode_for_refit,
     fit,
     freeze,
+    prepare_data,
+    scan_folder,
 )
+from trainables.data._folders import resize_for
 from trainables.train._features import AUGMENTED_VIEWS, cache_part, prune, views_for
 
 
@@ -162,9 +167,9 @@ def test_frozen_activations_are_computed_once_and_train_like_the_full_network(
     assert cache_part(cfg.replace(freeze_depth=0)) is None
 
     cached = run(cfg, cache)
-    stored = list((tmp_path / "features").glob("*-train.npy"))
-    # Stored on disk only with pretrained weights (the key names them).
-    assert len(stored) == int(cfg.pretrained)
+    stored = list((tmp_path / "features").glob("*-plain.npy"))
+    # Train and val stored on disk, only with pretrained weights (the key names them).
+    assert len(stored) == 2 * int(cfg.pretrained)
     again = run(cfg, cache)  # loads the stored activations, or computes them again
     # The same training through the whole network every epoch gives the same result.
     monkeypatch.setattr(inputs_module, "cache_part", lambda cfg: None)
@@ -220,6 +225,42 @@ def prepared(cfg, data, device):
 
 
 LITE = {**CFG, "model": "efficientnet_lite0", "pretrained": True, "optimizer": "adam", "lr": 1e-3}
+
+
+def test_a_refit_copies_the_searchs_activations_and_runs_only_the_test_photos(
+    synthetic, tmp_path, monkeypatch, environ
+):
+    """A refit trains on the search's train photos then its val photos: its train slot is
+    put together from the two entries the search's trial kept, not computed again."""
+    environ.set("TUNER_CACHE", str(tmp_path))
+    environ.delete("TUNER_FEATURE_CACHE")
+    split, search = prepare_data(scan_folder(synthetic), resize_for(32), seed=0, test_fraction=0.2)
+    refit = decode_for_refit(split, resize_for(32))
+    assert refit.key == search.key and refit.train_parts == (len(split.train), len(split.val))
+    computed: list[int] = []
+    real = inputs_module._compute
+    monkeypatch.setattr(
+        inputs_module, "_compute", lambda *a: computed.append(len(a[1])) or real(*a)
+    )
+    cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 3, "aug_strength": 0.0})
+    trial = prepared(cfg, search, "cpu")
+    assert computed == [len(split.val), len(split.train)]
+    inputs = prepared(cfg, refit, "cpu")
+    assert computed[2:] == [len(split.test)]  # only the photos no trial saw
+    assert inputs.kind == "activations" and len(inputs.train) == len(refit.train_y)
+    searched = np.concatenate([trial.train.array, trial.val.array])
+    assert np.array_equal(inputs.train.array, searched)
+    assert prepared(cfg, refit, "cpu").train.array.shape == searched.shape
+    assert computed[3:] == []  # the next refit or distillation maps the whole slot
+    # What the frozen prefix gives on the refit's rows, computed in one go in memory.
+    environ.set("TUNER_FEATURE_CACHE", "off")
+    direct = prepared(cfg, refit, "cpu")
+    assert computed[3:] == [len(split.test), len(refit.train_y)]
+    assert np.allclose(direct.train.array, searched, rtol=1e-4, atol=1e-5)
+    # Another depth is another entry: its activations are computed, part by part.
+    environ.delete("TUNER_FEATURE_CACHE")
+    prepared(cfg.replace(freeze_depth=2), refit, "cpu")
+    assert computed[5:] == [len(split.test), len(split.train), len(split.val)]
 
 
 def test_augmented_trials_train_on_cached_views_one_drawn_per_photo(cache, tmp_path, environ):

@@ -57,6 +57,10 @@ class DecodedSplit:
     distribution over the classes (rows summing to 1, float32): a distillation's
     teacher mixed with the true label. Training then uses it in place of
     ``train_y``; ``train_y`` still names each photo's class.
+
+    ``train_parts`` (empty: one part) gives the lengths of the runs of ``train_rows``
+    that the search held as sets of their own: a refit's are the search's train photos
+    then its val photos, whose frozen activations a trial of the search already computed.
     """
 
     classes: list[str]
@@ -70,6 +74,14 @@ class DecodedSplit:
     root: str = ""  # where the entry's photos are, to decode them on another node
     entry_files: list[str] = field(default_factory=list)
     train_soft: np.ndarray | None = None
+    train_parts: tuple[int, ...] = ()
+
+    def train_runs(self) -> list[np.ndarray]:
+        """``train_rows`` cut into its :attr:`train_parts` (one run when there are none)."""
+        if sum(self.train_parts) != len(self.train_rows):
+            return [self.train_rows]
+        ends = np.cumsum(self.train_parts)[:-1]
+        return [run for run in np.split(self.train_rows, ends) if len(run)]
 
     @property
     def nbytes(self) -> int:
@@ -107,6 +119,7 @@ class DecodedSplit:
         return dataclasses.replace(
             self, train_rows=self.train_rows[train], train_y=self.train_y[train],
             val_rows=self.val_rows[val], val_y=self.val_y[val], train_soft=soft,
+            train_parts=(),
         )  # fmt: skip
 
 
@@ -184,7 +197,8 @@ def decode_for_refit(
         seed=split.seed,
         val_fraction=0.0,
     )
-    return _cache_from(refit, decoded, index, resize)
+    cache = _cache_from(refit, decoded, index, resize)
+    return dataclasses.replace(cache, train_parts=(len(split.train), len(split.val)))
 
 
 def prepare_data(

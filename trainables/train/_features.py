@@ -23,7 +23,12 @@ step.
 The activations are written to disk as they are computed (``.npy`` files,
 mapped: a trial's own memory does not hold them), keyed by model, weights,
 image size, depth, augmentation strength and the exact decoded photos, so the
-next trial with the same key maps them instead. They live in
+next trial with the same key maps them instead. Plain activations are keyed by
+their rows alone, whichever slot holds them (:func:`rows_key`): a refit or a
+distillation trains on the search's train rows then its val rows
+(:attr:`~trainables.data.DecodedSplit.train_parts`), and puts its train slot
+together from the search's two entries instead of running the frozen prefix
+again; only the test photos, which no trial saw, are computed. They live in
 ``$TUNER_CACHE/features`` (default ``~/.cache/flower-tune/features``), which
 is kept under 8 GiB by removing the least recently used entries;
 ``TUNER_FEATURE_CACHE=off`` keeps them in the trial's memory instead.
@@ -112,9 +117,24 @@ def _cache_dir() -> Path | None:
     return cache_root() / "features"
 
 
+def rows_key(
+    cfg: TrialConfig, data: DecodedSplit, weights: str, rows: np.ndarray, size: int
+) -> str:
+    """Identifies the plain activations (centre crops at ``size`` px) of ``rows`` of the
+    decoded entry: model, weights, depth and the rows, whichever slot (train or val) holds
+    them. So the train slot of a refit, the search's train rows then its val rows, is put
+    together from the search's two entries (:attr:`DecodedSplit.train_parts`)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{cfg.model}|{weights}|{size}|{cfg.freeze_depth}|{data.resize}|plain|".encode())
+    h.update(f"{data.key}|".encode())
+    h.update(np.ascontiguousarray(rows, dtype=np.int64).data)
+    return h.hexdigest()
+
+
 def feature_key(cfg: TrialConfig, data: DecodedSplit, weights: str) -> str:
-    """Identifies activations: model, weights, image size (and train size when it differs),
-    depth, views and the decoded photos (the decoded entry's key and its train and val rows)."""
+    """Identifies augmented views: model, weights, image size (and train size when it
+    differs), depth, views and the decoded photos (the decoded entry's key and its train and
+    val rows)."""
     h = hashlib.blake2b(digest_size=16)
     views = views_for(cfg)
     aug = f"{cfg.aug_strength!r}x{views}" if views else "plain"
@@ -134,7 +154,7 @@ def _entry(key: str | None, rows: str) -> Path | None:
 
 
 def load_features(key: str | None, rows: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The activations of ``rows`` ("train", "val", "views") stored under ``key``, mapped
+    """The activations of ``rows`` ("plain", "views") stored under ``key``, mapped
     read-only, or None. ``shape`` gives the leading dimensions expected (rows, or views
     and rows); an entry that does not match them, or cannot be read, counts as absent."""
     path = _entry(key, rows)

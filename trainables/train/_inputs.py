@@ -61,6 +61,7 @@ from trainables.train._features import (
     feature_key,
     load_features,
     on_disk,
+    rows_key,
     views_for,
 )
 from trainables.train._mixing import Mixing
@@ -239,10 +240,43 @@ def _compute(
             with torch.no_grad():
                 features = prefix(crop(photos)).float().cpu().numpy()
             if out is None:
-                out = FeatureFile(key, which, (len(rows), *features.shape[1:]), np.float32)
+                out = FeatureFile(key, "plain", (len(rows), *features.shape[1:]), np.float32)
             out.array[int(idx[0]) : int(idx[-1]) + 1] = features
             progress.update(len(idx))
     assert out is not None
+    return out.keep()
+
+
+def _plain(
+    prefix: Callable[[torch.Tensor], torch.Tensor],
+    pixels: np.ndarray,
+    runs: list[np.ndarray],
+    inputs: TrainInputs,
+    key_of: Callable[[np.ndarray], str | None],
+    which: str,
+    size: int,
+) -> np.ndarray:
+    """The prefix's activations of the rows ``runs`` put end to end, at ``size`` px: the
+    disk cache's entry for those rows; else, for several runs (a refit's train slot), each
+    run's own entry (a missing one computed and kept) copied together; else computed."""
+    rows = np.concatenate(runs) if len(runs) > 1 else runs[0]
+    key = key_of(rows)
+    stored = load_features(key, "plain", (len(rows),))
+    if stored is not None:
+        return stored
+    if len(runs) == 1 or not on_disk(key):  # in memory: never two copies
+        return _compute(prefix, Rows(pixels, rows), inputs, key, which, size)
+    parts = []
+    for run in runs:
+        part = load_features(key_of(run), "plain", (len(run),))
+        if part is None:
+            part = _compute(prefix, Rows(pixels, run), inputs, key_of(run), which, size)
+        parts.append(part)
+    out = FeatureFile(key, "plain", (len(rows), *parts[0].shape[1:]), np.float32)
+    at = 0
+    for part in parts:
+        out.array[at : at + len(part)] = part
+        at += len(part)
     return out.keep()
 
 
@@ -298,19 +332,19 @@ def build_inputs(
     if not cache_fits(per_photo, len(train_y), len(val_y), views, on_disk(key)):
         return images
 
-    n = len(train_y)
-    val_f = load_features(key, "val", (len(val_y),))
-    if val_f is None:
-        val_f = _compute(prefix, val, images, key, "val", cfg.image_size)
+    def key_of(size: int) -> Callable[[np.ndarray], str | None]:
+        return lambda rows: rows_key(cfg, data, weights, rows, size) if weights else None
+
+    val_f = _plain(prefix, pixels, [data.val_rows], images, key_of(cfg.image_size), "val",
+                   cfg.image_size)  # fmt: skip
     if views:
-        stored = load_features(key, "views", (views, n))
+        stored = load_features(key, "views", (views, len(train_y)))
         lazy = AugmentedViews(
             train, images.train_crop, cfg.aug_strength, views, prefix, key, stored
         )
         return dataclasses.replace(images, kind="views", start=part, val=Rows(val_f), views=lazy)
-    train_f = load_features(key, "train", (n,))
-    if train_f is None:
-        train_f = _compute(prefix, train, images, key, "train", images.train_crop)
+    crop = images.train_crop
+    train_f = _plain(prefix, pixels, data.train_runs(), images, key_of(crop), "train", crop)
     return dataclasses.replace(
         images, kind="activations", start=part, train=Rows(train_f), val=Rows(val_f)
     )

@@ -1,0 +1,115 @@
+"""A refit with the search's frozen activations against one that computes them again.
+
+A refit (``tuner refit``, ``export --refit``) and a distillation (``export --distill``)
+train on the search's train photos then its val photos. With a frozen prefix and no
+augmentation (``lite-accurate``), a trial of the search already computed those photos'
+activations; the refit copies them from the disk cache and runs the frozen prefix only
+on the test photos. This times ``trainables.fit`` on the refit's photos (train + val to
+train on, test to score) both ways, on the split of ``benchmarks/vs_recipe.py`` (val 0.2,
+test 0.15, ``--split-seed``), for ``lite-accurate``'s Lite2 starting point (the last
+stage and the head on stage 3's activations, 240 px, Adam 3e-4, batch 32, StepLR 4/0.1)
+over ``--epochs`` (a refit trains its trial's best epoch count, at most 6):
+
+* **computed**: the refit on an empty activation cache (what it did before);
+* **reused**: the search's trial first (one epoch on train, scored on val: the entries
+  it keeps), then the refit.
+
+Both train the same network from the same seed on the same activations, so their
+test accuracies agree up to float rounding. Headlines: ``refit_computed_s``,
+``refit_reused_s``, ``refit_speedup`` and both test accuracies.
+
+    uv run python benchmarks/refit_cache.py              # ~15 min on 2 CPUs
+    uv run python benchmarks/refit_cache.py --epochs 1   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import DEFAULT_DATA, check_data, environment_line, print_headlines
+
+BASE: dict[str, Any] = {
+    "model": "efficientnet_lite2", "pretrained": True, "image_size": 240, "optimizer": "adam",
+    "lr": 3e-4, "batch_size": 32, "step_size": 4, "gamma": 0.1, "freeze_depth": 3,
+    "weight_decay": 1e-5, "label_smoothing": 0.1, "aug_strength": 0.0,
+}  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="photo folder")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--epochs", type=int, default=6, help="the refit's epochs")
+    parser.add_argument("--image-size", type=int, default=BASE["image_size"])
+    return parser.parse_args()
+
+
+def timed_fit(cfg: Any, data: Any) -> tuple[float, float]:
+    """``trainables.fit`` on every CPU: its wall time (s) and last epoch's val_acc (here the
+    test split's: a refit scores the rows in its val slot)."""
+    import trainables
+
+    accs: list[float] = []
+
+    def report(metrics: dict[str, Any], folder: Path) -> None:
+        accs.append(float(metrics["val_acc"]))
+        shutil.rmtree(folder, ignore_errors=True)  # the caller owns the checkpoint
+
+    t0 = time.perf_counter()
+    trainables.fit(cfg, data, report, threads=os.cpu_count() or 1)
+    return time.perf_counter() - t0, accs[-1]
+
+
+def main() -> None:
+    args = parse_args()
+    data_dir = check_data(args.data)
+    cache = Path(tempfile.mkdtemp(prefix="bench-refit-cache-"))
+    os.environ["TUNER_CACHE"] = str(cache)  # read on first use, below
+    os.environ.pop("TUNER_FEATURE_CACHE", None)
+    import dataclasses
+
+    import trainables
+
+    try:
+        print(f"# A refit with the search's activations and without; {environment_line()}")
+        cfg = trainables.TrialConfig.from_dict(
+            {**BASE, "image_size": args.image_size, "max_epochs": args.epochs}
+        )
+        print(f"# configuration: {BASE}, image_size {cfg.image_size}, {args.epochs} epochs")
+        resize = trainables.resize_for(cfg.image_size)
+        split, search = trainables.prepare_data(
+            trainables.scan_folder(data_dir), resize, val_fraction=0.2, seed=args.split_seed,
+            test_fraction=0.15,
+        )  # fmt: skip
+        refit = trainables.decode_for_refit(split, resize)
+        print(f"split {args.split_seed}: refit on {len(refit.train_y)} train + val photos, "
+              f"scored on {len(refit.val_y)} test photos; {cfg.image_size} px")  # fmt: skip
+        # Computed: one run of train + val (no parts to look up), then an empty cache.
+        computed_s, computed_acc = timed_fit(cfg, dataclasses.replace(refit, train_parts=()))
+        print(f"  computed: {computed_s:.0f} s, test_acc {computed_acc:.4f}", flush=True)
+        shutil.rmtree(cache / "features", ignore_errors=True)
+        search_s, _ = timed_fit(cfg.replace(max_epochs=1), search)
+        print(f"  the search's trial (1 epoch, its activations kept): {search_s:.0f} s")
+        reused_s, reused_acc = timed_fit(cfg, refit)
+        print(f"  reused: {reused_s:.0f} s, test_acc {reused_acc:.4f}", flush=True)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    print_headlines(
+        {
+            "refit_computed_s": computed_s,
+            "refit_reused_s": reused_s,
+            "refit_speedup": computed_s / reused_s,
+            "refit_test_acc_computed": computed_acc,
+            "refit_test_acc_reused": reused_acc,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ test accuracies agree up to float rounding. Headlines: ``refit_computed_s``,
 ``refit_reused_s``, ``refit_speedup`` and both test accuracies.
 
     uv run python benchmarks/refit_cache.py              # ~15 min on 2 CPUs
-    uv run python benchmarks/refit_cache.py --epochs 1   # a quick look
+    uv run python benchmarks/refit_cache.py --quick      # same code paths, a minute or so
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import DEFAULT_DATA, check_data, environment_line, print_headlines
+from _common import DEFAULT_DATA, check_data, environment_line, make_subset, print_headlines
 
 BASE: dict[str, Any] = {
     "model": "efficientnet_lite2", "pretrained": True, "image_size": 240, "optimizer": "adam",
@@ -47,6 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the split")
     parser.add_argument("--epochs", type=int, default=6, help="the refit's epochs")
     parser.add_argument("--image-size", type=int, default=BASE["image_size"])
+    parser.add_argument(
+        "--quick", action="store_true", help="30 photos per class at 64 px, one epoch"
+    )
     return parser.parse_args()
 
 
@@ -71,6 +74,9 @@ def main() -> None:
     data_dir = check_data(args.data)
     cache = Path(tempfile.mkdtemp(prefix="bench-refit-cache-"))
     os.environ["TUNER_CACHE"] = str(cache)  # read on first use, below
+    if args.quick:
+        data_dir = make_subset(data_dir, cache / "photos", per_class=30)
+        args.image_size, args.epochs = 64, 1
     os.environ.pop("TUNER_FEATURE_CACHE", None)
     import dataclasses
 
@@ -81,7 +87,8 @@ def main() -> None:
         cfg = trainables.TrialConfig.from_dict(
             {**BASE, "image_size": args.image_size, "max_epochs": args.epochs}
         )
-        print(f"# configuration: {BASE}, image_size {cfg.image_size}, {args.epochs} epochs")
+        shown = {**BASE, "image_size": cfg.image_size, "max_epochs": args.epochs}
+        print(f"# configuration: {shown}")
         resize = trainables.resize_for(cfg.image_size)
         split, search = trainables.prepare_data(
             trainables.scan_folder(data_dir), resize, val_fraction=0.2, seed=args.split_seed,

@@ -213,7 +213,7 @@ def test_test_searches_keep_their_caches_out_of_the_users_home(finished, own_fea
     ``$TUNER_CACHE``."""
     proc, _, _ = finished
     assert proc.returncode == 0
-    assert list((own_feature_cache / "features").glob("*-val.npy"))
+    assert list((own_feature_cache / "features").glob("*-plain.npy"))
     assert list((own_feature_cache / "decoded").glob("*/pixels.u8"))
 
 

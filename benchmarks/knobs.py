@@ -17,13 +17,12 @@ of 588 validation photos is 0.0017).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 from _common import DEFAULT_DATA, check_data, environment_line, print_headlines, print_table
+from _fit import timed_fit
 
 import trainables
 
@@ -60,25 +59,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run(
-    cfg: trainables.TrialConfig, data: trainables.DecodedSplit, threads: int | None
-) -> dict[str, float]:
-    """One trial: its best and last val_acc, its lowest val_loss (finer than accuracy on
-    588 photos, where one photo is 0.0017) and its time (s)."""
-    accs: list[float] = []
-    losses: list[float] = []
-
-    def report(metrics: dict[str, Any], folder: Path) -> None:
-        accs.append(float(metrics["val_acc"]))
-        losses.append(float(metrics["val_loss"]))
-        shutil.rmtree(folder, ignore_errors=True)  # the caller owns the checkpoint
-
-    t0 = time.perf_counter()
-    trainables.fit(cfg, data, report, threads=threads)
-    return {"best": max(accs), "last": accs[-1], "loss": min(losses),
-            "seconds": time.perf_counter() - t0}  # fmt: skip
-
-
 def main() -> None:
     args = parse_args()
     data_dir = check_data(args.data)
@@ -106,7 +86,9 @@ def main() -> None:
         results[name] = []
         for seed in range(args.seeds):
             cfg = trainables.TrialConfig.from_dict({**base, **change, "seed": seed})
-            result = run(cfg, photos_for(cfg.image_size), args.threads)
+            fitted = timed_fit(cfg, photos_for(cfg.image_size), args.threads)
+            result = {"best": max(fitted.accs), "last": fitted.accs[-1],
+                      "loss": min(fitted.losses), "seconds": fitted.seconds}  # fmt: skip
             results[name].append(result)
             print(f"  {name} seed {seed}: best val_acc {result['best']:.4f}, last "
                   f"{result['last']:.4f}, lowest val_loss {result['loss']:.4f}, "

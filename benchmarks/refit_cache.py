@@ -28,11 +28,11 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from _common import DEFAULT_DATA, check_data, environment_line, make_subset, print_headlines
+from _fit import timed_fit
 
 BASE: dict[str, Any] = {
     "model": "efficientnet_lite2", "pretrained": True, "image_size": 240, "optimizer": "adam",
@@ -53,22 +53,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def timed_fit(cfg: Any, data: Any) -> tuple[float, float]:
-    """``trainables.fit`` on every CPU: its wall time (s) and last epoch's val_acc (here the
-    test split's: a refit scores the rows in its val slot)."""
-    import trainables
-
-    accs: list[float] = []
-
-    def report(metrics: dict[str, Any], folder: Path) -> None:
-        accs.append(float(metrics["val_acc"]))
-        shutil.rmtree(folder, ignore_errors=True)  # the caller owns the checkpoint
-
-    t0 = time.perf_counter()
-    trainables.fit(cfg, data, report, threads=os.cpu_count() or 1)
-    return time.perf_counter() - t0, accs[-1]
-
-
 def main() -> None:
     args = parse_args()
     data_dir = check_data(args.data)
@@ -82,6 +66,7 @@ def main() -> None:
 
     import trainables
 
+    threads = os.cpu_count() or 1
     try:
         print(f"# A refit with the search's activations and without; {environment_line()}")
         cfg = trainables.TrialConfig.from_dict(
@@ -98,22 +83,24 @@ def main() -> None:
         print(f"split {args.split_seed}: refit on {len(refit.train_y)} train + val photos, "
               f"scored on {len(refit.val_y)} test photos; {cfg.image_size} px")  # fmt: skip
         # Computed: one run of train + val (no parts to look up), then an empty cache.
-        computed_s, computed_acc = timed_fit(cfg, dataclasses.replace(refit, train_parts=()))
-        print(f"  computed: {computed_s:.0f} s, test_acc {computed_acc:.4f}", flush=True)
+        # A refit scores the rows in its val slot: here the test photos.
+        computed = timed_fit(cfg, dataclasses.replace(refit, train_parts=()), threads)
+        print(f"  computed: {computed.seconds:.0f} s, test_acc {computed.accs[-1]:.4f}",
+              flush=True)  # fmt: skip
         shutil.rmtree(cache / "features", ignore_errors=True)
-        search_s, _ = timed_fit(cfg.replace(max_epochs=1), search)
-        print(f"  the search's trial (1 epoch, its activations kept): {search_s:.0f} s")
-        reused_s, reused_acc = timed_fit(cfg, refit)
-        print(f"  reused: {reused_s:.0f} s, test_acc {reused_acc:.4f}", flush=True)
+        searched = timed_fit(cfg.replace(max_epochs=1), search, threads)
+        print(f"  the search's trial (1 epoch, its activations kept): {searched.seconds:.0f} s")
+        reused = timed_fit(cfg, refit, threads)
+        print(f"  reused: {reused.seconds:.0f} s, test_acc {reused.accs[-1]:.4f}", flush=True)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     print_headlines(
         {
-            "refit_computed_s": computed_s,
-            "refit_reused_s": reused_s,
-            "refit_speedup": computed_s / reused_s,
-            "refit_test_acc_computed": computed_acc,
-            "refit_test_acc_reused": reused_acc,
+            "refit_computed_s": computed.seconds,
+            "refit_reused_s": reused.seconds,
+            "refit_speedup": computed.seconds / reused.seconds,
+            "refit_test_acc_computed": computed.accs[-1],
+            "refit_test_acc_reused": reused.accs[-1],
         }
     )
 

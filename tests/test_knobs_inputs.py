@@ -18,7 +18,7 @@ from trainables import (
     freeze,
 )
 from trainables.train._augment import augment_batch, eval_transform
-from trainables.train._features import feature_key
+from trainables.train._features import feature_key, rows_key
 from trainables.train._mixing import Mixing
 
 SIZE = 64
@@ -215,11 +215,14 @@ def test_train_size_crops_training_photos_smaller_and_evaluates_at_image_size(da
     cached = prepared(cfg.replace(freeze_depth=3), data)
     assert cached.kind == "activations"
     assert cached.train.shape[2:] == (2, 2) and cached.val.shape[2:] == (4, 4)
-    assert feature_key(cfg.replace(freeze_depth=3), data, "w") != feature_key(
-        cfg.replace(freeze_depth=3, train_size=0), data, "w"
-    )
-    views = prepared(cfg.replace(freeze_depth=3, aug_strength=0.5), data)
+    rows = data.train_rows
+    assert rows_key(cfg, data, "w", rows, 32) != rows_key(cfg, data, "w", rows, SIZE)
+    augmented_cfg = cfg.replace(freeze_depth=3, aug_strength=0.5)
+    views = prepared(augmented_cfg, data)
     assert views.kind == "views"
+    assert feature_key(augmented_cfg, data, "w") != feature_key(
+        augmented_cfg.replace(train_size=0), data, "w"
+    )
     assert views.train_batch(idx, torch.Generator(), epoch=1)[0].shape[2:] == (2, 2)
 
 

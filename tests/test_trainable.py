@@ -261,6 +261,12 @@ def test_a_refit_copies_the_searchs_activations_and_runs_only_the_test_photos(
     environ.delete("TUNER_FEATURE_CACHE")
     prepared(cfg.replace(freeze_depth=2), refit, "cpu")
     assert computed[5:] == [len(split.test), len(split.train), len(split.val)]
+    # Activations computed under bf16 autocast are others again, not the fp32 ones.
+    bf16 = prepared(cfg.replace(precision="bf16"), search, "cpu")
+    assert computed[8:] == [len(split.val), len(split.train)]
+    assert not np.array_equal(bf16.train.array, trial.train.array)
+    error = np.linalg.norm(bf16.train.array - trial.train.array)
+    assert error < 0.2 * np.linalg.norm(trial.train.array)  # the same prefix, rounded
 
 
 def test_augmented_trials_train_on_cached_views_one_drawn_per_photo(cache, tmp_path, environ):

@@ -22,7 +22,9 @@ step.
 
 The activations are written to disk as they are computed (``.npy`` files,
 mapped: a trial's own memory does not hold them), keyed by model, weights,
-image size, depth, augmentation strength and the exact decoded photos, so the
+image size, depth, augmentation strength, the autocast precision they were
+computed in (a GPU's bf16 or fp16 activations are not a CPU's fp32 ones) and
+the exact decoded photos, so the
 next trial with the same key maps them instead. Plain activations are keyed by
 their rows alone, whichever slot holds them (:func:`rows_key`): a refit or a
 distillation trains on the search's train rows then its val rows
@@ -76,9 +78,10 @@ def max_cache_bytes(on_disk: bool = True) -> int:
     return 4 << 30 if on_disk else 1 << 30
 
 
-def on_disk(key: str | None) -> bool:
-    """Whether activations stored under ``key`` go to a mapped file of the disk cache."""
-    return _entry(key, "train") is not None
+def on_disk(keyed: bool) -> bool:
+    """Whether activations that have a key (pretrained weights with a name) go to a mapped
+    file of the disk cache; without one, or with the cache off, they are held in memory."""
+    return keyed and _cache_dir() is not None
 
 
 def cache_fits(
@@ -118,26 +121,33 @@ def _cache_dir() -> Path | None:
 
 
 def rows_key(
-    cfg: TrialConfig, data: DecodedSplit, weights: str, rows: np.ndarray, size: int
+    cfg: TrialConfig,
+    data: DecodedSplit,
+    weights: str,
+    rows: np.ndarray,
+    size: int,
+    precision: str = "fp32",
 ) -> str:
     """Identifies the plain activations (centre crops at ``size`` px) of ``rows`` of the
-    decoded entry: model, weights, depth and the rows, whichever slot (train or val) holds
-    them. So the train slot of a refit, the search's train rows then its val rows, is put
-    together from the search's two entries (:attr:`DecodedSplit.train_parts`)."""
+    decoded entry: model, weights, depth, the autocast ``precision`` they were computed in
+    and the rows, whichever slot (train or val) holds them. So the train slot of a refit,
+    the search's train rows then its val rows, is put together from the search's two
+    entries (:attr:`DecodedSplit.train_parts`)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{cfg.model}|{weights}|{size}|{cfg.freeze_depth}|{data.resize}|plain|".encode())
+    h.update(_precision_tag(precision))
     h.update(f"{data.key}|".encode())
     h.update(np.ascontiguousarray(rows, dtype=np.int64).data)
     return h.hexdigest()
 
 
-def feature_key(cfg: TrialConfig, data: DecodedSplit, weights: str) -> str:
-    """Identifies augmented views: model, weights, image size (and train size when it
-    differs), depth, views and the decoded photos (the decoded entry's key and its train and
-    val rows)."""
+def feature_key(cfg: TrialConfig, data: DecodedSplit, weights: str, precision: str = "fp32") -> str:
+    """Identifies augmented views (``cfg`` augments): model, weights, image size (and train
+    size when it differs), depth, views, ``precision`` and the decoded photos (the decoded
+    entry's key and its train and val rows). Plain activations are keyed by :func:`rows_key`."""
     h = hashlib.blake2b(digest_size=16)
-    views = views_for(cfg)
-    aug = f"{cfg.aug_strength!r}x{views}" if views else "plain"
+    h.update(_precision_tag(precision))
+    aug = f"{cfg.aug_strength!r}x{views_for(cfg)}"
     if cfg.train_size not in (0, cfg.image_size):  # FixRes: the train split's crops are smaller
         aug += f"|train{cfg.train_size}"
     h.update(f"{cfg.model}|{weights}|{cfg.image_size}|{cfg.freeze_depth}|{data.resize}|".encode())
@@ -146,6 +156,12 @@ def feature_key(cfg: TrialConfig, data: DecodedSplit, weights: str) -> str:
         h.update(np.ascontiguousarray(rows, dtype=np.int64).data)
         h.update(b"|")
     return h.hexdigest()
+
+
+def _precision_tag(precision: str) -> bytes:
+    """What a key hashes of the autocast precision: nothing for fp32, so the keys of
+    activations computed in fp32 stay those of earlier versions."""
+    return b"" if precision == "fp32" else f"{precision}|".encode()
 
 
 def _entry(key: str | None, rows: str) -> Path | None:

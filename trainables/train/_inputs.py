@@ -264,7 +264,7 @@ def _plain(
     stored = load_features(key, "plain", (len(rows),))
     if stored is not None:
         return stored
-    if len(runs) == 1 or not on_disk(key):  # in memory: never two copies
+    if len(runs) == 1 or not on_disk(key is not None):  # in memory: never two copies
         return _compute(prefix, Rows(pixels, rows), inputs, key, which, size)
     parts = []
     for run in runs:
@@ -328,16 +328,18 @@ def build_inputs(
         per_photo = prefix(one).numel()
     views = views_for(cfg)
     weights = pretrained_weights_file(cfg.model).name if cfg.pretrained else None
-    key = feature_key(cfg, data, weights) if weights else None
-    if not cache_fits(per_photo, len(train_y), len(val_y), views, on_disk(key)):
+    if not cache_fits(per_photo, len(train_y), len(val_y), views, on_disk(weights is not None)):
         return images
 
     def key_of(size: int) -> Callable[[np.ndarray], str | None]:
-        return lambda rows: rows_key(cfg, data, weights, rows, size) if weights else None
+        return lambda rows: (
+            rows_key(cfg, data, weights, rows, size, precision.name) if weights else None
+        )
 
     val_f = _plain(prefix, pixels, [data.val_rows], images, key_of(cfg.image_size), "val",
                    cfg.image_size)  # fmt: skip
     if views:
+        key = feature_key(cfg, data, weights, precision.name) if weights else None
         stored = load_features(key, "views", (views, len(train_y)))
         lazy = AugmentedViews(
             train, images.train_crop, cfg.aug_strength, views, prefix, key, stored

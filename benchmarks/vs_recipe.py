@@ -441,12 +441,18 @@ def pool(records: list[dict[str, Any]]) -> None:
         if key in gains:
             figures[f"pooled_{name}"] = gains[key]["gain"]
             figures[f"pooled_{name}_ci95_low"] = gains[key]["low"]
-    recipe_wall = sum(float(r["recipe"]["wall_s"]) for r in records)
-    for key, name in (("rank 1", "time_ratio_vs_recipe"),
+    recipe_walls = [float(r["recipe"]["wall_s"]) for r in records]
+    shown = "; ".join(f"seed {s}: {w:,.0f} s" for s, w in zip(seeds, recipe_walls, strict=True))
+    print(f"the recipe's time, split by split: {shown}; search and export over it:")
+    for key, name in (("rank 1", "time_ratio_vs_recipe"), ("refit", "refit_time_ratio_vs_recipe"),
                       ("distilled", "distilled_time_ratio_vs_recipe")):  # fmt: skip
         walls = [r["models"].get(key, {}).get("wall_s") for r in records]
         if all(isinstance(w, float | int) for w in walls):
-            figures[name] = sum(float(w) for w in walls if w is not None) / recipe_wall
+            ratios = " ".join(
+                f"{float(w or 0) / c:.2f}x" for w, c in zip(walls, recipe_walls, strict=True)
+            )
+            print(f"  {key}: {ratios}")
+            figures[name] = sum(float(w) for w in walls if w is not None) / sum(recipe_walls)
     print_headlines(figures)
 
 

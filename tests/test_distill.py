@@ -243,6 +243,7 @@ def test_the_readme_snippet_answers_like_predict_for_a_distilled_export(
         (("--distill", "--refit"), "--distill and --refit cannot be combined"),
         (("--student", "efficientnet_lite1"), "--student goes with --distill"),
         (("--epochs", "4"), "--epochs goes with --distill"),
+        (("--trust-state",), "--trust-state goes with --refit or --distill"),
         (("--distill", "--epochs", "0"), "--epochs: must be >= 1, got 0"),
         (("--distill", "--student", "vgg99"), "--student vgg99"),
         (("--distill", "--student", "../../x"), "--student ../../x"),

@@ -8,6 +8,7 @@ checkpoint is read with ``torch.load`` and each photo goes through the same
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -338,14 +339,15 @@ def test_refit_trains_the_chosen_config_on_train_and_val_and_scores_it_on_test(
     finished, board, tmp_path
 ):
     _, storage, exp = finished
-    proc = run_tuner("refit", "e2e", "--storage", str(storage), timeout=600)
+    proc = run_tuner("refit", "e2e", "--storage", str(storage), "--epochs", "1", timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     trial_id = board.loc[0, "trial_id"]
     record = json.loads((exp / "refit" / trial_id / "refit.json").read_text())
     split = json.loads((exp / "split.json").read_text())
     assert record["n_train"] == len(split["train"]) + len(split["val"])
     assert record["n_test"] == len(split["test"]) == 10
-    assert record["epochs"] == board.loc[0, "best_epoch"]
+    assert record["epochs"] == record["config"]["max_epochs"] == 1  # --epochs 1
+    assert record["search_best_epoch"] == board.loc[0, "best_epoch"]
     assert round(record["test_acc"] * 10, 6) % 1 == 0  # k of the 10 test photos
     assert f"test_acc {record['test_acc']:.4f}" in proc.stdout
     state = torch.load(exp / "refit" / trial_id / "checkpoint.pt", weights_only=True)
@@ -369,13 +371,30 @@ def test_refit_trains_the_chosen_config_on_train_and_val_and_scores_it_on_test(
     assert len(made) == 1 and f"test_acc {record['test_acc']:.4f} (val_acc -)" in made[0], table
 
 
-def test_export_refit_without_a_refit_says_how_to_make_one(finished, tmp_path):
-    _, storage, _ = finished
+def test_export_refit_trains_the_refit_first_where_the_trial_has_none(finished, tmp_path):
+    _, _, exp = finished
+    copy = tmp_path / "r" / "e2e"
+    shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("refit"))
     out = tmp_path / "x"
-    code, _, err = run_cli(
-        "export", "e2e", "--storage", str(storage), "--output", str(out), "--refit", "--rank", "2"
-    )
-    assert code == 2 and "python -m tuner refit e2e --rank 2" in err
+    args = ("--storage", str(copy.parent), "--output", str(out), "--refit", "--rank", "2")
+    proc = run_tuner("export", "e2e", *args, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (folder,) = (copy / "refit").iterdir()  # rank 2's refit, and no other
+    record = json.loads((folder / "refit.json").read_text())
+    assert record["rank"] == 2 and f"Trial {folder.name} (rank 2) has no refit yet" in proc.stdout
+    assert record["epochs"] == 3  # the epochs the trial was given, not its best epoch
+    assert f"the refit of trial {folder.name} (rank 2, retrained on train+val" in proc.stdout
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    exported = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(exported[k], v) for k, v in state["model"].items())
+    # Asked again, it exports the refit it has: nothing is trained.
+    again = run_cli("export", "e2e", *args[:2], "--output", str(tmp_path / "y"), *args[4:])
+    assert again[0] == 0 and "has no refit yet" not in again[1], again[2]
+    # A refit record whose checkpoint is gone is refused, never trained over.
+    (folder / "checkpoint.pt").unlink()
+    code, _, err = run_cli("export", "e2e", *args[:2], "--output", str(tmp_path / "z"), *args[4:])
+    assert code == 2 and "cannot be read; train it again with: python -m tuner refit e2e" in err
+    assert not (folder / "checkpoint.pt").exists() and not (tmp_path / "z").exists()
 
 
 class Payload(torch.nn.Module):

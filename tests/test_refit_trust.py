@@ -38,6 +38,21 @@ def test_refit_refuses_a_tuner_json_changed_to_join_another_cluster(copy, capsys
     assert "Refit of trial" not in out  # refused before decoding or starting Ray
 
 
+def test_export_refit_refuses_an_unsigned_tuner_json_naming_the_export_to_trust_it(
+    copy, capsys, tmp_path
+):
+    """`export --refit` trains a missing refit with refit's checks, and its refusal names
+    the export to run again with --trust-state."""
+    record = json.loads((copy / "tuner.json").read_text())
+    (copy / "tuner.json").write_text(json.dumps({**record, "address": UNROUTABLE}))
+    out = tmp_path / "x"
+    code, _, err = cli(capsys, "export", "e2e", "--storage", str(copy.parent), "--output",
+                       str(out), "--refit")  # fmt: skip
+    assert code == 2 and "signature of your state key" in err, err
+    assert "export e2e" in err and "--refit --output DIR" in err and "--trust-state" in err
+    assert not out.exists() and not (copy / "refit").exists()
+
+
 def test_refit_trusting_the_state_gives_up_on_an_address_that_does_not_answer(copy):
     record = json.loads((copy / "tuner.json").read_text())
     (copy / "tuner.json").write_text(json.dumps({**record, "address": UNROUTABLE}))

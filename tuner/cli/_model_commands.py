@@ -44,11 +44,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.refit:
             raise UsageError("--distill and --refit cannot be combined")
         return export_distilled(args)
-    given = {"--student": args.student is not None, "--epochs": args.epochs is not None,
-             "--trust-state": args.trust_state}  # fmt: skip
+    given = {"--student": args.student is not None, "--epochs": args.epochs is not None}
     flag = next((f for f, on in given.items() if on), None)
     if flag is not None:
         raise UsageError(f"{flag} goes with --distill")
+    if args.trust_state and not args.refit:
+        raise UsageError("--trust-state goes with --refit or --distill")
     if args.ensemble:
         if args.refit:
             raise UsageError("--ensemble and --refit cannot be combined")
@@ -60,7 +61,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.refit:
         from tuner.results import load_refit
 
-        trial = load_refit(trial)
+        trial = load_refit(trial, trust_state=args.trust_state)
     for path in export_trial(trial, Path(args.output), args.force, tta):
         print(f"Wrote {path}")
     print(tta.line())
@@ -104,7 +105,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
     from tuner.results import refit
 
     exp = experiment_of(args)
-    record = refit(exp, args.rank, trust_state=args.trust_state)
+    record = refit(exp, args.rank, trust_state=args.trust_state, epochs=args.epochs)
     val = record["search_val_acc"]
     print(
         f"Refit of trial {record['trial_id']} (rank {record['rank']}): test_acc "

@@ -110,7 +110,8 @@ def add_result_commands(sub: Any) -> None:
     export.add_argument(
         "--refit",
         action="store_true",
-        help="export the refit of the ranked trial (see `refit`) instead of its search checkpoint",
+        help="export the refit of the ranked trial (see `refit`) instead of its search "
+        "checkpoint, trained first where it has none",
     )
     export.add_argument(
         "--ensemble",
@@ -167,20 +168,27 @@ def add_result_commands(sub: Any) -> None:
     export.add_argument(
         "--trust-state",
         action="store_true",
-        help="with --distill: use tuner.json (cluster, resources) even if it does not carry a "
-        "signature of your state key for this experiment",
+        help="with --refit or --distill: use tuner.json (cluster, resources) even if it does "
+        "not carry a signature of your state key for this experiment",
     )
 
     refit = sub.add_parser(
         "refit",
         help="retrain a ranked configuration on train + val, score it on the test split",
-        description="Retrain the configuration of a ranked trial (same seed and schedule, its "
-        "best epoch count) on the training and validation photos together, as a Ray task with "
-        "every CPU of one node, and score it on the test split. The model lands in "
-        "STORAGE/NAME/refit/TRIAL_ID/; `export --refit` exports it.",
+        description="Retrain the configuration of a ranked trial (same seed and schedule, for "
+        "the max_epochs it was given) on the training and validation photos together, as a "
+        "Ray task with every CPU of one node, and score it on the test split. The model lands "
+        "in STORAGE/NAME/refit/TRIAL_ID/ (replacing an earlier refit of that trial); "
+        "`export --refit` exports it.",
     )
     add_ranked_trial_args(refit)
     cache_dir_flag(refit)
+    refit.add_argument(
+        "--epochs",
+        type=positive_int,
+        metavar="N",
+        help="train N epochs (default: the ranked trial's max_epochs, the epochs it was given)",
+    )
     refit.add_argument(
         "--trust-state",
         action="store_true",

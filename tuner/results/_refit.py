@@ -1,14 +1,17 @@
 """Refit: retrain a ranked configuration on train + val, then score it on the test split.
 
-The search chose the configuration and its epoch count on the validation
-photos; a refit trains the same configuration (same seed and schedule) for
-that many epochs on the training and validation photos together, so the
-exported model learns from every photo except the held-out test split, which
-then scores it. It runs as a Ray task on every CPU of one node (see
+The search chose the configuration on the validation photos; a refit trains the
+same configuration (same seed and schedule) for the epochs it was given, its
+``max_epochs`` (``--epochs N`` for others), on the training and validation photos
+together, so the exported model learns from every photo except the held-out
+test split, which then scores it. Not the trial's best epoch: a trial that ASHA
+stopped at a rung has its best epoch cut there, before its schedule's decay
+(``docs/performance.md``, the refit's epochs). It runs as a Ray task on every CPU of one node (see
 :func:`train_on_train_val`), on the
 experiment's cluster, and writes its checkpoint through the experiment's
 storage (a folder or an object store) to ``NAME/refit/TRIAL_ID/`` with
-``refit.json`` beside it.
+``refit.json`` beside it. ``export --refit`` exports it, and trains it first
+where the ranked trial has none (:func:`load_refit`).
 
 ``tuner.json`` names the cluster it joins and the resources it asks for: like
 ``resume``, refit uses it only if it carries a signature of the user's state key
@@ -147,13 +150,21 @@ def checked_record(
 
 
 def refit(
-    exp: Experiment, rank: int, say: Callable[[str], None] = print, trust_state: bool = False
+    exp: Experiment,
+    rank: int,
+    say: Callable[[str], None] = print,
+    trust_state: bool = False,
+    command: str | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Refit the ``rank``-th trial of ``exp`` (see the module doc); its record."""
-    saved = checked_record(exp, rank, trust_state)
+    """Refit the ``rank``-th trial of ``exp`` (see the module doc) for ``epochs`` (default:
+    the ``max_epochs`` its configuration was given); its record. An unsigned
+    ``tuner.json`` is refused naming ``command`` (default: this refit's) to run with
+    ``--trust-state``."""
+    saved = checked_record(exp, rank, trust_state, command)
     trial = load_ranked_trial(exp, rank, build_leaderboard(exp))
     split = exp.split()
-    epochs = max(1, trial.best_epoch)
+    epochs = epochs or int(trial.config["max_epochs"])
     config = {**trial.config, "max_epochs": epochs}
     data = refit_data(exp, saved, say)
     say(
@@ -167,6 +178,7 @@ def refit(
         "trial_id": trial.trial_id,
         "rank": rank,
         "epochs": epochs,
+        "search_best_epoch": trial.best_epoch,
         "config": config,
         "search_val_acc": trial.val_acc,
         **scores,
@@ -180,18 +192,29 @@ def refit(
     return record
 
 
-def load_refit(trial: RankedTrial) -> RankedTrial:
-    """``trial`` with the model and checkpoint of its refit (UsageError if there is none)."""
+def load_refit(
+    trial: RankedTrial, say: Callable[[str], None] = print, trust_state: bool = False
+) -> RankedTrial:
+    """``trial`` with the model and checkpoint of its refit, trained first (:func:`refit`)
+    where the trial has no refit record yet. A record whose checkpoint cannot be read is
+    refused (UsageError), never replaced."""
     exp, folder = trial.experiment, f"{REFIT_DIR}/{trial.trial_id}"
     record = exp.read_json(f"{folder}/{REFIT_RECORD}")
+    if record is None:
+        say(f"Trial {trial.trial_id} (rank {trial.rank}) has no refit yet: training it first "
+            f"(what `python -m tuner refit {exp.name} --rank {trial.rank}` does)")  # fmt: skip
+        command = exp.resume_command().replace(" resume ", " export ", 1)
+        command += f" --rank {trial.rank} --refit --output DIR"
+        record = refit(exp, trial.rank, say, trust_state, command)
     try:
         if not isinstance(record, dict):
             raise CheckpointError("no refit record")
         state = load_checkpoint(exp, exp.display(folder))
     except (OSError, CheckpointError):
         raise UsageError(
-            f"trial {trial.trial_id} (rank {trial.rank}) has no refit model; make one with: "
-            f"python -m tuner refit {trial.experiment.name} --rank {trial.rank}"
+            f"the refit of trial {trial.trial_id} (rank {trial.rank}) in {exp.display(folder)} "
+            f"cannot be read; train it again with: python -m tuner refit {exp.name} --rank "
+            f"{trial.rank}"
         ) from None
     return dataclasses.replace(
         trial, model=model_from_state(state, len(trial.classes)), checkpoint=exp.display(folder),

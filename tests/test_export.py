@@ -390,7 +390,12 @@ def test_export_refit_trains_the_refit_first_where_the_trial_has_none(finished, 
     # Asked again, it exports the refit it has: nothing is trained.
     again = run_cli("export", "e2e", *args[:2], "--output", str(tmp_path / "y"), *args[4:])
     assert again[0] == 0 and "has no refit yet" not in again[1], again[2]
-    # A refit record whose checkpoint is gone is refused, never trained over.
+    # A refit record that is not one, or whose checkpoint is gone, is refused, never
+    # trained over.
+    (folder / "refit.json").write_text(json.dumps({**record, "epochs": "3"}))
+    code, _, err = run_cli("export", "e2e", *args[:2], "--output", str(tmp_path / "z"), *args[4:])
+    assert code == 2 and "cannot be read" in err and "Traceback" not in err, err
+    (folder / "refit.json").write_text(json.dumps(record))
     (folder / "checkpoint.pt").unlink()
     code, _, err = run_cli("export", "e2e", *args[:2], "--output", str(tmp_path / "z"), *args[4:])
     assert code == 2 and "cannot be read; train it again with: python -m tuner refit e2e" in err

@@ -6,9 +6,9 @@ same configuration (same seed and schedule) for the epochs it was given, its
 together, so the exported model learns from every photo except the held-out
 test split, which then scores it. Not the trial's best epoch: a trial that ASHA
 stopped at a rung has its best epoch cut there, before its schedule's decay
-(``docs/performance.md``, the refit's epochs). It runs as a Ray task on every CPU of one node (see
-:func:`train_on_train_val`), on the
-experiment's cluster, and writes its checkpoint through the experiment's
+(``docs/performance.md``, the refit's epochs). It runs as a Ray task on every
+CPU of one node (see :func:`train_on_train_val`), on the experiment's cluster,
+and writes its checkpoint through the experiment's
 storage (a folder or an object store) to ``NAME/refit/TRIAL_ID/`` with
 ``refit.json`` beside it. ``export --refit`` exports it, and trains it first
 where the ranked trial has none (:func:`load_refit`).
@@ -209,8 +209,11 @@ def load_refit(
     try:
         if not isinstance(record, dict):
             raise CheckpointError("no refit record")
+        epochs = record["epochs"]
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise CheckpointError(f"epochs {epochs!r} in the refit record")
         state = load_checkpoint(exp, exp.display(folder))
-    except (OSError, CheckpointError):
+    except (OSError, CheckpointError, KeyError):
         raise UsageError(
             f"the refit of trial {trial.trial_id} (rank {trial.rank}) in {exp.display(folder)} "
             f"cannot be read; train it again with: python -m tuner refit {exp.name} --rank "
@@ -218,6 +221,5 @@ def load_refit(
         ) from None
     return dataclasses.replace(
         trial, model=model_from_state(state, len(trial.classes)), checkpoint=exp.display(folder),
-        config=dict(state["config"]), val_acc=None,
-        best_epoch=int(record["epochs"]),
+        config=dict(state["config"]), val_acc=None, best_epoch=epochs,
     )  # fmt: skip

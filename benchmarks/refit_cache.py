@@ -8,7 +8,7 @@ on the test photos. This times ``trainables.fit`` on the refit's photos (train +
 train on, test to score) both ways, on the split of ``benchmarks/vs_recipe.py`` (val 0.2,
 test 0.15, ``--split-seed``), for ``lite-accurate``'s Lite2 starting point (the last
 stage and the head on stage 3's activations, 240 px, Adam 3e-4, batch 32, StepLR 4/0.1)
-over ``--epochs`` (a refit trains its trial's best epoch count, at most 6):
+over ``--epochs`` (a refit trains its trial's ``max_epochs``: 6 in ``lite-accurate``):
 
 * **computed**: the refit on an empty activation cache (what it did before);
 * **reused**: the search's trial first (one epoch on train, scored on val: the entries

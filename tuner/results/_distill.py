@@ -55,7 +55,12 @@ from tuner.results._inference import (
     model_from_state,
 )
 from tuner.results._leaderboard import build_leaderboard
-from tuner.results._refit import checked_record, refit_data, train_on_train_val
+from tuner.results._refit import (
+    checked_record,
+    export_command,
+    refit_data,
+    train_on_train_val,
+)
 from tuner.storage import DISTILL_DIR, DISTILL_RECORD, Experiment
 
 TEACHER_WEIGHT = 0.7
@@ -151,8 +156,7 @@ def distill(
     ``exp`` (see the module doc); its record, its folder, and the rank-R trial whose
     configuration it has (loaded once, for the caller's export)."""
     request.check()
-    command = exp.resume_command().replace(" resume ", " export ", 1)
-    command += f" --rank {request.rank} --distill --output DIR"
+    command = export_command(exp, request.rank, "--distill")
     saved = checked_record(exp, request.rank, trust_state, command)
     board = build_leaderboard(exp)
     trial = load_ranked_trial(exp, request.rank, board)

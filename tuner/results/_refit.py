@@ -149,6 +149,13 @@ def checked_record(
     return RunRecord.from_json(parse_json(data, where), where)
 
 
+def export_command(exp: Experiment, rank: int, flag: str) -> str:
+    """The ``export`` of ``exp``'s rank ``rank`` with ``flag`` (``--refit``, ``--distill``)
+    that trains a model first: what a refusal of an unsigned ``tuner.json`` names."""
+    command = exp.resume_command().replace(" resume ", " export ", 1)
+    return f"{command} --rank {rank} {flag} --output DIR"
+
+
 def refit(
     exp: Experiment,
     rank: int,
@@ -203,8 +210,7 @@ def load_refit(
     if record is None:
         say(f"Trial {trial.trial_id} (rank {trial.rank}) has no refit yet: training it first "
             f"(what `python -m tuner refit {exp.name} --rank {trial.rank}` does)")  # fmt: skip
-        command = exp.resume_command().replace(" resume ", " export ", 1)
-        command += f" --rank {trial.rank} --refit --output DIR"
+        command = export_command(exp, trial.rank, "--refit")
         record = refit(exp, trial.rank, say, trust_state, command)
     try:
         if not isinstance(record, dict):

@@ -17,7 +17,9 @@ writes to ``split.json``):
 * **search**: ``tuner search --space lite`` (``--space lite-accurate`` for
   Lite1/Lite2) on the same split, then its
   exported model (rank 1: what ``tuner export`` writes), its refit on train +
-  val (``tuner refit``, ``tuner export --refit``) and two ensembles of 3
+  val (``tuner refit``, ``tuner export --refit``: the trial's max_epochs; records
+  written before trained its best epoch count, and ``--pool`` refuses to mix the two
+  kinds) and two ensembles of 3
   (``tuner export --ensemble 3``, greedy on val and the plain top 3). Each is
   scored on the test split through its export folder (``model.ts`` and
   ``config.json``, what ``predict`` reads).
@@ -160,6 +162,9 @@ def parse_args() -> argparse.Namespace:
             parser.error("--pool: the records' distilled students trained different epochs "
                          "(--distill-epochs, or export's default of another version); pool "
                          "records of one kind")  # fmt: skip
+        if len({refit_epochs(r) for r in args.records}) > 1:
+            parser.error("--pool: the records' refits trained different epochs (the refit "
+                         "default of another version); pool records of one kind")  # fmt: skip
         if len({recipe_trained_on(r) for r in args.records}) > 1:
             parser.error(
                 "--pool: some records' recipes trained on train + val, others on the train "
@@ -217,6 +222,15 @@ def distill_epochs(record: dict[str, Any]) -> int | str:
     export's default, or (records without the key) the earlier default, the ranked trial's
     best epoch count."""
     return record.get("distill_epochs") or "best epoch"
+
+
+REFIT_DEFAULT = "max_epochs"  # a record's refit_epochs: the refit trains its trial's max_epochs
+
+
+def refit_epochs(record: dict[str, Any]) -> str:
+    """How a record's refit got its epochs: the ranked trial's max_epochs (``tuner refit``'s
+    default), or (records without the key) the earlier default, its best epoch count."""
+    return str(record.get("refit_epochs") or "best epoch")
 
 
 def recipe_trained_on(record: dict[str, Any]) -> str:
@@ -397,9 +411,13 @@ def _recorded(config: dict[str, Any], exp: Any) -> tuple[float | None, float]:
     if "distilled" in config:
         return None, config["distilled"]["test_acc"]
     if config["val_acc"] is None:  # a refit: its own record, next to its checkpoint
-        refit = exp.read_json(f"{REFIT_DIR}/{config['trial_id']}/{REFIT_RECORD}")
-        return None, refit["test_acc"]
+        return None, refit_record(config, exp)["test_acc"]
     return config["val_acc"], load_scores(exp)[config["trial_id"]]["test_acc"]
+
+
+def refit_record(config: dict[str, Any], exp: Any) -> dict[str, Any]:
+    """What ``tuner refit`` recorded for the refit exported with ``config``."""
+    return dict(exp.read_json(f"{REFIT_DIR}/{config['trial_id']}/{REFIT_RECORD}"))
 
 
 @contextmanager
@@ -441,6 +459,10 @@ def pool(records: list[dict[str, Any]]) -> None:
         if key in gains:
             figures[f"pooled_{name}"] = gains[key]["gain"]
             figures[f"pooled_{name}_ci95_low"] = gains[key]["low"]
+    if "refit" in keys:
+        shown = "; ".join(f"seed {r['seed']}: {r['models']['refit'].get('epochs', '?')}"
+                          for r in records)  # fmt: skip
+        print(f"the refit's epochs ({refit_epochs(records[0])}), split by split: {shown}")
     recipe_walls = [float(r["recipe"]["wall_s"]) for r in records]
     shown = "; ".join(f"seed {s}: {w:,.0f} s" for s, w in zip(seeds, recipe_walls, strict=True))
     print(f"the recipe's time, split by split: {shown}; search and export over it:")
@@ -505,6 +527,9 @@ def main() -> None:
             models[key] = {"label": label, "val_acc": val_acc, "wall_s": wall, "tta": tta,
                            "test_acc_without_tta": reported,
                            "right": right.astype(int).tolist()}  # fmt: skip
+            if key == "refit":
+                config = json.loads((tmp / key / "config.json").read_text())
+                models[key]["epochs"] = refit_record(config, exp)["epochs"]
             g = gains[key]
             rows.append([label, val_acc, float(right.mean()),
                          f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]",
@@ -517,6 +542,7 @@ def main() -> None:
                   "test": [path for path, _ in split.test], "search_wall_s": walls.get("search"),
                   "recipe": recipe_record, "models": models}  # fmt: skip
         record["distill_epochs"] = args.distill_epochs or DISTILL_DEFAULT
+        record["refit_epochs"] = REFIT_DEFAULT
         if args.recipe_from:
             record["recipe_from"] = str(args.recipe_from)
         args.record.write_text(json.dumps(record, indent=1) + "\n")

@@ -46,6 +46,8 @@ the interval drawn split by split (photos resampled within each split).
     # the search side again against a recorded recipe of the same split, the distilled
     # student trained 6 epochs (`export --distill --epochs 6`):
     uv run python benchmarks/vs_recipe.py --seed 3 --recipe-from s3.json --distill-epochs 6
+    # only rank 1 and its refit exported and scored (the other exports take ~25 min):
+    uv run python benchmarks/vs_recipe.py --seed 3 --recipe-from s3.json --models rank1 refit
 """
 
 from __future__ import annotations
@@ -127,12 +129,18 @@ def parse_args() -> argparse.Namespace:
         "--pool", type=Path, nargs="+", metavar="RECORD",
         help="no run: gains over the photos of these records' splits (one per split)",
     )  # fmt: skip
+    parser.add_argument(
+        "--models", nargs="+", choices=MODEL_NAMES, metavar="MODEL",
+        help=f"the search's models to export and score (default: all: {' '.join(MODEL_NAMES)})",
+    )  # fmt: skip
     add_search_flags(parser, "12 photos/class, recipe 1 epoch at 64 px, smoke search")
     args = parser.parse_args()
+    args.models = [MODEL_NAMES[m] for m in dict.fromkeys(args.models or MODEL_NAMES)]
     if args.record is not None and not args.record.parent.is_dir():
         parser.error(f"--record: no folder {args.record.parent}")
     if args.reuse is not None:
-        missing = [k for k in ("results/vs/tuner.json", *EXPORTS) if not (args.reuse / k).exists()]
+        kept = ("results/vs/tuner.json", *args.models)
+        missing = [k for k in kept if not (args.reuse / k).exists()]
         if missing:
             parser.error(f"--reuse: {args.reuse} is not a folder kept by --keep (no {missing[0]})")
         if args.quick != (args.reuse / "photos").is_dir():
@@ -206,12 +214,14 @@ def recorded_recipe(args: argparse.Namespace, split: trainables.Split) -> dict[s
 
 
 def contenders(args: argparse.Namespace) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """:data:`EXPORTS`, with the distilled student's epochs of ``--distill-epochs``."""
-    if args.distill_epochs is None:
-        return EXPORTS
+    """:data:`EXPORTS` of ``--models``, with the distilled student's epochs of
+    ``--distill-epochs``."""
+    chosen = {key: EXPORTS[key] for key in args.models}
+    if args.distill_epochs is None or "distilled" not in chosen:
+        return chosen
     label, flags = EXPORTS["distilled"]
     n = str(args.distill_epochs)
-    return EXPORTS | {"distilled": (f"{label}, {n} epochs", (*flags, "--epochs", n))}
+    return chosen | {"distilled": (f"{label}, {n} epochs", (*flags, "--epochs", n))}
 
 
 DISTILL_DEFAULT = "max_epochs"  # a record's distill_epochs where export chose them
@@ -375,6 +385,7 @@ EXPORTS = {  # contender: (label, `tuner export` flags); each with --tta auto, t
     ),
     "top": ("search: ensemble of 3 (top)", ("--ensemble", "3", "--ensemble-method", "top")),
 }
+MODEL_NAMES = {key.replace(" ", ""): key for key in EXPORTS}  # --models: rank1, ...
 
 
 def search_side(args: argparse.Namespace, data: Path, storage: Path, tmp: Path) -> dict[str, float]:
@@ -386,8 +397,10 @@ def search_side(args: argparse.Namespace, data: Path, storage: Path, tmp: Path) 
     where = ("--storage", str(storage))
     cache = storage / "vs-cache"  # the search's (benchmark_search)
     t0 = time.perf_counter()
-    tuner("refit", "vs", *where, cache=cache)
-    walls = {"search": run.wall_s, "refit": time.perf_counter() - t0}
+    walls = {"search": run.wall_s}
+    if "refit" in args.models:
+        tuner("refit", "vs", *where, cache=cache)
+        walls["refit"] = time.perf_counter() - t0
     for key, (_, export_flags) in contenders(args).items():
         t0 = time.perf_counter()
         out = tuner("export", "vs", *where, "--output", str(tmp / key), *export_flags, cache=cache)
@@ -553,29 +566,42 @@ def main() -> None:
                "right only here / only recipe", "wall s"]  # fmt: skip
     print_table(headers, rows)
     print(f"# at the end: {load_line()}")
-    test = {key: float(rows[i + 1][2]) for i, key in enumerate(EXPORTS)}
-    ratio = {k: w / recipe["wall_s"] for k, w in walls.items()}
-    figures = {
+    test = {key: float(rows[i + 1][2]) for i, key in enumerate(models)}
+    print_headlines(headlines(recipe, test, gains, walls))
+
+
+HEADLINES = {  # contender: (test_acc headline, gain headline, time ratio headline)
+    "rank 1": ("search_test_acc", "single_gain", "time_ratio_vs_recipe"),
+    "distilled": ("distilled_test_acc", "distilled_gain", "distilled_time_ratio_vs_recipe"),
+    "refit": ("refit_test_acc", "refit_gain", "refit_time_ratio_vs_recipe"),
+    "greedy": ("ensemble_greedy_test_acc", "ensemble_greedy_gain", ""),
+    "top": ("ensemble_top_test_acc", "ensemble_gain", ""),
+}
+
+
+def headlines(
+    recipe: dict[str, Any],
+    test: dict[str, float],
+    gains: dict[str, dict[str, float]],
+    walls: dict[str, float],
+) -> dict[str, object]:
+    """A run's headlines: the recipe's, then each contender's that ran (``test``)."""
+    figures: dict[str, object] = {
         "recipe_test_acc": recipe["test_acc"],
-        "search_test_acc": test["rank 1"],
-        "distilled_test_acc": test["distilled"],
-        "refit_test_acc": test["refit"],
-        "ensemble_greedy_test_acc": test["greedy"],
-        "ensemble_top_test_acc": test["top"],
         "recipe_wall_s": recipe["wall_s"],
         "search_wall_s": walls.get("search"),
-        "single_gain": gains["rank 1"]["gain"],
-        "single_gain_ci95_low": gains["rank 1"]["low"],
-        "single_gain_ci95_high": gains["rank 1"]["high"],
-        "distilled_gain": gains["distilled"]["gain"],
-        "distilled_gain_ci95_low": gains["distilled"]["low"],
-        "refit_gain": gains["refit"]["gain"],
-        "ensemble_gain": gains["top"]["gain"],
-        "ensemble_greedy_gain": gains["greedy"]["gain"],
-        "time_ratio_vs_recipe": ratio.get("rank 1"),
-        "distilled_time_ratio_vs_recipe": ratio.get("distilled"),
     }
-    print_headlines({name: value for name, value in figures.items() if value is not None})
+    for key, (acc, gain, ratio) in HEADLINES.items():
+        if key not in test:
+            continue
+        figures[acc], figures[gain] = test[key], gains[key]["gain"]
+        if key in ("rank 1", "distilled"):
+            figures[f"{gain}_ci95_low"] = gains[key]["low"]
+        if key == "rank 1":
+            figures[f"{gain}_ci95_high"] = gains[key]["high"]
+        if ratio and key in walls:
+            figures[ratio] = walls[key] / recipe["wall_s"]
+    return {name: value for name, value in figures.items() if value is not None}
 
 
 if __name__ == "__main__":

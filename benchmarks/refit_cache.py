@@ -1,4 +1,4 @@
-"""A refit with the search's frozen activations against one that computes them again.
+"""Frozen activations reused, against computed again: by a refit, and by a head-only trial.
 
 A refit (``tuner refit``, ``export --refit``) and a distillation (``export --distill``)
 train on the search's train photos then its val photos. With a frozen prefix and no
@@ -18,7 +18,14 @@ Both train the same network from the same seed on the same activations, so their
 test accuracies agree up to float rounding. Headlines: ``refit_computed_s``,
 ``refit_reused_s``, ``refit_speedup`` and both test accuracies.
 
+``--compare head`` times a head-only trial of the search (``freeze_depth`` 4, one epoch
+on train, scored on val) on an empty cache (the whole network on the photos: **computed**)
+and after the stage-3 trial kept its entries (stage 4 and the pooling on them:
+**from_stage3**). Headlines: ``head_trial_computed_s``, ``head_trial_from_stage3_s``,
+``head_trial_speedup`` and both val accuracies.
+
     uv run python benchmarks/refit_cache.py              # ~15 min on 2 CPUs
+    uv run python benchmarks/refit_cache.py --compare head --image-size 320   # ~10 min
     uv run python benchmarks/refit_cache.py --quick      # same code paths, a minute or so
 """
 
@@ -48,6 +55,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=6, help="the refit's epochs")
     parser.add_argument("--image-size", type=int, default=BASE["image_size"])
     parser.add_argument(
+        "--compare", nargs="+", choices=["refit", "head"], default=["refit", "head"],
+        help="which reuse to time: the refit's, a head-only trial's (default: both)",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true", help="30 photos per class at 64 px, one epoch"
     )
     return parser.parse_args()
@@ -68,7 +79,7 @@ def main() -> None:
 
     threads = os.cpu_count() or 1
     try:
-        print(f"# A refit with the search's activations and without; {environment_line()}")
+        print(f"# Frozen activations reused and computed again; {environment_line()}")
         cfg = trainables.TrialConfig.from_dict(
             {**BASE, "image_size": args.image_size, "max_epochs": args.epochs}
         )
@@ -82,27 +93,47 @@ def main() -> None:
         refit = trainables.decode_for_refit(split, resize)
         print(f"split {args.split_seed}: refit on {len(refit.train_y)} train + val photos, "
               f"scored on {len(refit.val_y)} test photos; {cfg.image_size} px")  # fmt: skip
-        # Computed: one run of train + val (no parts to look up), then an empty cache.
-        # A refit scores the rows in its val slot: here the test photos.
-        computed = timed_fit(cfg, dataclasses.replace(refit, train_parts=()), threads)
-        print(f"  computed: {computed.seconds:.0f} s, test_acc {computed.accs[-1]:.4f}",
-              flush=True)  # fmt: skip
+        headlines: dict[str, float] = {}
+        if "refit" in args.compare:
+            # Computed: one run of train + val (no parts to look up), then an empty cache.
+            # A refit scores the rows in its val slot: here the test photos.
+            computed = timed_fit(cfg, dataclasses.replace(refit, train_parts=()), threads)
+            print(f"  computed: {computed.seconds:.0f} s, test_acc {computed.accs[-1]:.4f}",
+                  flush=True)  # fmt: skip
+        if "head" in args.compare:
+            head = cfg.replace(freeze_depth=4, max_epochs=1)
+            shutil.rmtree(cache / "features", ignore_errors=True)
+            alone = timed_fit(head, search, threads)
+            print(f"  head-only trial, computed: {alone.seconds:.0f} s, val_acc "
+                  f"{alone.accs[-1]:.4f}", flush=True)  # fmt: skip
         shutil.rmtree(cache / "features", ignore_errors=True)
         searched = timed_fit(cfg.replace(max_epochs=1), search, threads)
         print(f"  the search's trial (1 epoch, its activations kept): {searched.seconds:.0f} s")
-        reused = timed_fit(cfg, refit, threads)
-        print(f"  reused: {reused.seconds:.0f} s, test_acc {reused.accs[-1]:.4f}", flush=True)
+        if "head" in args.compare:
+            after = timed_fit(head, search, threads)
+            print(f"  head-only trial, from stage 3's activations: {after.seconds:.0f} s, "
+                  f"val_acc {after.accs[-1]:.4f}", flush=True)  # fmt: skip
+            headlines |= {
+                "head_trial_computed_s": alone.seconds,
+                "head_trial_from_stage3_s": after.seconds,
+                "head_trial_speedup": alone.seconds / after.seconds,
+                "head_trial_val_acc_computed": alone.accs[-1],
+                "head_trial_val_acc_from_stage3": after.accs[-1],
+            }
+        if "refit" in args.compare:
+            reused = timed_fit(cfg, refit, threads)
+            print(f"  reused: {reused.seconds:.0f} s, test_acc {reused.accs[-1]:.4f}",
+                  flush=True)  # fmt: skip
+            headlines |= {
+                "refit_computed_s": computed.seconds,
+                "refit_reused_s": reused.seconds,
+                "refit_speedup": computed.seconds / reused.seconds,
+                "refit_test_acc_computed": computed.accs[-1],
+                "refit_test_acc_reused": reused.accs[-1],
+            }
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    print_headlines(
-        {
-            "refit_computed_s": computed.seconds,
-            "refit_reused_s": reused.seconds,
-            "refit_speedup": computed.seconds / reused.seconds,
-            "refit_test_acc_computed": computed.accs[-1],
-            "refit_test_acc_reused": reused.accs[-1],
-        }
-    )
+    print_headlines(headlines)
 
 
 if __name__ == "__main__":

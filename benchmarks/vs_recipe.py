@@ -406,11 +406,10 @@ def search_side(args: argparse.Namespace, data: Path, storage: Path, tmp: Path) 
     return walls
 
 
-def tuner_figures(folder: Path, exp: Any) -> tuple[float | None, float, str]:
+def tuner_figures(config: dict[str, Any], exp: Any) -> tuple[float | None, float, str]:
     """The val_acc (None for a model trained on val) and test_acc (without test-time
-    augmentation) the tuner recorded in experiment ``exp`` for the export folder ``folder``,
-    and the test-time augmentation the export applies."""
-    config = json.loads((folder / "config.json").read_text())
+    augmentation) the tuner recorded in experiment ``exp`` for the export whose
+    ``config.json`` is ``config``, and the test-time augmentation the export applies."""
     tta = str(config.get("tta", "none"))
     return (*_recorded(config, exp), tta)
 
@@ -524,7 +523,8 @@ def main() -> None:
         gains: dict[str, dict[str, float]] = {}
         models: dict[str, dict[str, Any]] = {}
         for key, (label, _) in contenders(args).items():
-            val_acc, reported, tta = tuner_figures(tmp / key, exp)
+            config = json.loads((tmp / key / "config.json").read_text())
+            val_acc, reported, tta = tuner_figures(config, exp)
             right = right_on_test(tmp / key, split)
             # The tuner scores without test-time augmentation; the export applies it.
             if tta == "none" and abs(float(right.mean()) - reported) > 0.5 / len(right):
@@ -538,7 +538,6 @@ def main() -> None:
                            "test_acc_without_tta": reported,
                            "right": right.astype(int).tolist()}  # fmt: skip
             if key == "refit":
-                config = json.loads((tmp / key / "config.json").read_text())
                 models[key]["epochs"] = refit_record(config, exp)["epochs"]
             g = gains[key]
             rows.append([label, val_acc, float(right.mean()),

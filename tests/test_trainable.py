@@ -269,6 +269,46 @@ def test_a_refit_copies_the_searchs_activations_and_runs_only_the_test_photos(
     assert error < 0.2 * np.linalg.norm(trial.train.array)  # the same prefix, rounded
 
 
+def test_a_deeper_frozen_trial_runs_only_its_remaining_frozen_stages_on_a_shallower_entry(
+    synthetic, tmp_path, monkeypatch, environ
+):
+    """A head-only trial (depth 4) after stage-3 and stage-2 trials of the same model and
+    photos runs stage 4 and the pooling on the stage-3 entry, not the whole prefix on the
+    photos; what it gets is what the photos give."""
+    environ.set("TUNER_CACHE", str(tmp_path))
+    environ.delete("TUNER_FEATURE_CACHE")
+    _, search = prepare_data(scan_folder(synthetic), resize_for(32), seed=0, test_fraction=0.2)
+    sources: list[tuple[int, tuple[int, ...]]] = []  # (rows, what each row is) per computation
+    real = inputs_module._compute
+    monkeypatch.setattr(
+        inputs_module, "_compute",
+        lambda *a: sources.append((len(a[1]), a[1].shape[1:])) or real(*a),
+    )  # fmt: skip
+    cfg = TrialConfig.from_dict({**LITE, "freeze_depth": 2, "aug_strength": 0.0})
+    n_val, n_train = len(search.val_rows), len(search.train_rows)
+    prepared(cfg, search, "cpu")
+    stage3 = prepared(cfg.replace(freeze_depth=3), search, "cpu")
+    maps2 = prepared(cfg, search, "cpu").train.array.shape[1:]  # stored: nothing computed
+    maps3 = stage3.train.array.shape[1:]
+    assert len(maps2) == len(maps3) == 3 and maps2 != maps3
+    photos = search.pixels.array().shape[1:]
+    # Depth 3 started from depth 2's entry, the only shallower one then.
+    assert sources == [(n_val, photos), (n_train, photos), (n_val, maps2), (n_train, maps2)]
+    head = prepared(cfg.replace(freeze_depth=4), search, "cpu")
+    assert sources[4:] == [(n_val, maps3), (n_train, maps3)]  # the deepest one
+    assert head.kind == "activations" and head.train.array.ndim == 2  # pooled features
+    # The same as the whole prefix on the photos, computed in memory.
+    environ.set("TUNER_FEATURE_CACHE", "off")
+    direct = prepared(cfg.replace(freeze_depth=4), search, "cpu")
+    assert sources[6:] == [(n_val, photos), (n_train, photos)]
+    assert np.allclose(head.train.array, direct.train.array, rtol=1e-4, atol=1e-5)
+    assert np.allclose(head.val.array, direct.val.array, rtol=1e-4, atol=1e-5)
+    # Another precision's prefix never starts from fp32 entries.
+    environ.delete("TUNER_FEATURE_CACHE")
+    prepared(cfg.replace(freeze_depth=4, precision="bf16"), search, "cpu")
+    assert sources[8:] == [(n_val, photos), (n_train, photos)]
+
+
 def test_augmented_trials_train_on_cached_views_one_drawn_per_photo(cache, tmp_path, environ):
     environ.set("TUNER_CACHE", str(tmp_path))
     environ.delete("TUNER_FEATURE_CACHE")

@@ -25,7 +25,10 @@ mapped: a trial's own memory does not hold them), keyed by model, weights,
 image size, depth, augmentation strength, the autocast precision they were
 computed in (a GPU's bf16 or fp16 activations are not a CPU's fp32 ones) and
 the exact decoded photos, so the
-next trial with the same key maps them instead. Plain activations are keyed by
+next trial with the same key maps them instead. A trial frozen deeper than an entry
+of the same photos (the head alone, ``freeze_depth = 4``, after a stage-3 trial) runs
+only its remaining frozen stages on that entry instead of the whole prefix on pixels.
+Plain activations are keyed by
 their rows alone, whichever slot holds them (:func:`rows_key`): a refit or a
 distillation trains on the search's train rows then its val rows
 (:attr:`~trainables.data.DecodedSplit.train_parts`), and puts its train slot
@@ -127,14 +130,17 @@ def rows_key(
     rows: np.ndarray,
     size: int,
     precision: str = "fp32",
+    depth: int | None = None,
 ) -> str:
     """Identifies the plain activations (centre crops at ``size`` px) of ``rows`` of the
-    decoded entry: model, weights, depth, the autocast ``precision`` they were computed in
-    and the rows, whichever slot (train or val) holds them. So the train slot of a refit,
-    the search's train rows then its val rows, is put together from the search's two
-    entries (:attr:`DecodedSplit.train_parts`)."""
+    decoded entry: model, weights, depth (``cfg.freeze_depth`` unless given), the autocast
+    ``precision`` they were computed in and the rows, whichever slot (train or val) holds
+    them. So the train slot of a refit, the search's train rows then its val rows, is put
+    together from the search's two entries (:attr:`DecodedSplit.train_parts`), and a deeper
+    prefix can start from a shallower one's entry."""
+    depth = cfg.freeze_depth if depth is None else depth
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{cfg.model}|{weights}|{size}|{cfg.freeze_depth}|{data.resize}|plain|".encode())
+    h.update(f"{cfg.model}|{weights}|{size}|{depth}|{data.resize}|plain|".encode())
     h.update(_precision_tag(precision))
     h.update(f"{data.key}|".encode())
     h.update(np.ascontiguousarray(rows, dtype=np.int64).data)

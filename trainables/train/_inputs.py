@@ -7,7 +7,9 @@
   network runs. Used when nothing is frozen, or when the frozen
   activations would not fit the cache limit.
 - **activations**: ``aug_strength = 0`` with a frozen prefix: the prefix's
-  output for every photo, computed once; only the trainable parts run.
+  output for every photo, computed once (from a shallower prefix's kept
+  activations of the same photos when there are some); only the trainable
+  parts run.
 - **views**: ``aug_strength > 0`` with a frozen prefix: the prefix's output
   for V augmented views of every photo (float16, :class:`AugmentedViews`),
   computed as epochs 1..V first use them, then kept; later epochs draw one
@@ -33,6 +35,7 @@ of photos. Labels and augmentation parameters live on the device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -43,7 +46,14 @@ from torch import nn
 
 from trainables._progress import Progress
 from trainables.data import DecodedSplit
-from trainables.models import STEM, ComputePolicy, normalization, pretrained_weights_file, run_parts
+from trainables.models import (
+    STEM,
+    ComputePolicy,
+    frozen_output_part,
+    normalization,
+    pretrained_weights_file,
+    run_parts,
+)
 from trainables.train._augment import (
     apply_params,
     augment_batch,
@@ -221,18 +231,24 @@ class TrainInputs:
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
+Prefix = Callable[..., torch.Tensor]
+"""``prefix(rows, start=STEM)``: the frozen prefix's output on stored rows that go into
+part ``start`` (``STEM``: photos, normalised first); it runs the frozen parts from
+``start`` to the first part that trains."""
+
+
 def _compute(
     prefix: Callable[[torch.Tensor], torch.Tensor],
     rows: Rows,
     inputs: TrainInputs,
     key: str | None,
     which: str,
-    image_size: int,
+    image_size: int | None,
 ) -> np.ndarray:
-    """The prefix's fp32 output for every row of ``rows`` (``which``: "train", "val"),
-    photos centre-cropped at ``image_size``, streamed batch by batch into a file of the
-    disk cache."""
-    crop = eval_transform(image_size)
+    """The prefix's fp32 output for every row of ``rows`` (``which``: "train", "val"):
+    photos centre-cropped at ``image_size``, or a shallower prefix's activations
+    (``image_size`` None), streamed batch by batch into a file of the disk cache."""
+    crop = eval_transform(image_size) if image_size is not None else (lambda x: x)
     batches = list(torch.arange(len(rows)).split(BATCH))
     out: FeatureFile | None = None
     with Progress(len(rows), f"frozen activations ({which})", "photo") as progress:
@@ -247,37 +263,53 @@ def _compute(
     return out.keep()
 
 
-def _plain(
-    prefix: Callable[[torch.Tensor], torch.Tensor],
-    pixels: np.ndarray,
-    runs: list[np.ndarray],
-    inputs: TrainInputs,
-    key_of: Callable[[np.ndarray], str | None],
-    which: str,
-    size: int,
-) -> np.ndarray:
-    """The prefix's activations of the rows ``runs`` put end to end, at ``size`` px: the
-    disk cache's entry for those rows; else, for several runs (a refit's train slot), each
-    run's own entry (a missing one computed and kept) copied together; else computed."""
-    rows = np.concatenate(runs) if len(runs) > 1 else runs[0]
-    key = key_of(rows)
-    stored = load_features(key, "plain", (len(rows),))
-    if stored is not None:
-        return stored
-    if len(runs) == 1 or not on_disk(key is not None):  # in memory: never two copies
-        return _compute(prefix, Rows(pixels, rows), inputs, key, which, size)
-    parts = []
-    for run in runs:
-        part = load_features(key_of(run), "plain", (len(run),))
-        if part is None:
-            part = _compute(prefix, Rows(pixels, run), inputs, key_of(run), which, size)
-        parts.append(part)
-    out = FeatureFile(key, "plain", (len(rows), *parts[0].shape[1:]), np.float32)
-    at = 0
-    for part in parts:
-        out.array[at : at + len(part)] = part
-        at += len(part)
-    return out.keep()
+@dataclass(frozen=True)
+class _Plain:
+    """The plain activations (centre crops at ``size`` px) of the prefix frozen to
+    ``depth``, found in the disk cache or computed: ``key_at(depth, rows)`` keys them
+    (None: no key, held in memory)."""
+
+    prefix: Prefix
+    pixels: np.ndarray
+    inputs: TrainInputs
+    depth: int
+    size: int
+    key_at: Callable[[int, np.ndarray], str | None]
+
+    def of(self, runs: list[np.ndarray], which: str) -> np.ndarray:
+        """The activations of the rows ``runs`` put end to end: the disk cache's entry for
+        those rows; else, for several runs (a refit's train slot), each run's own entry (a
+        missing one computed and kept) copied together; else computed."""
+        rows = np.concatenate(runs) if len(runs) > 1 else runs[0]
+        key = self.key_at(self.depth, rows)
+        stored = load_features(key, "plain", (len(rows),))
+        if stored is not None:
+            return stored
+        if len(runs) == 1 or not on_disk(key is not None):  # in memory: never two copies
+            return self.computed(rows, key, which)
+        parts = []
+        for run in runs:
+            part = load_features(self.key_at(self.depth, run), "plain", (len(run),))
+            if part is None:
+                part = self.computed(run, self.key_at(self.depth, run), which)
+            parts.append(part)
+        out = FeatureFile(key, "plain", (len(rows), *parts[0].shape[1:]), np.float32)
+        at = 0
+        for part in parts:
+            out.array[at : at + len(part)] = part
+            at += len(part)
+        return out.keep()
+
+    def computed(self, rows: np.ndarray, key: str | None, which: str) -> np.ndarray:
+        """Computed from the deepest shallower prefix's entry of these rows (only the frozen
+        stages past it run), or from the photos."""
+        for shallower in range(self.depth - 1, 0, -1) if key is not None else ():
+            source = load_features(self.key_at(shallower, rows), "plain", (len(rows),))
+            if source is not None:
+                rest = functools.partial(self.prefix, start=frozen_output_part(shallower))
+                return _compute(rest, Rows(source), self.inputs, key, which, None)
+        photos = Rows(self.pixels, rows)
+        return _compute(self.prefix, photos, self.inputs, key, which, self.size)
 
 
 def build_inputs(
@@ -317,9 +349,10 @@ def build_inputs(
     if part is None or not len(val):
         return images
 
-    def prefix(batch: torch.Tensor) -> torch.Tensor:
+    def prefix(batch: torch.Tensor, start: int = STEM) -> torch.Tensor:
+        x = dataclasses.replace(images, start=start).to_network(batch)
         with precision.autocast():
-            out: torch.Tensor = run_parts(model, cfg.model, images.to_network(batch), STEM, part)
+            out: torch.Tensor = run_parts(model, cfg.model, x, start, part)
         return out
 
     model.eval()  # frozen modules stay in eval mode for training too
@@ -331,13 +364,15 @@ def build_inputs(
     if not cache_fits(per_photo, len(train_y), len(val_y), views, on_disk(weights is not None)):
         return images
 
-    def key_of(size: int) -> Callable[[np.ndarray], str | None]:
-        return lambda rows: (
-            rows_key(cfg, data, weights, rows, size, precision.name) if weights else None
-        )
+    def plain(size: int) -> _Plain:
+        def key_at(depth: int, rows: np.ndarray) -> str | None:
+            if weights is None:
+                return None
+            return rows_key(cfg, data, weights, rows, size, precision.name, depth)
 
-    val_f = _plain(prefix, pixels, [data.val_rows], images, key_of(cfg.image_size), "val",
-                   cfg.image_size)  # fmt: skip
+        return _Plain(prefix, pixels, images, cfg.freeze_depth, size, key_at)
+
+    val_f = plain(cfg.image_size).of([data.val_rows], "val")
     if views:
         key = feature_key(cfg, data, weights, precision.name) if weights else None
         stored = load_features(key, "views", (views, len(train_y)))
@@ -346,7 +381,7 @@ def build_inputs(
         )
         return dataclasses.replace(images, kind="views", start=part, val=Rows(val_f), views=lazy)
     crop = images.train_crop
-    train_f = _plain(prefix, pixels, data.train_runs(), images, key_of(crop), "train", crop)
+    train_f = plain(crop).of(data.train_runs(), "train")
     return dataclasses.replace(
         images, kind="activations", start=part, train=Rows(train_f), val=Rows(val_f)
     )

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import DEFAULT_DATA, check_data, environment_line, make_subset, print_headlines
-from _fit import timed_fit
+from _fit import FitRun, timed_fit
 
 BASE: dict[str, Any] = {
     "model": "efficientnet_lite2", "pretrained": True, "image_size": 240, "optimizer": "adam",
@@ -62,6 +62,19 @@ def parse_args() -> argparse.Namespace:
         "--quick", action="store_true", help="30 photos per class at 64 px, one epoch"
     )
     return parser.parse_args()
+
+
+def compared(name: str, accuracy: str, **runs: FitRun) -> dict[str, float]:
+    """Headlines of two runs, the slower first: ``{name}_{run}_s``, ``{name}_speedup`` and
+    ``{name}_{accuracy}_{run}`` (its last epoch's)."""
+    (slow, before), (fast, after) = runs.items()
+    return {
+        f"{name}_{slow}_s": before.seconds,
+        f"{name}_{fast}_s": after.seconds,
+        f"{name}_speedup": before.seconds / after.seconds,
+        f"{name}_{accuracy}_{slow}": before.accs[-1],
+        f"{name}_{accuracy}_{fast}": after.accs[-1],
+    }
 
 
 def main() -> None:
@@ -113,24 +126,12 @@ def main() -> None:
             after = timed_fit(head, search, threads)
             print(f"  head-only trial, from stage 3's activations: {after.seconds:.0f} s, "
                   f"val_acc {after.accs[-1]:.4f}", flush=True)  # fmt: skip
-            headlines |= {
-                "head_trial_computed_s": alone.seconds,
-                "head_trial_from_stage3_s": after.seconds,
-                "head_trial_speedup": alone.seconds / after.seconds,
-                "head_trial_val_acc_computed": alone.accs[-1],
-                "head_trial_val_acc_from_stage3": after.accs[-1],
-            }
+            headlines |= compared("head_trial", "val_acc", computed=alone, from_stage3=after)
         if "refit" in args.compare:
             reused = timed_fit(cfg, refit, threads)
             print(f"  reused: {reused.seconds:.0f} s, test_acc {reused.accs[-1]:.4f}",
                   flush=True)  # fmt: skip
-            headlines |= {
-                "refit_computed_s": computed.seconds,
-                "refit_reused_s": reused.seconds,
-                "refit_speedup": computed.seconds / reused.seconds,
-                "refit_test_acc_computed": computed.accs[-1],
-                "refit_test_acc_reused": reused.accs[-1],
-            }
+            headlines |= compared("refit", "test_acc", computed=computed, reused=reused)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     print_headlines(headlines)

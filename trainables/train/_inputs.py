@@ -289,9 +289,10 @@ class _Plain:
             return self.computed(rows, key, which)
         parts = []
         for run in runs:
-            part = load_features(self.key_at(self.depth, run), "plain", (len(run),))
+            run_key = self.key_at(self.depth, run)
+            part = load_features(run_key, "plain", (len(run),))
             if part is None:
-                part = self.computed(run, self.key_at(self.depth, run), which)
+                part = self.computed(run, run_key, which)
             parts.append(part)
         out = FeatureFile(key, "plain", (len(rows), *parts[0].shape[1:]), np.float32)
         at = 0

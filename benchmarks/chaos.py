@@ -243,7 +243,8 @@ def main() -> None:
         problems = []
         if final.returncode != 0:
             problems.append(f"the last run exited {final.returncode}: {final.stderr[-1500:]}")
-        board = pd.read_csv(exp / "leaderboard.csv") if (exp / "leaderboard.csv").exists() else None
+        csv = exp / "leaderboard.csv"
+        board = pd.read_csv(csv, dtype={"trial_id": str}) if csv.exists() else None
         num_samples = experiment_at(exp).record().space["budget"]["num_samples"]
         if board is None:
             problems.append("no leaderboard")

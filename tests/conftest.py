@@ -136,6 +136,13 @@ def experiment_at(folder: Path) -> Any:
     return Experiment.from_folder(folder)
 
 
+def read_board(source: Any) -> pd.DataFrame:
+    """A leaderboard CSV (a path or a buffer) as written, trial ids as text: Ray's ids are
+    eight hex digits, so one such as ``68394985`` or ``93556e90`` would otherwise be read
+    as a number."""
+    return pd.read_csv(source, dtype={"trial_id": str})
+
+
 def make_subset(flowers: Path, dest: Path, per_class: int) -> Path:
     """A folder of symlinks to the first ``per_class`` real photos of each class."""
     for cls in sorted(p for p in flowers.iterdir() if p.is_dir()):
@@ -318,7 +325,7 @@ def assert_study_tells_the_leaderboard(exp_folder: Path) -> pd.DataFrame:
     from tuner.search._study import WARM_ATTR, load_study
 
     exp = experiment_at(exp_folder)
-    board = pd.read_csv(exp_folder / "leaderboard.csv").set_index("trial_id")
+    board = read_board(exp_folder / "leaderboard.csv").set_index("trial_id")
     loaded = load_study(exp)
     # Several objectives: the study's values are val_acc and the costs, and Optuna keeps
     # no intermediate values.

@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, cli, cli_search, make_subset, run_tuner, search_args
+from conftest import ROOT, cli, cli_search, make_subset, read_board, run_tuner, search_args
 from PIL import Image
 
 from trainables import CheckpointError, decode_one, load_photo, load_state, scan_folder, screen
@@ -140,7 +139,7 @@ def test_a_salted_search_with_diverging_trials_completes_and_skips_exactly_the_b
     assert "Skipped 8 file(s)" in proc.stdout and "... and 3 more (tuner data check" in proc.stdout
     assert sum(f"  {path}: " in proc.stdout for path in bad) == 5, proc.stdout
     # A non-finite loss ends its trial as diverged; the search goes on and ranks it last.
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     assert list(board["status"]) == ["completed", "diverged", "diverged"]
     assert board.loc[0, "lr"] == pytest.approx(1e-2)
 

@@ -19,9 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from conftest import S3_BUCKET, cli_search, experiment_at, free_port, s3_uri
+from conftest import S3_BUCKET, cli_search, experiment_at, free_port, read_board, s3_uri
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +116,7 @@ def test_a_search_on_an_existing_cluster_uses_both_nodes_each_with_decoded_photo
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "2 node(s)" in proc.stdout
-    board = pd.read_csv(tmp_path / "shared" / "c4" / "leaderboard.csv")
+    board = read_board(tmp_path / "shared" / "c4" / "leaderboard.csv")
     assert len(board) == 4 and (board["status"] == "completed").all()
     experiment = experiment_at(tmp_path / "shared" / "c4")
     nodes = {r["node_id"] for t in experiment.trial_ids() for r in experiment.reports(t)}
@@ -150,7 +149,7 @@ def test_a_two_node_search_on_object_storage_needs_no_shared_folder(
     from tuner import Experiment, Storage
 
     exp = Experiment(Storage.parse(uri), "c3")
-    board = pd.read_csv(io.BytesIO(exp.storage.read_bytes(exp.rel("leaderboard.csv"))))
+    board = read_board(io.BytesIO(exp.storage.read_bytes(exp.rel("leaderboard.csv"))))
     assert len(board) == 4 and (board["status"] == "completed").all()
     assert board["checkpoint"].str.startswith(f"s3://{S3_BUCKET}/cluster/c3/trial_").all()
     nodes = {r["node_id"] for t in exp.trial_ids() for r in exp.reports(t)}

@@ -7,9 +7,8 @@ import io
 import json
 import shutil
 
-import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import read_board, run_cli
 from synthetic import FakeTrial, write_experiment
 
 
@@ -24,7 +23,7 @@ def two(finished, tmp_path_factory):
     record = json.loads((exp / "tuner.json").read_text())
     record["space_name"] = "tiny-copy"
     (storage / "other" / "tuner.json").write_text(json.dumps(record))
-    return storage, pd.read_csv(exp / "leaderboard.csv")
+    return storage, read_board(exp / "leaderboard.csv")
 
 
 def test_compare_puts_each_experiments_figures_side_by_side(two):
@@ -50,7 +49,7 @@ def test_compare_puts_each_experiments_figures_side_by_side(two):
     # The other formats hold the same figures.
     code, csv, _ = run_cli("compare", "e2e", "other", "--storage", str(storage), "--format", "csv")
     assert code == 0
-    table = pd.read_csv(io.StringIO(csv))
+    table = read_board(io.StringIO(csv))
     assert list(table["name"]) == ["e2e", "other"] and list(table["space"]) == ["tiny", "tiny-copy"]
     code, md, _ = run_cli("compare", "e2e", "other", "--storage", str(storage), "--format",
                           "markdown")  # fmt: skip

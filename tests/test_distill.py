@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import decoded, fit_reports, run_cli, run_tuner
+from conftest import decoded, fit_reports, read_board, run_cli, run_tuner
 from test_export import assert_snippet_answers_like_predict
 
 import trainables
@@ -133,9 +133,8 @@ def test_the_students_epochs_default_to_the_trials_max_epochs_and_epochs_sets_th
 
 @pytest.fixture(scope="module")
 def board(finished):
-    import pandas as pd
 
-    return pd.read_csv(finished[2] / "leaderboard.csv")
+    return read_board(finished[2] / "leaderboard.csv")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import cli, experiment_at, run_cli, run_tuner
+from conftest import cli, experiment_at, read_board, run_cli, run_tuner
 from synthetic import FakeTrial, write_experiment
 
 import trainables
@@ -83,7 +83,7 @@ def checkpoint_probabilities(checkpoint: str, paths: list[Path], tta: str) -> to
 @pytest.fixture(scope="module")
 def board(finished) -> pd.DataFrame:
     _, _, exp = finished
-    return pd.read_csv(exp / "leaderboard.csv")
+    return read_board(exp / "leaderboard.csv")
 
 
 def test_evaluate_reports_metrics_consistent_with_the_checkpoint(

@@ -19,6 +19,7 @@ from conftest import (
     S3_ENV,
     STATE_OF_STATUS,
     cli_search,
+    read_board,
     run_cli,
     run_tuner,
     s3_uri,
@@ -60,7 +61,7 @@ def experiment(uri: str, name: str):
 
 
 def board_of(exp) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(exp.storage.read_bytes(exp.rel("leaderboard.csv"))))
+    return read_board(io.BytesIO(exp.storage.read_bytes(exp.rel("leaderboard.csv"))))
 
 
 def assert_study_agrees(exp, board: pd.DataFrame) -> None:
@@ -158,7 +159,7 @@ def test_every_command_reads_the_experiment_from_its_uri(s3_search, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     code, csv, err = run_cli("leaderboard", "remote", "--storage", uri, "--format", "csv")
     assert code == 0, err[-2000:]
-    assert pd.read_csv(io.StringIO(csv))["trial_id"].tolist() == board["trial_id"].tolist()
+    assert read_board(io.StringIO(csv))["trial_id"].tolist() == board["trial_id"].tolist()
     code, evaluated, err = run_cli("evaluate", "remote", "--storage", uri)
     assert code == 0, err[-2000:]
     metrics = json.loads(evaluated)

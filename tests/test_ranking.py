@@ -3,11 +3,13 @@ folders (tests/synthetic.py): fast, no search."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
+import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import read_board, run_cli
 from synthetic import FakeTrial, write_experiment
 
 from tuner.results._leaderboard import build_leaderboard
@@ -113,3 +115,22 @@ def test_leaderboard_and_list_of_a_synthetic_folder_and_their_usage_errors(tmp_p
     (tmp_path / "e" / "trial_t" / "result.json").write_text('{"epoch": "one"}\n')
     code, _, err = run_cli("leaderboard", "e", "--storage", str(tmp_path))
     assert code == 2 and "epoch is str, not a result Ray Tune wrote" in err
+
+
+def test_trial_ids_of_digits_stay_text_in_every_format(tmp_path):
+    # Ray's trial ids are eight random hex digits: some are all digits, with or without an
+    # ``e`` or leading zeros, and must come back as the same text, not as numbers.
+    ids = ["68394985", "93556e90", "00012345"]
+    trials = [FakeTrial(t, epochs=[(0.9 - i / 10, 0.5)]) for i, t in enumerate(ids)]
+    write_experiment(tmp_path, "e", trials, max_epochs=1)
+    base = ("leaderboard", "e", "--storage", str(tmp_path))
+    code, out, err = run_cli(*base, "--format", "csv")
+    assert code == 0, err
+    assert read_board(io.StringIO(out))["trial_id"].tolist() == ids
+    code, out, err = run_cli(*base, "--format", "json")
+    assert code == 0, err
+    assert [r["trial_id"] for r in json.loads(out)] == ids
+    parquet = tmp_path / "board.parquet"
+    code, _, err = run_cli(*base, "--format", "parquet", "--output", str(parquet))
+    assert code == 0, err
+    assert pd.read_parquet(parquet)["trial_id"].tolist() == ids

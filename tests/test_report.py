@@ -6,9 +6,8 @@ import json
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from conftest import experiment_at, run_cli
+from conftest import experiment_at, read_board, run_cli
 from PIL import Image
 
 from tuner.cli import main
@@ -41,7 +40,7 @@ def test_report_writes_every_figure_and_a_markdown_summary(report, finished):
         assert str(path) in out
 
     _, _, exp = finished
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     best = json.loads((exp / "best_config.json").read_text())
     counts = board["status"].value_counts()
     assert f"{len(board)} trial(s): " in markdown

@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from conftest import ROOT, cli, experiment_at, run_tuner, search_args
+from conftest import ROOT, cli, experiment_at, read_board, run_tuner, search_args
 from ray import cloudpickle
 
 from tuner.storage._signing import unverified, write_signed
@@ -177,7 +176,7 @@ def test_killed_workers_and_a_kill_9_of_the_driver_lose_no_finished_epoch(small_
 
     resumed = run_tuner("resume", "k9", "--storage", str(storage), timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     assert len(board) == 3 and board["trial_id"].is_unique
     assert (board["status"] == "completed").all()
     after = epochs_by_trial(exp)
@@ -207,7 +206,7 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes(small_flowers, tmp
     assert split["test"] and not (exp / "test_scores.json").exists()  # scored only at the end
     resumed = run_tuner("resume", "cc", "--storage", str(storage), timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     assert len(board) == 2 and (board["epochs"] == 3).all()
     # The resumed search kept its test split, and scored its top trials on it.
     assert json.loads((exp / "split.json").read_text()) == split
@@ -241,7 +240,7 @@ def test_resume_starts_a_search_again_when_its_driver_died_before_the_first_tria
     proc = run_tuner("resume", "early", "--storage", str(storage), timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "stopped before its first trial was recorded; starting it again" in proc.stdout
-    board = pd.read_csv(dest / "leaderboard.csv")
+    board = read_board(dest / "leaderboard.csv")
     assert len(board) == 2 and (board["status"] == "completed").all()
     assert json.loads((dest / "split.json").read_text())["test"]
 
@@ -276,7 +275,7 @@ def test_a_kill_after_the_study_was_told_but_before_the_state_was_saved(small_fl
     resumed = run_tuner("resume", "ahead", "--storage", str(storage), timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "journal entries written after the saved state" in resumed.stdout
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     assert len(board) == 2 and (board["status"] == "completed").all()
     after = load_study(experiment).trials
     trials = {t.user_attrs["tune_trial_id"]: t for t in after if not t.user_attrs.get("orphaned")}

@@ -19,6 +19,7 @@ from conftest import (
     cli_search,
     experiment_at,
     free_port,
+    read_board,
 )
 from synthetic import FakeTrial, write_experiment
 
@@ -46,7 +47,7 @@ def test_search_writes_the_results_layout(finished):
 
 def test_leaderboard_ranks_every_trial_and_asha_stopped_some(finished):
     _, _, exp = finished
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     assert list(board.columns[: len(_BASE_COLUMNS)]) == _BASE_COLUMNS
     assert {"lr", "batch_size", "freeze_depth", "aug_strength", "checkpoint"} <= set(board.columns)
     assert len(board) == 5 and board["trial_id"].is_unique
@@ -67,7 +68,7 @@ def test_leaderboard_ranks_every_trial_and_asha_stopped_some(finished):
         assert 1 <= len(list(trial_dir.glob("checkpoint_*"))) <= 3, trial_dir
     assert all(Path(path).is_dir() for path in board["checkpoint"])
     # The seeded classic point was tried first, as given.
-    first = pd.read_csv(exp / "leaderboard.csv").sort_values("trial_id")
+    first = read_board(exp / "leaderboard.csv").sort_values("trial_id")
     assert ((first["lr"] == 1e-2) & (first["freeze_depth"] == 3)).any()
 
 
@@ -164,7 +165,7 @@ def test_default_space_runs_with_weights_in_torch_home(tmp_path, small_flowers):
         env={"TORCH_HOME": str(tmp_path / "torch")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    board = pd.read_csv(tmp_path / "r" / "d1" / "leaderboard.csv")
+    board = read_board(tmp_path / "r" / "d1" / "leaderboard.csv")
     assert len(board) == 1 and board.loc[0, "model"] == "resnet18"
     assert board.loc[0, "status"] == "completed" and board.loc[0, "lr"] == 1e-3
 
@@ -200,7 +201,7 @@ def test_the_optuna_study_is_persisted_for_optuna_tools(finished):
 
     _, _, exp = finished
     study = load_study(experiment_at(exp))
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     assert len(study.trials) == len(board)
     completed = board[board["status"] == "completed"]
     assert study.best_value == pytest.approx(completed["val_acc"].max())
@@ -222,7 +223,7 @@ def test_the_top_trials_are_scored_once_on_the_held_out_test_split(finished, cap
     split = json.loads((exp / "split.json").read_text())
     test_files = {p for p, _ in split["test"]}
     assert not test_files & {p for p, _ in split["train"] + split["val"]}
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     scored = board[board["test_acc"].notna()]
     # Every trial with a checkpoint is among the top 5 of 5: each scored on the 10 test photos.
     assert len(scored) == int((board["checkpoint"].fillna("") != "").sum()) >= 1
@@ -261,7 +262,7 @@ def test_a_time_budget_ends_the_search_cleanly_and_lists_trials_that_never_start
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
-    board = pd.read_csv(tmp_path / "r" / "tb" / "leaderboard.csv")
+    board = read_board(tmp_path / "r" / "tb" / "leaderboard.csv")
     assert set(board["status"]) <= {"completed", "stopped_early", "not_started"}
     waiting = board[board["status"] == "not_started"]
     assert len(waiting) >= 1 and (waiting["epochs"] == 0).all()
@@ -288,7 +289,7 @@ def test_optuna_dashboard_shows_the_same_trials_by_state(finished):
     from pathlib import Path
 
     _, _, exp = finished
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     port = free_port()
     dashboard = Path(sys.executable).parent / "optuna-dashboard"
     server = subprocess.Popen(
@@ -325,7 +326,7 @@ def test_tensorboard_event_files_hold_every_trials_val_acc(finished):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, _, exp = finished
-    board = pd.read_csv(exp / "leaderboard.csv")
+    board = read_board(exp / "leaderboard.csv")
     assert len(board) == 5  # every trial of the tiny space, so the loop below checks each
     for trial_id, epochs in zip(board["trial_id"], board["epochs"], strict=True):
         (events,) = list((exp / f"trial_{trial_id}").glob("events.out.tfevents.*"))
@@ -439,13 +440,13 @@ def test_resume_writes_the_leaderboard_a_driver_killed_at_the_end_did_not(finish
     _, _, exp = finished
     copy = tmp_path / "results"
     shutil.copytree(exp, copy / "e2e", ignore=shutil.ignore_patterns(".writer.*"))
-    expected = pd.read_csv(copy / "e2e" / "leaderboard.csv")
+    expected = read_board(copy / "e2e" / "leaderboard.csv")
     for name in ("leaderboard.csv", "leaderboard.parquet", "best_config.json"):
         (copy / "e2e" / name).unlink()
     code, out, err = run_cli("resume", "e2e", "--storage", str(copy))
     assert code == 0, out + err
     assert "writing its leaderboard" in out and "Resuming" not in out
-    written = pd.read_csv(copy / "e2e" / "leaderboard.csv")
+    written = read_board(copy / "e2e" / "leaderboard.csv")
     assert written["trial_id"].tolist() == expected["trial_id"].tolist()
     assert (copy / "e2e" / "best_config.json").is_file()
 

@@ -12,9 +12,8 @@ import stat
 import threading
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from conftest import S3_BUCKET, cli, experiment_at, run_tuner, s3_uri
+from conftest import S3_BUCKET, cli, experiment_at, read_board, run_tuner, s3_uri
 from test_resume import killed_with_a_saved_checkpoint
 from test_trust import Payload, plant
 
@@ -224,6 +223,6 @@ def test_resume_runs_no_planted_pickle_unless_told_to_trust_the_state(
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     # Every trial the search asked for ended (a trial folder the killed driver made
     # after its last saved state is no trial of the experiment).
-    board = pd.read_csv(legacy / "leaderboard.csv")
+    board = read_board(legacy / "leaderboard.csv")
     assert len(board) == 2 and not board["status"].isin(["running", "pending"]).any()
     assert signing.unverified(experiment_at(legacy)) == []

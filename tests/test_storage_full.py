@@ -14,9 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from conftest import ROOT, experiment_at
+from conftest import ROOT, experiment_at, read_board
 
 from tuner._errors import UsageError
 from tuner.search._guard import StorageGuard, make_reserve
@@ -143,7 +142,7 @@ def test_full_disk_and_read_only_storage_stop_cleanly_and_resume(small_flowers, 
 
     # 4. Nothing was lost: the search completes every trial, none restarted from epoch 1.
     assert read(out, "resume3.rc").strip() == "0", logs["resume3.log"][-3000:]
-    board = pd.read_csv(out / "leaderboard.csv")
+    board = read_board(out / "leaderboard.csv")
     assert len(board) == 2 and (board["status"] == "completed").all(), board
     for result in out.glob("trial_*.result.json"):
         epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines() if line]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pandas as pd
 import pytest
 from conftest import (
     STATE_OF_STATUS,
@@ -16,6 +15,7 @@ from conftest import (
     cli,
     cli_search,
     experiment_at,
+    read_board,
 )
 
 from tuner._errors import UsageError
@@ -54,7 +54,7 @@ def test_a_warm_started_search_holds_the_earlier_trials_and_records_them(
         "--seed", "1",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    before = pd.read_csv(earlier / "e2e" / "leaderboard.csv")
+    before = read_board(earlier / "e2e" / "leaderboard.csv")
     assert f"Warm start from e2e: {len(before)} of its {len(before)} trials taken" in proc.stdout
     record = json.loads((earlier / "warm" / "tuner.json").read_text())
     assert record["warm_start"] == [
@@ -77,7 +77,7 @@ def test_a_warm_started_search_holds_the_earlier_trials_and_records_them(
 
 
 def test_trials_that_do_not_fit_the_space_are_ignored_with_the_reason(earlier):
-    before = pd.read_csv(earlier / "e2e" / "leaderboard.csv")
+    before = read_board(earlier / "e2e" / "leaderboard.csv")
     # Adam alone, up to the lowest lr an Adam trial had: that trial fits, the others not.
     lr_cut = float(before.loc[before["optimizer"] == "adam", "lr"].min())
     text = tiny(**{
@@ -153,7 +153,7 @@ def test_a_warm_started_search_killed_and_resumed_keeps_the_earlier_trials_once(
         proc.wait()
     resumed = run_tuner("resume", "warm", "--storage", str(earlier), timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    before = pd.read_csv(earlier / "e2e" / "leaderboard.csv")
+    before = read_board(earlier / "e2e" / "leaderboard.csv")
     taken = [t.user_attrs[WARM_ATTR] for t in load_study(experiment_at(exp)).trials
              if WARM_ATTR in t.user_attrs]  # fmt: skip
     assert sorted(taken) == sorted(f"e2e/{t}" for t in before["trial_id"])

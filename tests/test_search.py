@@ -229,11 +229,10 @@ def test_the_top_trials_are_scored_once_on_the_held_out_test_split(finished, cap
     assert len(scored) == int((board["checkpoint"].fillna("") != "").sum()) >= 1
     assert ((scored["test_acc"] * 10).round(6) % 1 == 0).all()  # k of 10 photos right
     assert "Test split (photos no trial saw): rank 1" in proc.stdout
-    # Each scoring is announced, so the wait at the end is explained.
-    assert f"Scoring rank 1 of {len(board)} on the 10 test photos\n" in proc.stdout
-    # From the second on, with the time left at the pace of those before.
-    left = rf"Scoring rank 2 of {len(board)} on the 10 test photos \(about \d+ s left\)$"
-    assert re.search(left, proc.stdout, re.M), proc.stdout
+    # The scoring is announced, so the wait at the end is explained: one pass for all.
+    n = len(scored)
+    ranks = f"ranks 1-{n}" if n > 1 else "rank 1"
+    assert f"Scoring {ranks} of {len(board)} on the 10 test photos\n" in proc.stdout
     # Each val_acc comes with its binomial standard error over the validation photos.
     n_val, acc = len(split["val"]), board["val_acc"]
     assert board["val_acc_se"].to_numpy() == pytest.approx(((acc * (1 - acc)) / n_val) ** 0.5)
@@ -449,6 +448,34 @@ def test_resume_writes_the_leaderboard_a_driver_killed_at_the_end_did_not(finish
     written = read_board(copy / "e2e" / "leaderboard.csv")
     assert written["trial_id"].tolist() == expected["trial_id"].tolist()
     assert (copy / "e2e" / "best_config.json").is_file()
+
+
+def test_top_trials_over_the_weight_budget_are_scored_in_windows_with_the_time_left(
+    finished, tmp_path, monkeypatch
+):
+    """Scored one window at a time (a budget under one model's weights), the top trials get
+    the test_acc the one pass gave them, and each pass after the first says the time left."""
+    import tuner.results._together as together
+    from tuner.results import build_leaderboard, score_top_trials
+
+    _, _, exp = finished
+    copy = tmp_path / "results"
+    shutil.copytree(exp, copy / "e2e", ignore=shutil.ignore_patterns(".writer.*"))
+    (copy / "e2e" / "test_scores.json").unlink()
+    experiment = experiment_at(copy / "e2e")
+    board = build_leaderboard(experiment)
+    expected = read_board(exp / "leaderboard.csv").set_index("trial_id")["test_acc"].dropna()
+    monkeypatch.setattr(together, "MODEL_BYTES", 1)
+    said: list[str] = []
+    scores = score_top_trials(experiment, board, 5, said.append)
+    assert scores == pytest.approx(expected.to_dict())
+    assert said[0] == f"Scoring rank 1 of {min(5, len(board))} on the 10 test photos"
+    assert len(said) == len(expected) >= 2
+    left = r"Scoring rank 2 of \d+ on the 10 test photos \(about \d+ s left\)"
+    assert re.fullmatch(left, said[1]), said
+    # Scored again only where a best checkpoint changed: here none did.
+    said.clear()
+    assert score_top_trials(experiment, board, 5, said.append) == scores and said == []
 
 
 def test_the_activation_reserve_grows_with_the_photos_up_to_the_budget():

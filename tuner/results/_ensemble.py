@@ -20,14 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
 from tuner._errors import UsageError
-from tuner.results._inference import RankedTrial, classify_labelled, load_ranked_trial
+from tuner.results._inference import RankedTrial, load_ranked_trial
+from tuner.results._together import classify_together
 from tuner.storage import Experiment
 
 METHODS = ("greedy", "top")
@@ -66,11 +66,6 @@ class Ensemble:
         return ProbabilityMean([m.model for m in self.members], self.weights).eval()
 
 
-def _val_probabilities(trial: RankedTrial, split: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    result, labels = classify_labelled(trial.model, split.root, split.val, trial.preprocessing)
-    return result.logits.softmax(1), labels
-
-
 def choose_ensemble(
     exp: Experiment,
     board: pd.DataFrame,
@@ -79,7 +74,7 @@ def choose_ensemble(
     say: Callable[[str], None] = lambda _: None,
 ) -> Ensemble:
     """Pick ``k`` members by ``method`` (see the module doc) from ``board``'s ranked trials,
-    saying which candidate it scores on the validation photos."""
+    saying which candidates it scores on the validation photos (in one pass)."""
     if method not in METHODS:
         raise UsageError(f"unknown ensemble method {method!r}; choose one of: {', '.join(METHODS)}")
     ranks = [
@@ -100,12 +95,11 @@ def choose_ensemble(
             "ensembles need one preprocessing"
         )
     split = exp.split()
-    probs, labels = [], torch.empty(0)
-    for n, trial in enumerate(trials, 1):
-        photos = f"the {len(split.val)} validation photos"
-        say(f"Scoring rank {trial.rank} ({n} of {len(trials)}) on {photos}")
-        p, labels = _val_probabilities(trial, split)
-        probs.append(p)
+    named = ", ".join(str(t.rank) for t in trials)
+    say(f"Scoring ranks {named} on the {len(split.val)} validation photos in one pass")
+    logits, result = classify_together(trials, [p for p, _ in split.val], split.root)
+    probs = [x.softmax(1) for x in logits]
+    labels = torch.tensor([split.val[i][1] for i in result.ok], dtype=torch.long)
     counts = [1.0] * len(trials) if method == "top" else _greedy(probs, labels, k)
     chosen = [i for i, c in enumerate(counts) if c > 0]
     weights = [counts[i] for i in chosen]

@@ -15,7 +15,6 @@ distilled model (``distilled/*/distill.json``) and each exported ensemble
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,13 +23,16 @@ import pandas as pd
 import torch
 
 from trainables import describe_duration
+from tuner._errors import UsageError
 from tuner.results._inference import (
     Preprocessing,
+    classification_metrics,
     classify_labelled,
-    evaluate_test_split,
+    experiment_split,
     load_ranked_trial,
 )
 from tuner.results._leaderboard import load_scores
+from tuner.results._together import classify_together, windows
 from tuner.storage import (
     DISTILL_DIR,
     DISTILL_RECORD,
@@ -60,41 +62,62 @@ def score_top_trials(
     say: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Evaluate the best checkpoints of the ``top_k`` ranked trials on the test split,
-    saying (``say``) which one is scored as each starts.
+    saying (``say``) which ones are scored as each pass starts.
 
-    Returns trial id -> test_acc of the trials scored (now or before); an empty
-    dict when the experiment holds no test split.
+    The trials to score are run together (:mod:`tuner.results._together`): each test photo
+    is decoded once, and the trials of one model whose frozen stages are equal run those
+    once per photo. Returns trial id -> test_acc of the trials scored (now or before); an
+    empty dict when the experiment holds no test split.
     """
     split = exp.split()
     if not split.test or top_k <= 0:
         return {}
     scores = load_scores(exp)
-    out: dict[str, float] = {}
     last = min(top_k, len(board))
-    took: list[float] = []  # seconds each scoring took, for the time left
-    for rank in range(1, last + 1):
-        row = board.iloc[rank - 1]
-        trial_id, checkpoint = str(row["trial_id"]), str(row["checkpoint"])
-        if pd.isna(row["val_acc"]) or not checkpoint:
-            continue
-        entry = scores.get(trial_id, {})
-        if entry.get("checkpoint") != checkpoint:
-            if say is not None:
-                left = describe_duration(statistics.mean(took) * (last - rank + 1)) if took else ""
-                say(f"Scoring rank {rank} of {last} on the {len(split.test)} test photos"
-                    + (f" (about {left} left)" if left else ""))  # fmt: skip
-            started = time.monotonic()
-            metrics = evaluate_test_split(load_ranked_trial(exp, rank, board))
-            took.append(time.monotonic() - started)
-            entry = {
-                "checkpoint": checkpoint,
+    # rank -> (trial id, best checkpoint) of the top trials that have one
+    ranked = {
+        rank: (str(row["trial_id"]), str(row["checkpoint"]))
+        for rank, (_, row) in enumerate(board.head(last).iterrows(), 1)
+        if not pd.isna(row["val_acc"]) and str(row["checkpoint"])
+    }
+    stale = [r for r, (t, c) in ranked.items() if scores.get(t, {}).get("checkpoint") != c]
+    loaded = (load_ranked_trial(exp, rank, board) for rank in stale)
+    done, took = 0, 0.0  # trials scored so far, and the seconds they took
+    for window in windows(loaded):
+        if say is not None:
+            ranks = [t.rank for t in window]
+            left = describe_duration(took / done * (len(stale) - done)) if done else ""
+            say(f"Scoring {_ranks(ranks)} of {last} on the {len(split.test)} test photos"
+                + (f" (about {left} left)" if left else ""))  # fmt: skip
+        for trial in window:
+            experiment_split(trial)  # UsageError unless it was trained on the split's classes
+        started = time.monotonic()
+        logits, result = classify_together(window, [p for p, _ in split.test], split.root)
+        if not result.ok:
+            raise UsageError(f"the test split holds no readable photos ({len(result.failed)} "
+                             "file(s) skipped)")  # fmt: skip
+        labels = [split.test[i][1] for i in result.ok]
+        for trial, trial_logits in zip(window, logits, strict=True):
+            metrics = classification_metrics(labels, trial_logits.argmax(1).tolist(), trial.classes)
+            scores[trial.trial_id] = {
+                "checkpoint": trial.checkpoint,
                 "test_acc": metrics["accuracy"],
-                "n_images": metrics["n_images"],
+                "n_images": len(labels),
             }
-            scores[trial_id] = entry
-        out[trial_id] = float(entry["test_acc"])
+        took += time.monotonic() - started
+        done += len(window)
+        exp.write_json(TEST_SCORES, scores)  # each pass kept as it ends
     exp.write_json(TEST_SCORES, scores)
-    return out
+    return {t: float(scores[t]["test_acc"]) for t, _ in ranked.values()}
+
+
+def _ranks(ranks: list[int]) -> str:
+    """``rank 3``, ``ranks 1-5`` or ``ranks 1, 2, 4``."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    if ranks == list(range(ranks[0], ranks[-1] + 1)):
+        return f"ranks {ranks[0]}-{ranks[-1]}"
+    return "ranks " + ", ".join(map(str, ranks))
 
 
 def score_module_on_test(

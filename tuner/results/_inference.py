@@ -270,7 +270,7 @@ def classification_metrics(
     }
 
 
-def _experiment_split(trial: RankedTrial) -> Any:
+def experiment_split(trial: RankedTrial) -> Any:
     split = trial.experiment.split()
     if list(trial.classes) != list(split.classes):
         raise UsageError(
@@ -282,7 +282,7 @@ def _experiment_split(trial: RankedTrial) -> Any:
 
 def evaluate_folder(trial: RankedTrial, data_dir: str | Path) -> dict[str, Any]:
     """Metrics of ``trial`` on a labelled ImageFolder tree with the experiment's classes."""
-    expected = _experiment_split(trial).classes
+    expected = experiment_split(trial).classes
     try:
         scan = scan_folder(data_dir)
     except DataError as exc:
@@ -300,7 +300,7 @@ def evaluate_folder(trial: RankedTrial, data_dir: str | Path) -> dict[str, Any]:
 
 def evaluate_test_split(trial: RankedTrial) -> dict[str, Any]:
     """Metrics of ``trial`` on its experiment's test split (photos no trial saw)."""
-    split = _experiment_split(trial)
+    split = experiment_split(trial)
     if not split.test:
         raise UsageError(
             f"experiment {trial.experiment.name!r} holds no test split (it was searched with "

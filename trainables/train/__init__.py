@@ -13,6 +13,7 @@ from trainables.train._augment import (
     eval_transform,
     normalize,
 )
+from trainables.train._batches import forward_batch
 from trainables.train._checkpoint import CHECKPOINT_FILE, CheckpointError, load_state, save_state
 from trainables.train._config import (
     MAX_FREEZE_DEPTH,
@@ -49,6 +50,7 @@ __all__ = [
     "eval_transform",
     "evaluate",
     "fit",
+    "forward_batch",
     "load_state",
     "max_cache_bytes",
     "normalize",

@@ -61,7 +61,7 @@ from trainables.train._augment import (
     eval_transform,
     normalize,
 )
-from trainables.train._batches import Rows, host_tensor, stream
+from trainables.train._batches import Rows, forward_batch, host_tensor, stream
 from trainables.train._config import TrialConfig
 from trainables.train._features import (
     BATCH,
@@ -249,7 +249,7 @@ def _compute(
     photos centre-cropped at ``image_size``, or a shallower prefix's activations
     (``image_size`` None), streamed batch by batch into a file of the disk cache."""
     crop = eval_transform(image_size) if image_size is not None else (lambda x: x)
-    batches = list(torch.arange(len(rows)).split(BATCH))
+    batches = list(torch.arange(len(rows)).split(forward_batch(image_size, inputs.device, BATCH)))
     out: FeatureFile | None = None
     with Progress(len(rows), f"frozen activations ({which})", "photo") as progress:
         for idx, photos in zip(batches, stream(rows.gather, batches, inputs.device), strict=True):

@@ -34,6 +34,7 @@ from trainables.models import (
     set_train_mode,
 )
 from trainables.train._augment import eval_transform
+from trainables.train._batches import forward_batch
 from trainables.train._checkpoint import save_state, temporary_folder
 from trainables.train._config import TrialConfig
 from trainables.train._inputs import TrainInputs, build_inputs
@@ -220,6 +221,13 @@ def train_epoch(training: Training, inputs: TrainInputs, epoch: int) -> EpochRes
     )
 
 
+def eval_batch(inputs: TrainInputs) -> int:
+    """Rows per forward pass when scoring ``inputs``: photos a few at a time on a CPU
+    (:func:`~trainables.train._batches.forward_batch`), activations 128 at a time."""
+    images = inputs.kind == "images"
+    return forward_batch(inputs.image_size if images else None, inputs.device, _EVAL_BATCH)
+
+
 @torch.no_grad()
 def evaluate(training: Training, inputs: TrainInputs) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on the validation rows, the scored network
@@ -228,7 +236,7 @@ def evaluate(training: Training, inputs: TrainInputs) -> tuple[float, float]:
     loss_sum = torch.zeros((), device=inputs.device)
     correct = torch.zeros((), device=inputs.device, dtype=torch.long)
     y = inputs.val_labels
-    for x, labels in inputs.val_batches(_EVAL_BATCH):
+    for x, labels in inputs.val_batches(eval_batch(inputs)):
         logits = training.forward(x, inputs.start, net)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
@@ -256,7 +264,7 @@ def predict_train(
     model.eval()
     crop = eval_transform(plain.image_size)
     out = []
-    for idx in torch.arange(len(inputs)).split(_EVAL_BATCH):
+    for idx in torch.arange(len(inputs)).split(eval_batch(inputs)):
         rows = inputs.train.gather(idx).to(device)
         x = inputs.to_network(crop(rows) if inputs.kind == "images" else rows)
         with precision.autocast():

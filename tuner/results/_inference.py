@@ -34,6 +34,7 @@ from trainables import (
     decode_rels,
     eval_transform,
     find_decoded,
+    forward_batch,
     load_state,
     normalization,
     normalize,
@@ -44,8 +45,8 @@ from tuner._errors import UsageError
 from tuner.storage import Experiment
 
 # Photos decoded at once, and run through the model at once: bound memory on large folders.
-# Batches of 16 in channels-last: on a CPU, faster per photo than larger contiguous
-# batches for Lite1/Lite2.
+# Batches of 16 in channels-last on a GPU; a few photos at a time on a CPU (see
+# trainables.forward_batch).
 CHUNK = 256
 BATCH = 16
 # Larger photos go fewer at a time, so that what is in flight stays bounded whatever
@@ -61,9 +62,11 @@ def chunk_size(resize: int) -> int:
     return max(BATCH, min(CHUNK, CHUNK_BYTES // (3 * resize * resize)))
 
 
-def batch_size(image_size: int) -> int:
-    """Photos run through the model at once at ``image_size`` px."""
-    return max(1, min(BATCH, _BATCH_PIXELS // (image_size * image_size)))
+def batch_size(image_size: int, device: torch.device | None = None) -> int:
+    """Photos run through the model at once at ``image_size`` px on ``device`` (default
+    the CPU, where they go a few at a time: :func:`trainables.forward_batch`)."""
+    device = device or torch.device("cpu")
+    return forward_batch(image_size, device, max(1, min(BATCH, _BATCH_PIXELS // image_size**2)))
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def classify(
     failed: dict[int, str] = {}
     names = [str(p) for p in paths]
     progress = Progress(len(names), "classifying", "photo", quiet=len(names) <= CHUNK)
-    step, batch = chunk_size(prep.resize), batch_size(prep.image_size)
+    step, batch = chunk_size(prep.resize), batch_size(prep.image_size, device)
     # Photos of a source decoded at this size before (a search's) are read from its map.
     stored = find_decoded(source, names, prep.resize) if source is not None else None
     for start in range(0, len(paths), step):

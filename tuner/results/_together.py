@@ -52,8 +52,8 @@ def _equal(x: nn.Module, y: nn.Module) -> bool:
 
 class Together(nn.Module):
     """``nets`` (eval mode, each a network of ``models[i]``) as one module whose output is
-    their logits side by side: (batch, len(nets) * classes), trial ``i`` in the ``i``-th
-    block of columns (:meth:`split`).
+    their logits side by side, trial ``i``'s in the ``i``-th block of columns
+    (:meth:`split`).
 
     Part by part from the stem, the trials of one model that still agree run the next part
     once; where they part ways, each branch goes on alone (a tree: the head-only trials
@@ -64,7 +64,8 @@ class Together(nn.Module):
         self.nets = nn.ModuleList(nets)
         self.models = list(models)
         self._shared: dict[tuple[int, int], int] = {}
-        self.runs = 0  # parts run in the last forward pass, for the tests
+        self.widths: list[int] = []  # each trial's number of logits, from the last pass
+        self.runs = 0  # parts run in the last pass, for the tests and benchmarks
 
     def _agree(self, i: int, j: int) -> int:
         """The parts trials ``i`` and ``j`` compute alike, from the stem."""
@@ -79,9 +80,13 @@ class Together(nn.Module):
         for model in dict.fromkeys(self.models):
             members = [i for i, m in enumerate(self.models) if m == model]
             self._descend(x, members, 0, out)
-        return torch.cat([out[i].float() for i in range(len(self.nets))], 1)
+        logits = [out[i].float() for i in range(len(self.nets))]
+        self.widths = [t.shape[1] for t in logits]
+        return torch.cat(logits, 1)
 
-    def _descend(self, x: torch.Tensor, members: list[int], part: int, out: dict) -> None:
+    def _descend(
+        self, x: torch.Tensor, members: list[int], part: int, out: dict[int, torch.Tensor]
+    ) -> None:
         """Run ``members`` (which computed parts 0 .. part - 1 alike, giving ``x``) on."""
         left = list(members)
         while left:
@@ -99,7 +104,7 @@ class Together(nn.Module):
 
     def split(self, logits: torch.Tensor) -> list[torch.Tensor]:
         """Each trial's logits, in the order of ``nets``."""
-        return list(logits.chunk(len(self.nets), dim=1))
+        return list(logits.split(self.widths, dim=1))
 
 
 def classify_together(

@@ -393,3 +393,38 @@ def test_cached_activation_trials_run_on_the_gpu(cache, tmp_path, environ, aug):
 
     fit(cfg, cache, report, device=torch.device("cuda"))
     assert len(reports) == cfg.max_epochs
+
+
+def test_cpu_passes_a_few_photos_at_a_time_give_what_whole_batches_give(
+    cache, monkeypatch, environ
+):
+    """Frozen activations and the validation scores of a trial whose network takes the
+    photos: computed 2 photos a pass (as at 320 px on a CPU) or 32, the same to rounding."""
+    import trainables.train._batches as batches
+
+    environ.set("TUNER_FEATURE_CACHE", "off")  # computed each time, in memory
+    frozen = TrialConfig.from_dict({**LITE, "freeze_depth": 3, "aug_strength": 0.0})
+    whole = prepared(frozen, cache, "cpu")
+    plain = TrialConfig.from_dict({**LITE, "freeze_depth": 0, "max_epochs": 1})
+    scored = run(plain, cache)[-1][0]
+    passes: list[int] = []
+    forward_batch = batches.forward_batch
+
+    def counted(image_size, device, default):
+        passes.append(forward_batch(image_size, device, default))
+        return passes[-1]
+
+    monkeypatch.setattr(batches, "CPU_BATCH_PIXELS", 2 * 32 * 32)
+    import trainables.train._inputs as inputs_module
+    import trainables.train._train as train_module
+
+    monkeypatch.setattr(inputs_module, "forward_batch", counted)
+    monkeypatch.setattr(train_module, "forward_batch", counted)
+    few = prepared(frozen, cache, "cpu")
+    assert passes == [2, 2]  # the val photos, then the train photos, 2 at a time
+    for a, b in ((few.train.array, whole.train.array), (few.val.array, whole.val.array)):
+        assert np.abs(a - b).max() < 1e-5 * np.abs(b).max()  # float rounding, no more
+    again = run(plain, cache)[-1][0]
+    assert passes[2:] == [2]  # the validation photos through the whole network
+    assert again["val_acc"] == scored["val_acc"]
+    assert again["val_loss"] == pytest.approx(scored["val_loss"], rel=1e-4)

@@ -61,6 +61,18 @@ def make_subset(source: Path, dest: Path, per_class: int) -> Path:
     return dest
 
 
+def own_cache(data: Path, prefix: str, quick_per_class: int | None) -> tuple[Path, Path]:
+    """A new temporary folder made this process's ``$TUNER_CACHE`` (the project reads it on
+    first use: call this first), and the photos to use: ``data`` checked, or with
+    ``quick_per_class`` a subset of that many photos per class linked into the folder."""
+    photos = check_data(data)
+    cache = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["TUNER_CACHE"] = str(cache)
+    if quick_per_class is not None:
+        photos = make_subset(photos, cache / "photos", per_class=quick_per_class)
+    return cache, photos
+
+
 @contextmanager
 def work_dir(keep: bool, prefix: str) -> Iterator[Path]:
     """A temporary folder for storage and spaces, removed afterwards unless ``keep``."""

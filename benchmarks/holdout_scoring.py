@@ -21,13 +21,11 @@ Headlines: ``one_at_a_time_s``, ``together_s``, ``together_speedup`` and
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_DATA, check_data, environment_line, make_subset, print_headlines
+from _common import DEFAULT_DATA, environment_line, own_cache, print_headlines
 
 # (model, first stage trained: 4 = stage 4 and the head, 5 = the head alone), by rank.
 TRIALS = [("efficientnet_lite2", 4), ("efficientnet_lite1", 4), ("efficientnet_lite2", 4),
@@ -62,11 +60,8 @@ def trained(model: str, stage_from: int, seed: int, classes: int, size: int) -> 
 
 def main() -> None:
     args = parse_args()
-    data_dir = check_data(args.data)
-    cache = Path(tempfile.mkdtemp(prefix="bench-holdout-"))
-    os.environ["TUNER_CACHE"] = str(cache)  # read on first use, below
+    cache, data_dir = own_cache(args.data, "bench-holdout-", 10 if args.quick else None)
     if args.quick:
-        data_dir = make_subset(data_dir, cache / "photos", per_class=10)
         args.image_size = 64
     import torch
 

@@ -34,11 +34,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import DEFAULT_DATA, check_data, environment_line, make_subset, print_headlines
+from _common import DEFAULT_DATA, environment_line, own_cache, print_headlines
 from _fit import FitRun, timed_fit
 
 BASE: dict[str, Any] = {
@@ -79,11 +78,8 @@ def compared(name: str, accuracy: str, **runs: FitRun) -> dict[str, float]:
 
 def main() -> None:
     args = parse_args()
-    data_dir = check_data(args.data)
-    cache = Path(tempfile.mkdtemp(prefix="bench-refit-cache-"))
-    os.environ["TUNER_CACHE"] = str(cache)  # read on first use, below
+    cache, data_dir = own_cache(args.data, "bench-refit-cache-", 30 if args.quick else None)
     if args.quick:
-        data_dir = make_subset(data_dir, cache / "photos", per_class=30)
         args.image_size, args.epochs = 64, 1
     os.environ.pop("TUNER_FEATURE_CACHE", None)
     import dataclasses
